@@ -1,0 +1,1 @@
+"""The timing harness, its reporters, and committed results from real runs."""

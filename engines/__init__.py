@@ -1,0 +1,1 @@
+"""Runtimes behind one contract: eager PyTorch, ONNX Runtime, TensorRT."""

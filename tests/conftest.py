@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny real checkpoints, a CLI runner, RNG isolation, and GPU/TensorRT markers."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.checkpoint import save_checkpoint
+from toolkit.models import create_model
+from toolkit.spec import ModelSpec, Preprocess
+
+torch.set_num_threads(2)
+
+
+def _has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _has_tensorrt() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda_reason = None if _has_cuda() else "no CUDA GPU on this machine"
+    trt_reason = None
+    if not _has_tensorrt():
+        trt_reason = "TensorRT is not installed (pip install 'rtk[trt]')"
+    elif not _has_cuda():
+        trt_reason = "TensorRT needs a CUDA GPU and none is present"
+    for item in items:
+        if cuda_reason and "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=cuda_reason))
+        if trt_reason and "tensorrt" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=trt_reason))
+
+
+@pytest.fixture(autouse=True)
+def _isolate_rng():
+    """Each test starts from the same seeds and leaves global RNG state as it found it."""
+    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
+    torch.set_rng_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+
+
+TINY_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"c{i}" for i in range(10)), stem="small")
+TINY_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def make_checkpoint(path, spec: ModelSpec = TINY_SPEC, pre: Preprocess = TINY_PRE, seed: int = 0, train=None):
+    """Write a real rtk checkpoint of a randomly initialised (BN-calibrated) network."""
+    torch.manual_seed(seed)
+    model = create_model(spec)
+    # A few forward passes in train mode give the BatchNorm layers non-trivial statistics,
+    # so eval-mode logits are not degenerate.
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, spec.in_chans, *pre.input_size))
+    model.eval()
+    save_checkpoint(path, model, spec, pre, train or {"epoch": 1, "metrics": {"val_acc": 0.5}})
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A resnet18 (small stem, 10 classes, 32×32 RGB) rtk checkpoint on disk."""
+    return make_checkpoint(tmp_path / "tiny.pth")
+
+
+@pytest.fixture
+def cli():
+    """Invoke ``rtk`` in-process; returns a function ``cli(*args) -> click Result``."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args, **kwargs):
+        return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+    return invoke

@@ -1,0 +1,45 @@
+"""The CLI skeleton: help, version, the error boundary, and ``rtk inspect`` on checkpoints."""
+
+import json
+import subprocess
+import sys
+
+from toolkit import __version__
+
+
+def test_help_and_version(cli):
+    result = cli("--help")
+    assert result.exit_code == 0 and "inspect" in result.output
+    result = cli("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"rtk {__version__}"
+
+
+def test_console_script_help_runs_without_optional_packages():
+    # A fresh interpreter: importing the CLI must not need tensorrt, a GPU, or onnxruntime-gpu.
+    code = "import sys; sys.modules['tensorrt'] = None; from toolkit.cli.app import app; import engines, exporters, toolkit"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True, check=True)
+    assert "Usage" in out.stdout
+
+
+def test_inspect_checkpoint_table(cli, tiny_checkpoint):
+    result = cli("inspect", tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    for text in ("resnet18", "num_classes", "10", "parameters", "val_acc"):
+        assert text in result.output
+
+
+def test_inspect_checkpoint_json(cli, tiny_checkpoint):
+    result = cli("inspect", tiny_checkpoint, "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.output)
+    assert report["arch"] == "resnet18" and report["num_classes"] == 10
+    assert report["parameters"] == 11_173_962
+    assert report["preprocess"]["input_size"] == [32, 32]
+    assert report["train"]["metrics"]["val_acc"] == 0.5
+
+
+def test_inspect_unknown_suffix_is_a_clear_error(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    result = cli("inspect", tmp_path / "notes.txt")
+    assert result.exit_code == 1 and "not a model artefact" in result.stderr

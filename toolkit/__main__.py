@@ -1,0 +1,5 @@
+"""``python -m toolkit`` runs the ``rtk`` command line."""
+
+from toolkit.cli.app import main
+
+main()

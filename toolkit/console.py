@@ -1,0 +1,18 @@
+"""Rich consoles shared by every command: results on stdout, messages on stderr."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def warn(message: str) -> None:
+    """Print a yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    """Print a progress/status line on stderr, keeping stdout for results."""
+    err_console.print(message, highlight=False, soft_wrap=True)

@@ -1,0 +1,44 @@
+"""The one exception type for user errors, and lazy imports of optional packages.
+
+A :class:`RtkError` carries a message a user can act on. The CLI turns it into one red
+line on stderr and exit status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class RtkError(Exception):
+    """A user-facing error: bad input, a missing optional package, a failed check."""
+
+
+# Module name -> the pip command that provides it.
+INSTALL_HINTS = {
+    "tensorrt": "pip install 'rtk[trt]'",
+    "onnxruntime": "pip install onnxruntime",
+    "tritonclient": "pip install 'rtk[triton]'",
+}
+
+
+def require(module: str, purpose: str | None = None) -> ModuleType:
+    """Import an optional or heavy package on first use.
+
+    Args:
+        module: importable module name, e.g. ``"tensorrt"``.
+        purpose: what it is needed for, used in the error message.
+
+    Returns:
+        The imported module.
+
+    Raises:
+        RtkError: the package is not installed; the message names the install command.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        hint = INSTALL_HINTS.get(top, f"pip install {top}")
+        need = f" for {purpose}" if purpose else ""
+        raise RtkError(f"{top} is needed{need} but is not installed ({exc}); install it with: {hint}") from None
