@@ -1,1 +1,13 @@
-"""Runtimes behind one contract: eager PyTorch, ONNX Runtime, TensorRT."""
+"""Runtimes behind one contract: eager PyTorch, ONNX Runtime, TensorRT.
+
+``engines.load(path_or_model, engine=..., device=..., precision=...)`` picks the runtime from
+the artefact (``.pth/.pt`` → eager, ``.onnx`` → ONNX Runtime, ``.engine/.plan`` → TensorRT) or
+from an explicit ``engine`` name. Heavy optional packages are imported on first use.
+"""
+
+from __future__ import annotations
+
+from engines.base import Engine
+from engines.loader import ENGINE_NAMES, load
+
+__all__ = ["Engine", "ENGINE_NAMES", "load"]

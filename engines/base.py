@@ -1,0 +1,119 @@
+"""The engine contract every runtime implements.
+
+Modelled on a runner: the public :meth:`Engine.__call__` checks the input once for every
+runtime, and each runtime implements only :meth:`Engine._infer`. Engines are context managers.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import RtkError
+from toolkit.spec import ModelSpec, Preprocess
+
+
+class Engine(abc.ABC):
+    """A loaded model that maps an NCHW float32 batch to logits.
+
+    Attributes:
+        name: runtime and variant, e.g. ``"eager"``, ``"eager-fp16"``, ``"ort"``, ``"ort-fp16"``,
+            ``"ort-cuda"``, ``"trt"``.
+        spec: the network's spec (from the artefact).
+        preprocess: how inputs must be prepared (from the artefact).
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        min_batch, max_batch: the batch sizes the engine accepts (``max_batch`` ``None`` = any).
+    """
+
+    name: str = "engine"
+    min_batch: int = 1
+    max_batch: int | None = None
+
+    def __init__(self, spec: ModelSpec, preprocess: Preprocess, device: str = "cpu", precision: str = "fp32"):
+        self.spec = spec
+        self.preprocess = preprocess
+        self.device = device
+        self.precision = precision
+        self._closed = False
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input."""
+        return (self.spec.in_chans, *self.preprocess.input_size)
+
+    def __call__(self, batch: Any) -> np.ndarray:
+        """Run a batch.
+
+        Args:
+            batch: NCHW float32 host array, or (where the engine supports it) a tensor already on
+                the engine's device, see :meth:`run_device`.
+
+        Returns:
+            Logits as a float32 host array of shape (N, num_classes).
+
+        Raises:
+            RtkError: the engine is closed, or the batch has the wrong rank, shape, dtype or size.
+        """
+        if self._closed:
+            raise RtkError(f"the {self.name} engine is closed")
+        if not isinstance(batch, np.ndarray):
+            if _is_torch_tensor(batch):
+                self.check_shape(tuple(batch.shape))
+                return self._to_host(self.run_device(batch))
+            raise RtkError(f"{self.name} expects a numpy array or torch tensor, got {type(batch).__name__}")
+        if batch.dtype != np.float32:
+            raise RtkError(f"{self.name} expects float32 input, got {batch.dtype}")
+        self.check_shape(batch.shape)
+        out = self._infer(np.ascontiguousarray(batch))
+        return np.asarray(out, dtype=np.float32)
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Reject anything but an (N, C, H, W) batch of the model's size within the batch limits."""
+        if len(shape) != 4:
+            raise RtkError(f"{self.name} expects an NCHW batch (4 dimensions), got shape {tuple(shape)}")
+        if tuple(shape[1:]) != self.input_shape:
+            raise RtkError(f"{self.name} expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(shape)}")
+        n = shape[0]
+        if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
+            hi = self.max_batch if self.max_batch is not None else "any"
+            raise RtkError(f"batch size {n} is outside what the {self.name} engine accepts ({self.min_batch}..{hi})")
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Runtime-specific inference on a validated, contiguous float32 NCHW host array."""
+
+    def run_device(self, batch: Any) -> Any:
+        """Inference on a batch already on the engine's device; returns logits on the device.
+
+        The default copies through the host; runtimes with device-resident paths override it.
+        """
+        return self._infer(np.ascontiguousarray(batch.detach().cpu().numpy().astype(np.float32, copy=False)))
+
+    @staticmethod
+    def _to_host(out: Any) -> np.ndarray:
+        if _is_torch_tensor(out):
+            out = out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (a no-op on CPU)."""
+
+    def close(self) -> None:
+        """Release the runtime's resources; the engine cannot be called afterwards."""
+        self._closed = True
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.spec.arch} on {self.device}>"
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
