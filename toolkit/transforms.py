@@ -49,18 +49,29 @@ def to_channels(img: "Image.Image", channels: str) -> "Image.Image":
     """
     from PIL import Image
 
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16"):
+        # A 16-bit file spans 0..65535 whatever its content, so every image is scaled alike.
+        img = _scale_to_l(np.asarray(img, dtype=np.float64), 65535.0)
+    elif img.mode == "I":
+        # 32-bit integer pixels: usually 16-bit data widened by the decoder (TIFF, old PNG
+        # readers); only values above 255 tell it apart from 8-bit data.
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = _scale_to_l(arr, 65535.0 if arr.max(initial=0) > 255 else 255.0)
     elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L")
+        arr = np.asarray(img, dtype=np.float64)
+        img = _scale_to_l(arr, 1.0 if arr.max(initial=0) <= 1.0 else 255.0)
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
     return img.convert("L" if channels == "gray" else "RGB")
+
+
+def _scale_to_l(arr: np.ndarray, peak: float) -> "Image.Image":
+    from PIL import Image
+
+    return Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def image_to_array(img: "Image.Image", pre: Preprocess) -> np.ndarray:

@@ -1,0 +1,208 @@
+"""``rtk predict PATH``: classify a folder (or one image) with any engine."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from toolkit.predict import PredictResult
+
+#: Exit status when some files could not be read but the rest were classified and written.
+EXIT_PARTIAL = 2
+
+
+class EngineName(str, Enum):
+    eager = "eager"
+    ort = "ort"
+    ort_fp16 = "ort-fp16"
+    ort_cuda = "ort-cuda"
+    ort_trt = "ort-trt"
+    trt = "trt"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+def predict(
+    path: Annotated[Path, typer.Argument(help="A folder of images, or one image file.")],
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", "-m", help="Checkpoint, ONNX file or TensorRT engine. Default: $RTK_MODEL, then "
+                     "model = \"…\" in rtk.toml (image folder, then working directory), then the only model file "
+                     "in the working directory."),
+    ] = None,
+    engine: Annotated[
+        Optional[EngineName], typer.Option(help="Runtime; by default chosen from the model file (.pth eager, .onnx ort, .engine trt).")
+    ] = None,
+    device: Annotated[Device, typer.Option(help="Where eager PyTorch runs.")] = Device.cpu,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 5,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", "-b", help="Images per engine call (default: 32, or the engine's maximum).")
+    ] = None,
+    fmt: Annotated[
+        Optional[OutputFormat],
+        typer.Option("--format", "-f", help="Output format (default: from the -o suffix .json/.jsonl/.csv, else table)."),
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the output to this file (atomically) instead of stdout.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also classify images in subfolders, at any depth.")] = False,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Decoding threads; 0 decodes in the main thread (default: one per core, at most 8).")
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop with an error at the first unreadable file, writing nothing.")] = False,
+    confusion_png: Annotated[
+        Optional[Path], typer.Option(help="For a labelled folder (<class>/image), save the confusion matrix as this PNG.")
+    ] = None,
+) -> None:
+    """Classify a folder of images, or one image, with any engine.
+
+    Reads jpg, png, bmp, gif (first frame), tiff and webp, with any case of suffix; EXIF orientation is honoured.
+    Unreadable files (corrupt, truncated, empty, not an image) are listed on stderr with the reason and skipped.
+    A folder laid out as <class>/image with the model's class names is also scored: accuracy and confusion matrix.
+
+    Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
+    """
+    import engines
+    from toolkit.console import info, warn
+    from toolkit.errors import RtkError
+    from toolkit.predict import PredictOptions, default_workers, format_predictions, predict as run, resolve_model, write_text_atomic
+
+    options = PredictOptions(
+        top_k=top_k,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        recursive=recursive,
+        strict=strict,
+    )
+    fmt = fmt or _format_from_suffix(output)
+    model_path = resolve_model(model, path)
+    with engines.load(model_path, engine=engine.value if engine else None, device=device.value) as loaded:
+        with _Progress() as progress:
+            result = run(path, loaded, options, progress)
+    for p in result.failures:
+        warn(f"skipped {p.path}: {p.error}")
+    if not result.classified:
+        raise RtkError(f"none of the {len(result.predictions)} file(s) could be read")
+    text = _render_table(result) if fmt is OutputFormat.table else format_predictions(result, fmt.value)
+    if output:
+        write_text_atomic(output, text)
+    else:
+        typer.echo(text, nl=False)
+    if confusion_png and result.evaluation is not None:
+        result.evaluation.save_confusion_png(confusion_png, title=f"{model_path.name} on {result.root.name}")
+    elif confusion_png:
+        warn(f"no confusion matrix: {path} is not laid out as <class>/image with the model's class names")
+    _report(result, model_path, output, info)
+    if result.failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _format_from_suffix(output: Path | None) -> OutputFormat:
+    suffix = output.suffix.lower().lstrip(".") if output else ""
+    return OutputFormat(suffix) if suffix in ("json", "jsonl", "csv") else OutputFormat.table
+
+
+def _report(result: "PredictResult", model_path: Path, output: Path | None, info) -> None:
+    """Summary lines on stderr, so stdout holds only the results."""
+    failed = f", {len(result.failures)} skipped" if result.failures else ""
+    info(
+        f"classified {result.classified} image(s){failed} in {result.seconds:.2f} s: "
+        f"{result.images_per_s:.1f} images/s ({result.engine} on {result.device}, {model_path.name})"
+    )
+    ev = result.evaluation
+    if ev is not None:
+        info(f"accuracy {ev.accuracy:.2%} ({ev.correct}/{ev.total} images in class folders)")
+    if output:
+        info(f"wrote {output}")
+
+
+def _render_table(result: "PredictResult") -> str:
+    """The predictions (and, for a labelled folder, accuracy and confusion matrix) as text tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolkit.console import console
+
+    buf = Console(record=True, width=console.width if console.is_terminal else 120, file=_Null())
+    table = Table(title=f"{result.classified} image(s) in {result.root}", title_justify="left")
+    labelled = result.evaluation is not None
+    for name, kw in [("path", {"overflow": "fold"}), *([("label", {})] if labelled else []), ("top-1", {}), ("prob", {"justify": "right"}), ("top-k", {"overflow": "fold"})]:
+        table.add_column(name, **kw)
+    for p in result.predictions:
+        row = result.row(p)
+        label = [row["label"] or "—"] if labelled else []
+        if p.error:
+            table.add_row(row["path"], *label, "[red]error[/red]", "", p.error)
+            continue
+        mark = "" if not labelled or row["label"] is None else (" ✓" if row["label"] == row["top1"] else " ✗")
+        rest = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in row["top_k"][1:])
+        table.add_row(row["path"], *label, f"{row['top1']}{mark}", f"{row['top1_prob']:.3f}", rest)
+    buf.print(table)
+    ev = result.evaluation
+    if ev is not None:
+        n = len(ev.class_names)
+        matrix = Table(title=f"accuracy {ev.accuracy:.2%} ({ev.correct}/{ev.total}); rows actual, columns predicted", title_justify="left")
+        matrix.add_column("actual \\ predicted")
+        for name in ev.class_names:
+            matrix.add_column(name, justify="right")
+        matrix.add_column("recall", justify="right")
+        for i, (name, acc) in enumerate(ev.per_class_accuracy().items()):
+            cells = [str(ev.confusion[i, j]) if ev.confusion[i, j] else "·" for j in range(n)]
+            matrix.add_row(name, *cells, "—" if acc is None else f"{acc:.0%}")
+        buf.print(matrix)
+    return buf.export_text(styles=console.is_terminal)
+
+
+class _Null:
+    """A file that discards writes (the recording console only needs its export)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Progress:
+    """A progress bar on stderr for folders of more than a few batches, shown only on a terminal."""
+
+    MIN_IMAGES = 200
+
+    def __init__(self):
+        self._bar = self._task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from toolkit.console import err_console
+
+        if self._bar is None:
+            if total < self.MIN_IMAGES or not err_console.is_terminal:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("predict", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)

@@ -1,0 +1,128 @@
+"""Reading the image files people really have: any common format, any case of suffix, EXIF
+orientation honoured, and a one-line reason for every file that cannot be read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from toolkit.errors import RtkError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+#: File suffixes (lower case) treated as images; matching ignores case (``.JPG`` counts).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether a file name has one of :data:`IMAGE_SUFFIXES` (any case)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files in a folder, sorted by path.
+
+    Hidden files and folders (names starting with ``.``) are skipped, as are files whose suffix
+    is not an image suffix; a file with an image suffix is returned even when its content turns
+    out not to be an image, so that :func:`load_image` can report it.
+
+    Args:
+        folder: the folder to search.
+        recursive: also search its subfolders, at any depth.
+
+    Returns:
+        Image paths in a stable (sorted) order.
+
+    Raises:
+        RtkError: the folder does not exist or is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise RtkError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise RtkError(f"{folder} is not a folder")
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        # Sorting in place fixes os.walk's order; pruning stops it entering hidden folders.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found.extend(Path(root) / f for f in files if not f.startswith(".") and is_image_path(f))
+    return sorted(found)
+
+
+def load_image(path: str | os.PathLike) -> "Image.Image":
+    """Decode an image file completely, upright and detached from the file.
+
+    The first frame of an animation is used; the EXIF orientation tag is applied, so a photo
+    taken with the camera on its side comes out as it is shown by a viewer. The pixel mode is
+    left as stored (see :func:`toolkit.transforms.to_channels` for the conversion).
+
+    Args:
+        path: an image file.
+
+    Returns:
+        A loaded PIL image.
+
+    Raises:
+        RtkError: the file is missing, empty, not an image, truncated or corrupt; the message
+            is the reason, without the path (callers add it).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise RtkError("file does not exist") from None
+    except OSError as exc:
+        raise RtkError(f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise RtkError("empty file (0 bytes)")
+    fmt = None
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            img.load()  # decode now, so a truncated file fails here and not later in a worker
+            image = ImageOps.exif_transpose(img) if _orientation(img) not in (None, 1) else img.copy()
+    except UnidentifiedImageError:
+        raise RtkError(f"not an image ({_content_hint(path)})") from None
+    except Image.DecompressionBombError as exc:
+        raise RtkError(f"refused: too many pixels ({exc})") from None
+    except PermissionError:
+        raise RtkError("permission denied") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error… for bad data
+        raise RtkError(f"corrupt or truncated {_format_name(path, fmt)} ({_first_line(exc)})") from None
+    return image
+
+
+def _orientation(img: "Image.Image") -> int | None:
+    try:
+        return img.getexif().get(0x0112)  # EXIF Orientation
+    except (OSError, ValueError, SyntaxError):  # a malformed EXIF block: treat as no orientation
+        return None
+
+
+def _format_name(path: Path, fmt: str | None) -> str:
+    return (fmt or path.suffix.lstrip(".") or "image").upper()
+
+
+def _content_hint(path: Path) -> str:
+    """A short description of what a non-image file seems to be."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(b"%PDF"):
+        return "looks like a PDF"
+    if head.startswith((b"PK\x03\x04",)):
+        return "looks like a ZIP archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary content"
+    return "looks like text"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,447 @@
+"""Classify a folder (or one file) of images with any engine.
+
+Decoding runs in a thread pool, ahead of inference by a bounded window, so the engine is fed
+full batches while the next ones are being decoded (Pillow and NumPy release the GIL for the
+heavy parts). Unreadable files become rows with an ``error`` and are skipped; a folder laid out
+as ``<class>/image`` with the model's class names is also scored (accuracy, confusion matrix).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from toolkit.errors import RtkError
+from toolkit.images import IMAGE_SUFFIXES, find_images, load_image
+from toolkit.spec import Preprocess
+
+if TYPE_CHECKING:
+    from engines.base import Engine
+    from toolkit.metrics import ClassificationReport
+
+#: Output formats of :func:`format_predictions`.
+FORMATS = ("json", "jsonl", "csv")
+#: Columns of the CSV output, in order (also the keys of every JSON/JSONL row).
+CSV_FIELDS = ("path", "label", "top1", "top1_index", "top1_prob", "top_k", "error")
+#: Environment variable naming the default model.
+MODEL_ENV = "RTK_MODEL"
+#: Config file (in the image folder or the working directory) naming the default model.
+CONFIG_NAME = "rtk.toml"
+DEFAULT_BATCH_SIZE = 32
+
+
+def default_workers() -> int:
+    """Decoding threads used when none are asked for: one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How :func:`predict` runs.
+
+    Attributes:
+        top_k: classes kept per image (capped at the number of classes).
+        batch_size: images per engine call; ``None`` = 32, or the engine's maximum if smaller.
+        workers: decoding threads; 0 decodes in the calling thread, one image at a time.
+        recursive: also search subfolders at any depth (class folders of a labelled folder are
+            always searched).
+        strict: stop with an error at the first file that cannot be read.
+    """
+
+    top_k: int = 5
+    batch_size: int | None = None
+    workers: int = field(default_factory=default_workers)
+    recursive: bool = False
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise RtkError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise RtkError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise RtkError(f"--workers must be 0 or more, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome for one file.
+
+    Attributes:
+        path: the image file.
+        label: its class when it lies in a folder named after one of the model's classes.
+        top_k: ``(class index, probability)`` pairs, most probable first; empty on error.
+        error: why the file could not be classified, or ``None``.
+    """
+
+    path: Path
+    label: str | None = None
+    top_k: tuple[tuple[int, float], ...] = ()
+    error: str | None = None
+
+    @property
+    def top1(self) -> int | None:
+        return self.top_k[0][0] if self.top_k else None
+
+
+@dataclass
+class PredictResult:
+    """Everything one :func:`predict` run produced.
+
+    Attributes:
+        root: the folder searched (the file's folder for a single image).
+        predictions: one entry per file, in path order, failures included.
+        class_names: the model's class names (indices as text when the artefact has none).
+        engine: the engine's name; ``device`` where it ran.
+        seconds: wall time of decoding and inference (model loading excluded).
+        evaluation: accuracy and confusion matrix over the labelled images, when there are any.
+    """
+
+    root: Path
+    predictions: list[Prediction]
+    class_names: tuple[str, ...]
+    engine: str
+    device: str
+    seconds: float
+    evaluation: "ClassificationReport | None" = None
+
+    @property
+    def failures(self) -> list[Prediction]:
+        return [p for p in self.predictions if p.error is not None]
+
+    @property
+    def classified(self) -> int:
+        return len(self.predictions) - len(self.failures)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.classified / self.seconds if self.seconds > 0 else float("nan")
+
+    def row(self, p: Prediction) -> dict[str, Any]:
+        """One prediction as a JSON-ready dict with the keys :data:`CSV_FIELDS`."""
+        names = self.class_names
+        top = [{"class": names[i], "index": i, "prob": round(prob, 6)} for i, prob in p.top_k]
+        return {
+            "path": str(p.path),
+            "label": p.label,
+            "top1": top[0]["class"] if top else None,
+            "top1_index": top[0]["index"] if top else None,
+            "top1_prob": top[0]["prob"] if top else None,
+            "top_k": top,
+            "error": p.error,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Run-level figures (everything but the rows)."""
+        ev = self.evaluation
+        return {
+            "root": str(self.root),
+            "engine": self.engine,
+            "device": self.device,
+            "images": len(self.predictions),
+            "classified": self.classified,
+            "failed": len(self.failures),
+            "seconds": round(self.seconds, 4),
+            "images_per_s": round(self.images_per_s, 2) if self.classified else None,
+            "evaluation": ev.to_dict() if ev is not None else None,
+        }
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def resolve_model(model: str | os.PathLike | None, target: str | os.PathLike) -> Path:
+    """The model to predict with.
+
+    In order: ``model`` when given; the ``RTK_MODEL`` environment variable; ``model = "…"`` in
+    an ``rtk.toml`` in the image folder, then in the working directory (relative paths are
+    relative to that file); the only model artefact (``.pth``, ``.pt``, ``.onnx``, ``.engine``…)
+    in the working directory.
+
+    Args:
+        model: an explicit checkpoint, ONNX file or engine, or ``None``.
+        target: the image folder or file being classified.
+
+    Returns:
+        The model's path (not yet checked to exist; :func:`engines.load` does that).
+
+    Raises:
+        RtkError: nothing names a model, or the working directory holds several.
+    """
+    if model:
+        return Path(model)
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
+    target = Path(target)
+    folder = target if target.is_dir() else target.parent
+    for config in dict.fromkeys([folder / CONFIG_NAME, Path.cwd() / CONFIG_NAME]):
+        if config.is_file():
+            return config.parent / _model_from_config(config)
+    from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+
+    suffixes = CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES
+    found = sorted(p for p in Path.cwd().iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if len(found) == 1:
+        return Path(found[0].name)
+    where = f"; the working directory holds {len(found)} ({', '.join(p.name for p in found[:6])})" if found else ""
+    raise RtkError(
+        f"no model given: pass --model MODEL, set {MODEL_ENV}, or name it in {CONFIG_NAME} (model = \"path\"){where}"
+    )
+
+
+def _model_from_config(config: Path) -> str:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from toolkit.errors import require
+
+        tomllib = require("tomli", f"reading {CONFIG_NAME}")
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RtkError(f"{config} is not valid TOML: {exc}") from None
+    value = data.get("predict", {}).get("model", data.get("model"))
+    if not isinstance(value, str) or not value:
+        raise RtkError(f'{config} does not name a model; add a line model = "path/to/model.pth"')
+    return value
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursive: bool = False) -> tuple[Path, list[Path], list[str | None]]:
+    """The files to classify and, for those inside a class folder, their label.
+
+    A folder with subfolders named after the model's classes is a labelled folder
+    (``<class>/image``, as torchvision's ImageFolder): those subfolders are searched (at any
+    depth) even without ``recursive``, and each image in one is labelled with its name.
+
+    Args:
+        path: a folder or one image file.
+        class_names: the model's class names.
+        recursive: search every subfolder.
+
+    Returns:
+        ``(root, files, labels)``; ``labels[i]`` is ``None`` for a file outside class folders.
+
+    Raises:
+        RtkError: the path does not exist, or the folder holds no image files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RtkError(f"{path} does not exist")
+    if path.is_file():
+        return path.parent, [path], [None]
+    names = set(class_names)
+    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name in names)
+    files = find_images(path, recursive)
+    if not recursive:
+        files = sorted(files + [f for d in class_dirs for f in find_images(d, recursive=True)])
+    if not files:
+        subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        hint = f"; it has {len(subdirs)} subfolder(s): pass --recursive to search them" if subdirs and not recursive else ""
+        raise RtkError(f"no images in {path} (looked for {', '.join(IMAGE_SUFFIXES)} in any case){hint}")
+    labels = []
+    for f in files:
+        parts = f.relative_to(path).parts
+        labels.append(parts[0] if len(parts) > 1 and parts[0] in names else None)
+    return path, files, labels
+
+
+def prepare_image(path: Path, pre: Preprocess) -> tuple[np.ndarray | None, str | None]:
+    """Decode and preprocess one file; ``(array, None)`` or ``(None, reason)``."""
+    from toolkit.transforms import image_to_array
+
+    try:
+        img = load_image(path)
+    except RtkError as exc:
+        return None, str(exc)
+    try:
+        return image_to_array(img, pre), None
+    except (ValueError, OSError) as exc:  # e.g. a pixel mode Pillow cannot convert (LAB, HSV)
+        return None, f"cannot convert {img.mode} pixels ({exc})"
+
+
+def decode_stream(files: Sequence[Path], pre: Preprocess, workers: int, window: int) -> Iterator[tuple[np.ndarray | None, str | None]]:
+    """:func:`prepare_image` for every file, in order, decoded up to ``window`` files ahead.
+
+    Args:
+        files: the files.
+        pre: preprocessing.
+        workers: threads; 0 decodes lazily in the caller's thread.
+        window: how many files may be decoded but not yet consumed (bounds memory).
+    """
+    if workers == 0:
+        for f in files:
+            yield prepare_image(f, pre)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="rtk-decode")
+    pending: deque = deque()
+    todo = iter(files)
+    try:
+        for f in todo:
+            pending.append(pool.submit(prepare_image, f, pre))
+            if len(pending) >= window:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare_image, nxt, pre))
+            yield done
+    finally:
+        # Reached early on --strict or when the consumer fails: drop what is still queued.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def predict(
+    path: str | os.PathLike,
+    engine: "Engine",
+    options: PredictOptions = PredictOptions(),
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictResult:
+    """Classify every image under ``path`` with ``engine``.
+
+    Args:
+        path: a folder or an image file.
+        engine: a loaded engine (see :func:`engines.load`); its spec and preprocess are used.
+        options: batching, decoding and search options.
+        progress: called as ``progress(done, total)`` after every batch.
+
+    Returns:
+        The predictions (failures included), timing and, for labelled folders, the evaluation.
+
+    Raises:
+        RtkError: nothing to classify, a bad batch size for the engine, or (with ``strict``) a
+            file that cannot be read.
+    """
+    class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
+    root, files, labels = collect_images(path, class_names, options.recursive)
+    batch_size = _batch_size(engine, options.batch_size)
+    top_k = min(options.top_k, engine.spec.num_classes)
+    window = 2 * batch_size + options.workers
+    results: list[Prediction | None] = [None] * len(files)
+    batch = np.empty((batch_size, *engine.input_shape), dtype=np.float32)
+    members: list[int] = []  # file indices in the current batch
+    done = 0
+    start = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal done
+        n = len(members)
+        # A batch smaller than the engine's minimum (a static-batch model) is padded with zeros.
+        size = max(n, engine.min_batch)
+        batch[n:size] = 0.0
+        logits = engine(batch[:size])[:n]
+        for i, (index, row) in enumerate(zip(members, _top_k(logits, top_k))):
+            results[index] = Prediction(files[index], labels[index], row)
+        done += n
+        members.clear()
+        if progress:
+            progress(done, len(files))
+
+    for index, (array, error) in enumerate(decode_stream(files, engine.preprocess, options.workers, window)):
+        if error is not None:
+            if options.strict:
+                raise RtkError(f"{files[index]}: {error} (--strict stops at the first unreadable file)")
+            results[index] = Prediction(files[index], labels[index], error=error)
+            done += 1
+            continue
+        batch[len(members)] = array
+        members.append(index)
+        if len(members) == batch_size:
+            flush()
+    if members:
+        flush()
+    seconds = time.perf_counter() - start
+    predictions = [p for p in results if p is not None]
+    return PredictResult(root, predictions, class_names, engine.name, engine.device, seconds, _evaluate(predictions, class_names))
+
+
+def _batch_size(engine: "Engine", asked: int | None) -> int:
+    hi = engine.max_batch
+    if asked is None:
+        return min(DEFAULT_BATCH_SIZE, hi) if hi is not None else DEFAULT_BATCH_SIZE
+    if hi is not None and asked > hi:
+        raise RtkError(f"--batch-size {asked} is larger than the {engine.name} engine accepts (at most {hi})")
+    return asked
+
+
+def _top_k(logits: np.ndarray, k: int) -> list[tuple[tuple[int, float], ...]]:
+    """Softmax probabilities of the ``k`` most probable classes per row."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [tuple((int(i), float(p[i])) for i in idx) for p, idx in zip(probs, order)]
+
+
+def _evaluate(predictions: Sequence[Prediction], class_names: tuple[str, ...]) -> "ClassificationReport | None":
+    scored = [p for p in predictions if p.label is not None and p.error is None]
+    if not scored:
+        return None
+    from toolkit.metrics import ClassificationReport
+
+    index = {name: i for i, name in enumerate(class_names)}
+    return ClassificationReport.from_predictions([index[p.label] for p in scored], [p.top1 for p in scored], class_names)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_predictions(result: PredictResult, fmt: str) -> str:
+    """The result as text in one of :data:`FORMATS`.
+
+    - ``json``: one object, :meth:`PredictResult.summary` plus ``"predictions"``: a list of rows.
+    - ``jsonl``: one row object per line.
+    - ``csv``: a header of :data:`CSV_FIELDS`, one row per file; ``top_k`` is a JSON list.
+
+    A row has ``path``, ``label`` (the class folder, or null), ``top1``, ``top1_index``,
+    ``top1_prob``, ``top_k`` (a list of ``{"class", "index", "prob"}``) and ``error`` (null, or
+    why the file was skipped; the prediction fields are null then).
+    """
+    rows = [result.row(p) for p in result.predictions]
+    if fmt == "json":
+        return json.dumps({**result.summary(), "predictions": rows}, indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "top_k": json.dumps(r["top_k"])})
+        return buf.getvalue()
+    raise RtkError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    if path.is_dir():
+        raise RtkError(f"{path} is a folder; give a file name for the output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
