@@ -1,0 +1,95 @@
+"""``rtk triton MODEL --repo DIR``: write a Triton Inference Server model repository."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Platform(str, Enum):
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+def triton(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT plan (.engine/.plan with its .json sidecar).")],
+    repo: Annotated[Path, typer.Option("--repo", help="The Triton model repository folder (created when missing).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name, i.e. its folder in the repository [default: the file's stem].")] = None,
+    version: Annotated[Optional[int], typer.Option(help="Version folder to write [default: one past the newest, 1 for a new model].")] = None,
+    platform: Annotated[Optional[Platform], typer.Option(help="onnxruntime_onnx or tensorrt_plan [default: what MODEL is; checkpoints → onnx].")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Which ONNX a checkpoint is exported to [default: fp32 for onnx, fp16 for tensorrt].")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(help="Largest batch Triton forms [default: a plan's profile max, else 32].")] = None,
+    preferred_batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes the dynamic batcher aims for, e.g. 8,16 (repeatable).")] = None,
+    max_queue_delay_us: Annotated[int, typer.Option(help="How long (µs) a request may wait for others to join its batch.")] = 100,
+    instances: Annotated[int, typer.Option(help="Model instances per GPU (or on the CPU with --cpu).")] = 1,
+    gpus: Annotated[Optional[list[str]], typer.Option(help="GPU indices for the instances, e.g. 0,1 (repeatable) [default: every GPU].")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run the instances on the CPU (ONNX only).")] = False,
+    ort_trt: Annotated[bool, typer.Option("--ort-trt/--no-ort-trt", help="Let ONNX Runtime run the ONNX model through TensorRT in FP16.")] = False,
+    ort_trt_workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace for --ort-trt, in MiB.")] = 1024,
+    force: Annotated[bool, typer.Option("--force", help="Replace the version folder if it exists.")] = False,
+) -> None:
+    """Write MODEL into a Triton Inference Server model repository.
+
+    Creates REPO/NAME/config.pbtxt (dynamic batching, instance groups, I/O from the artefact),
+    REPO/NAME/VERSION/model.onnx or model.plan, labels.txt for Triton's classification
+    extension, and rtk.json with the preprocessing a client must apply. Older versions stay.
+    """
+    from exporters.triton import TritonOptions, export_triton
+    from toolkit.console import console, info
+
+    options = TritonOptions(
+        name=name,
+        version=version,
+        platform=platform.value if platform else None,
+        precision=precision.value if precision else None,
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=_int_list(preferred_batch_sizes, "--preferred-batch-sizes"),
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        gpus=_int_list(gpus, "--gpus"),
+        cpu=cpu,
+        ort_trt=ort_trt,
+        ort_trt_workspace_bytes=ort_trt_workspace_mib * (1 << 20),
+        force=force,
+    )
+    result = export_triton(model, repo, options)
+    action = "replaced" if result.replaced else "wrote"
+    info(f"{action} version {result.version} of {result.name} ({result.platform}, max batch {result.max_batch_size}) from {result.source}")
+    for path in result.files:
+        console.print(str(path), highlight=False, soft_wrap=True)
+    if result.details:
+        info(
+            f"the plan runs only under TensorRT {result.details['tensorrt_version']} on GPUs of compute capability "
+            f"{result.details['compute_capability']}: use the Triton release that ships that TensorRT"
+        )
+    info(f"versions now in {result.model_dir}: {', '.join(map(str, result.versions))}")
+    info(f"serve with: tritonserver --model-repository {Path(repo).resolve()}")
+
+
+def _int_list(values: Optional[list[str]], flag: str) -> tuple[int, ...]:
+    """Integers from repeated and/or comma-separated flag values."""
+    from toolkit.errors import RtkError
+
+    numbers = []
+    for value in values or ():
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                numbers.append(int(part))
+            except ValueError:
+                raise RtkError(f"{flag} takes integers such as 0,1; got {part!r}") from None
+    return tuple(numbers)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("triton")(triton)
