@@ -1,0 +1,318 @@
+"""``rtk predict`` on messy real folders: every kind of image file, unreadable ones, nested and
+labelled folders, every output format parsed back, and the exit-status rule."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_PRE, make_checkpoint
+from toolkit.errors import RtkError
+from toolkit.spec import ModelSpec, Preprocess
+
+GOOD = (
+    "photo.jpg", "UPPER.JPEG", "gray.png", "palette.png", "rgba.png", "deep16.png",
+    "anim.gif", "cmyk.tiff", "pic.webp", "pic.bmp", "Shout.PNG",
+)
+NESTED = ("nested/inner.jpg",)
+BAD = {
+    "empty.jpg": "empty file",
+    "notes.jpg": "not an image",
+    "truncated.png": "truncated",
+    "corrupt.png": "corrupt",
+}
+
+
+def _noise(rng, height, width, channels=3):
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_messy_folder(root: Path) -> Path:
+    """A folder of real encoded files of every kind ``rtk predict`` promises to read, plus bad ones."""
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nested").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; a viewer turns it 90° clockwise
+    Image.fromarray(_noise(rng, 30, 50)).save(root / "photo.jpg", exif=exif)
+    Image.fromarray(_noise(rng, 40, 40)).save(root / "UPPER.JPEG", format="JPEG")
+    Image.fromarray(_noise(rng, 36, 36, 1), "L").save(root / "gray.png")
+    pal = Image.fromarray(_noise(rng, 33, 33)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(root / "palette.png", transparency=3)
+    Image.fromarray(_noise(rng, 32, 48, 4), "RGBA").save(root / "rgba.png")
+    Image.fromarray((_noise(rng, 34, 34, 1).astype(np.uint16) * 257)).save(root / "deep16.png")
+    frames = [Image.fromarray(_noise(rng, 32, 32)) for _ in range(3)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    Image.fromarray(_noise(rng, 35, 45)).convert("CMYK").save(root / "cmyk.tiff")
+    Image.fromarray(_noise(rng, 32, 32)).save(root / "pic.webp")
+    Image.fromarray(_noise(rng, 40, 32)).save(root / "pic.bmp")
+    Image.fromarray(_noise(rng, 64, 64)).save(root / "Shout.PNG")
+    Image.fromarray(_noise(rng, 32, 32)).save(root / "nested" / "inner.jpg")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("these are not pixels\n")
+    png = io.BytesIO()
+    Image.fromarray(_noise(rng, 64, 64)).save(png, "PNG")
+    data = png.getvalue()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    mid = len(data) // 2
+    (root / "corrupt.png").write_bytes(data[:mid] + bytes(64) + data[mid + 64 :])
+    (root / "readme.txt").write_text("not an image by name: ignored\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth")
+
+
+@pytest.fixture
+def messy(tmp_path) -> Path:
+    return write_messy_folder(tmp_path / "photos")
+
+
+def run_json(cli, *args):
+    result = cli("predict", *args, "--format", "json")
+    return result, (json.loads(result.stdout) if result.stdout.strip() else None)
+
+
+def by_name(rows):
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def test_messy_folder_predicts_good_and_explains_bad(cli, model, messy):
+    result, out = run_json(cli, messy, "--model", model, "--recursive")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    rows = by_name(out["predictions"])
+    assert set(rows) == set(GOOD) | {"inner.jpg"} | set(BAD)
+    for name in (*GOOD, "inner.jpg"):
+        row = rows[name]
+        assert row["error"] is None, (name, row["error"])
+        assert row["top1"] in {f"c{i}" for i in range(10)} and len(row["top_k"]) == 5
+        assert row["top_k"][0]["class"] == row["top1"] and 0 < row["top1_prob"] <= 1
+        probs = [t["prob"] for t in row["top_k"]]
+        assert probs == sorted(probs, reverse=True)
+    for name, reason in BAD.items():
+        assert rows[name]["top1"] is None and reason in rows[name]["error"]
+        assert name in result.stderr and reason in result.stderr  # reported as they happen, on stderr
+    assert out["classified"] == len(GOOD) + 1 and out["failed"] == len(BAD) and out["evaluation"] is None
+    assert "images/s" in result.stderr
+
+
+def test_without_recursive_nested_is_left_out(cli, model, messy):
+    result, out = run_json(cli, messy, "--model", model)
+    assert result.exit_code == 2
+    assert "inner.jpg" not in by_name(out["predictions"]) and len(out["predictions"]) == len(GOOD) + len(BAD)
+
+
+def test_clean_folder_exits_zero_and_single_file_works(cli, model, messy):
+    for bad in BAD:
+        (messy / bad).unlink()
+    result, out = run_json(cli, messy, "--model", model)
+    assert result.exit_code == 0, result.output
+    assert out["failed"] == 0 and out["classified"] == len(GOOD)
+    result, single = run_json(cli, messy / "photo.jpg", "--model", model, "--top-k", "3")
+    assert result.exit_code == 0
+    [row] = single["predictions"]
+    assert len(row["top_k"]) == 3 and row == {**by_name(out["predictions"])["photo.jpg"], "top_k": row["top_k"]}
+
+
+def test_strict_fails_before_writing(cli, model, messy, tmp_path):
+    target = tmp_path / "out.json"
+    result = cli("predict", messy, "--model", model, "--strict", "-o", target)
+    assert result.exit_code == 1
+    assert "--strict" in result.stderr and "Traceback" not in result.output
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "setup,args,message",
+    [
+        ("empty", [], "no images in"),
+        ("only_sub", [], "pass --recursive"),
+        ("all_bad", [], "none of the 2 file(s) could be read"),
+        ("missing", [], "does not exist"),
+        ("flat", ["--top-k", "0"], "--top-k must be at least 1"),
+        ("flat", ["--batch-size", "0"], "--batch-size must be at least 1"),
+        ("flat", ["--workers", "-1"], "--workers must be 0 or more"),
+        ("flat", ["-o", "."], "is a folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_one(cli, model, tmp_path, setup, args, message):
+    folder = tmp_path / "in"
+    if setup != "missing":
+        folder.mkdir()
+    if setup == "only_sub":
+        (folder / "sub").mkdir()
+        Image.new("RGB", (8, 8)).save(folder / "sub" / "a.png")
+    if setup == "all_bad":
+        (folder / "a.jpg").write_bytes(b"")
+        (folder / "b.png").write_text("text")
+    if setup == "flat":
+        Image.new("RGB", (8, 8)).save(folder / "a.png")
+    result = cli("predict", folder, "--model", model, *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_bad_model_is_one_line(cli, messy, tmp_path):
+    result = cli("predict", messy, "--model", tmp_path / "nope.pth")
+    assert result.exit_code == 1 and "does not exist" in result.stderr and "Traceback" not in result.output
+
+
+def test_csv_and_jsonl_parse_back_and_match_json(cli, model, messy, tmp_path):
+    _, ref = run_json(cli, messy, "--model", model, "-k", "2")
+    expected = by_name(ref["predictions"])
+    out_csv = tmp_path / "out" / "preds.csv"  # format from the suffix; parent created
+    result = cli("predict", messy, "--model", model, "-k", "2", "-o", out_csv)
+    assert result.exit_code == 2 and result.stdout == ""
+    with open(out_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == ["path", "label", "top1", "top1_index", "top1_prob", "top_k", "error"]
+        rows = list(reader)
+    assert len(rows) == len(expected)
+    for row in rows:
+        want = expected[Path(row["path"]).name]
+        assert row["top1"] == (want["top1"] or "") and row["error"] == (want["error"] or "")
+        assert json.loads(row["top_k"]) == want["top_k"]
+        if want["top1"] is not None:
+            assert int(row["top1_index"]) == want["top1_index"] and float(row["top1_prob"]) == want["top1_prob"]
+    assert [p.name for p in out_csv.parent.iterdir()] == ["preds.csv"]  # no temporary file left behind
+    result = cli("predict", messy, "--model", model, "-k", "2", "--format", "jsonl")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert by_name(lines) == expected
+
+
+def test_table_output_lists_predictions_and_errors(cli, model, messy):
+    result = cli("predict", messy, "--model", model)
+    assert result.exit_code == 2
+    for name in GOOD + tuple(BAD):
+        assert name in result.stdout
+    assert "empty file (0 bytes)" in result.stdout
+
+
+def test_batching_and_parallel_decoding_do_not_change_results(model, messy):
+    import engines
+    from toolkit.predict import PredictOptions, predict
+
+    with engines.load(model) as engine:
+        serial = predict(messy, engine, PredictOptions(batch_size=1, workers=0, recursive=True))
+        parallel = predict(messy, engine, PredictOptions(batch_size=4, workers=3, recursive=True))
+    assert [p.path for p in serial.predictions] == [p.path for p in parallel.predictions]
+    for a, b in zip(serial.predictions, parallel.predictions):
+        assert a.error == b.error and [i for i, _ in a.top_k] == [i for i, _ in b.top_k]
+        np.testing.assert_allclose([p for _, p in a.top_k], [p for _, p in b.top_k], atol=1e-5)
+
+
+def test_exif_orientation_changes_the_prediction_input(model, tmp_path):
+    """A tagged sideways photo is classified exactly like the upright one, not like its raw pixels."""
+    import engines
+    from toolkit.predict import PredictOptions, predict
+
+    arr = np.random.default_rng(3).integers(0, 256, (30, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # turn 90° counter-clockwise to view
+    Image.fromarray(arr).save(tmp_path / "a_tagged.png", exif=exif)
+    Image.fromarray(np.rot90(arr)).save(tmp_path / "b_upright.png")
+    Image.fromarray(arr).save(tmp_path / "c_raw.png")
+    with engines.load(model) as engine:
+        tagged, upright, raw = predict(tmp_path, engine, PredictOptions(top_k=10, workers=0)).predictions
+    assert tagged.top_k == upright.top_k
+    assert max(abs(p - q) for (_, p), (_, q) in zip(sorted(tagged.top_k), sorted(raw.top_k))) > 1e-4
+
+
+def test_labelled_folder_reports_accuracy_and_confusion(cli, model, tmp_path):
+    rng = np.random.default_rng(11)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(12):
+        Image.fromarray(_noise(rng, 32, 32)).save(flat / f"img{i:02d}.png")
+    _, out = run_json(cli, flat, "--model", model)
+    predicted = {Path(r["path"]).name: r["top1"] for r in out["predictions"]}
+    # Put 8 images in the folder of the class the model predicts and 4 in another one: the
+    # expected accuracy is known exactly.
+    labelled = tmp_path / "labelled"
+    truth = {}
+    for i, (name, top1) in enumerate(sorted(predicted.items())):
+        label = top1 if i < 8 else f"c{(int(top1[1:]) + 1) % 10}"
+        truth[name] = label
+        (labelled / label).mkdir(parents=True, exist_ok=True)
+        (flat / name).rename(labelled / label / name)
+    (labelled / "unsorted").mkdir()
+    Image.fromarray(_noise(rng, 32, 32)).save(labelled / "unsorted" / "x.png")  # not a class: not searched
+    png = tmp_path / "confusion.png"
+    result, out = run_json(cli, labelled, "--model", model, "--confusion-png", png)
+    assert result.exit_code == 0, result.output
+    assert {Path(r["path"]).name: r["label"] for r in out["predictions"]} == truth
+    ev = out["evaluation"]
+    assert ev["correct"] == 8 and ev["total"] == 12 and ev["accuracy"] == pytest.approx(8 / 12)
+    confusion = np.array(ev["confusion_matrix"])
+    for name, label in truth.items():
+        confusion[int(label[1:]), int(predicted[name][1:])] -= 1
+    assert not confusion.any()
+    assert png.stat().st_size > 0 and "accuracy 66.67%" in result.stderr
+    table = cli("predict", labelled, "--model", model)
+    assert "actual \\ predicted" in table.stdout and "accuracy 66.67%" in table.stdout
+
+
+def test_gray_model_reads_colour_files(cli, tmp_path, messy):
+    spec = ModelSpec(arch="resnet18", num_classes=3, stem="small", in_chans=1)
+    pre = Preprocess(input_size=(28, 28), resize=32, crop=True, mean=(0.5,), std=(0.25,), channels="gray")
+    gray_model = make_checkpoint(tmp_path / "gray.pth", spec, pre)
+    result, out = run_json(cli, messy, "--model", gray_model, "-k", "9")
+    assert result.exit_code == 2
+    good = [r for r in out["predictions"] if r["error"] is None]
+    assert len(good) == len(GOOD) and all(r["top1"] in {"0", "1", "2"} and len(r["top_k"]) == 3 for r in good)
+
+
+def test_model_from_env_config_or_working_directory(cli, model, messy, tmp_path, monkeypatch):
+    from toolkit.predict import resolve_model
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(RtkError, match="no model given"):
+        resolve_model(None, messy)
+    (messy / "rtk.toml").write_text(f'[predict]\nmodel = "{model.as_posix()}"\n')
+    assert resolve_model(None, messy) == model
+    (messy / "rtk.toml").unlink()
+    (work / "only.pth").write_bytes(model.read_bytes())
+    assert resolve_model(None, messy) == Path("only.pth")
+    result, out = run_json(cli, messy)
+    assert result.exit_code == 2 and out["classified"] == len(GOOD)
+    (work / "only.onnx").write_bytes(b"")
+    with pytest.raises(RtkError, match="holds 2"):
+        resolve_model(None, messy)
+    monkeypatch.setenv("RTK_MODEL", str(model))
+    assert resolve_model(None, messy) == model
+    (messy / "rtk.toml").write_text("model = [1]\n")
+    monkeypatch.delenv("RTK_MODEL")
+    result = cli("predict", messy)
+    assert result.exit_code == 1 and "does not name a model" in result.stderr
+
+
+def test_same_top1_through_checkpoint_onnx_and_fp16_onnx(cli, model, messy, tmp_path):
+    onnx_export = pytest.importorskip("exporters.onnx", reason="the ONNX exporter is not available")
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(model.read_bytes())
+    fp32, fp16 = onnx_export.ensure_onnx(ckpt, "fp32"), onnx_export.ensure_onnx(ckpt, "fp16")
+    runs = {}
+    for name, path in (("eager", ckpt), ("ort", fp32), ("ort-fp16", fp16)):
+        result, out = run_json(cli, messy, "--model", path, "-k", "10", "--recursive")
+        assert result.exit_code == 2, result.output
+        assert out["engine"] == name
+        runs[name] = by_name(out["predictions"])
+    for file, ref in runs["eager"].items():
+        assert runs["ort"][file]["top1"] == ref["top1"] and runs["ort-fp16"][file]["error"] == ref["error"]
+        if ref["error"] is None:
+            probs = [t["prob"] for t in ref["top_k"]]
+            # fp16 must agree wherever its rounding cannot flip the order (parity's fp16 rule).
+            if probs[0] - probs[1] > 2e-3:
+                assert runs["ort-fp16"][file]["top1"] == ref["top1"], file
