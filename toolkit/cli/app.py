@@ -20,6 +20,7 @@ from toolkit.errors import RtkError
 # Command modules, imported in this order; each defines a ``register(app)`` function.
 COMMAND_MODULES = (
     "inspect",
+    "build",
     "predict",
     "triton",
 )
@@ -32,9 +33,12 @@ class _ErrorBoundary(TyperGroup):
         try:
             return super().invoke(ctx)
         except RtkError as exc:
+            from rich.markup import escape
+
             from toolkit.console import err_console
 
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            # Escaped: messages hold text like pip install 'rtk[trt]' that rich would eat as markup.
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:

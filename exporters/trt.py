@@ -1,0 +1,460 @@
+"""ONNX → TensorRT engine: ``build_engine``, ``ensure_engine`` and the choice of fp16 route.
+
+TensorRT 10 builds an fp16 engine from the fp32 ONNX with ``BuilderFlag.FP16`` (weak typing).
+TensorRT 11 removed that flag: networks are always strongly typed, so an fp16 engine comes
+from the fp16 ONNX (``MODEL.fp16.onnx``: fp16 weights and compute, fp32 I/O). Which TensorRT
+is installed is detected with ``hasattr(trt.BuilderFlag, "FP16")``, never from the version
+number alone.
+
+Every build writes ``MODEL.engine`` and ``MODEL.engine.json`` (see :mod:`engines.trt_sidecar`)
+atomically: a failed or interrupted build leaves neither behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.trt_sidecar import (
+    PRECISIONS,
+    EngineSidecar,
+    atomic_write_bytes,
+    default_engine_path,
+    read_sidecar,
+    runtime_mismatch,
+    sha256_file,
+    sidecar_path,
+    source_onnx_path,
+    summarize_layers,
+    validate_profile,
+    write_sidecar,
+)
+from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES
+from toolkit.errors import RtkError, require
+
+__all__ = [
+    "BuildOptions",
+    "BuildRoute",
+    "build_engine",
+    "choose_route",
+    "default_engine_path",
+    "ensure_engine",
+    "onnx_weight_precision",
+    "parse_workspace",
+    "resolve_fp16_onnx",
+]
+
+#: ``--profiling-verbosity`` values → TensorRT ``ProfilingVerbosity`` member names.
+PROFILING_VERBOSITY = {"layer-names-only": "LAYER_NAMES_ONLY", "detailed": "DETAILED", "none": "NONE"}
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
+    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
+    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
+    "t": 1 << 40, "tib": 1 << 40, "tb": 10**12,
+}  # fmt: skip
+
+
+def parse_workspace(text: str) -> int:
+    """A memory size such as ``"4GiB"``, ``"512MiB"``, ``"1.5G"`` or ``"1073741824"`` in bytes.
+
+    ``K/M/G/T`` and ``KiB/MiB/GiB/TiB`` are binary (powers of 1024), ``KB/MB/GB/TB`` decimal.
+
+    Raises:
+        RtkError: not a positive size.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise RtkError(f"workspace {text!r} is not a size; write it like 4GiB, 512MiB or 1073741824 (bytes)")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise RtkError(f"workspace must be larger than 0 bytes, got {text!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build an engine.
+
+    Attributes:
+        precision: ``"fp16"`` (default) or ``"fp32"``.
+        min_batch, opt_batch, max_batch: the optimisation profile's batch sizes; TensorRT tunes
+            kernels for ``opt_batch`` and the engine accepts ``min_batch..max_batch``.
+        workspace: workspace memory pool limit in bytes; ``None`` = TensorRT's default (all of
+            the GPU's memory).
+        timing_cache: file read before the build (when it exists) and updated after it, so
+            rebuilds on the same GPU and TensorRT skip kernel timing.
+        tf32: allow TF32 for fp32 layers (TensorRT's default); turn off for strict fp32 parity.
+        builder_optimization_level: 0..5; higher searches more tactics (slower build, maybe
+            faster engine); TensorRT's default is 3.
+        profiling_verbosity: ``"layer-names-only"``, ``"detailed"`` (per-layer tactics and
+            formats for ``rtk inspect``) or ``"none"``.
+    """
+
+    precision: str = "fp16"
+    min_batch: int = 1
+    opt_batch: int = 32
+    max_batch: int = 128
+    workspace: int | None = None
+    timing_cache: Path | None = None
+    tf32: bool = True
+    builder_optimization_level: int = 3
+    profiling_verbosity: str = "layer-names-only"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise RtkError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        validate_profile(self.min_batch, self.opt_batch, self.max_batch)
+        if self.workspace is not None and (not isinstance(self.workspace, int) or self.workspace <= 0):
+            raise RtkError(f"workspace must be a positive number of bytes, got {self.workspace!r}")
+        level = self.builder_optimization_level
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 5:
+            raise RtkError(f"builder optimisation level must be an integer from 0 to 5, got {level!r}")
+        if self.profiling_verbosity not in PROFILING_VERBOSITY:
+            raise RtkError(
+                f"profiling verbosity must be one of {', '.join(PROFILING_VERBOSITY)}, got {self.profiling_verbosity!r}"
+            )
+        if self.timing_cache is not None:
+            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+
+    @property
+    def profile(self) -> tuple[int, int, int]:
+        return (self.min_batch, self.opt_batch, self.max_batch)
+
+
+@dataclass(frozen=True)
+class BuildRoute:
+    """How a precision is reached with the installed TensorRT.
+
+    Attributes:
+        name: ``"fp32"``, ``"builder-flag"`` (TensorRT 10: fp32 ONNX + ``BuilderFlag.FP16``) or
+            ``"fp16-onnx"`` (strongly typed network parsed from the fp16 ONNX).
+        strongly_typed: create the network with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
+        fp16_flag: set ``BuilderFlag.FP16``.
+        needs_fp16_onnx: the given ONNX is fp32 and its fp16 sibling must be used instead.
+    """
+
+    name: str
+    strongly_typed: bool
+    fp16_flag: bool
+    needs_fp16_onnx: bool = False
+
+
+def choose_route(precision: str, onnx_precision: str, builder_flags: Any) -> BuildRoute:
+    """Pick the fp16 route for the installed TensorRT.
+
+    Args:
+        precision: the engine precision asked for, ``"fp16"`` or ``"fp32"``.
+        onnx_precision: the given ONNX's weight precision (:func:`onnx_weight_precision`).
+        builder_flags: ``tensorrt.BuilderFlag`` (or any object with the same attribute names):
+            TensorRT 10 has ``FP16``, TensorRT 11 does not.
+
+    Returns:
+        The route.
+
+    Raises:
+        RtkError: an fp32 engine was asked for from an fp16 ONNX.
+    """
+    if onnx_precision not in PRECISIONS:
+        raise RtkError(f"TensorRT engines are built from fp32 or fp16 ONNX files, not {onnx_precision}")
+    if precision == "fp32":
+        if onnx_precision == "fp16":
+            raise RtkError("an fp32 engine needs the fp32 ONNX (MODEL.onnx), not the fp16 one; or build with --precision fp16")
+        return BuildRoute("fp32", strongly_typed=False, fp16_flag=False)
+    if onnx_precision == "fp16":
+        # The types are already in the graph: strong typing keeps them exactly as exported.
+        return BuildRoute("fp16-onnx", strongly_typed=True, fp16_flag=False)
+    if hasattr(builder_flags, "FP16"):
+        return BuildRoute("builder-flag", strongly_typed=False, fp16_flag=True)
+    return BuildRoute("fp16-onnx", strongly_typed=True, fp16_flag=False, needs_fp16_onnx=True)
+
+
+def onnx_weight_precision(path: str | os.PathLike) -> str:
+    """The weight precision of an ONNX file: ``"fp16"``, ``"bf16"`` or ``"fp32"``.
+
+    Raises:
+        RtkError: the file is not a readable ONNX model.
+    """
+    from exporters.onnx_info import load_onnx_graph, onnx_precision
+
+    return onnx_precision(load_onnx_graph(path))
+
+
+def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11") -> Path:
+    """The fp16 ONNX to build from when only the fp32 one was given (TensorRT 11).
+
+    A checkpoint beside the ONNX (``MODEL.pth``) is the source of truth: the fp16 ONNX is
+    exported or refreshed from it. Without one, an existing ``MODEL.fp16.onnx`` is used.
+
+    Raises:
+        RtkError: neither exists; the message says how to make the fp16 ONNX.
+    """
+    onnx_path = Path(onnx_path)
+    base = onnx_path.name[: -len(".onnx")] if onnx_path.name.endswith(".onnx") else onnx_path.stem
+    base = base[: -len(".fp32")] if base.endswith(".fp32") else base
+    for suffix in CHECKPOINT_SUFFIXES:
+        checkpoint = onnx_path.with_name(base + suffix)
+        if checkpoint.exists():
+            from exporters.onnx import ensure_onnx
+
+            return Path(ensure_onnx(checkpoint, "fp16"))
+    candidate = onnx_path.with_name(base + ".fp16.onnx")
+    if candidate.exists():
+        if candidate.stat().st_mtime < onnx_path.stat().st_mtime:
+            from toolkit.console import warn
+
+            warn(f"{candidate.name} is older than {onnx_path.name}; re-export it if the model changed")
+        return candidate
+    raise RtkError(
+        f"TensorRT {tensorrt_version} builds fp16 engines only from an fp16 ONNX, and {candidate.name} is not next to "
+        f"{onnx_path.name}: create it with `rtk export {onnx_path.with_name(base + '.pth')} --precision fp16`, "
+        "or build an fp32 engine with --precision fp32"
+    )
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    options: BuildOptions = BuildOptions(),
+    show_progress: bool = True,
+) -> Path:
+    """Build a TensorRT engine and its sidecar from an ONNX file.
+
+    Args:
+        onnx_path: an rtk-exported ONNX (fp32 or fp16; its metadata gives spec and preprocess).
+        output: the engine path; default :func:`default_engine_path` (``MODEL.engine`` for fp16).
+        options: precision, batch profile, workspace, timing cache and builder settings.
+        show_progress: show TensorRT's build phases (or a spinner) on stderr.
+
+    Returns:
+        The engine path; the sidecar is ``<engine>.json``.
+
+    Raises:
+        RtkError: missing file or TensorRT, no GPU, parser errors (all of them), an input that is
+            not NCHW or disagrees with the metadata, a fixed batch outside the profile, a failed build.
+    """
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise RtkError(f"{onnx_path} does not exist")
+    output = Path(output) if output is not None else default_engine_path(onnx_path, options.precision)
+    if output.suffix.lower() not in ENGINE_SUFFIXES:
+        raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
+    trt = require("tensorrt", "building a TensorRT engine")
+    from engines.trt import current_runtime, engine_profile, engine_tensors, make_logger
+
+    runtime = current_runtime()
+    route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
+    source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
+    from exporters.onnx_info import read_onnx_meta
+
+    meta = read_onnx_meta(source)
+    logger = make_logger(trt)
+    started = time.perf_counter()
+    plan, config = _build_plan(trt, logger, source, meta, route, options, show_progress)
+    seconds = time.perf_counter() - started
+
+    # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise RtkError(f"TensorRT built {output.name} but cannot load it: {logger.last_error()}")
+    inputs, outputs = engine_tensors(trt, engine)
+    layers = None
+    if options.profiling_verbosity != "none":
+        inspector = engine.create_engine_inspector()
+        layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    data = memoryview(plan)
+    sidecar = EngineSidecar(
+        tensorrt_version=runtime.tensorrt_version,
+        gpu_name=runtime.gpu_name,
+        compute_capability=runtime.compute_capability,
+        precision=options.precision,
+        profile=engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3,
+        inputs=inputs,
+        outputs=outputs,
+        onnx=os.path.relpath(source.resolve(), output.resolve().parent),
+        onnx_sha256=sha256_file(source),
+        engine_sha256=hashlib.sha256(data).hexdigest(),
+        spec=meta.spec,
+        preprocess=meta.preprocess,
+        build={
+            "route": route.name,
+            "workspace": options.workspace,
+            "tf32": options.tf32,
+            "builder_optimization_level": options.builder_optimization_level,
+            "profiling_verbosity": options.profiling_verbosity,
+            "seconds": round(seconds, 1),
+        },
+        layers=layers,
+    )
+    del engine
+    atomic_write_bytes(output, data)
+    try:
+        write_sidecar(sidecar, output)
+    except BaseException:
+        output.unlink(missing_ok=True)  # an engine without its sidecar must not be left behind
+        raise
+    if options.timing_cache is not None:
+        atomic_write_bytes(options.timing_cache, memoryview(config.get_timing_cache().serialize()))
+    return output
+
+
+def ensure_engine(onnx_path: str | os.PathLike, precision: str = "fp16") -> Path:
+    """The engine next to an ONNX file, built when missing, stale, or built for another machine.
+
+    An existing engine is reused when its sidecar matches this TensorRT and GPU, its source ONNX
+    still has the recorded sha256, and the given ONNX is not newer than it. A rebuild keeps the
+    engine's batch profile.
+
+    Returns:
+        ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``.
+    """
+    onnx_path = Path(onnx_path)
+    output = default_engine_path(onnx_path, precision)
+    options = BuildOptions(precision=precision)
+    if output.exists() and sidecar_path(output).exists():
+        try:
+            sidecar = read_sidecar(output)
+        except RtkError:
+            sidecar = None
+        if sidecar is not None and sidecar.precision == precision:
+            lo, opt, hi = sidecar.profile
+            options = BuildOptions(precision=precision, min_batch=lo, opt_batch=opt, max_batch=hi)
+            from engines.trt import current_runtime
+
+            source = source_onnx_path(sidecar, output)
+            fresh = (
+                runtime_mismatch(sidecar, current_runtime()) is None
+                and source.exists()
+                and sha256_file(source) == sidecar.onnx_sha256
+                and onnx_path.stat().st_mtime <= output.stat().st_mtime
+            )
+            if fresh:
+                return output
+    return build_engine(onnx_path, output, options)
+
+
+def _build_plan(trt, logger, source: Path, meta, route: BuildRoute, options: BuildOptions, show_progress: bool):
+    """Parse the ONNX, configure the builder and build; returns (serialised plan, builder config)."""
+    builder = trt.Builder(logger)
+    flags = 0
+    if route.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        listed = "; ".join(f"({i + 1}) {e}" for i, e in enumerate(errors)) or logger.last_error()
+        raise RtkError(f"TensorRT's ONNX parser rejected {source} with {len(errors)} error(s): {listed}")
+
+    config = builder.create_builder_config()
+    if options.workspace is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace)
+    if route.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if not options.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    config.builder_optimization_level = options.builder_optimization_level
+    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, PROFILING_VERBOSITY[options.profiling_verbosity])
+    _add_profile(builder, network, config, source, meta, options)
+    _set_timing_cache(config, options.timing_cache)
+
+    plan = _run_builder(trt, builder, network, config, show_progress)
+    if plan is None:
+        raise RtkError(f"TensorRT could not build an engine from {source}: {logger.last_error()}")
+    return plan, config
+
+
+def _parser_error(error: Any) -> str:
+    node = error.node_name() if hasattr(error, "node_name") else ""
+    where = f" at node {node!r}" if node else ""
+    return f"{error.code()}{where}: {error.desc()}"
+
+
+def _add_profile(builder, network, config, source: Path, meta, options: BuildOptions) -> None:
+    """Check the network's single NCHW input against the metadata and add the batch profile."""
+    if network.num_inputs != 1:
+        raise RtkError(f"{source} has {network.num_inputs} inputs; rtk engines take one NCHW image batch")
+    tensor = network.get_input(0)
+    shape = tuple(tensor.shape)
+    chw = (meta.spec.in_chans, *meta.preprocess.input_size)
+    if len(shape) != 4:
+        raise RtkError(f"{source}'s input {tensor.name!r} has shape {shape}; rtk engines need an NCHW input")
+    for got, want in zip(shape[1:], chw):
+        if got not in (-1, want):
+            raise RtkError(f"{source}'s input {tensor.name!r} has shape {shape} but its metadata says (N, {', '.join(map(str, chw))})")
+    if shape[0] != -1:
+        fixed = shape[0]
+        if options.profile != (fixed,) * 3:
+            raise RtkError(
+                f"{source} has a fixed batch size of {fixed}: build it with --min-batch {fixed} --opt-batch {fixed} "
+                f"--max-batch {fixed}, or export it again with a dynamic batch axis"
+            )
+        return
+    profile = builder.create_optimization_profile()
+    profile.set_shape(tensor.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
+    config.add_optimization_profile(profile)
+
+
+def _set_timing_cache(config, path: Path | None) -> None:
+    """Start from the timing cache file when there is one; a cache from another GPU/TensorRT is replaced."""
+    from toolkit.console import warn
+
+    data = path.read_bytes() if path is not None and path.exists() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        warn(f"timing cache {path} was made by another TensorRT or GPU (or is damaged); starting a fresh one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _run_builder(trt, builder, network, config, show_progress: bool):
+    """``build_serialized_network`` with TensorRT's build phases shown as progress bars on stderr."""
+    if not show_progress:
+        return builder.build_serialized_network(network, config)
+    from toolkit.console import err_console
+
+    if not hasattr(trt, "IProgressMonitor"):
+        with err_console.status("building the TensorRT engine (minutes for large models)…"):
+            return builder.build_serialized_network(network, config)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as progress:  # fmt: skip
+        config.progress_monitor = _progress_monitor(trt, progress)
+        return builder.build_serialized_network(network, config)
+
+
+def _progress_monitor(trt, progress):
+    """A ``tensorrt.IProgressMonitor`` that mirrors nested build phases as rich progress bars."""
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._tasks: dict[str, Any] = {}
+            self._depth: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
+            self._depth[phase_name] = depth
+            self._tasks[phase_name] = progress.add_task("  " * depth + phase_name, total=max(num_steps, 1))
+
+        def step_complete(self, phase_name, step):
+            task = self._tasks.get(phase_name)
+            if task is not None:
+                progress.update(task, completed=step + 1)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            task = self._tasks.pop(phase_name, None)
+            if task is not None:
+                progress.remove_task(task)
+
+    return _Monitor()

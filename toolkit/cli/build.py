@@ -1,0 +1,83 @@
+"""``rtk build MODEL.onnx``: a TensorRT engine and its sidecar."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Precision(str, Enum):
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class ProfilingVerbosity(str, Enum):
+    layer_names_only = "layer-names-only"
+    detailed = "detailed"
+    none = "none"
+
+
+def build(
+    onnx: Annotated[Path, typer.Argument(help="An ONNX file exported by `rtk export` (fp32 or fp16).")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Engine path [default: MODEL.engine for fp16, MODEL.fp32.engine for fp32]."),
+    ] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option(help="Engine precision. fp16 uses BuilderFlag.FP16 on TensorRT 10 and the fp16 ONNX on TensorRT 11."),
+    ] = Precision.fp16,
+    min_batch: Annotated[int, typer.Option(help="Smallest batch the engine accepts.")] = 1,
+    opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes its kernels for.")] = 32,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts.")] = 128,
+    workspace: Annotated[
+        Optional[str],
+        typer.Option(help="Workspace memory limit, e.g. 4GiB or 512MiB [default: TensorRT's, all GPU memory]."),
+    ] = None,
+    timing_cache: Annotated[
+        Optional[Path],
+        typer.Option(help="Timing cache file: read before the build when it exists, updated after it."),
+    ] = None,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="Allow TF32 in fp32 layers; --no-tf32 for strict fp32 parity.")] = True,
+    builder_optimization_level: Annotated[
+        int, typer.Option(help="0..5: higher searches more kernels (slower build, possibly faster engine).")
+    ] = 3,
+    profiling_verbosity: Annotated[
+        ProfilingVerbosity,
+        typer.Option(help="Layer information kept in the engine; detailed shows tactics and formats in `rtk inspect`."),
+    ] = ProfilingVerbosity.layer_names_only,
+) -> None:
+    """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
+    from exporters.trt import BuildOptions, build_engine, parse_workspace
+    from toolkit.console import console
+
+    options = BuildOptions(
+        precision=precision.value,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        workspace=parse_workspace(workspace) if workspace is not None else None,
+        timing_cache=timing_cache,
+        tf32=tf32,
+        builder_optimization_level=builder_optimization_level,
+        profiling_verbosity=profiling_verbosity.value,
+    )
+    path = build_engine(onnx, output, options)
+
+    from engines.trt_sidecar import read_sidecar, sidecar_path
+
+    sidecar = read_sidecar(path)
+    lo, opt, hi = sidecar.profile
+    console.print(
+        f"built [bold]{path}[/bold] ({path.stat().st_size / 2**20:.1f} MiB, {sidecar.precision}, batch {lo}/{opt}/{hi}, "
+        f"{sidecar.build.get('route')}) in {sidecar.build.get('seconds')} s for TensorRT {sidecar.tensorrt_version} "
+        f"on {sidecar.gpu_name}; sidecar {sidecar_path(path).name}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)
