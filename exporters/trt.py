@@ -261,7 +261,8 @@ def build_engine(
     seconds = time.perf_counter() - started
 
     # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    loader = trt.Runtime(logger)  # must outlive the engine it deserialises
+    engine = loader.deserialize_cuda_engine(plan)
     if engine is None:
         raise RtkError(f"TensorRT built {output.name} but cannot load it: {logger.last_error()}")
     inputs, outputs = engine_tensors(trt, engine)
@@ -293,7 +294,7 @@ def build_engine(
         },
         layers=layers,
     )
-    del engine
+    del engine, loader
     atomic_write_bytes(output, data)
     try:
         write_sidecar(sidecar, output)
