@@ -1,0 +1,690 @@
+"""The timing harness behind ``rtk bench``: warm-up, synchronised clocks, percentiles, sweeps.
+
+What is timed is the engine call and nothing else: inputs are allocated before the timed
+loop, ``perf_counter_ns`` is read right around the call (after a device synchronisation, so
+queued GPU work is never attributed to the wrong iteration), samples go into a preallocated
+array. ``python -m benchmarks.overhead`` checks the result against bare runtime loops.
+
+On CUDA the harness also splits one host-to-host inference into its H2D copy, compute and
+D2H copy with CUDA events (as trtexec does), records peak device memory, and can replay eager
+models as CUDA graphs (``eager-graph``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toolkit.errors import RtkError
+
+#: Every engine the benchmark knows; ``--engine all`` runs each, or says why it cannot.
+ALL_ENGINES = (
+    "eager", "eager-fp16", "eager-bf16", "eager-cl", "eager-compile", "eager-graph",
+    "ort", "ort-fp16", "ort-cuda", "ort-trt", "trt",
+)
+EAGER_FLAGS = ("fp16", "bf16", "cl", "compile", "graph")
+OTHER_ENGINES = ("ort", "ort-fp16", "ort-cuda", "ort-trt", "trt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+IO_MODES = ("host", "device", "both")
+#: The engine every speed-up is relative to.
+BASELINE = "eager"
+#: Fewest timed iterations behind a figure when a time budget is used.
+MIN_ITERS = 5
+#: Iterations of the CUDA-event H2D / compute / D2H split.
+SPLIT_ITERS = 50
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run and for how long.
+
+    Attributes:
+        engines: engine names (see :data:`ALL_ENGINES`; ``eager`` takes any of the flags
+            :data:`EAGER_FLAGS`, e.g. ``eager-fp16-cl-graph``).
+        batch_sizes: batch sizes to sweep, in order.
+        device: ``"cpu"`` or ``"cuda[:N]"``.
+        precision: applied to plain ``eager``/``ort``/``ort-cuda``/``ort-trt``/``trt``;
+            ``None`` = each engine's own default (fp16 for TensorRT, fp32 otherwise).
+        warmup_s: untimed warm-up per engine and batch size (at least one call).
+        duration_s: time budget per engine and batch size (ignored when ``iters`` is set).
+        iters: exact number of timed iterations instead of a time budget.
+        threads: intra-op threads for torch and ONNX Runtime (``None`` = their defaults).
+        io: ``"host"`` (numpy in, numpy out), ``"device"`` (inputs and outputs stay on the
+            engine's device) or ``"both"``.
+        rounds: repeat the sweep this many times, engines interleaved, and pool the samples;
+            spreads slow drifts on a shared machine over every engine alike.
+        baseline: add eager fp32 to the run (when the model is a checkpoint) so every engine
+            gets a speed-up figure.
+    """
+
+    engines: tuple[str, ...] = ("eager",)
+    batch_sizes: tuple[int, ...] = (1, 8)
+    device: str = "cpu"
+    precision: str | None = None
+    warmup_s: float = 1.0
+    duration_s: float = 3.0
+    iters: int | None = None
+    threads: int | None = None
+    io: str = "host"
+    rounds: int = 1
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise RtkError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise RtkError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.io not in IO_MODES:
+            raise RtkError(f"io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise RtkError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.warmup_s < 0 or self.duration_s <= 0:
+            raise RtkError("the warm-up must be >= 0 seconds and the duration > 0 seconds")
+        if self.iters is not None and self.iters < 1:
+            raise RtkError(f"iters must be at least 1, got {self.iters}")
+        if self.threads is not None and self.threads < 1:
+            raise RtkError(f"threads must be at least 1, got {self.threads}")
+        if self.rounds < 1:
+            raise RtkError(f"rounds must be at least 1, got {self.rounds}")
+        for name in self.engines:
+            parse_engine(name)
+
+    @property
+    def io_modes(self) -> tuple[str, ...]:
+        return ("host", "device") if self.io == "both" else (self.io,)
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """One benchmarked engine: a runtime and its variant."""
+
+    runtime: str  # eager | ort | ort-cuda | ort-trt | trt
+    precision: str
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.runtime != "eager":
+            fp16_onnx = self.runtime == "ort" and self.precision == "fp16"
+            return "ort-fp16" if fp16_onnx else self.runtime
+        flags = [self.precision] if self.precision != "fp32" else []
+        flags += ["cl"] * self.channels_last + ["compile"] * self.compile + ["graph"] * self.cuda_graph
+        return "-".join(["eager", *flags])
+
+
+def parse_engine(name: str, precision: str | None = None) -> EngineChoice:
+    """An engine name (``eager-fp16-cl``, ``ort-fp16``, ``trt`` …) as an :class:`EngineChoice`.
+
+    Args:
+        name: the name as given on the command line.
+        precision: the ``--precision`` option; applies when the name does not fix one.
+
+    Raises:
+        RtkError: the name is not one the benchmark knows.
+    """
+    known = ", ".join(ALL_ENGINES) + " (eager flags combine: eager-fp16-cl-graph)"
+    if name.startswith("eager"):
+        flags = name.split("-")[1:]
+        if name.split("-")[0] != "eager" or any(f not in EAGER_FLAGS for f in flags) or len(set(flags)) != len(flags):
+            raise RtkError(f"unknown engine {name!r}; choose from {known}")
+        named = [f for f in flags if f in PRECISIONS]
+        if len(named) > 1:
+            raise RtkError(f"engine {name!r} names two precisions")
+        return EngineChoice(
+            "eager", named[0] if named else (precision or "fp32"),
+            channels_last="cl" in flags, compile="compile" in flags, cuda_graph="graph" in flags,
+        )
+    if name not in OTHER_ENGINES:
+        raise RtkError(f"unknown engine {name!r}; choose from {known}")
+    if name == "ort-fp16":
+        return EngineChoice("ort", "fp16")
+    default = "fp16" if name == "trt" else "fp32"
+    chosen = precision or default
+    if name != "eager" and chosen == "bf16":
+        raise RtkError(f"the {name} engine runs fp32 or fp16, not bf16")
+    return EngineChoice(name, chosen)
+
+
+def expand_engines(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``all`` expanded to :data:`ALL_ENGINES`, duplicates dropped, order kept."""
+    out: list[str] = []
+    for name in names:
+        for n in ALL_ENGINES if name == "all" else (name,):
+            if n not in out:
+                out.append(n)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class BenchResult:
+    """One engine at one batch size and I/O mode (or one row saying why an engine did not run).
+
+    Latencies are in milliseconds; ``throughput_ips`` is images per second. ``status`` is
+    ``ok``, ``skipped`` (with ``reason``) or ``oom``.
+    """
+
+    engine: str
+    precision: str
+    device: str
+    status: str
+    batch_size: int | None = None
+    io: str | None = None
+    reason: str | None = None
+    threads: int | None = None
+    iterations: int = 0
+    timed_s: float = 0.0
+    throughput_ips: float | None = None
+    latency_ms: dict[str, float] | None = None
+    split_ms: dict[str, float] | None = None
+    peak_memory_mb: float | None = None
+    device_memory_used_mb: float | None = None
+    speedup_vs_eager: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BenchReport:
+    """A whole run: the model, the settings, the environment and one row per measurement."""
+
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    results: list[BenchResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "rtk.bench",
+            "version": 1,
+            "model": self.model,
+            "settings": self.settings,
+            "environment": self.environment,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def latency_stats(samples_ns: np.ndarray) -> dict[str, float]:
+    """Mean, std, min, p50, p90, p99 and max of latency samples, in milliseconds."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "mean": float(ms.mean()),
+        "std": float(ms.std()),
+        "min": float(ms.min()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(ms.max()),
+    }
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_calls(
+    fn: Callable[[Any], Any],
+    arg: Any,
+    sync: Callable[[], None] | None = None,
+    *,
+    warmup_s: float = 1.0,
+    duration_s: float = 3.0,
+    iters: int | None = None,
+    min_iters: int = MIN_ITERS,
+) -> np.ndarray:
+    """Latency samples (ns) of ``fn(arg)``, each bracketed by ``sync`` and the clock.
+
+    The clock is read right before and after the call, after ``sync`` (a device
+    synchronisation) on both sides, so that only this call's work is counted. The sample
+    buffer is sized from the warm-up and grown only between timed calls.
+
+    Args:
+        fn, arg: the call to time (an engine and its preallocated input).
+        sync: waits for queued device work; ``None`` on CPU.
+        warmup_s: untimed warm-up; at least one call is always made (first calls compile,
+            allocate and autotune).
+        duration_s: time budget, ignored when ``iters`` is given.
+        iters: exact number of timed calls.
+        min_iters: fewest timed calls under a time budget.
+
+    Returns:
+        int64 nanoseconds, one per timed call.
+    """
+    clock = time.perf_counter_ns
+    start = clock()
+    fn(arg)
+    if sync is not None:
+        sync()
+    warm_calls = 1
+    deadline = start + int(warmup_s * 1e9)
+    while clock() < deadline:
+        fn(arg)
+        if sync is not None:
+            sync()
+        warm_calls += 1
+    per_call = max((clock() - start) / warm_calls, 1.0)
+    capacity = iters if iters is not None else max(min_iters, int(duration_s * 1e9 / per_call * 1.25) + 16)
+    samples = np.empty(capacity, dtype=np.int64)
+    end = clock() + int(duration_s * 1e9)
+    count = 0
+    while True:
+        if count == len(samples):
+            samples = np.concatenate([samples, np.empty_like(samples)])
+        if sync is not None:
+            sync()
+        t0 = clock()
+        fn(arg)
+        if sync is not None:
+            sync()
+        t1 = clock()
+        samples[count] = t1 - t0
+        count += 1
+        if iters is not None:
+            if count >= iters:
+                break
+        elif t1 >= end and count >= min_iters:
+            break
+    return samples[:count]
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def open_engine(model: Path, kind: str, choice: EngineChoice, options: BenchOptions):
+    """Load the engine ``choice`` for ``model``, exporting/building what it needs (cached next to it).
+
+    Raises:
+        RtkError: this engine cannot run here or on this artefact; the message says why.
+    """
+    import engines
+
+    cuda = options.device.startswith("cuda")
+    if choice.runtime in ("ort-cuda", "ort-trt", "trt") or choice.cuda_graph:
+        if not cuda:
+            raise RtkError(f"{choice.name} needs a CUDA GPU; run with --device cuda on a machine that has one")
+    if choice.runtime == "eager":
+        if kind != "checkpoint":
+            raise RtkError(f"eager engines run checkpoints (.pth/.pt), and {model.name} is an {kind} file")
+        return engines.load(
+            model, engine="eager", device=options.device, precision=choice.precision,
+            channels_last=choice.channels_last, compile=choice.compile,
+        )
+    threads = {"threads": options.threads} if options.threads is not None else {}
+    if choice.runtime == "trt":
+        return engines.load(_trt_engine(model, kind, choice.precision), engine="trt", device=options.device)
+    if kind == "engine":
+        raise RtkError(f"{choice.name} runs ONNX files; {model.name} is a TensorRT engine (bench it with --engine trt)")
+    # ORT's TensorRT provider applies fp16 itself, from the fp32 graph.
+    onnx_precision = "fp32" if choice.runtime == "ort-trt" else choice.precision
+    onnx = _onnx_file(model, kind, onnx_precision)
+    if choice.runtime == "ort":
+        return engines.load(onnx, engine=choice.name, **threads)
+    if choice.runtime == "ort-trt":
+        threads["max_batch"] = max(options.batch_sizes)
+    engine = engines.load(onnx, engine=choice.runtime, device=options.device, precision=choice.precision, **threads)
+    if f"ort-{engine.provider}" != choice.runtime:
+        # ORT falls back to its CPU provider; timing that under a GPU engine's name would mislead.
+        engine.close()
+        raise RtkError(
+            f"{choice.runtime} needs onnxruntime-gpu with its {choice.runtime[4:].upper()} execution provider, and ONNX "
+            "Runtime here has none (pip install 'rtk[gpu]')"
+        )
+    return engine
+
+
+def _onnx_file(model: Path, kind: str, precision: str) -> Path:
+    if kind == "checkpoint":
+        from exporters.onnx import ensure_onnx
+
+        return ensure_onnx(model, precision)
+    is_fp16 = model.name.endswith(".fp16.onnx")
+    if (precision == "fp16") != is_fp16:
+        want = "an fp16 (.fp16.onnx)" if precision == "fp16" else "an fp32"
+        raise RtkError(f"this engine needs {want} ONNX file and {model.name} is not one; pass the checkpoint instead")
+    return model
+
+
+def _trt_engine(model: Path, kind: str, precision: str) -> Path:
+    if kind == "engine":
+        return model
+    from exporters.trt import ensure_engine
+
+    # From the fp32 ONNX: the engine builder picks the fp16 route the installed TensorRT needs.
+    return ensure_engine(_onnx_file(model, kind, "fp32") if kind == "checkpoint" else model, precision)
+
+
+def _has_device_path(engine: Any) -> bool:
+    """Whether the engine keeps device tensors on the device (the base class copies through the host)."""
+    from engines.base import Engine
+
+    return type(engine).run_device is not Engine.run_device
+
+
+# --------------------------------------------------------------------------- one measurement
+
+
+class _CudaGraph:
+    """An eager engine captured as a CUDA graph over static input/output buffers."""
+
+    def __init__(self, engine: Any, static_input: Any):
+        import torch
+
+        self.input = static_input
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream, as torch requires
+            for _ in range(3):
+                engine.run_device(static_input)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = engine.run_device(static_input)
+
+    def run_device(self, _batch: Any) -> Any:
+        self.graph.replay()
+        return self.output
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.input.copy_(torch.from_numpy(batch))
+        self.graph.replay()
+        return self.output.float().cpu().numpy()
+
+
+class _Measurement:
+    """Buffers and callables for one engine at one batch size, built before any timing."""
+
+    def __init__(self, engine: Any, choice: EngineChoice, batch_size: int, device: str):
+        rng = np.random.default_rng(batch_size)
+        self.host = rng.standard_normal((batch_size, *engine.input_shape), dtype=np.float32)
+        self.engine = engine
+        self.cuda = device.startswith("cuda")
+        self.device_input = None
+        self.graph = None
+        if self.cuda or choice.cuda_graph:
+            import torch
+
+            self.device_input = torch.from_numpy(self.host).to(device)
+        elif _has_device_path(engine):
+            import torch
+
+            self.device_input = torch.from_numpy(self.host)  # on CPU the host is the device
+        if choice.cuda_graph:
+            self.graph = _CudaGraph(engine, self.device_input)
+
+    def call(self, io: str) -> tuple[Callable[[Any], Any], Any]:
+        runner = self.graph or self.engine
+        if io == "host":
+            return runner.__call__, self.host
+        if self.device_input is None or not (self.graph or _has_device_path(self.engine)):
+            if not self.cuda:
+                raise RtkError(f"on CPU the {self.engine.name} engine's host path is its device path; see the host rows")
+            raise RtkError(f"the {self.engine.name} engine has no device-resident path; use --io host")
+        return runner.run_device, self.device_input
+
+
+def _sync_for(engine: Any, cuda: bool) -> Callable[[], None] | None:
+    if not cuda:
+        return None
+    import torch
+
+    def sync() -> None:
+        engine.synchronize()
+        torch.cuda.synchronize()
+
+    return sync
+
+
+def _split_ms(m: _Measurement, iters: int) -> dict[str, float]:
+    """Median H2D copy, compute and D2H copy of a host-to-host inference, from CUDA events."""
+    import torch
+
+    runner = m.graph or m.engine
+    pinned_in = torch.from_numpy(m.host).pin_memory()
+    out = runner.run_device(m.device_input)
+    pinned_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+    events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(iters)]
+    torch.cuda.synchronize()
+    for e in events:
+        e[0].record()
+        m.device_input.copy_(pinned_in, non_blocking=True)
+        e[1].record()
+        out = runner.run_device(m.device_input)
+        m.engine.synchronize()  # engines on their own streams finish before e[2] is stamped
+        e[2].record()
+        pinned_out.copy_(out, non_blocking=True)
+        e[3].record()
+    torch.cuda.synchronize()
+    times = np.array([[e[i].elapsed_time(e[i + 1]) for i in range(3)] for e in events])
+    h2d, compute, d2h = np.median(times, axis=0)
+    return {"h2d": float(h2d), "compute": float(compute), "d2h": float(d2h)}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "failed to allocate" in text
+
+
+def _is_compile_failure(exc: BaseException) -> bool:
+    # torch.compile failing for lack of a compiler/toolchain is the machine's limit, not a bug here.
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _free_device_memory(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def measure(
+    engine: Any, choice: EngineChoice, batch_size: int, io: str, options: BenchOptions,
+    duration_s: float | None = None, iters: int | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Time one engine at one batch size; returns latency samples (ns) and CUDA extras.
+
+    Raises:
+        RtkError: the engine cannot take this batch size or I/O mode.
+    """
+    cuda = options.device.startswith("cuda")
+    extras: dict[str, Any] = {}
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(options.device)
+    m = _Measurement(engine, choice, batch_size, options.device)
+    fn, arg = m.call(io)
+    samples = time_calls(
+        fn, arg, _sync_for(engine, cuda),
+        warmup_s=options.warmup_s,
+        duration_s=duration_s if duration_s is not None else options.duration_s,
+        iters=iters if iters is not None else options.iters,
+    )
+    if cuda:
+        import torch
+
+        if io == "host" and m.device_input is not None and (m.graph or _has_device_path(engine)):
+            extras["split_ms"] = _split_ms(m, min(SPLIT_ITERS, max(len(samples), 10)))
+        extras["peak_memory_mb"] = torch.cuda.max_memory_allocated(options.device) / 2**20
+        free, total = torch.cuda.mem_get_info(options.device)
+        extras["device_memory_used_mb"] = (total - free) / 2**20
+    return samples, extras
+
+
+def run_benchmark(
+    model: str | os.PathLike,
+    options: BenchOptions,
+    progress: Callable[[BenchResult], None] | None = None,
+) -> BenchReport:
+    """Benchmark every engine in ``options`` on ``model`` across the batch sizes.
+
+    Engines that cannot run (no GPU, no TensorRT, wrong artefact) give one ``skipped`` row
+    with the reason; a batch size that runs out of memory gives an ``oom`` row and the sweep
+    goes on.
+
+    Args:
+        model: a checkpoint, ONNX file or TensorRT engine.
+        options: what to run and for how long.
+        progress: called with each finished row (for live output).
+
+    Returns:
+        The report: model, settings, environment and results (speed-ups filled in).
+    """
+    import torch
+
+    from benchmarks.environment import collect_environment
+    from toolkit.artefacts import artefact_kind
+
+    model = Path(model)
+    kind = artefact_kind(model)
+    choices: list[EngineChoice] = []
+    for name in options.engines:
+        choice = parse_engine(name, options.precision)
+        if choice not in choices:
+            choices.append(choice)
+    baseline = parse_engine(BASELINE)
+    if options.baseline and kind == "checkpoint" and baseline not in choices:
+        choices.insert(0, baseline)
+    cuda = options.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise RtkError(f"--device {options.device} was asked for but no CUDA GPU is available; use --device cpu")
+
+    saved_threads = torch.get_num_threads()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    results: list[BenchResult] = []
+    emit = progress or (lambda r: None)
+    try:
+        loaded: list[tuple[EngineChoice, Any]] = []
+        for choice in choices:
+            try:
+                loaded.append((choice, open_engine(model, kind, choice, options)))
+            except RtkError as exc:
+                row = BenchResult(choice.name, choice.precision, options.device, "skipped", reason=str(exc))
+                results.append(row)
+                emit(row)
+        try:
+            cells = _sweep(loaded, options, emit)
+        finally:
+            for _, engine in loaded:
+                engine.close()
+        results.extend(cells)
+        meta = _model_info(model, kind, loaded)
+    finally:
+        torch.set_num_threads(saved_threads)
+    _fill_speedups(results)
+    settings = dataclasses.asdict(options)
+    settings["engines"] = [c.name for c in choices]
+    return BenchReport(meta, settings, collect_environment(options.device, torch_threads(options)), results)
+
+
+def torch_threads(options: BenchOptions) -> int:
+    """The intra-op thread count the run used (``--threads`` or torch's default)."""
+    import torch
+
+    return options.threads if options.threads is not None else torch.get_num_threads()
+
+
+def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) -> list[BenchResult]:
+    """Rounds × batch sizes × engines × I/O modes; samples of a cell pooled over rounds."""
+    cuda = options.device.startswith("cuda")
+    per_round_s = options.duration_s / options.rounds
+    per_round_iters = -(-options.iters // options.rounds) if options.iters is not None else None
+    pooled: dict[tuple[int, int, str], list[np.ndarray]] = {}
+    extras: dict[tuple[int, int, str], dict[str, Any]] = {}
+    failed: dict[tuple[int, int, str], BenchResult] = {}
+    rows: list[BenchResult] = []
+    threads = torch_threads(options)
+    for round_index in range(options.rounds):
+        last = round_index == options.rounds - 1
+        for batch_size in options.batch_sizes:
+            for e, (choice, engine) in enumerate(loaded):
+                for io in options.io_modes:
+                    key = (e, batch_size, io)
+                    if key in failed:
+                        continue
+                    base = BenchResult(_row_name(choice, engine), choice.precision, options.device, "ok", batch_size, io, threads=threads)
+                    try:
+                        samples, extra = measure(engine, choice, batch_size, io, options, per_round_s, per_round_iters)
+                    except RtkError as exc:
+                        failed[key] = dataclasses.replace(base, status="skipped", reason=str(exc))
+                    except Exception as exc:  # noqa: BLE001 - only OOM and compiler failures are handled
+                        if _is_oom(exc):
+                            failed[key] = dataclasses.replace(base, status="oom", reason=_first_line(exc))
+                        elif _is_compile_failure(exc):
+                            failed[key] = dataclasses.replace(base, status="skipped", reason=f"torch.compile failed: {_first_line(exc)}")
+                        else:
+                            raise
+                        _free_device_memory(cuda)
+                    else:
+                        pooled.setdefault(key, []).append(samples)
+                        extras.setdefault(key, {}).update(extra)
+                    if key in failed:
+                        rows.append(failed[key])
+                        emit(failed[key])
+                        pooled.pop(key, None)
+                    elif last:
+                        row = _finish(base, np.concatenate(pooled[key]), extras[key])
+                        rows.append(row)
+                        emit(row)
+    return rows
+
+
+def _row_name(choice: EngineChoice, engine: Any) -> str:
+    """What really ran: the engine's own name (``ort-cuda-fp16``, ``eager-bf16-cl``), plus ``-graph``."""
+    return engine.name + ("-graph" if choice.cuda_graph else "")
+
+
+def _finish(row: BenchResult, samples: np.ndarray, extra: dict[str, Any]) -> BenchResult:
+    stats = latency_stats(samples)
+    return dataclasses.replace(
+        row,
+        iterations=int(len(samples)),
+        timed_s=float(samples.sum() / 1e9),
+        throughput_ips=float(row.batch_size * len(samples) / (samples.sum() / 1e9)),
+        latency_ms=stats,
+        split_ms=extra.get("split_ms"),
+        peak_memory_mb=extra.get("peak_memory_mb"),
+        device_memory_used_mb=extra.get("device_memory_used_mb"),
+    )
+
+
+def _fill_speedups(results: list[BenchResult]) -> None:
+    """Each ok row's throughput over eager fp32's at the same batch size and I/O mode."""
+    base = {(r.batch_size, r.io): r.throughput_ips for r in results if r.engine == BASELINE and r.status == "ok"}
+    for r in results:
+        ref = base.get((r.batch_size, r.io))
+        if r.status == "ok" and ref:
+            r.speedup_vs_eager = r.throughput_ips / ref
+
+
+def _model_info(model: Path, kind: str, loaded: list[tuple[EngineChoice, Any]]) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": str(model), "name": model.name, "kind": kind}
+    if loaded:
+        engine = loaded[0][1]
+        info.update(arch=engine.spec.arch, num_classes=engine.spec.num_classes, input_shape=list(engine.input_shape))
+    else:
+        info.update(arch=None, num_classes=None, input_shape=None)
+    return info

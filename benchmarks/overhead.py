@@ -1,0 +1,189 @@
+"""Does rtk add overhead? Bare runtimes against rtk's engines and harness, on the same model.
+
+    python -m benchmarks.overhead                      # ResNet-50, 224 px, batch 1, CPU
+    python -m benchmarks.overhead --batch-size 8 --rounds 9 --out benchmarks/results
+
+Four contenders run on the same random-weight model and the same input:
+
+- ``torch (bare)``: the ``nn.Module`` in a plain loop under ``torch.inference_mode``;
+- ``rtk eager``: :class:`engines.eager.EagerEngine`, timed by :func:`benchmarks.harness.time_calls`;
+- ``onnxruntime (bare)``: an ``InferenceSession`` with default options in a plain loop;
+- ``rtk ort``: :class:`engines.ort.OrtEngine`, timed by the harness.
+
+The bare loops read the clock once around N calls; the harness reads it around every call,
+so the comparison covers rtk's input checks, output conversion and the harness's own
+bookkeeping. Each round runs every contender once, bare and rtk of a runtime back to back,
+in an order that alternates between rounds; the ratio rtk/bare is taken within each round and
+its median over rounds is reported, so drifts on a shared machine cancel out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+#: rtk's engines must be within this fraction of the bare runtime.
+TOLERANCE = 0.03
+
+
+def _bare_mean_ms(fn: Callable[[], Any], iters: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter_ns() - start) / iters / 1e6
+
+
+def _rtk_mean_ms(engine: Any, x: Any, iters: int) -> float:
+    from benchmarks.harness import time_calls
+
+    return float(time_calls(engine, x, warmup_s=0.0, iters=iters).mean() / 1e6)
+
+
+def make_model(workdir: Path, arch: str, size: int) -> tuple[Path, Path]:
+    """A random-weight checkpoint and its fp32 ONNX in ``workdir`` (reused when present)."""
+    import torch
+
+    from exporters.onnx import ensure_onnx
+    from toolkit.checkpoint import save_checkpoint
+    from toolkit.models import create_model
+    from toolkit.spec import ModelSpec, Preprocess
+
+    checkpoint = workdir / f"{arch}-{size}px-random.pth"
+    if not checkpoint.exists():
+        torch.manual_seed(0)
+        spec = ModelSpec(arch=arch, num_classes=1000)
+        save_checkpoint(checkpoint, create_model(spec).eval(), spec, Preprocess.imagenet(size), {"note": "random weights"})
+    return checkpoint, ensure_onnx(checkpoint, "fp32")
+
+
+def measure_overhead(
+    checkpoint: Path, onnx: Path, batch_size: int = 1, rounds: int = 7, iters: int = 10, threads: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Interleaved rounds of the four contenders; returns per-round means (ms) and rtk/bare ratios.
+
+    Args:
+        checkpoint, onnx: the same model as a checkpoint and as an fp32 ONNX file.
+        batch_size: images per call.
+        rounds: interleaved rounds (odd, so the median is one round's value).
+        iters: calls per contender per round.
+        threads: intra-op threads for torch and ONNX Runtime (``None`` = their defaults).
+        progress: receives one line per round.
+
+    Returns:
+        ``{"ms": {contender: [per-round means]}, "ratio": {"eager": [...], "ort": [...]}, ...}``.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    import engines
+    from toolkit.checkpoint import load_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model, ckpt = load_model(checkpoint)
+    model.eval()
+    shape = (batch_size, ckpt.spec.in_chans, *ckpt.preprocess.input_size)
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    xt = torch.from_numpy(x)
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    eager = engines.load(checkpoint, engine="eager")
+    ort_engine = engines.load(onnx, engine="ort", **({"threads": threads} if threads is not None else {}))
+
+    def bare_torch(n: int) -> float:
+        with torch.inference_mode():
+            return _bare_mean_ms(lambda: model(xt), n)
+
+    contenders: dict[str, Callable[[int], float]] = {
+        "torch (bare)": bare_torch,
+        "rtk eager": lambda n: _rtk_mean_ms(eager, x, n),
+        "onnxruntime (bare)": lambda n: _bare_mean_ms(lambda: session.run(None, feed), n),
+        "rtk ort": lambda n: _rtk_mean_ms(ort_engine, x, n),
+    }
+    pairs = {"eager": ("torch (bare)", "rtk eager"), "ort": ("onnxruntime (bare)", "rtk ort")}
+    for run in contenders.values():  # warm-up: first calls allocate and pick kernels
+        run(2)
+    ms: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(rounds):
+        runtimes = list(pairs.values()) if r % 2 == 0 else list(pairs.values())[::-1]
+        for bare, rtk in runtimes:
+            for name in (bare, rtk) if r % 2 == 0 else (rtk, bare):
+                ms[name].append(contenders[name](iters))
+        progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in ms.items()))
+    eager.close()
+    ort_engine.close()
+    ratio = {k: [a / b for a, b in zip(ms[rtk], ms[bare])] for k, (bare, rtk) in pairs.items()}
+    return {
+        "model": {"checkpoint": checkpoint.name, "onnx": onnx.name, "arch": ckpt.spec.arch, "input_shape": list(x.shape[1:])},
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "iters": iters,
+        "ms": ms,
+        "ratio": ratio,
+        "median_ms": {k: statistics.median(v) for k, v in ms.items()},
+        "median_ratio": {k: statistics.median(v) for k, v in ratio.items()},
+        "ort_over_eager_bare": statistics.median(a / b for a, b in zip(ms["torch (bare)"], ms["onnxruntime (bare)"])),
+        "ort_over_eager_rtk": statistics.median(a / b for a, b in zip(ms["rtk eager"], ms["rtk ort"])),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet50", help="architecture (random weights); default resnet50")
+    parser.add_argument("--size", type=int, default=224, help="input size in pixels; default 224")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per call; default 1")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; default 7")
+    parser.add_argument("--iters", type=int, default=10, help="calls per contender per round; default 10")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads; default: the runtimes' own")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the model files are made (reused); default a temp dir")
+    parser.add_argument("--out", type=Path, default=None, help="write overhead-ARCH-bBATCH.json into this folder")
+    args = parser.parse_args(argv)
+
+    from benchmarks.environment import collect_environment
+    from toolkit.errors import RtkError
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = args.workdir or Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            checkpoint, onnx = make_model(workdir, args.arch, args.size)
+            result = measure_overhead(checkpoint, onnx, args.batch_size, args.rounds, args.iters, args.threads)
+    except RtkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    import torch
+
+    result["environment"] = collect_environment("cpu", args.threads or torch.get_num_threads())
+    print(f"\n{args.arch} {args.size}px, batch {args.batch_size}, {args.rounds} rounds x {args.iters} calls, "
+          f"{result['environment']['cpu']['threads']} threads on {result['environment']['device_name']}")
+    print(f"{'contender':<20} {'median ms/call':>15}")
+    for name, value in result["median_ms"].items():
+        print(f"{name:<20} {value:>15.2f}")
+    ok = True
+    for runtime, ratio in result["median_ratio"].items():
+        within = abs(ratio - 1) <= TOLERANCE
+        ok &= within
+        print(f"rtk {runtime} / bare: {ratio:.3f} (median of per-round ratios) {'OK' if within else 'OUTSIDE'} ±{TOLERANCE:.0%}")
+    print(f"ort speed-up over eager: bare {result['ort_over_eager_bare']:.2f}x, rtk {result['ort_over_eager_rtk']:.2f}x")
+    if args.out is not None:
+        from benchmarks.report import atomic_write
+
+        path = atomic_write(args.out / f"overhead-{args.arch}-b{args.batch_size}.json", json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0 if ok else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Benchmark reports: a rich table for the terminal, and JSON, CSV and a PNG plot on disk.
+
+The JSON follows ``benchmarks/schema.json``; the CSV has one flat row per result (the
+environment lives in the JSON). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+#: CSV columns, in order; nested JSON fields are flattened with a prefix.
+CSV_COLUMNS = (
+    "engine", "precision", "device", "device_name", "io", "batch_size", "status", "reason", "threads",
+    "iterations", "timed_s", "throughput_ips",
+    "latency_mean_ms", "latency_std_ms", "latency_min_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+    "latency_max_ms", "h2d_ms", "compute_ms", "d2h_ms", "peak_memory_mb", "device_memory_used_mb",
+    "speedup_vs_eager",
+)
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON schema every report follows."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def report_name(report: dict[str, Any]) -> str:
+    """A file stem naming the model and the device, e.g. ``resnet50-cpu-amd-epyc-2c``."""
+    env = report["environment"]
+    gpu = env.get("gpu") or {}
+    device = gpu.get("name") if gpu else f"cpu {env['cpu']['model']} {env['cpu']['cores']}c"
+    arch = report["model"].get("arch") or Path(report["model"]["name"]).stem
+    return _slug(f"{arch}-{device}")
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)", "", text.lower())
+    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def render_table(report: dict[str, Any]):
+    """A rich renderable: the results table (throughput, latency percentiles, speed-up), then why rows were skipped."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    env = report["environment"]
+    model = report["model"]
+    cuda = str(env["device"]).startswith("cuda")
+    shape = "x".join(map(str, model["input_shape"])) if model["input_shape"] else "?"
+    title = f"{model.get('arch') or model['name']} ({shape}) on {env['device_name']}, {env['cpu']['threads']} threads; latency in ms per batch"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["engine", "io", "batch", "img/s", "mean", "p50", "p90", "p99", "min", "max", "vs eager", "iters"]
+    columns += ["h2d", "compute", "d2h", "peak MB"] if cuda else []
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("engine", "io") else "right", no_wrap=True)
+    notes = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            where = f" at batch {r['batch_size']} ({r['io']})" if r["batch_size"] else ""
+            notes.append(Text.assemble((f"{r['engine']}{where} {r['status']}: ", "yellow"), r["reason"] or ""))
+            continue
+        lat = r["latency_ms"]
+        speed = r["speedup_vs_eager"]
+        cells = [
+            r["engine"], r["io"], str(r["batch_size"]), f"{r['throughput_ips']:.1f}",
+            *(_ms(lat[k]) for k in ("mean", "p50", "p90", "p99", "min", "max")),
+            f"{speed:.2f}x" if speed is not None else "—", str(r["iterations"]),
+        ]
+        if cuda:
+            split = r["split_ms"] or {}
+            peak = r["peak_memory_mb"]
+            cells += [_ms(split.get("h2d")), _ms(split.get("compute")), _ms(split.get("d2h")), f"{peak:.0f}" if peak else "—"]
+        table.add_row(*cells)
+    return Group(table, *notes)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def flat_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat dict per result with the :data:`CSV_COLUMNS` keys."""
+    rows = []
+    device_name = report["environment"]["device_name"]
+    for r in report["results"]:
+        row = {k: r.get(k) for k in CSV_COLUMNS if k in r}
+        row["device_name"] = device_name
+        for k, v in (r.get("latency_ms") or {}).items():
+            row[f"latency_{k}_ms"] = v
+        for k, v in (r.get("split_ms") or {}).items():
+            row[f"{k}_ms"] = v
+        rows.append({k: row.get(k) for k in CSV_COLUMNS})
+    return rows
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in flat_rows(report):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def plot(report: dict[str, Any]):
+    """A figure: throughput vs batch size per engine, and p50/p90/p99 latency per engine and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in ok:
+        series.setdefault((r["engine"], r["io"]), []).append(r)
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(13, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((engine, io_mode), rows) in enumerate(sorted(series.items())):
+        rows = sorted(rows, key=lambda r: r["batch_size"])
+        label = engine if len({k[1] for k in series}) == 1 else f"{engine} ({io_mode})"
+        color = colors[i % len(colors)]
+        bs = [r["batch_size"] for r in rows]
+        ax_t.plot(bs, [r["throughput_ips"] for r in rows], marker="o", color=color, label=label)
+        ax_l.plot(bs, [r["latency_ms"]["p50"] for r in rows], marker="o", color=color, label=f"{label} p50")
+        ax_l.fill_between(
+            bs, [r["latency_ms"]["p50"] for r in rows], [r["latency_ms"]["p99"] for r in rows], color=color, alpha=0.15
+        )
+        ax_l.plot(bs, [r["latency_ms"]["p90"] for r in rows], linestyle=":", color=color)
+        ax_l.plot(bs, [r["latency_ms"]["p99"] for r in rows], linestyle="--", color=color)
+    for ax in (ax_t, ax_l):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.grid(True, which="both", alpha=0.3)
+        batch_sizes = sorted({r["batch_size"] for r in ok})
+        if batch_sizes:
+            ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax_t.set_ylabel("images / s")
+    ax_t.set_title("throughput")
+    ax_l.set_yscale("log")
+    ax_l.set_ylabel("latency per batch, ms (p50 solid, p90 dotted, p99 dashed)")
+    ax_l.set_title("latency percentiles")
+    if series:
+        ax_t.legend(fontsize=8)
+    env = report["environment"]
+    fig.suptitle(f"{report['model'].get('arch') or report['model']['name']} on {env['device_name']}", fontsize=11)
+    return fig
+
+
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Write ``NAME.json``, ``NAME.csv`` and ``NAME.png`` under ``out_dir``.
+
+    Args:
+        report: a :meth:`benchmarks.harness.BenchReport.to_dict` result.
+        out_dir: the folder (created when missing).
+        name: file stem; by default the model and device (:func:`report_name`).
+
+    Returns:
+        The paths written.
+    """
+    from toolkit.plots import save_figure
+
+    out = Path(out_dir)
+    stem = name or report_name(report)
+    paths = [
+        atomic_write(out / f"{stem}.json", to_json(report)),
+        atomic_write(out / f"{stem}.csv", to_csv(report)),
+    ]
+    paths.append(save_figure(plot(report), out / f"{stem}.png"))
+    return paths

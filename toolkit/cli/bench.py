@@ -1,0 +1,136 @@
+"""``rtk bench MODEL``: throughput and latency of every engine, side by side."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolkit.errors import RtkError
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Io(str, Enum):
+    host = "host"
+    device = "device"
+    both = "both"
+
+
+#: Batch sizes swept when --batch-sizes is not given.
+DEFAULT_BATCH_SIZES = {"cpu": "1,8", "cuda": "1,8,32,128"}
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,8,32"`` → ``(1, 8, 32)``.
+
+    Raises:
+        RtkError: an entry is not a positive integer, or the list is empty.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p.isdigit() or int(p) < 1 for p in parts):
+        raise RtkError(f"--batch-sizes must be comma-separated positive integers such as 1,8,32, got {text!r}")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
+def bench(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", "-e",
+            help="Comma-separated engines: eager, eager-fp16, eager-bf16, eager-cl, eager-compile, eager-graph "
+            "(flags combine, e.g. eager-fp16-cl), ort, ort-fp16, ort-cuda, ort-trt, trt, or 'all'. "
+            "Default: the artefact's own runtime. From a checkpoint, ONNX files and engines are "
+            "exported/built next to it when missing.",
+        ),
+    ] = "",
+    batch_sizes: Annotated[
+        Optional[str], typer.Option("--batch-sizes", "-b", help="Comma-separated batch sizes (default: 1,8 on cpu, 1,8,32,128 on cuda).")
+    ] = None,
+    device: Annotated[Device, typer.Option(help="Where the engines run.")] = Device.cpu,
+    precision: Annotated[
+        Optional[Precision],
+        typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt, fp32 otherwise)."),
+    ] = None,
+    warmup: Annotated[float, typer.Option("--warmup", help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
+    duration: Annotated[
+        Optional[float], typer.Option("--duration", help="Timed seconds per engine and batch size (default: 3).")
+    ] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Exactly N timed iterations instead of a time budget.")] = None,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="Intra-op threads for torch and ONNX Runtime (default: all usable cores).")
+    ] = None,
+    io: Annotated[
+        Optional[Io],
+        typer.Option("--io", help="host: numpy in/out (host-to-host); device: tensors stay on the device; both (default: host on cpu, both on cuda)."),
+    ] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Repeat the sweep N times with engines interleaved and pool the samples (steadier on a busy machine).")] = 1,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Add eager fp32 (checkpoints only) so every engine gets a speed-up.")] = True,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write NAME.json, NAME.csv and NAME.png (plot) into this folder.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="File stem for --out (default: model and device, e.g. resnet50-cpu-amd-epyc-2c).")] = None,
+) -> None:
+    """Benchmark engines on a model: images/s, latency mean/p50/p90/p99/min/max, speed-up over eager fp32.
+
+    Warm-up first, device synchronised before every clock read, then a time budget (or --iters) per engine and batch size.
+    On CUDA also the H2D / compute / D2H split (CUDA events) and peak device memory.
+    Engines that cannot run here are listed with the reason; an out-of-memory batch size is reported and the sweep goes on.
+    With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
+    """
+    from benchmarks.harness import BenchOptions, expand_engines, run_benchmark
+    from benchmarks.report import render_table, write_report
+    from toolkit.console import console, info
+
+    if duration is not None and iters is not None:
+        raise RtkError("give --duration or --iters, not both")
+    names = [n.strip() for n in engine.split(",") if n.strip()] if engine else [_native_engine(model)]
+    options = BenchOptions(
+        engines=expand_engines(names),
+        batch_sizes=parse_batch_sizes(batch_sizes or DEFAULT_BATCH_SIZES[device.value]),
+        device=device.value,
+        precision=precision.value if precision else None,
+        warmup_s=warmup,
+        duration_s=duration if duration is not None else 3.0,
+        iters=iters,
+        threads=threads,
+        io=io.value if io else ("host" if device is Device.cpu else "both"),
+        rounds=rounds,
+        baseline=baseline,
+    )
+    report = run_benchmark(model, options, progress=_progress(info)).to_dict()
+    console.print(render_table(report))
+    if out is not None:
+        for path in write_report(report, out, name):
+            info(f"wrote {path}")
+
+
+def _native_engine(model: Path) -> str:
+    from toolkit.artefacts import artefact_kind
+
+    return {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}[artefact_kind(model)]
+
+
+def _progress(info):
+    def show(row) -> None:
+        where = f"batch {row.batch_size} {row.io}" if row.batch_size else ""
+        if row.status == "ok":
+            info(f"  {row.engine:<16} {where:<16} {row.throughput_ips:10.1f} img/s  p50 {row.latency_ms['p50']:.2f} ms")
+        else:
+            info(f"  {row.engine:<16} {where:<16} {row.status}: {row.reason}")
+
+    return show
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
