@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "build",
     "predict",
     "triton",
+    "bench",
 )
 
 
