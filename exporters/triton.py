@@ -56,20 +56,6 @@ TRITON_DTYPES = {
     "int64": "TYPE_INT64",
     "bool": "TYPE_BOOL",
 }
-# ONNX TensorProto element type names -> numpy names.
-_ONNX_DTYPES = {
-    "FLOAT": "float32",
-    "FLOAT16": "float16",
-    "BFLOAT16": "bfloat16",
-    "DOUBLE": "float64",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-}
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """One model input or output.
@@ -118,8 +104,8 @@ class TritonOptions:
         name: model name (folder under the repository); defaults to the artefact's file stem.
         version: version folder; defaults to one past the newest existing version (1 in a new model).
         platform: ``"onnx"`` or ``"tensorrt"``; defaults to what the artefact is (checkpoints → ONNX).
-        precision: ``"fp32"`` or ``"fp16"``: which ONNX a checkpoint is exported to
-            (default fp32 for ONNX, fp16 for TensorRT).
+        precision: ``"fp32"`` or ``"fp16"``: the ONNX exported from a checkpoint, or the plan
+            built when ``platform`` is tensorrt (default fp32 for ONNX, fp16 for TensorRT).
         max_batch_size: largest batch Triton forms; defaults to a plan's profile max, else
             :data:`DEFAULT_MAX_BATCH_SIZE`.
         preferred_batch_sizes: batch sizes the dynamic batcher aims for (empty = any up to the max).
@@ -227,7 +213,8 @@ def resolve_artefact(model: str | os.PathLike, platform: str | None = None, prec
     Args:
         model: a checkpoint, an ONNX file or a TensorRT plan/engine with its sidecar.
         platform: ``"onnx"`` or ``"tensorrt"``; ``None`` = what ``model`` already is.
-        precision: which ONNX to export from a checkpoint, ``"fp32"`` or ``"fp16"``.
+        precision: ``"fp32"`` or ``"fp16"``: the ONNX exported from a checkpoint, or the plan
+            built for ``platform="tensorrt"`` (default fp32 for ONNX, fp16 for plans).
 
     Returns:
         The artefact with its metadata and I/O.
@@ -238,17 +225,23 @@ def resolve_artefact(model: str | os.PathLike, platform: str | None = None, prec
     if kind == "engine":
         if platform != "tensorrt":
             raise RtkError(f"{path.name} is a TensorRT plan; serve it with --platform tensorrt or pass its ONNX/checkpoint")
+        if precision is not None:
+            raise RtkError(f"{path.name} is already built; --precision applies when rtk exports or builds the model")
         return plan_artefact(path)
+    if kind == "onnx" and platform == "onnx" and precision is not None:
+        raise RtkError(f"--precision chooses what rtk exports from a checkpoint; {path.name} is already an ONNX file")
+    if platform == "tensorrt":
+        # Fail before a minute-long ONNX export, not after it.
+        require("tensorrt", "building a TensorRT plan for Triton")
+    precision = precision or ("fp16" if platform == "tensorrt" else "fp32")
     if kind == "checkpoint":
         from exporters.onnx import ensure_onnx
 
-        path = ensure_onnx(path, precision or ("fp16" if platform == "tensorrt" else "fp32"))
-    elif precision is not None:
-        raise RtkError(f"--precision chooses the ONNX exported from a checkpoint; {path.name} is already an ONNX file")
+        path = ensure_onnx(path, precision)
     if platform == "tensorrt":
         from exporters.trt import ensure_engine
 
-        return plan_artefact(ensure_engine(path, precision="fp16"))
+        return plan_artefact(ensure_engine(path, precision))
     return onnx_artefact(path)
 
 
@@ -256,25 +249,23 @@ def onnx_artefact(path: str | os.PathLike) -> ServedArtefact:
     """An ONNX file's I/O, metadata and external-data files.
 
     Raises:
-        RtkError: the file is not readable ONNX, or has not exactly one input and one output.
+        RtkError: the file is not readable ONNX, carries no rtk metadata, or is not a single
+            NCHW-input, single-output classifier.
     """
-    onnx = require("onnx", "reading ONNX models")
-    from exporters.onnx_info import read_onnx_meta
+    from exporters.onnx_info import check_classifier_io, graph_io, load_onnx_graph, read_onnx_meta
 
     path = Path(path)
-    try:
-        # Weights are not needed, only the graph's signature and external-data locations.
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise RtkError(f"{path} is not a readable ONNX model: {str(exc).strip()[:200]}") from None
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = [_onnx_tensor(v) for v in proto.graph.input if v.name not in initializers]
-    outputs = [_onnx_tensor(v) for v in proto.graph.output]
-    inp, out = _single_io(path, inputs, outputs)
+    meta = read_onnx_meta(path)
+    proto = load_onnx_graph(path)
+    inputs, outputs = graph_io(proto)
+    check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
+    # Triton writes a dynamic axis as -1, whether ONNX names it ("batch") or leaves it unknown.
+    as_triton = [TensorInfo(t.name, t.dtype, tuple(d if isinstance(d, int) else -1 for d in t.shape)) for t in inputs + outputs]
+    inp, out = _single_io(path, as_triton[: len(inputs)], as_triton[len(inputs) :])
     return ServedArtefact(
         path=path,
         platform="onnx",
-        meta=read_onnx_meta(path),
+        meta=meta,
         input=inp,
         output=out,
         extra_files=_external_data_files(proto, path),
@@ -315,15 +306,6 @@ def plan_artefact(path: str | os.PathLike) -> ServedArtefact:
             "engine_sha256": sidecar.engine_sha256,
         },
     )
-
-
-def _onnx_tensor(value) -> TensorInfo:
-    import onnx
-
-    tensor = value.type.tensor_type
-    elem = onnx.TensorProto.DataType.Name(tensor.elem_type)
-    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-    return TensorInfo(value.name, _ONNX_DTYPES.get(elem, elem.lower()), dims)
 
 
 def _single_io(path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> tuple[TensorInfo, TensorInfo]:

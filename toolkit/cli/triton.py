@@ -25,7 +25,7 @@ def triton(
     name: Annotated[Optional[str], typer.Option(help="Model name, i.e. its folder in the repository [default: the file's stem].")] = None,
     version: Annotated[Optional[int], typer.Option(help="Version folder to write [default: one past the newest, 1 for a new model].")] = None,
     platform: Annotated[Optional[Platform], typer.Option(help="onnxruntime_onnx or tensorrt_plan [default: what MODEL is; checkpoints → onnx].")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help="Which ONNX a checkpoint is exported to [default: fp32 for onnx, fp16 for tensorrt].")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Precision of the ONNX exported or plan built from MODEL [default: fp32 for onnx, fp16 for tensorrt].")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help="Largest batch Triton forms [default: a plan's profile max, else 32].")] = None,
     preferred_batch_sizes: Annotated[Optional[list[str]], typer.Option(help="Batch sizes the dynamic batcher aims for, e.g. 8,16 (repeatable).")] = None,
     max_queue_delay_us: Annotated[int, typer.Option(help="How long (µs) a request may wait for others to join its batch.")] = 100,
