@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from engines.trt_sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
 from toolkit.artefacts import artefact_kind
 from toolkit.errors import RtkError, require
 from toolkit.spec import ArtefactMeta
@@ -56,19 +57,6 @@ TRITON_DTYPES = {
     "int64": "TYPE_INT64",
     "bool": "TYPE_BOOL",
 }
-@dataclass(frozen=True)
-class TensorInfo:
-    """One model input or output.
-
-    Attributes:
-        name: tensor name in the graph / engine.
-        dtype: numpy dtype name (``"float32"``).
-        shape: full shape including the batch axis; ``-1`` marks a dynamic axis.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -287,9 +275,7 @@ def plan_artefact(path: str | os.PathLike) -> ServedArtefact:
     # with another model's classes and preprocessing.
     if sha256_file(path) != sidecar.engine_sha256:
         raise RtkError(f"{path} does not match its sidecar (sha256 differs); rebuild it with `rtk build`")
-    inputs = [TensorInfo(t.name, t.dtype, tuple(t.shape)) for t in sidecar.inputs]
-    outputs = [TensorInfo(t.name, t.dtype, tuple(t.shape)) for t in sidecar.outputs]
-    inp, out = _single_io(path, inputs, outputs)
+    inp, out = _single_io(path, list(sidecar.inputs), list(sidecar.outputs))
     return ServedArtefact(
         path=path,
         platform="tensorrt",
