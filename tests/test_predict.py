@@ -190,6 +190,24 @@ def test_csv_and_jsonl_parse_back_and_match_json(cli, model, messy, tmp_path):
     assert by_name(lines) == expected
 
 
+def test_output_to_a_pipe_is_written_not_replaced(cli, model, messy, tmp_path):
+    """-o /dev/stdout or a named pipe must be written through, never renamed over."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = cli("predict", messy, "--model", model, "-f", "jsonl", "-o", fifo)
+    reader.join(timeout=60)
+    assert result.exit_code == 2
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert len(received[0].splitlines()) == len(GOOD) + len(BAD)
+
+
 def test_table_output_lists_predictions_and_errors(cli, model, messy):
     result = cli("predict", messy, "--model", model)
     assert result.exit_code == 2

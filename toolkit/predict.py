@@ -432,10 +432,18 @@ def format_predictions(result: PredictResult, fmt: str) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A path that exists and is not a regular file (``/dev/null``, ``/dev/stdout``, a named pipe)
+    is written to directly: renaming over it would replace the device or pipe with a file.
+    """
     path = Path(path)
     if path.is_dir():
         raise RtkError(f"{path} is a folder; give a file name for the output")
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
