@@ -1,4 +1,4 @@
-"""``engines.load``: from an artefact path (or a model) to a ready :class:`~engines.base.Engine`."""
+"""``engines.load``: from an artefact path (or a checkpoint) to a ready :class:`~engines.base.Engine`."""
 
 from __future__ import annotations
 
@@ -11,50 +11,88 @@ from toolkit.errors import RtkError
 
 if TYPE_CHECKING:
     from engines.base import Engine
+    from toolkit.checkpoint import Checkpoint
 
-#: Engine names accepted by ``--engine``.
-ENGINE_NAMES = ("eager", "ort")
+#: Engine names accepted by ``engine=`` / ``--engine``.
+ENGINE_NAMES = ("eager", "ort", "ort-fp16", "ort-cuda", "ort-trt", "trt")
+#: ONNX Runtime engine names and the execution provider each asks for.
+ORT_PROVIDERS = {"ort": "cpu", "ort-fp16": "cpu", "ort-cuda": "cuda", "ort-trt": "trt"}
+#: The runtime each artefact kind gets when no engine is named.
+DEFAULT_ENGINE = {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}
 
 
 def load(
-    source: "str | os.PathLike | Any",
+    source: "str | os.PathLike | Checkpoint",
     engine: str | None = None,
     device: str = "cpu",
     precision: str = "fp32",
     **options: Any,
 ) -> "Engine":
-    """Load an artefact (or wrap an in-memory model) as an engine.
+    """Load an artefact (or a loaded checkpoint) as an engine.
 
     Args:
-        source: a checkpoint, ONNX file or engine path; or a :class:`toolkit.checkpoint.Checkpoint`.
+        source: a checkpoint, ONNX file or TensorRT engine path; or a
+            :class:`toolkit.checkpoint.Checkpoint`.
         engine: runtime name (one of :data:`ENGINE_NAMES`); by default chosen from the artefact.
         device: ``"cpu"`` or ``"cuda[:N]"``.
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (what each runtime supports).
-        **options: runtime options (``threads``, ``channels_last``, ``compile``, …).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``. Eager runs fp16/bf16 under autocast; an ONNX
+            file's precision is fixed at export (``ort-trt`` alone can add fp16 kernels).
+        **options: runtime options: eager ``channels_last``, ``compile``; ort ``threads``,
+            ``graph_optimization``, ``max_batch``; ``meta`` (an ArtefactMeta) for a foreign ONNX.
 
     Returns:
         The engine; use it as a context manager or call ``close()``.
+
+    Raises:
+        RtkError: unknown engine, an artefact the engine cannot run, a missing optional package.
     """
-    from toolkit.checkpoint import Checkpoint, load_model
+    from toolkit.checkpoint import Checkpoint, load_checkpoint
 
     if isinstance(source, Checkpoint):
-        from engines.eager import EagerEngine
+        ckpt, kind, path = source, "checkpoint", source.path
+    else:
+        path = Path(source)
+        kind = artefact_kind(path)
+        ckpt = None
+    engine = engine or DEFAULT_ENGINE[kind]
+    if engine not in ENGINE_NAMES:
+        raise RtkError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
 
-        return EagerEngine(source.build_model(), source.spec, source.preprocess, device, precision, **options)
-    path = Path(source)
-    kind = artefact_kind(path)
-    engine = engine or {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}[kind]
     if engine == "eager":
         if kind != "checkpoint":
             raise RtkError(f"the eager engine runs checkpoints (.pth/.pt), not {path.name}")
         from engines.eager import EagerEngine
 
-        model, ckpt = load_model(path)
-        return EagerEngine(model, ckpt.spec, ckpt.preprocess, device, precision, **options)
-    if engine == "ort":
+        ckpt = ckpt or load_checkpoint(path)
+        return EagerEngine(_build(ckpt), ckpt.spec, ckpt.preprocess, device, precision, **options)
+
+    if engine in ORT_PROVIDERS:
         if kind != "onnx":
-            raise RtkError(f"the ort engine runs ONNX files, not {path.name}; export it first with `rtk export {path}`")
+            raise RtkError(f"the {engine} engine runs ONNX files, not {path.name if path else 'a checkpoint'}; export it first with `rtk export {path}`")
         from engines.ort import OrtEngine
 
-        return OrtEngine(path, **options)
-    raise RtkError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
+        provider = ORT_PROVIDERS[engine]
+        if precision == "bf16" or (precision == "fp16" and provider == "cpu" and not path.name.endswith(".fp16.onnx")):
+            raise RtkError(
+                f"{path.name} runs at the precision it was exported with; for fp16 on ONNX Runtime export an fp16 ONNX "
+                "(rtk export --precision fp16) and load MODEL.fp16.onnx"
+            )
+        if provider == "trt":
+            options.setdefault("fp16", precision == "fp16")
+        engine_obj = OrtEngine(path, provider=provider, device=device, **options)
+        if engine == "ort-fp16" and engine_obj.precision != "fp16":
+            engine_obj.close()
+            raise RtkError(f"ort-fp16 runs an fp16 ONNX and {path.name} holds fp32 weights; export one with `rtk export --precision fp16`")
+        return engine_obj
+
+    # engine == "trt": the TensorRT runtime (engines/trt.py).
+    if kind != "engine":
+        raise RtkError(f"the trt engine runs TensorRT engines (.engine/.plan), not {path.name}; build one with `rtk build`")
+    raise RtkError("the trt engine is not available in this build of rtk")
+
+
+def _build(ckpt: "Checkpoint"):
+    try:
+        return ckpt.build_model()
+    except RuntimeError as exc:  # a shape mismatch between spec and weights
+        raise RtkError(f"{ckpt.path} does not fit its architecture {ckpt.spec.arch}: {str(exc).splitlines()[0][:200]}") from None

@@ -1,28 +1,53 @@
-"""ONNX Runtime engine (CPUExecutionProvider by default)."""
+"""ONNX Runtime engine: CPUExecutionProvider by default; CUDA and TensorRT execution providers
+when onnxruntime-gpu provides them, falling back to the CPU with a warning (never silently:
+the engine's name says what really runs)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engines.base import Engine
 from toolkit.errors import RtkError, require
-from toolkit.spec import METADATA_KEY, ArtefactMeta
+from toolkit.spec import ArtefactMeta
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+#: Execution providers by the short name used in engine names (``ort-cuda``, ``ort-trt``).
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
 
 
-def read_session_meta(session, path: Path) -> ArtefactMeta:
-    """The spec and preprocess stored in an ONNX file's ``metadata_props``."""
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise RtkError(
-            f"{path} carries no rtk metadata (metadata_props[{METADATA_KEY!r}]); export it with `rtk export` "
-            "or pass the checkpoint it came from"
-        )
-    return ArtefactMeta.from_json(props[METADATA_KEY])
+def _provider_options(provider: str, path: Path, meta: ArtefactMeta, device_id: int, fp16: bool, max_batch: int) -> dict[str, Any]:
+    """The key options of each execution provider.
+
+    TensorRT gets explicit profile shapes so its engine cache is built once for the whole batch
+    range and reused, instead of being rebuilt whenever a new batch size shows up.
+    """
+    if provider == "cuda":
+        return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+    if provider == "trt":
+        cache = path.parent / f"{path.stem}.ort-trt-cache"
+        cache.mkdir(exist_ok=True)
+        c, h, w = meta.spec.in_chans, *meta.preprocess.input_size
+        shape = lambda n: f"input:{n}x{c}x{h}x{w}"  # noqa: E731
+        return {
+            "device_id": device_id,
+            "trt_fp16_enable": fp16,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_profile_min_shapes": shape(1),
+            "trt_profile_opt_shapes": shape(max(1, max_batch // 2)),
+            "trt_profile_max_shapes": shape(max_batch),
+        }
+    return {}
 
 
 class OrtEngine(Engine):
@@ -30,20 +55,69 @@ class OrtEngine(Engine):
 
     Args:
         path: the ``.onnx`` file.
-        meta: spec and preprocess; read from the file's metadata when omitted.
+        meta: spec and preprocess; read from the file's ``metadata_props`` when omitted (a foreign
+            ONNX without them needs ``meta``, e.g. from the checkpoint it came from).
+        provider: ``"cpu"``, ``"cuda"`` or ``"trt"`` (see :data:`PROVIDERS`).
+        device: ``"cpu"`` or ``"cuda[:N]"``; the GPU index for the CUDA/TensorRT providers.
         threads: intra-op threads (0 = ONNX Runtime's default).
         graph_optimization: one of :data:`GRAPH_OPT_LEVELS`.
+        max_batch: largest batch the TensorRT provider's profile covers.
+        fp16: let the TensorRT provider use FP16 kernels on an fp32 ONNX.
     """
 
-    def __init__(self, path: str | os.PathLike, meta: ArtefactMeta | None = None, threads: int = 0, graph_optimization: str = "all"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        meta: ArtefactMeta | None = None,
+        provider: str = "cpu",
+        device: str = "cpu",
+        threads: int = 0,
+        graph_optimization: str = "all",
+        max_batch: int = 64,
+        fp16: bool = False,
+    ):
+        from exporters.onnx_info import check_classifier_io, graph_io, load_onnx_graph, metadata_dict, onnx_precision
+
         ort = require("onnxruntime", "the ort engine")
         path = Path(path)
-        if not path.exists():
-            raise RtkError(f"{path} does not exist")
+        if provider not in PROVIDERS:
+            raise RtkError(f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if graph_optimization not in GRAPH_OPT_LEVELS:
-            raise RtkError(f"graph optimisation level must be one of {', '.join(GRAPH_OPT_LEVELS)}")
+            raise RtkError(f"graph optimisation level must be one of {', '.join(GRAPH_OPT_LEVELS)}, got {graph_optimization!r}")
+        graph = load_onnx_graph(path)
+        if meta is None:
+            stored = metadata_dict(graph)
+            if stored is None:
+                raise RtkError(
+                    f"{path} carries no rtk metadata, so its classes and preprocessing are unknown; export it with "
+                    "`rtk export`, or pass the checkpoint it came from (rtk parity CHECKPOINT --onnx FILE)"
+                )
+            meta = ArtefactMeta.from_dict(stored)
+        inputs, outputs = graph_io(graph)
+        check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
+        precision = onnx_precision(graph)
+        del graph
+
+        requested = provider
+        available = ort.get_available_providers()
+        if PROVIDERS[provider] not in available:
+            from rich.markup import escape
+
+            from toolkit.console import warn
+
+            warn(escape(
+                f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)}); running "
+                f"{path.name} on the CPU instead. Install onnxruntime-gpu (pip install 'rtk[gpu]') for ort-{provider}"
+            ))
+            provider = "cpu"
+        device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, meta, device_id, fp16, max_batch))]
+        if provider != "cpu":
+            providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: ORT's warnings about node placement are noise here
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -51,18 +125,47 @@ class OrtEngine(Engine):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[graph_optimization]
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise RtkError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0][:300]}") from None
-        meta = meta or read_session_meta(self.session, path)
-        super().__init__(meta.spec, meta.preprocess, "cpu", "fp32")
+        super().__init__(meta.spec, meta.preprocess, "cpu" if provider == "cpu" else f"cuda:{device_id}", precision)
         self.path = path
+        self.provider = provider
+        self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self.name = "ort-fp16" if path.name.endswith(".fp16.onnx") else "ort"
+        static = inputs[0].shape[0]
+        if isinstance(static, int):
+            self.min_batch = self.max_batch = static
+        elif provider == "trt":
+            self.max_batch = max_batch
+        name = "ort" if provider == "cpu" else f"ort-{provider}"
+        name += "-fp16" if precision == "fp16" or (provider == "trt" and fp16) else ""
+        self.name = name if provider == requested else f"{name}(fallback from ort-{requested})"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_device(self, batch: Any) -> Any:
+        """Run a torch tensor; on a GPU provider it stays on the GPU through IO binding."""
+        import torch
+
+        if self.provider == "cpu" or batch.device.type != "cuda":
+            return torch.from_numpy(self._infer(np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)))
+        x = batch.detach().to(torch.float32).contiguous()
+        out = torch.empty((x.shape[0], self.spec.num_classes), dtype=torch.float32, device=x.device)
+        binding = self.session.io_binding()
+        index = x.device.index or 0
+        binding.bind_input(self.input_name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return out
+
+    def synchronize(self) -> None:
+        if self.provider != "cpu":
+            import torch
+
+            torch.cuda.synchronize()
 
     def close(self) -> None:
         super().close()

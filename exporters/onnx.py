@@ -1,0 +1,399 @@
+"""PyTorch checkpoint → ONNX (fp32 and fp16), checked before it is allowed to exist.
+
+Every export runs in eval mode with a dummy batch of at least 2 (a batch-1 dummy gets
+specialised into the graph) and a dynamic batch axis unless a static batch is asked for. The
+input is ``input`` (NCHW float32), the output ``logits``. The checkpoint's spec and
+preprocess travel in ``metadata_props`` under :data:`~toolkit.spec.METADATA_KEY`.
+
+Before a file appears under its final name it passes ``onnx.checker`` (full check), strict
+shape inference and a parity run of ONNX Runtime against eager PyTorch on the same inputs;
+it is written to a temporary name next to the destination and renamed only then, so a
+failed export leaves nothing behind.
+
+The default exporter is torch's dynamo exporter (``torch.export`` + onnxscript): its graph
+comes out with BatchNorm folded into the convolutions and no leftover Identity nodes, and it
+is the one torch keeps developing. The TorchScript exporter stays available
+(``exporter="torchscript"``), also the way to opset 17, below what the dynamo exporter writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from toolkit.errors import RtkError, require
+from toolkit.spec import METADATA_KEY
+
+if TYPE_CHECKING:
+    import onnx
+    import torch.nn as nn
+
+    from toolkit.checkpoint import Checkpoint
+    from toolkit.parity import ParityMetrics
+
+PRECISIONS = ("fp32", "fp16", "all")
+EXPORTERS = ("dynamo", "torchscript")
+#: The dynamo exporter's own opset (it refuses to write older ones).
+DEFAULT_OPSET = 18
+MIN_OPSET = {"dynamo": 18, "torchscript": 17}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+#: Random batch sizes of the parity check; 1 and 3 also prove the batch axis is really dynamic.
+CHECK_BATCH_SIZES = (1, 3, 8)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export.
+
+    Attributes:
+        precision: ``fp32`` (``MODEL.onnx``), ``fp16`` (``MODEL.fp16.onnx``) or ``all`` (both).
+        opset: ONNX opset to pin.
+        static_batch: fix the batch axis to this size; ``None`` keeps it dynamic.
+        data: a dataset name or folder whose labelled images join the parity check.
+        check: run the parity check (eager vs ONNX Runtime) before accepting the file.
+        exporter: ``dynamo`` or ``torchscript``.
+        max_samples: at most this many real images in the parity check.
+    """
+
+    precision: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    static_batch: int | None = None
+    data: str | None = None
+    check: bool = True
+    exporter: str = "dynamo"
+    max_samples: int = 256
+
+    def __post_init__(self) -> None:
+        onnx = require("onnx", "ONNX export")
+        if self.precision not in PRECISIONS:
+            raise RtkError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.exporter not in EXPORTERS:
+            raise RtkError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+        newest = onnx.defs.onnx_opset_version()
+        lowest = MIN_OPSET[self.exporter]
+        if not lowest <= self.opset <= newest:
+            hint = "; use --exporter torchscript for opset 17" if self.exporter == "dynamo" and self.opset == 17 else ""
+            raise RtkError(f"the {self.exporter} exporter writes opsets {lowest}..{newest}, not {self.opset}{hint}")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise RtkError(f"--static-batch must be a positive batch size, got {self.static_batch}")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return ("fp32", "fp16") if self.precision == "all" else (self.precision,)
+
+
+def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
+    """Where the ONNX of a checkpoint lives: ``MODEL.onnx`` or ``MODEL.fp16.onnx`` next to it."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.stem + (".fp16.onnx" if precision == "fp16" else ".onnx"))
+
+
+def _output_paths(checkpoint_path: Path, output: Path | None, precisions: Sequence[str]) -> dict[str, Path]:
+    if output is None:
+        return {p: onnx_path_for(checkpoint_path, p) for p in precisions}
+    output = Path(output)
+    if output.is_dir():
+        return {p: onnx_path_for(output / checkpoint_path.name, p) for p in precisions}
+    if len(precisions) == 1:
+        return {precisions[0]: output}
+    # -o X.onnx with both precisions: X.onnx and X.fp16.onnx.
+    base = output.with_suffix("") if output.suffix == ".onnx" else output
+    return {"fp32": base.with_name(base.name + ".onnx"), "fp16": base.with_name(base.name + ".fp16.onnx")}
+
+
+def export_onnx(
+    checkpoint_path: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    static_batch: int | None = None,
+    data: str | os.PathLike | None = None,
+    check: bool = True,
+    exporter: str = "dynamo",
+    on_checked=None,
+) -> list[Path]:
+    """Export a checkpoint (rtk or foreign) to checked ONNX file(s).
+
+    Args:
+        checkpoint_path: the ``.pth``/``.pt`` file.
+        output: destination file (or folder); default next to the checkpoint.
+        precision: ``fp32``, ``fp16`` or ``all``.
+        opset: ONNX opset (18 by default; 17 needs ``exporter="torchscript"``).
+        static_batch: fix the batch axis; ``None`` keeps it dynamic.
+        data: dataset name or image folder whose labelled images join the parity check.
+        check: run the eager-vs-ONNX-Runtime parity check before accepting each file.
+        exporter: ``dynamo`` (default) or ``torchscript``.
+        on_checked: called as ``on_checked(path, precision, metrics)`` after each file passes.
+
+    Returns:
+        The files written, fp32 first.
+
+    Raises:
+        RtkError: unreadable checkpoint, unwritable destination, a graph that fails the checker,
+            or a parity check outside tolerance (nothing is written then).
+    """
+    from toolkit.checkpoint import load_model
+
+    options = ExportOptions(precision, opset, static_batch, str(data) if data is not None else None, check, exporter)
+    checkpoint_path = Path(checkpoint_path)
+    model, ckpt = load_model(checkpoint_path)
+    outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
+    for path in outputs.values():
+        _check_writable(path)
+    inputs = _check_inputs(ckpt, options) if check else None
+    written = []
+    for prec, path in outputs.items():
+        metrics = _export_one(model, ckpt, prec, path, options, inputs)
+        written.append(path)
+        if on_checked is not None:
+            on_checked(path, prec, metrics)
+    return written
+
+
+def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
+    """The ONNX next to a checkpoint, exported (and checked) when missing or older than it.
+
+    Args:
+        checkpoint_path: the ``.pth``/``.pt`` file.
+        precision: ``fp32`` (``MODEL.onnx``) or ``fp16`` (``MODEL.fp16.onnx``).
+
+    Returns:
+        The ONNX file's path.
+    """
+    if precision not in ("fp32", "fp16"):
+        raise RtkError(f"ONNX files are fp32 or fp16, not {precision!r}")
+    checkpoint_path = Path(checkpoint_path)
+    path = onnx_path_for(checkpoint_path, precision)
+    if not checkpoint_path.exists():
+        raise RtkError(f"{checkpoint_path} does not exist")
+    if path.exists() and path.stat().st_mtime >= checkpoint_path.stat().st_mtime:
+        return path
+    from toolkit.console import info
+
+    info(f"exporting {checkpoint_path.name} → {path.name} ({precision})")
+    return export_onnx(checkpoint_path, precision=precision)[0]
+
+
+# --- one file ------------------------------------------------------------------------------
+
+
+def _export_one(model: "nn.Module", ckpt: "Checkpoint", precision: str, path: Path, options: ExportOptions, inputs) -> "ParityMetrics | None":
+    module = half_module(model) if precision == "fp16" else model
+    proto = trace_to_onnx(module, ckpt, options)
+    _add_metadata(proto, ckpt, precision, options)
+    proto = _validate(proto, path)
+    if precision == "fp16":
+        from exporters.fp16 import check_fp16_compute
+
+        check_fp16_compute(proto)
+    with _staged(path) as tmp:
+        _save(proto, tmp)
+        metrics = _parity_check(tmp, ckpt, precision, inputs, path) if inputs is not None else None
+    return metrics
+
+
+def half_module(model: "nn.Module") -> "nn.Module":
+    from exporters.fp16 import half_precision
+
+    return half_precision(copy.deepcopy(model))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' warnings, progress prints and log lines (they are not the user's business)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOptions) -> "onnx.ModelProto":
+    """Export a module (already in eval mode) to an in-memory ONNX model.
+
+    Args:
+        module: the network, fp32 or wrapped by :func:`exporters.fp16.half_precision`.
+        ckpt: the checkpoint it came from (input size and channels).
+        options: opset, static batch, exporter.
+
+    Returns:
+        The ONNX model with input ``input`` and output ``logits``.
+    """
+    import onnx
+    import torch
+
+    batch = options.static_batch or 2  # never 1: a batch-1 dummy gets specialised into the graph
+    dummy = torch.randn(batch, ckpt.spec.in_chans, *ckpt.preprocess.input_size)
+    module = module.eval()
+    try:
+        with _quiet(), torch.no_grad():
+            if options.exporter == "dynamo":
+                dynamic = None if options.static_batch else ({0: torch.export.Dim("batch")},)
+                program = torch.onnx.export(
+                    module, (dummy,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=dynamic, opset_version=options.opset, verbose=False, optimize=True,
+                )
+                return program.model_proto
+            buffer = io.BytesIO()
+            dynamic_axes = None if options.static_batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+            torch.onnx.export(
+                module, (dummy,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
+            )
+            return onnx.load_from_string(buffer.getvalue())
+    except RtkError:
+        raise
+    except Exception as exc:  # the exporters raise many types; the first line says what broke
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        other = "torchscript" if options.exporter == "dynamo" else "dynamo"
+        raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.arch}: {text}; try --exporter {other}") from None
+
+
+def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, options: ExportOptions) -> None:
+    import torch
+
+    from toolkit import __version__
+
+    record: dict[str, Any] = {
+        "spec": ckpt.spec.to_dict(),
+        "preprocess": ckpt.preprocess.to_dict(),
+        "precision": precision,
+        "exporter": f"torch {torch.__version__} {options.exporter}",
+        "opset": options.opset,
+        "static_batch": options.static_batch,
+        "checkpoint": ckpt.path.name if ckpt.path else None,
+        "checkpoint_sha256": _sha256(ckpt.path) if ckpt.path else None,
+        "checkpoint_source": ckpt.source,
+    }
+    for prop in list(proto.metadata_props):
+        if prop.key == METADATA_KEY:
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(record, sort_keys=True)
+    proto.producer_name, proto.producer_version = "rtk", __version__
+    proto.doc_string = f"{ckpt.spec.arch}, {ckpt.spec.num_classes} classes, {precision}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _validate(proto: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
+    """onnx.checker (full check) and strict shape inference; returns the model with inferred shapes."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise RtkError(f"the exported graph for {path.name} fails the ONNX checker: {str(exc).strip().splitlines()[0][:300]}") from None
+
+
+def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise RtkError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise RtkError(f"cannot write {path}: no permission to write in {path.parent}")
+
+
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary file next to ``path``, renamed onto it only when the block succeeds."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _save(proto: "onnx.ModelProto", path: Path) -> None:
+    data = proto.SerializeToString()  # every zoo model is far below protobuf's 2 GB limit
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# --- the parity check ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CheckInputs:
+    batches: tuple  # random NCHW float32 batches
+    reference: Any  # eager fp32 logits of the random batches (np.ndarray)
+    images: Any = None
+    labels: Any = None
+    image_reference: Any = None
+
+
+def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
+    """The inputs of the export check and the eager fp32 reference logits, computed once for all precisions."""
+    from engines.eager import EagerEngine
+    from toolkit.parity import labelled_images, random_batches, run_engine
+
+    spec, pre = ckpt.spec, ckpt.preprocess
+    sizes = (options.static_batch,) * 2 if options.static_batch else CHECK_BATCH_SIZES
+    batches = random_batches((spec.in_chans, *pre.input_size), pre.mean, pre.std, sizes, seed=0)
+    images = labels = None
+    if options.data is not None:
+        images, labels, _ = labelled_images(ckpt, options.data, options.max_samples)
+        chunk = options.static_batch or 32
+        images = [images[i : i + chunk] for i in range(0, len(images), chunk)]
+        if options.static_batch and len(images[-1]) != options.static_batch:
+            images, labels = images[:-1], labels[: len(images[:-1]) * chunk]
+    with EagerEngine(ckpt.build_model(), spec, pre) as reference:
+        ref = run_engine(reference, batches)
+        image_ref = run_engine(reference, images) if images else None
+    return _CheckInputs(batches, ref, images or None, labels if images else None, image_ref)
+
+
+def _parity_check(tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path) -> "ParityMetrics":
+    from engines.ort import OrtEngine
+    from toolkit.parity import compare, judge_random_top1, run_engine
+    from toolkit.spec import ArtefactMeta
+
+    with OrtEngine(tmp, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
+        random_logits = run_engine(engine, inputs.batches)
+        checks = [compare(inputs.reference, random_logits, precision, judge_top1=judge_random_top1(precision))]
+        if inputs.images is not None:
+            checks.append(compare(inputs.image_reference, run_engine(engine, inputs.images), precision, labels=inputs.labels))
+    for what, metrics in zip(("random inputs", "real images"), checks):
+        if not metrics.passed:
+            raise RtkError(
+                f"{final.name} was not written: ONNX Runtime differs from eager PyTorch on {what}: {'; '.join(metrics.failures)} "
+                f"(worst: sample {metrics.worst_sample}, class {ckpt.spec.class_name(metrics.worst_class)}: "
+                f"eager {metrics.worst_reference:.6g} vs ort {metrics.worst_candidate:.6g})"
+            )
+    return checks[-1]

@@ -1,0 +1,192 @@
+"""Reading ONNX files: the rtk metadata they carry, their inputs/outputs, and checks that an
+ONNX file really is an NCHW image classifier of the expected size.
+
+Only the graph structure is read here (``load_external_data=False``), so describing a large
+model is quick and never needs a runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.errors import RtkError, require
+from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
+
+if TYPE_CHECKING:
+    import onnx
+
+#: ONNX TensorProto element types by number, as names users recognise.
+_ELEM_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 2: "uint8", 3: "int8"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output.
+
+    Attributes:
+        name: tensor name.
+        dtype: element type (``"float32"``, ``"float16"``, …).
+        shape: one entry per dimension: an int, or a string for a named dynamic dimension
+            (``"batch"``), or ``None`` when unknown.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def load_onnx_graph(path: str | os.PathLike) -> "onnx.ModelProto":
+    """Parse an ONNX file without its external weights; every failure becomes one sentence."""
+    onnx = require("onnx", "reading ONNX files")
+    path = Path(path)
+    if not path.exists():
+        raise RtkError(f"{path} does not exist")
+    if path.is_dir():
+        raise RtkError(f"{path} is a folder, not an ONNX file")
+    if path.stat().st_size == 0:
+        raise RtkError(f"{path} is empty (0 bytes), not an ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise RtkError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not model.graph.node:
+        raise RtkError(f"{path} is not a readable ONNX file (it holds no graph)")
+    return model
+
+
+def _tensor_info(value) -> TensorInfo:
+    ttype = value.type.tensor_type
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None) for d in ttype.shape.dim
+    )
+    return TensorInfo(value.name, _ELEM_TYPES.get(ttype.elem_type, f"type{ttype.elem_type}"), dims)
+
+
+def graph_io(model: "onnx.ModelProto") -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The graph's real inputs (initializers excluded) and its outputs."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [_tensor_info(v) for v in model.graph.input if v.name not in weights]
+    return inputs, [_tensor_info(v) for v in model.graph.output]
+
+
+def metadata_dict(model: "onnx.ModelProto") -> dict[str, Any] | None:
+    """The JSON object under ``metadata_props[METADATA_KEY]``, or ``None`` when absent."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError as exc:
+                raise RtkError(f"the ONNX metadata under {METADATA_KEY!r} is not valid JSON: {exc}") from None
+    return None
+
+
+def read_onnx_meta(path: str | os.PathLike) -> ArtefactMeta:
+    """The spec and preprocess an ONNX file was exported with.
+
+    Raises:
+        RtkError: the file is unreadable or carries no rtk metadata (a foreign ONNX); the message
+            says how to supply the spec.
+    """
+    data = metadata_dict(load_onnx_graph(path))
+    if data is None:
+        raise RtkError(
+            f"{path} carries no rtk metadata (metadata_props[{METADATA_KEY!r}]), so its classes and preprocessing "
+            "are unknown; export it with `rtk export`, or pass the checkpoint it came from"
+        )
+    return ArtefactMeta.from_dict(data)
+
+
+def onnx_precision(model: "onnx.ModelProto") -> str:
+    """``"fp16"`` when the floating-point weights are float16, else ``"fp32"``."""
+    float_types = [t.data_type for t in model.graph.initializer if t.data_type in (1, 10, 16)]
+    if float_types and all(t == 10 for t in float_types):
+        return "fp16"
+    if float_types and all(t == 16 for t in float_types):
+        return "bf16"
+    return "fp32"
+
+
+def check_classifier_io(
+    inputs: list[TensorInfo], outputs: list[TensorInfo], spec: ModelSpec, preprocess: Preprocess, where: str
+) -> None:
+    """Make sure an ONNX graph is an NCHW float32 classifier matching ``spec`` and ``preprocess``.
+
+    Dynamic dimensions match anything; fixed ones must equal the spec's.
+
+    Raises:
+        RtkError: one sentence naming what does not fit.
+    """
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise RtkError(f"{where} has {len(inputs)} input(s) and {len(outputs)} output(s); an image classifier has one input and one logits output")
+    x, y = inputs[0], outputs[0]
+    expected = (spec.in_chans, *preprocess.input_size)
+    shown = "×".join("?" if d is None else str(d) for d in x.shape)
+    if len(x.shape) != 4:
+        raise RtkError(f"{where} takes a {len(x.shape)}-dimensional input {x.name!r} ({shown}); rtk needs an NCHW image batch")
+    if isinstance(x.shape[1], int) and x.shape[1] != spec.in_chans:
+        if x.shape[3] == spec.in_chans:
+            raise RtkError(f"{where} takes NHWC input {x.name!r} ({shown}); rtk needs NCHW (N×{spec.in_chans}×H×W) — export it channels-first")
+        raise RtkError(f"{where} takes input {x.name!r} of shape {shown}, not NCHW with {spec.in_chans} channel(s)")
+    for axis, want in ((2, expected[1]), (3, expected[2])):
+        if isinstance(x.shape[axis], int) and x.shape[axis] != want:
+            raise RtkError(f"{where} takes {shown} inputs but the model's preprocessing makes {expected[1]}×{expected[2]} images")
+    if x.dtype != "float32":
+        raise RtkError(f"{where} takes {x.dtype} input; rtk feeds float32 (an fp16 ONNX keeps float32 inputs and outputs)")
+    classes = y.shape[-1] if y.shape else None
+    if len(y.shape) != 2:
+        raise RtkError(f"{where} produces output {y.name!r} of rank {len(y.shape)}; a classifier produces (N, classes) logits")
+    if isinstance(classes, int) and classes != spec.num_classes:
+        raise RtkError(f"{where} produces {classes} classes but the model has {spec.num_classes}")
+
+
+def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    """What an ONNX file holds, for ``rtk inspect``: opset, I/O, precision, spec, size.
+
+    Args:
+        path: the ``.onnx`` file.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    path = Path(path)
+    model = load_onnx_graph(path)
+    inputs, outputs = graph_io(model)
+    data = metadata_dict(model)
+    meta = ArtefactMeta.from_dict(data) if data is not None else None
+    params = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        params += n
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    extra = {k: v for k, v in (data or {}).items() if k not in ("spec", "preprocess")}
+    return {
+        "kind": "onnx",
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "opset": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "precision": onnx_precision(model),
+        "inputs": [t.to_dict() for t in inputs],
+        "outputs": [t.to_dict() for t in outputs],
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "weights": params,
+        "source": "rtk" if meta else "foreign (no rtk metadata)",
+        "arch": meta.spec.arch if meta else None,
+        "num_classes": meta.spec.num_classes if meta else None,
+        "spec": meta.spec.to_dict() if meta else None,
+        "preprocess": meta.preprocess.to_dict() if meta else None,
+        "export": extra or None,
+    }

@@ -1,0 +1,162 @@
+"""``rtk parity MODEL.pth --engines eager,ort,ort-fp16``: do all runtimes give the same answers?"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolkit.errors import RtkError
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass(frozen=True)
+class ParityOptions:
+    """What ``rtk parity`` was asked to do (see :func:`toolkit.parity.run_parity`)."""
+
+    engines: tuple[str, ...]
+    onnx: Path | None
+    onnx_fp16: Path | None
+    trt_engine: Path | None
+    data: str | None
+    max_samples: int
+    batch_sizes: tuple[int, ...]
+    seed: int
+    device: str
+    atol: float | None
+    rtol: float | None
+    min_cosine: float | None
+    min_top1: float | None
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RtkError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise RtkError(f"{what} is empty")
+    return values
+
+
+def parity(
+    checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth); eager fp32 on it is the truth.")],
+    engines: Annotated[
+        str,
+        typer.Option(help="Comma-separated engines to check: eager, eager-fp16, eager-bf16, eager-cl, ort, ort-fp16, ort-cuda, ort-trt, trt."),
+    ] = "eager,ort",
+    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file for ort/ort-cuda/ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing).")] = None,
+    onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16. Default: MODEL.fp16.onnx (exported when missing).")] = None,
+    trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: built from MODEL.fp16.onnx when missing.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Dataset name (digits) or image folder: its labelled test images are compared too, with accuracy.")] = None,
+    max_samples: Annotated[int, typer.Option(help="At most this many real images from --data.")] = 500,
+    batch_sizes: Annotated[str, typer.Option(help="Sizes of the random input batches, comma-separated.")] = "1,4,16",
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    device: Annotated[Device, typer.Option(help="Device for eager and the GPU runtimes.")] = Device.cpu,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance per logit (default per precision: fp32 1e-4).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99).")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(help="Lowest top-1 agreement (fp32 0.99; fp16 0.95 and bf16 0.90, judged on real images).")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
+) -> None:
+    """Compare engines with eager PyTorch fp32 on identical inputs; exit 1 if any is outside tolerance.
+
+    Each engine is measured on seeded random batches (and labelled real images with --data):
+    max/mean absolute and max relative error, the element check (a logit fails only beyond both
+    --atol and --rtol), cosine similarity, top-1 agreement, top-5 overlap and accuracy.
+    """
+    from toolkit.console import console, info
+    from toolkit.parity import run_parity
+
+    options = ParityOptions(
+        engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
+        onnx=onnx, onnx_fp16=onnx_fp16, trt_engine=trt_engine, data=data, max_samples=max_samples,
+        batch_sizes=_int_list(batch_sizes, "--batch-sizes"), seed=seed, device=device.value,
+        atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1,
+    )
+    to_stdout = json_path is not None and str(json_path) == "-"
+    if not to_stdout:
+        info(f"parity of {', '.join(options.engines)} against eager fp32 of {checkpoint}")
+    report = run_parity(
+        checkpoint, options.engines, onnx=options.onnx, onnx_fp16=options.onnx_fp16, trt_engine=options.trt_engine,
+        data=options.data, max_samples=options.max_samples, batch_sizes=options.batch_sizes, seed=options.seed,
+        device=options.device, atol=options.atol, rtol=options.rtol, min_cosine=options.min_cosine, min_top1=options.min_top1,
+    )
+    if to_stdout:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        if json_path is not None:
+            _write_json(json_path, report.to_dict())
+        _print(report, console)
+    if not report.passed:
+        if not to_stdout:
+            from toolkit.console import err_console
+
+            err_console.print(f"[bold red]parity failed:[/bold red] {', '.join(report.failed)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _print(report, console) -> None:
+    from rich.table import Table
+
+    for kind, label in (("random", f"random inputs (batches {', '.join(map(str, report.batch_sizes))}, seed {report.seed})"), ("data", report.data_source)):
+        columns = [(r.engine, getattr(r, kind)) for r in report.results if getattr(r, kind) is not None]
+        if not columns:
+            continue
+        table = Table(title=f"{label} vs {report.reference}", title_justify="left")
+        table.add_column("metric")
+        for engine, _ in columns:
+            table.add_column(engine, justify="right")
+        rows = [
+            ("samples", lambda m: str(m.samples)),
+            ("max abs error", lambda m: f"{m.max_abs:.2e}"),
+            ("mean abs error", lambda m: f"{m.mean_abs:.2e}"),
+            ("max rel error", lambda m: f"{m.max_rel:.2e}"),
+            ("logits beyond atol+rtol", lambda m: str(m.failed_elements)),
+            ("cosine (min)", lambda m: f"{m.min_cosine:.6f}"),
+            ("top-1 agreement", lambda m: f"{m.top1_agreement:.2%}"),
+            ("top-5 overlap", lambda m: f"{m.top5_overlap:.2%}"),
+        ]
+        if kind == "data":
+            rows.append(("accuracy (Δ)", lambda m: f"{m.accuracy:.2%} ({m.accuracy_delta:+.2%})"))
+        rows.append(("result", lambda m: "[green]pass[/green]" if m.passed else "[bold red]FAIL[/bold red]"))
+        for name, cell in rows:
+            table.add_row(name, *(cell(m) for _, m in columns))
+        console.print(table)
+    for result in report.results:
+        for inputs, m in (("random inputs", result.random), ("real images", result.data)):
+            if m is not None and not m.passed:
+                console.print(
+                    f"[bold red]{result.engine}[/bold red] fails on {inputs}: {'; '.join(m.failures)}. Worst: sample "
+                    f"{m.worst_sample}, class {report.class_names[m.worst_class]}: reference {m.worst_reference:.6g}, "
+                    f"{result.engine} {m.worst_candidate:.6g}",
+                    highlight=False,
+                )
+    if report.passed:
+        console.print(f"[green]all {len(report.results)} engine(s) match the reference[/green]", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("parity")(parity)
