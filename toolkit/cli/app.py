@@ -20,6 +20,8 @@ from toolkit.errors import RtkError
 # Command modules, imported in this order; each defines a ``register(app)`` function.
 COMMAND_MODULES = (
     "inspect",
+    "export",
+    "parity",
     "build",
     "predict",
     "triton",
