@@ -317,20 +317,25 @@ def test_model_from_env_config_or_working_directory(cli, model, messy, tmp_path,
 
 
 def test_same_top1_through_checkpoint_onnx_and_fp16_onnx(cli, model, messy, tmp_path):
-    onnx_export = pytest.importorskip("exporters.onnx", reason="the ONNX exporter is not available")
+    pytest.importorskip("exporters.onnx", reason="the ONNX exporter is not available")
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(model.read_bytes())
-    fp32, fp16 = onnx_export.ensure_onnx(ckpt, "fp32"), onnx_export.ensure_onnx(ckpt, "fp16")
     runs = {}
-    for name, path in (("eager", ckpt), ("ort", fp32), ("ort-fp16", fp16)):
-        result, out = run_json(cli, messy, "--model", path, "-k", "10", "--recursive")
+    # A checkpoint on an ONNX Runtime engine is exported next to itself first, then reused.
+    for name, args in (("eager", ["--model", ckpt]), ("ort", ["--model", ckpt, "--engine", "ort"]),
+                       ("ort-fp16", ["--model", ckpt, "--engine", "ort-fp16"]), ("ort", ["--model", tmp_path / "m.onnx"])):
+        result, out = run_json(cli, messy, *args, "-k", "10")
         assert result.exit_code == 2, result.output
         assert out["engine"] == name
         runs[name] = by_name(out["predictions"])
+    assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.fp16.onnx").exists()
     for file, ref in runs["eager"].items():
         assert runs["ort"][file]["top1"] == ref["top1"] and runs["ort-fp16"][file]["error"] == ref["error"]
         if ref["error"] is None:
             probs = [t["prob"] for t in ref["top_k"]]
+            by_index = lambda row: [t["prob"] for t in sorted(row["top_k"], key=lambda t: t["index"])]  # noqa: E731
+            np.testing.assert_allclose(by_index(runs["ort-fp16"][file]), by_index(ref), atol=1e-3)
+            np.testing.assert_allclose(by_index(runs["ort"][file]), by_index(ref), atol=1e-5)
             # fp16 must agree wherever its rounding cannot flip the order (parity's fp16 rule).
             if probs[0] - probs[1] > 2e-3:
                 assert runs["ort-fp16"][file]["top1"] == ref["top1"], file

@@ -45,7 +45,9 @@ def predict(
                      "in the working directory."),
     ] = None,
     engine: Annotated[
-        Optional[EngineName], typer.Option(help="Runtime; by default chosen from the model file (.pth eager, .onnx ort, .engine trt).")
+        Optional[EngineName],
+        typer.Option(help="Runtime; by default chosen from the model file (.pth eager, .onnx ort, .engine trt). A checkpoint "
+                     "on an ONNX/TensorRT engine is exported (and built) next to itself first."),
     ] = None,
     device: Annotated[Device, typer.Option(help="Where eager PyTorch runs.")] = Device.cpu,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 5,
@@ -74,10 +76,10 @@ def predict(
 
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
     """
-    import engines
     from toolkit.console import info, warn
     from toolkit.errors import RtkError
-    from toolkit.predict import PredictOptions, default_workers, format_predictions, predict as run, resolve_model, write_text_atomic
+    from toolkit.predict import PredictOptions, default_workers, format_predictions, open_engine, resolve_model, write_text_atomic
+    from toolkit.predict import predict as run
 
     options = PredictOptions(
         top_k=top_k,
@@ -88,7 +90,7 @@ def predict(
     )
     fmt = fmt or _format_from_suffix(output)
     model_path = resolve_model(model, path)
-    with engines.load(model_path, engine=engine.value if engine else None, device=device.value) as loaded:
+    with open_engine(model_path, engine.value if engine else None, device.value) as loaded:
         with _Progress() as progress:
             result = run(path, loaded, options, progress)
     for p in result.failures:
