@@ -85,10 +85,10 @@ def load(
             raise RtkError(f"ort-fp16 runs an fp16 ONNX and {path.name} holds fp32 weights; export one with `rtk export --precision fp16`")
         return engine_obj
 
-    # engine == "trt": the TensorRT runtime (engines/trt.py).
-    if kind != "engine":
-        raise RtkError(f"the trt engine runs TensorRT engines (.engine/.plan), not {path.name}; build one with `rtk build`")
-    raise RtkError("the trt engine is not available in this build of rtk")
+    # engine == "trt": the TensorRT runtime; an ONNX or checkpoint gets its fp16 engine built (and cached) first.
+    from engines.trt import load_trt
+
+    return load_trt(path, kind, device)
 
 
 def _build(ckpt: "Checkpoint"):

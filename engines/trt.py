@@ -210,7 +210,7 @@ class TrtEngine(Engine):
         self._runtime = None
 
 
-def load_trt(path: str | os.PathLike, kind: str, device: str | None = "cuda") -> TrtEngine:
+def load_trt(path: str | os.PathLike | None, kind: str, device: str | None = "cuda") -> TrtEngine:
     """A TensorRT engine from any artefact: an engine as is; an ONNX or checkpoint through a cached fp16 build.
 
     Args:
@@ -219,13 +219,15 @@ def load_trt(path: str | os.PathLike, kind: str, device: str | None = "cuda") ->
         kind: :func:`toolkit.artefacts.artefact_kind` of ``path``.
         device: the CUDA device.
     """
+    if path is None:
+        raise RtkError("the trt engine needs an artefact on disk (a checkpoint, ONNX or engine file)")
+    require("tensorrt", "the trt engine")  # before any export or build, which can take minutes
     path = Path(path)
     if kind == "checkpoint":
         from exporters.onnx import ensure_onnx
 
         path, kind = Path(ensure_onnx(path, "fp32")), "onnx"
     if kind == "onnx":
-        require("tensorrt", "the trt engine")
         from exporters.trt import ensure_engine
 
         path = ensure_engine(path, "fp16")

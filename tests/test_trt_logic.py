@@ -388,3 +388,30 @@ def test_inspect_engine_from_its_sidecar(cli, tmp_path):
     assert report["tensorrt_version"] == "10.13.0.35" and report["gpu_name"] == "NVIDIA H100 80GB HBM3"
     assert report["onnx"] == "tiny.fp16.onnx" and report["layer_count"] == 2
 
+
+def test_loading_an_engine_without_tensorrt_exits_with_the_hint(tmp_path, monkeypatch):
+    import engines
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    engine = write_engine(tmp_path)
+    with pytest.raises(RtkError, match=r"pip install 'rtk\[trt\]'"):
+        engines.load(engine)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
+def test_trt_engine_from_onnx_or_checkpoint_without_tensorrt_exits_with_the_hint(tmp_path, monkeypatch, kind, tiny_checkpoint):
+    import engines
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    source = tiny_onnx(tmp_path / "model.onnx") if kind == "onnx" else tiny_checkpoint
+    with pytest.raises(RtkError, match=r"pip install 'rtk\[trt\]'"):
+        engines.load(source, engine="trt")
+    assert not list(tmp_path.glob("*.engine*")) and not tiny_checkpoint.with_suffix(".onnx").exists()
+
+
+def test_export_trt_without_tensorrt_fails_before_exporting(cli, tiny_checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = cli("export", tiny_checkpoint, "--trt")
+    assert result.exit_code == 1 and "pip install 'rtk[trt]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tiny_checkpoint.parent.glob("*.onnx")) and not list(tiny_checkpoint.parent.glob("*.engine*"))

@@ -52,7 +52,6 @@ def build(
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
     from exporters.trt import BuildOptions, build_engine, parse_workspace
-    from toolkit.console import console
 
     options = BuildOptions(
         precision=precision.value,
@@ -65,9 +64,13 @@ def build(
         builder_optimization_level=builder_optimization_level,
         profiling_verbosity=profiling_verbosity.value,
     )
-    path = build_engine(onnx, output, options)
+    print_built(build_engine(onnx, output, options))
 
+
+def print_built(path: Path) -> None:
+    """One line on stdout about a freshly built engine, from its sidecar."""
     from engines.trt_sidecar import read_sidecar, sidecar_path
+    from toolkit.console import console
 
     sidecar = read_sidecar(path)
     lo, opt, hi = sidecar.profile

@@ -35,6 +35,7 @@ def export(
     ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with eager PyTorch before accepting the file.")] = True,
     exporter: Annotated[Exporter, typer.Option(help="torch exporter: dynamo (default) or the older torchscript one (needed for opset 17).")] = Exporter.dynamo,
+    trt: Annotated[bool, typer.Option("--trt", help="Then build the fp16 TensorRT engine (MODEL.engine), as `rtk build` does with its defaults.")] = False,
 ) -> None:
     """Export a checkpoint to ONNX, checked by the ONNX checker and by a parity run against eager PyTorch.
 
@@ -58,11 +59,20 @@ def export(
             line += f", accuracy {metrics.accuracy:.2%} (eager {metrics.reference_accuracy:.2%})"
         console.print(line, highlight=False)
 
+    if trt:  # fail before a long export, not after it
+        from toolkit.errors import require
+
+        require("tensorrt", "--trt")
     info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
-    export_onnx(
+    paths = export_onnx(
         checkpoint, output, precision=options.precision, opset=options.opset, static_batch=options.static_batch,
         data=options.data, check=options.check, exporter=options.exporter, on_checked=report,
     )
+    if trt:
+        from exporters.trt import build_engine
+        from toolkit.cli.build import print_built
+
+        print_built(build_engine(paths[0]))
 
 
 def register(app: typer.Typer) -> None:
