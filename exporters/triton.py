@@ -576,6 +576,9 @@ def _write_model(repo: Path, model_dir: Path, version: int, artefact: ServedArte
         # A new model is staged beside it (hidden); an existing one inside its own folder,
         # where Triton ignores non-numeric subfolders.
         staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=repo if new_model else model_dir))
+        # mkdtemp makes the folder private (0700); renamed into place as the model folder it
+        # must be readable like any other, or a server running as another user cannot load it.
+        os.chmod(staging, 0o777 & ~_umask())
     except OSError as exc:
         raise RtkError(f"cannot write to {repo}: {exc.strerror or exc}") from None
     try:
@@ -612,6 +615,12 @@ def _write_model(repo: Path, model_dir: Path, version: int, artefact: ServedArte
         raise RtkError(f"cannot write the model into {model_dir}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,11 @@ def test_checkpoint_to_onnx_repository_every_field(cli, onnx_model, tmp_path):
     assert meta["triton"]["input"] == {"name": in_name, "datatype": "FP32", "dims": [3, 32, 32]}
     assert meta["triton"]["output"]["name"] == out_name
     assert leftovers(repo) == []
+    # Folders as readable as the user's umask allows (a server often runs as another user).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for folder in (model_dir, model_dir / "1"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
 
 
 def test_served_model_answers_through_config_names_and_dims(cli, onnx_model, tmp_path):
