@@ -541,6 +541,8 @@ def _interface(config, meta: Mapping[str, Any]) -> dict[str, Any]:
     """What every version of one model shares: clients, labels and preprocessing depend on it."""
     return {
         "platform": config.platform,
+        # An older plan's profile may not reach a larger max batch size: keep it for plans.
+        "max_batch_size": config.max_batch_size if config.platform == PLATFORMS["tensorrt"] else None,
         "input": [(t.name, t.data_type, list(t.dims)) for t in config.input],
         "output": [(t.name, t.data_type, list(t.dims)) for t in config.output],
         "class_names": (meta.get("spec") or {}).get("class_names"),
@@ -604,9 +606,16 @@ def _write_model(repo: Path, model_dir: Path, version: int, artefact: ServedArte
             os.rename(staging, model_dir)  # the whole new model appears at once
             return tuple(placed)
         if final_version.exists():
-            # Move the old version aside first so the folder is never half old, half new.
+            # Swap whole folders so the version is never half old, half new; put the old one
+            # back if the new one cannot go in (the staging folder is deleted below).
             os.rename(final_version, staging / "replaced")
-        os.rename(version_dir, final_version)
+            try:
+                os.rename(version_dir, final_version)
+            except BaseException:
+                os.rename(staging / "replaced", final_version)
+                raise
+        else:
+            os.rename(version_dir, final_version)
         # The config goes last: Triton in poll mode reloads when it changes.
         for file_name in (LABELS_FILE, META_FILE, CONFIG_FILE):
             os.replace(staging / file_name, model_dir / file_name)

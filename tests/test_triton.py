@@ -305,6 +305,13 @@ def test_new_version_with_other_classes_is_refused(cli, tmp_path):
     assert (repo / "clf" / "config.pbtxt").read_text() == before
     assert (repo / "clf" / "labels.txt").read_text().splitlines() == list(TINY_SPEC.class_names)
 
+    # Plans of one model share a max batch size: a bigger one could exceed the older plan's profile.
+    bigger = write_plan(tmp_path, profile=(1, 8, 64), name="bigger.engine")
+    result = cli("triton", bigger, "--repo", repo, "--name", "clf")
+    assert result.exit_code == 1 and "max_batch_size" in result.stderr
+    assert cli("triton", bigger, "--repo", repo, "--name", "clf", "--max-batch-size", 16).exit_code == 0
+    assert parse_config(repo / "clf").max_batch_size == 16 and (repo / "clf" / "2" / "model.plan").is_file()
+
 
 def test_plan_profile_smaller_than_max_batch_size_is_refused(cli, tmp_path):
     plan = write_plan(tmp_path, profile=(1, 4, 8))
