@@ -345,6 +345,11 @@ def test_plan_misuse_is_refused(cli, tmp_path):
     plan.write_bytes(b"another engine")
     result = cli("triton", plan, "--repo", tmp_path / "repo")
     assert result.exit_code == 1 and "does not match its sidecar" in result.stderr
+    plan = write_plan(tmp_path)
+    not_a_folder = tmp_path / "repo.txt"
+    not_a_folder.write_text("x")
+    result = cli("triton", plan, "--repo", not_a_folder)
+    assert result.exit_code == 1 and "is not a folder" in result.stderr
     bare = tmp_path / "bare.plan"
     bare.write_bytes(b"x")
     result = cli("triton", bare, "--repo", tmp_path / "repo")
