@@ -595,7 +595,7 @@ def run_benchmark(
     finally:
         torch.set_num_threads(saved_threads)
     _fill_speedups(results)
-    settings = dataclasses.asdict(options)
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
     settings["engines"] = [c.name for c in choices]
     return BenchReport(meta, settings, collect_environment(options.device, torch_threads(options)), results)
 

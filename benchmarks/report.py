@@ -170,6 +170,7 @@ def plot(report: dict[str, Any]):
         if batch_sizes:
             ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     ax_t.set_ylabel("images / s")
+    ax_t.set_ylim(bottom=0)  # a cut axis exaggerates differences
     ax_t.set_title("throughput")
     ax_l.set_yscale("log")
     ax_l.set_ylabel("latency per batch, ms (p50 solid, p90 dotted, p99 dashed)")
@@ -177,7 +178,10 @@ def plot(report: dict[str, Any]):
     if series:
         ax_t.legend(fontsize=8)
     env = report["environment"]
-    fig.suptitle(f"{report['model'].get('arch') or report['model']['name']} on {env['device_name']}", fontsize=11)
+    fig.suptitle(
+        f"{report['model'].get('arch') or report['model']['name']} on {env['device_name']}, {env['cpu']['threads']} threads",
+        fontsize=11,
+    )
     return fig
 
 

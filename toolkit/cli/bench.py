@@ -97,7 +97,7 @@ def bench(
     names = [n.strip() for n in engine.split(",") if n.strip()] if engine else [_native_engine(model)]
     options = BenchOptions(
         engines=expand_engines(names),
-        batch_sizes=parse_batch_sizes(batch_sizes or DEFAULT_BATCH_SIZES[device.value]),
+        batch_sizes=parse_batch_sizes(batch_sizes if batch_sizes is not None else DEFAULT_BATCH_SIZES[device.value]),
         device=device.value,
         precision=precision.value if precision else None,
         warmup_s=warmup,
@@ -109,7 +109,8 @@ def bench(
         baseline=baseline,
     )
     report = run_benchmark(model, options, progress=_progress(info)).to_dict()
-    console.print(render_table(report))
+    # Piped output gets the whole table rather than rich's 80-column default.
+    console.print(render_table(report), width=None if console.is_terminal else 160)
     if out is not None:
         for path in write_report(report, out, name):
             info(f"wrote {path}")
