@@ -508,13 +508,15 @@ def measure(
     Raises:
         RtkError: the engine cannot take this batch size or I/O mode.
     """
-    cuda = options.device.startswith("cuda")
+    # The engine's own device: an ORT CPU session in a --device cuda run is still a host engine.
+    device = str(engine.device)
+    cuda = device.startswith("cuda")
     extras: dict[str, Any] = {}
     if cuda:
         import torch
 
-        torch.cuda.reset_peak_memory_stats(options.device)
-    m = _Measurement(engine, choice, batch_size, options.device)
+        torch.cuda.reset_peak_memory_stats(device)
+    m = _Measurement(engine, choice, batch_size, device)
     fn, arg = m.call(io)
     samples = time_calls(
         fn, arg, _sync_for(engine, cuda),
@@ -527,8 +529,8 @@ def measure(
 
         if io == "host" and m.device_input is not None and (m.graph or _has_device_path(engine)):
             extras["split_ms"] = _split_ms(m, min(SPLIT_ITERS, max(len(samples), 10)))
-        extras["peak_memory_mb"] = torch.cuda.max_memory_allocated(options.device) / 2**20
-        free, total = torch.cuda.mem_get_info(options.device)
+        extras["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        free, total = torch.cuda.mem_get_info(device)
         extras["device_memory_used_mb"] = (total - free) / 2**20
     return samples, extras
 

@@ -153,6 +153,30 @@ def measure_overhead(
     }
 
 
+def fixed_cost_us(checkpoint: Path, batch_size: int = 1, iters: int = 2000) -> dict[str, float]:
+    """rtk's own per-call cost, free of the model's noise: the eager engine's path (input checks,
+    tensor wrapping, output conversion) and the harness around a module that does nothing.
+
+    Returns:
+        Median microseconds per call of the bare module and through rtk, and their difference.
+    """
+    import numpy as np
+    import torch
+
+    from engines.eager import EagerEngine
+    from toolkit.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    x = np.zeros((batch_size, ckpt.spec.in_chans, *ckpt.preprocess.input_size), dtype=np.float32)
+    xt = torch.from_numpy(x)
+    nothing = torch.nn.Identity()
+    engine = EagerEngine(nothing, ckpt.spec, ckpt.preprocess)
+    with torch.inference_mode():
+        bare = float(np.median(_bare_ms(lambda: nothing(xt), iters))) * 1e3
+    rtk = float(np.median(_rtk_ms(engine, x, iters))) * 1e3
+    return {"bare_us": bare, "rtk_us": rtk, "overhead_us": rtk - bare}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet50", help="architecture (random weights); default resnet50")
@@ -174,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
             checkpoint, onnx = make_model(workdir, args.arch, args.size)
             result = measure_overhead(checkpoint, onnx, args.batch_size, args.rounds, args.iters, args.threads)
+            result["fixed_cost_us"] = fixed_cost_us(checkpoint, args.batch_size)
     except RtkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -193,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             f"rtk {runtime} / bare: {ratio:.3f} median of per-round ratios ({'OK' if within else 'OUTSIDE'} ±{TOLERANCE:.0%}), "
             f"{result['min_ratio'][runtime]:.3f} fastest calls"
         )
+    fixed = result["fixed_cost_us"]
+    print(
+        f"rtk's fixed cost per call (eager path + harness around a do-nothing module): {fixed['overhead_us']:.1f} µs "
+        f"= {fixed['overhead_us'] / 1e3 / result['median_ms']['torch (bare)']:.4%} of one {args.arch} call"
+    )
     print(f"ort speed-up over eager: bare {result['ort_over_eager_bare']:.2f}x, rtk {result['ort_over_eager_rtk']:.2f}x")
     if args.out is not None:
         from benchmarks.report import atomic_write
