@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_PRE, make_checkpoint
+from conftest import make_checkpoint
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -185,6 +187,9 @@ def test_csv_and_jsonl_parse_back_and_match_json(cli, model, messy, tmp_path):
         if want["top1"] is not None:
             assert int(row["top1_index"]) == want["top1_index"] and float(row["top1_prob"]) == want["top1_prob"]
     assert [p.name for p in out_csv.parent.iterdir()] == ["preds.csv"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out_csv.stat().st_mode) == 0o666 & ~umask  # readable like any file, not mkstemp's 0600
     result = cli("predict", messy, "--model", model, "-k", "2", "--format", "jsonl")
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert by_name(lines) == expected
@@ -192,8 +197,6 @@ def test_csv_and_jsonl_parse_back_and_match_json(cli, model, messy, tmp_path):
 
 def test_output_to_a_pipe_is_written_not_replaced(cli, model, messy, tmp_path):
     """-o /dev/stdout or a named pipe must be written through, never renamed over."""
-    import os
-    import stat
     import threading
 
     fifo = tmp_path / "pipe"
@@ -221,8 +224,8 @@ def test_batching_and_parallel_decoding_do_not_change_results(model, messy):
     from toolkit.predict import PredictOptions, predict
 
     with engines.load(model) as engine:
-        serial = predict(messy, engine, PredictOptions(batch_size=1, workers=0, recursive=True))
-        parallel = predict(messy, engine, PredictOptions(batch_size=4, workers=3, recursive=True))
+        serial = predict(messy, engine, PredictOptions(batch_size=3, workers=0, recursive=True))
+        parallel = predict(messy, engine, PredictOptions(batch_size=5, workers=3, recursive=True))
     assert [p.path for p in serial.predictions] == [p.path for p in parallel.predictions]
     for a, b in zip(serial.predictions, parallel.predictions):
         assert a.error == b.error and [i for i, _ in a.top_k] == [i for i, _ in b.top_k]
@@ -339,3 +342,16 @@ def test_same_top1_through_checkpoint_onnx_and_fp16_onnx(cli, model, messy, tmp_
             # fp16 must agree wherever its rounding cannot flip the order (parity's fp16 rule).
             if probs[0] - probs[1] > 2e-3:
                 assert runs["ort-fp16"][file]["top1"] == ref["top1"], file
+
+
+def test_static_batch_onnx_gets_padded_batches(cli, model, messy, tmp_path):
+    """A model exported for batches of exactly 4 classifies 11 images (4+4+3, the last padded)."""
+    onnx_export = pytest.importorskip("exporters.onnx", reason="the ONNX exporter is not available")
+    [static] = onnx_export.export_onnx(model, tmp_path / "static4.onnx", static_batch=4, check=False)
+    _, ref = run_json(cli, messy, "--model", model)
+    result, out = run_json(cli, messy, "--model", static, "--workers", "0")
+    assert result.exit_code == 2, result.output
+    assert out["classified"] == len(GOOD)
+    assert [r["top1"] for r in out["predictions"]] == [r["top1"] for r in ref["predictions"]]
+    result = cli("predict", messy, "--model", static, "--batch-size", "8")
+    assert result.exit_code == 1 and "larger than the ort engine accepts (at most 4)" in result.stderr

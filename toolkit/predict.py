@@ -380,7 +380,7 @@ def predict(
         size = max(n, engine.min_batch)
         batch[n:size] = 0.0
         logits = engine(batch[:size])[:n]
-        for i, (index, row) in enumerate(zip(members, _top_k(logits, top_k))):
+        for index, row in zip(members, _top_k(logits, top_k)):
             results[index] = Prediction(files[index], labels[index], row)
         done += n
         members.clear()
@@ -481,6 +481,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+        # mkstemp creates the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
