@@ -109,8 +109,11 @@ def bench(
         baseline=baseline,
     )
     report = run_benchmark(model, options, progress=_progress(info)).to_dict()
-    # Piped output gets the whole table rather than rich's 80-column default.
-    console.print(render_table(report), width=None if console.is_terminal else 160)
+    if not console.is_terminal:  # piped output gets the whole table, not rich's 80-column default
+        from rich.console import Console
+
+        console = Console(width=160)
+    console.print(render_table(report))
     if out is not None:
         for path in write_report(report, out, name):
             info(f"wrote {path}")
