@@ -20,6 +20,8 @@ from toolkit.errors import RtkError
 # Command modules, imported in this order; each defines a ``register(app)`` function.
 COMMAND_MODULES = (
     "inspect",
+    "train",
+    "eval",
     "export",
     "parity",
     "build",
@@ -82,3 +84,7 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":  # `torchrun -m toolkit.cli.app train …`
+    main()

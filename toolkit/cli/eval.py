@@ -1,0 +1,76 @@
+"""``rtk eval MODEL --data …``: accuracy of any artefact on a labelled dataset."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class SplitName(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+
+
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder.")] = "digits",
+    split: Annotated[Optional[SplitName], typer.Option(help="Which split [default: test when the data has one, else val].", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per engine call.")] = 256,
+    engine: Annotated[Optional[str], typer.Option(help="Runtime (eager, ort, …) [default: from the artefact].", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    confusion: Annotated[Optional[Path], typer.Option(help="Confusion-matrix PNG [default: MODEL.confusion-<split>.png next to the model].", show_default=False)] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Where torchvision's datasets live [default: ./data].", show_default=False)] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing built-in dataset.")] = False,
+    val_split: Annotated[float, typer.Option(help="Validation fraction of a flat folder or built-in (as in training).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of that hold-out split (as in training).")] = 0,
+    max_samples: Annotated[Optional[int], typer.Option(help="Use at most N images (quick checks).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
+) -> None:
+    """Measure accuracy, per-class accuracy and the confusion matrix of a model on a labelled dataset.
+
+    Images are prepared with the artefact's own preprocessing (stored in it), and classes are
+    matched to the model's by name.
+    """
+    from toolkit.evaluate import EvalOptions, evaluate_artefact
+
+    options = EvalOptions(
+        model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
+        device=device, confusion=confusion, data_root=data_root, download=download, val_split=val_split,
+        seed=seed, max_samples=max_samples, progress=not as_json,
+    )  # fmt: skip
+    result = evaluate_artefact(options)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_tables(result)
+
+
+def _print_tables(result) -> None:
+    from rich.table import Table
+
+    from toolkit.console import console
+
+    report = result.report
+    console.print(
+        f"[bold]{result.model}[/bold] ({result.engine}) on {result.data} {result.split}: "
+        f"accuracy [bold]{report.accuracy:.2%}[/bold] ({report.correct}/{report.total}) in {result.seconds:.1f} s",
+        highlight=False,
+    )
+    table = Table(title="per-class accuracy", title_justify="left")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("support", justify="right")
+    support = report.confusion.sum(axis=1)
+    for i, (name, acc) in enumerate(report.per_class_accuracy().items()):
+        table.add_row(name, "—" if acc is None else f"{acc:.2%}", str(int(support[i])))
+    console.print(table)
+    console.print(f"confusion matrix: {result.confusion_png}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

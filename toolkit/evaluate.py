@@ -1,0 +1,214 @@
+"""Accuracy of any artefact on a labelled dataset: :func:`evaluate` and :func:`evaluate_artefact`.
+
+The evaluation images are prepared with the artefact's own :class:`~toolkit.spec.Preprocess`
+(read from the checkpoint, ONNX metadata or engine sidecar), never from flags, so the figure
+measures the model as it will be used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from toolkit.errors import RtkError
+from toolkit.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from engines.base import Engine
+    from toolkit.metrics import ClassificationReport
+
+
+def label_mapping(data_classes: Sequence[str], spec: ModelSpec) -> np.ndarray:
+    """For each class of the data, the index of the same class in the model's output.
+
+    Classes are matched by name, so a folder whose classes are a subset of the model's, or
+    are listed in another order, is scored correctly. A model without class names must have
+    exactly as many outputs as the data has classes.
+
+    Raises:
+        RtkError: the data has classes the model does not know.
+    """
+    if spec.class_names is None:
+        if len(data_classes) != spec.num_classes:
+            raise RtkError(
+                f"the data has {len(data_classes)} classes but the model has {spec.num_classes} outputs and no class names to match them by"
+            )
+        return np.arange(len(data_classes))
+    index = {name: i for i, name in enumerate(spec.class_names)}
+    unknown = [name for name in data_classes if name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        raise RtkError(
+            f"the data has classes the model does not know: {shown} (the model knows {', '.join(spec.class_names[:10])}"
+            f"{' …' if spec.num_classes > 10 else ''})"
+        )
+    return np.asarray([index[name] for name in data_classes], dtype=np.int64)
+
+
+def evaluate(
+    engine: "Engine",
+    dataset: Any,
+    batch_size: int = 256,
+    class_names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> "ClassificationReport":
+    """Run an engine over a labelled dataset and score its top-1 predictions.
+
+    Args:
+        engine: any loaded engine (eager, ONNX Runtime, TensorRT).
+        dataset: a map-style dataset of ``(CHW tensor, label)`` prepared with the engine's
+            preprocess, e.g. ``DataSource.dataset("test", engine.preprocess)``.
+        batch_size: images per call, clamped to what the engine accepts.
+        class_names: the dataset's class names; labels are matched to the model's classes by
+            name (see :func:`label_mapping`). Omitted: labels are model indices.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        Accuracy, per-class accuracy and confusion matrix over the model's classes.
+    """
+    import torch
+
+    from toolkit.metrics import ClassificationReport
+
+    n = len(dataset)
+    if n == 0:
+        raise RtkError("the evaluation set is empty")
+    if batch_size < 1:
+        raise RtkError(f"batch size must be at least 1, got {batch_size}")
+    if engine.max_batch is not None:
+        batch_size = min(batch_size, engine.max_batch)
+    mapping = label_mapping(class_names, engine.spec) if class_names is not None else None
+    labels = np.empty(n, dtype=np.int64)
+    predictions = np.empty(n, dtype=np.int64)
+    starts = range(0, n, batch_size)
+    with _progress(progress, len(starts), "evaluating") as advance:
+        for start in starts:
+            items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+            batch = torch.stack([x for x, _ in items]).numpy()
+            count = len(items)
+            if count < engine.min_batch:  # a static-shape engine: pad, then drop the padding's outputs
+                batch = np.concatenate([batch, np.zeros((engine.min_batch - count, *batch.shape[1:]), batch.dtype)])
+            logits = engine(np.ascontiguousarray(batch, dtype=np.float32))[:count]
+            predictions[start : start + count] = logits.argmax(axis=1)
+            labels[start : start + count] = [y for _, y in items]
+            advance()
+    if mapping is not None:
+        labels = mapping[labels]
+    names = [engine.spec.class_name(i) for i in range(engine.spec.num_classes)]
+    return ClassificationReport.from_predictions(labels, predictions, names)
+
+
+class _progress:
+    """A rich progress bar on stderr (or nothing); yields a function that advances it by one."""
+
+    def __init__(self, enabled: bool, total: int, what: str):
+        self.enabled, self.total, self.what = enabled, total, what
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        from toolkit.console import err_console
+
+        self._bar = Progress(console=err_console, transient=True)
+        self._bar.start()
+        task = self._bar.add_task(self.what, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``rtk eval`` does.
+
+    Attributes:
+        model: a checkpoint, ONNX file or TensorRT engine.
+        data: ``digits``, a built-in dataset name, or an image folder.
+        split: ``test``, ``val`` or ``train``; the test split when the data has one, else val.
+        batch_size: images per engine call.
+        engine: runtime name for ``engines.load``; chosen from the artefact when omitted.
+        device: ``cpu`` or ``cuda[:N]``.
+        confusion: where to write the confusion-matrix PNG; next to the model when omitted.
+        data_root, download, val_split, seed, max_samples: as for :func:`toolkit.data.resolve_data`.
+    """
+
+    model: Path
+    data: str = "digits"
+    split: str | None = None
+    batch_size: int = 256
+    engine: str | None = None
+    device: str = "cpu"
+    confusion: Path | None = None
+    data_root: Path | None = None
+    download: bool = False
+    val_split: float = 0.1
+    seed: int = 0
+    max_samples: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The outcome of :func:`evaluate_artefact`."""
+
+    report: "ClassificationReport"
+    model: Path
+    engine: str
+    data: str
+    split: str
+    seconds: float
+    confusion_png: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "engine": self.engine,
+            "data": self.data,
+            "split": self.split,
+            "seconds": round(self.seconds, 3),
+            "confusion_png": str(self.confusion_png) if self.confusion_png else None,
+            **self.report.to_dict(),
+        }
+
+
+def evaluate_artefact(options: EvalOptions) -> EvalResult:
+    """Load an artefact, prepare the data with its preprocess, score it, and draw the confusion matrix.
+
+    Returns:
+        The report, the engine's name and where the confusion PNG went.
+    """
+    import engines
+    from toolkit.data import resolve_data
+
+    started = time.perf_counter()
+    source = resolve_data(
+        options.data,
+        val_split=options.val_split,
+        seed=options.seed,
+        data_root=options.data_root,
+        download=options.download,
+        max_samples=options.max_samples,
+    )
+    split = options.split or ("test" if source.has("test") else "val")
+    with engines.load(options.model, engine=options.engine, device=options.device) as engine:
+        label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
+        dataset = source.dataset(split, preprocess=engine.preprocess)
+        report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)
+        name = engine.name
+    png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split}.png")
+    report.save_confusion_png(png, title=f"{Path(options.model).name} on {_short(source.name)} {split}")
+    return EvalResult(report, Path(options.model), name, source.name, split, time.perf_counter() - started, png)
+
+
+def _short(name: str | os.PathLike) -> str:
+    return Path(name).name or str(name)

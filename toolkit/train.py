@@ -1,0 +1,629 @@
+"""Training: ``train(TrainOptions) -> TrainResult``, the library behind ``rtk train``.
+
+One run reads a :class:`~toolkit.data.DataSource`, builds (or fine-tunes) a zoo model, and
+trains it with Adam/AdamW/SGD under a warm-up + cosine schedule, validating after every epoch.
+Into the output folder it writes ``last.pth`` (with optimizer state, for ``--resume``),
+``best.pth`` (by validation accuracy), ``history.json`` and ``curves.png``; all atomically, so
+an interrupted run always leaves complete files. Under ``torchrun`` the same code runs with
+DistributedDataParallel and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.console import info, warn
+from toolkit.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
+from toolkit.errors import RtkError
+from toolkit.schedule import lr_factor, set_lr
+from toolkit.spec import ModelSpec, Preprocess
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from toolkit.checkpoint import Checkpoint
+    from toolkit.data import DataSource
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+FREEZE = ("none", "backbone")
+DEFAULT_LR = {"adam": 2e-3, "adamw": 2e-3, "sgd": 0.05}
+DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.05, "sgd": 5e-4}
+# Inputs up to this size get the small stem (3×3/1 conv, no max-pool) unless told otherwise.
+SMALL_STEM_MAX = 64
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything a training run needs; the defaults train resnet18 on the digits in minutes on a CPU.
+
+    Attributes:
+        data: ``digits``, a torchvision built-in name, or an image folder.
+        arch: architecture; ``resnet18`` by default, or the pretrained checkpoint's.
+        epochs: total epochs (a resumed run continues up to this number).
+        batch_size: images per step and process.
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
+        lr: peak learning rate; per-optimizer default when omitted.
+        weight_decay: per-optimizer default when omitted.
+        schedule: ``cosine`` (to zero at the end) or ``constant``, after ``warmup_epochs``.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        label_smoothing: cross-entropy label smoothing.
+        seed: seeds weights, shuffling and augmentation; equal seeds give equal runs on one machine.
+        out: output folder; ``runs/<arch>-<data>`` by default.
+        resume: continue from ``out/last.pth``.
+        pretrained: checkpoint to start from (rtk or torchvision); a head of the wrong size is replaced.
+        freeze: ``backbone`` trains only the head; ``none`` trains everything.
+        head: ``fc`` or ``mlp1024`` (Linear→1024, ReLU, Linear).
+        stem: ``small`` or ``imagenet``; chosen from the input size when omitted.
+        in_chans: 1 or 3; from the data (or the pretrained conv1) when omitted.
+        input_size: network input side; the data's default when omitted.
+        val_split, data_root, download, max_samples: as for :func:`toolkit.data.resolve_data`.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: mixed precision on CUDA (ignored on CPU).
+        channels_last: channels-last memory format on CUDA (ignored on CPU).
+        workers: data-loading processes; 0 on CPU, 4 on CUDA when omitted.
+        progress: show a progress bar.
+    """
+
+    data: str = "digits"
+    arch: str | None = None
+    epochs: int = 12
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    out: Path | None = None
+    resume: bool = False
+    pretrained: Path | None = None
+    freeze: str = "none"
+    head: str = "fc"
+    stem: str | None = None
+    in_chans: int | None = None
+    input_size: int | None = None
+    val_split: float = 0.1
+    data_root: Path | None = None
+    download: bool = False
+    max_samples: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    workers: int | None = None
+    progress: bool = True
+
+    def output_dir(self, arch: str | None = None) -> Path:
+        """``out``, or ``runs/<arch>-<data>`` (``arch``: the architecture actually trained)."""
+        if self.out is not None:
+            return Path(self.out)
+        data = Path(self.data).name or "data"
+        return Path("runs") / f"{arch or self.arch or 'resnet18'}-{data}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        out: the output folder.
+        best, last: checkpoint paths.
+        best_epoch, best_val_acc: the epoch ``best.pth`` holds and its validation accuracy.
+        test_acc: ``best.pth``'s accuracy on the test split (``None`` without one).
+        history: one dict per epoch (losses, accuracies, learning rate, seconds).
+        seconds: wall time of this invocation.
+        trainable, total: parameter counts.
+    """
+
+    out: Path
+    best: Path
+    last: Path
+    best_epoch: int
+    best_val_acc: float
+    test_acc: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    trainable: int = 0
+    total: int = 0
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Train a model as ``options`` describe; see the module docstring for what is written.
+
+    Returns:
+        The run's outcome (on every rank; only rank 0 has written files).
+
+    Raises:
+        RtkError: bad data, a pretrained checkpoint that does not fit, nothing to resume…
+        KeyboardInterrupt: after Ctrl-C, once the last complete checkpoint's location is printed.
+    """
+    _check_options(options)
+    ctx = init_distributed(options.device)
+    try:
+        return _Run(options, ctx).fit()
+    finally:
+        cleanup(ctx)
+
+
+def _check_options(o: TrainOptions) -> None:
+    checks = [
+        (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
+        (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
+        (o.optimizer in OPTIMIZERS, f"unknown optimizer {o.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
+        (o.freeze in FREEZE, f"unknown --freeze {o.freeze!r}; choose one of {', '.join(FREEZE)}"),
+        (o.lr is None or o.lr > 0, f"--lr must be positive, got {o.lr}"),
+        (0.0 <= o.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {o.label_smoothing}"),
+        (o.warmup_epochs >= 0, f"--warmup-epochs must not be negative, got {o.warmup_epochs}"),
+        (o.max_samples is None or o.max_samples >= 1, f"--max-samples must be at least 1, got {o.max_samples}"),
+        (o.freeze == "none" or o.pretrained is not None or o.resume, "--freeze backbone needs --pretrained: a random backbone is not worth freezing"),
+        (not (o.resume and o.pretrained), "--resume and --pretrained exclude each other: resume continues the run in --out"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RtkError(message)
+
+
+class _Run:
+    """One training run; split into steps so each reads on its own."""
+
+    def __init__(self, options: TrainOptions, ctx: DistContext):
+        self.o = options
+        self.ctx = ctx
+        self.out = options.output_dir()
+        self.main = ctx.is_main
+
+    def say(self, message: str) -> None:
+        if self.main:
+            info(message)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        import torch
+
+        from toolkit.data import resolve_data
+
+        o = self.o
+        started = time.perf_counter()
+        resume = self._resume_checkpoint() if o.resume else None
+        pretrained = self._pretrained_checkpoint() if o.pretrained else None
+        if pretrained:
+            self.out = o.output_dir(pretrained.spec.arch)
+        input_size = resume.preprocess.input_size[0] if resume else o.input_size
+        if pretrained and input_size is None:  # fine-tune at the size the backbone learned
+            input_size = pretrained.preprocess.input_size[0]
+        source = resolve_data(
+            o.data, input_size=input_size, val_split=o.val_split, seed=o.seed, data_root=o.data_root, download=o.download, max_samples=o.max_samples
+        )
+        spec = resume.spec if resume else self._spec(source, pretrained)
+        if resume and tuple(source.class_names) != tuple(spec.class_names or ()):
+            raise RtkError(f"{o.data} has classes {', '.join(source.class_names)}, but the run in {self.out} was trained on {', '.join(spec.class_names or ())}")
+        pre = resume.preprocess if resume else source.preprocess.matching(spec)
+
+        torch.manual_seed(o.seed)
+        from toolkit.models import count_parameters, create_model
+
+        model = create_model(spec)
+        if resume:
+            model.load_state_dict(resume.state_dict)
+        elif pretrained:
+            self._transfer(model, pretrained, spec)
+        if o.freeze == "backbone":
+            for name, param in model.named_parameters():
+                param.requires_grad = name.startswith("fc.")
+        trainable, total = count_parameters(model)
+        self.say(f"{spec.arch} ({spec.stem} stem, {spec.head} head, {spec.in_chans}-channel {pre.input_size[0]}×{pre.input_size[1]} input) "
+                 f"on {source.name}: {source.num_classes} classes, "
+                 + ", ".join(f"{len(s)} {k}" for k, s in source.splits.items()))
+        self.say(f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.1%})")
+
+        device = torch.device(self.ctx.device)
+        cuda = device.type == "cuda"
+        memory_format = torch.channels_last if (cuda and o.channels_last) else torch.contiguous_format
+        model = model.to(device=device, memory_format=memory_format)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = self._optimizer(params)
+        scaler = torch.amp.GradScaler("cuda", enabled=cuda and o.amp)
+        start_epoch, history, best = 0, [], {"epoch": 0, "val_acc": -1.0}
+        if resume:
+            optimizer.load_state_dict(resume.train["optimizer"])
+            if "scaler" in resume.train and scaler.is_enabled():
+                scaler.load_state_dict(resume.train["scaler"])
+            start_epoch = int(resume.train["epoch"])
+            history = list(resume.train.get("history", []))
+            best = dict(resume.train.get("best", best))
+            self.say(f"resuming from {self.out / 'last.pth'} after epoch {start_epoch}")
+
+        net = model
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+            self.say(f"DistributedDataParallel over {self.ctx.world_size} processes ({'nccl' if cuda else 'gloo'})")
+
+        loop = _Loop(self, net, model, spec, pre, source, optimizer, scaler, memory_format, device)
+        try:
+            history, best = loop.run(start_epoch, history, best)
+        except KeyboardInterrupt:
+            if self.main:
+                self._report_interrupt()
+            raise
+        barrier(self.ctx)
+        test_acc = self._test(source) if self.main else None
+        barrier(self.ctx)
+        seconds = time.perf_counter() - started
+        if self.main:
+            self.write_history(history, best, test_acc, seconds)
+            summary = f"best val accuracy {best['val_acc']:.2%} (epoch {best['epoch']})"
+            if test_acc is not None:
+                summary += f", test accuracy {test_acc:.2%}"
+            self.say(f"{summary}; {seconds:.0f} s; wrote {self.out}/best.pth, last.pth, history.json, curves.png")
+        return TrainResult(
+            self.out, self.out / "best.pth", self.out / "last.pth", int(best["epoch"]), float(best["val_acc"]), test_acc, history, seconds, trainable, total
+        )
+
+    def _report_interrupt(self) -> None:
+        # Ask the file rather than the loop: Ctrl-C may land while last.pth is being replaced,
+        # and the atomic write means the file holds either the old epoch or the new one.
+        last = self.out / "last.pth"
+        if not last.exists():
+            warn("interrupted before the first epoch finished; nothing was saved")
+            return
+        from toolkit.checkpoint import read_torch_file
+
+        epoch = read_torch_file(last).get("train", {}).get("epoch", "?")
+        warn(f"interrupted: {last} holds epoch {epoch}; continue with --resume --out {self.out}")
+
+    def _resume_checkpoint(self) -> "Checkpoint":
+        from toolkit.checkpoint import load_checkpoint
+
+        last = self.out / "last.pth"
+        if not last.exists():
+            raise RtkError(f"nothing to resume: {last} does not exist (train without --resume first, or point --out at the run)")
+        ckpt = load_checkpoint(last)
+        if "optimizer" not in ckpt.train or "epoch" not in ckpt.train:
+            raise RtkError(f"{last} holds no optimizer state to resume from; start a new run, e.g. with --pretrained {last}")
+        if self.o.arch and self.o.arch != ckpt.spec.arch:
+            raise RtkError(f"{last} holds a {ckpt.spec.arch}, but --arch {self.o.arch} was given; drop --arch to resume")
+        done = int(ckpt.train["epoch"])
+        if done >= self.o.epochs:
+            raise RtkError(f"the run in {self.out} has already trained {done} epochs; pass --epochs above {done} to continue")
+        return ckpt
+
+    def _pretrained_checkpoint(self) -> "Checkpoint":
+        from toolkit.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(self.o.pretrained)
+        if self.o.arch and self.o.arch != ckpt.spec.arch:
+            raise RtkError(
+                f"{self.o.pretrained} holds a {ckpt.spec.arch}, but --arch {self.o.arch} was asked; "
+                f"pass --arch {ckpt.spec.arch} or a {self.o.arch} checkpoint"
+            )
+        if self.o.stem and self.o.stem != ckpt.spec.stem:
+            raise RtkError(f"{self.o.pretrained} has the {ckpt.spec.stem} stem, but --stem {self.o.stem} was asked")
+        return ckpt
+
+    def _spec(self, source: "DataSource", pretrained: "Checkpoint | None") -> ModelSpec:
+        o = self.o
+        if pretrained:
+            arch, stem = pretrained.spec.arch, pretrained.spec.stem
+            in_chans = o.in_chans or pretrained.spec.in_chans
+        else:
+            arch = o.arch or "resnet18"
+            stem = o.stem or ("small" if max(source.preprocess.input_size) <= SMALL_STEM_MAX else "imagenet")
+            in_chans = o.in_chans or source.preprocess.num_channels
+        return ModelSpec(arch=arch, num_classes=source.num_classes, class_names=source.class_names, head=o.head, in_chans=in_chans, stem=stem)
+
+    def _transfer(self, model: "nn.Module", pretrained: "Checkpoint", spec: ModelSpec) -> None:
+        replaced = transfer_weights(model, pretrained.state_dict, pretrained.path)
+        old = pretrained.spec
+        if replaced:
+            self.say(f"head replaced: {old.head} with {old.num_classes} outputs → new {spec.head} with {spec.num_classes} outputs")
+        self.say(f"started from {pretrained.path} ({old.arch}, {'rtk' if pretrained.source == 'rtk' else 'torchvision-style'} checkpoint)")
+
+    def _optimizer(self, params: list) -> "torch.optim.Optimizer":
+        import torch
+
+        o = self.o
+        lr = o.lr or DEFAULT_LR[o.optimizer]
+        wd = DEFAULT_WEIGHT_DECAY[o.optimizer] if o.weight_decay is None else o.weight_decay
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+        cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, weight_decay=wd)
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def save(self, name: str, model: "nn.Module", spec: ModelSpec, pre: Preprocess, record: dict[str, Any]) -> Path:
+        from toolkit.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.out / name, model, spec, pre, record)
+
+    def _test(self, source: "DataSource") -> float | None:
+        """Accuracy of ``best.pth`` on the test split, through the same engine ``rtk eval`` uses."""
+        if not source.has("test"):
+            return None
+        import engines
+        from toolkit.evaluate import evaluate
+
+        with engines.load(self.out / "best.pth") as engine:
+            report = evaluate(engine, source.dataset("test", engine.preprocess), 256, source.class_names)
+        return report.accuracy
+
+    def write_history(self, history: list[dict], best: dict, test_acc: float | None = None, seconds: float | None = None) -> None:
+        """history.json: options, best epoch, per-epoch rows; test accuracy and wall time once finished."""
+        payload = {
+            "options": self.o.to_dict(),
+            "best": best,
+            "test_acc": test_acc,
+            "seconds": round(seconds, 2) if seconds is not None else None,
+            "epochs": history,
+        }
+        _atomic_write_text(self.out / "history.json", json.dumps(payload, indent=2))
+
+
+class _Loop:
+    """The epoch loop: train one epoch, validate, checkpoint, plot."""
+
+    def __init__(self, run: _Run, net, model, spec, pre, source, optimizer, scaler, memory_format, device):
+        import torch
+
+        self.job, self.net, self.model, self.spec, self.pre = run, net, model, spec, pre
+        self.optimizer, self.scaler, self.memory_format, self.device = optimizer, scaler, memory_format, device
+        o, ctx = run.o, run.ctx
+        self.o, self.ctx = o, ctx
+        self.train_set = source.dataset("train", pre, augment=True)
+        self.val_set = source.dataset("val", pre)
+        self.source_name = source.name
+        self.workers = o.workers if o.workers is not None else (4 if device.type == "cuda" else 0)
+        per_rank = len(self.train_set) // ctx.world_size
+        # A last batch of one image breaks BatchNorm; drop the ragged end when there is more than one batch.
+        self.drop_last = per_rank > o.batch_size
+        self.steps_per_epoch = max(1, per_rank // o.batch_size if self.drop_last else -(-per_rank // o.batch_size))
+        self.total_steps = self.steps_per_epoch * o.epochs
+        self.warmup_steps = round(o.warmup_epochs * self.steps_per_epoch)
+        self.base_lr = o.lr or DEFAULT_LR[o.optimizer]
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
+        self.autocast = dict(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda" and o.amp)
+
+    def loader(self, epoch: int):
+        import torch
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        # Seeding per epoch (and rank) makes a resumed run see the same batches as an uninterrupted one.
+        torch.manual_seed(self.o.seed * 100_003 + epoch * 1_009 + self.ctx.rank)
+        generator = torch.Generator().manual_seed(self.o.seed * 100_003 + epoch)
+        sampler = None
+        if self.ctx.distributed:
+            sampler = DistributedSampler(self.train_set, self.ctx.world_size, self.ctx.rank, shuffle=True, seed=self.o.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.o.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=generator,
+            drop_last=self.drop_last,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def set_train_mode(self) -> None:
+        self.net.train()
+        if self.o.freeze == "backbone":
+            # Frozen layers keep their BatchNorm statistics too: only the head may change.
+            for name, module in self.model.named_children():
+                if name != "fc":
+                    module.eval()
+
+    def run(self, start_epoch: int, history: list[dict], best: dict) -> tuple[list[dict], dict]:
+        for epoch in range(start_epoch, self.o.epochs):
+            t0 = time.perf_counter()
+            train_loss, train_acc, lr = self.train_epoch(epoch)
+            val_loss, val_acc = self.validate()
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": round(train_loss, 6),
+                "train_acc": round(train_acc, 6),
+                "val_loss": round(val_loss, 6),
+                "val_acc": round(val_acc, 6),
+                "lr": lr,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            history = [*history, row]
+            improved = val_acc > best["val_acc"]
+            if improved:
+                best = {"epoch": epoch + 1, "val_acc": val_acc}
+            if self.job.main:
+                self.checkpoint(row, history, best, improved)
+                info(
+                    f"epoch {epoch + 1}/{self.o.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
+                    f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {lr:.2e}  {row['seconds']:.1f} s" + ("  ★ best" if improved else "")
+                )
+            barrier(self.ctx)
+        return history, best
+
+    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        import torch
+
+        self.set_train_mode()
+        loss_sum = correct = seen = 0.0
+        lr = self.base_lr
+        with _EpochBar(self.job.main and self.o.progress, self.steps_per_epoch, f"epoch {epoch + 1}/{self.o.epochs}") as bar:
+            for i, (x, y) in enumerate(self.loader(epoch)):
+                step = epoch * self.steps_per_epoch + i
+                lr = set_lr(self.optimizer, self.base_lr, lr_factor(step, self.total_steps, self.warmup_steps, self.o.schedule))
+                x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                y = y.to(self.device, non_blocking=True)
+                with torch.autocast(**self.autocast):
+                    logits = self.net(x)
+                    loss = self.criterion(logits, y)
+                if not torch.isfinite(loss):
+                    raise RtkError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; lower --lr (now {self.base_lr:g})")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                n = y.numel()
+                loss_sum += loss.item() * n
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += n
+                bar.update(loss_sum / seen, correct / seen)
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], self.ctx)
+        return loss_sum / max(seen, 1), correct / max(seen, 1), lr
+
+    def validate(self) -> tuple[float, float]:
+        """Validation loss and accuracy; each process scores its share, then the sums are combined."""
+        import torch
+        import torch.nn.functional as F
+
+        self.net.eval()
+        indices = range(self.ctx.rank, len(self.val_set), self.ctx.world_size)
+        loss_sum = correct = 0.0
+        batch = max(self.o.batch_size, 256)
+        with torch.inference_mode():
+            for start in range(0, len(indices), batch):
+                items = [self.val_set[i] for i in indices[start : start + batch]]
+                x = torch.stack([t for t, _ in items]).to(self.device).contiguous(memory_format=self.memory_format)
+                y = torch.tensor([label for _, label in items], device=self.device)
+                with torch.autocast(**self.autocast):
+                    logits = self.model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, float(len(indices))], self.ctx)
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def checkpoint(self, row: dict, history: list[dict], best: dict, improved: bool) -> None:
+        record = {
+            "epoch": row["epoch"],
+            "epochs": self.o.epochs,
+            "metrics": {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+            "best": best,
+            "data": self.source_name,
+            "seed": self.o.seed,
+            "args": self.o.to_dict(),
+        }
+        if improved:
+            self.job.save("best.pth", self.model, self.spec, self.pre, record)
+        state = {"optimizer": self.optimizer.state_dict(), "history": history}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        self.job.save("last.pth", self.model, self.spec, self.pre, {**record, **state})
+        self.job.write_history(history, best)
+        save_curves(history, self.job.out / "curves.png", title=f"{self.spec.arch} on {Path(self.source_name).name}")
+
+
+class _EpochBar:
+    """A transient rich progress bar with running loss and accuracy (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int, what: str):
+        self.enabled, self.total, self.what = enabled, total, what
+        self._bar = self._task = None
+
+    def __enter__(self) -> "_EpochBar":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            from toolkit.console import err_console
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.what, total=self.total, loss=0.0, acc=0.0)
+        return self
+
+    def update(self, loss: float, acc: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, loss=loss, acc=acc)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def transfer_weights(model: "nn.Module", state: dict[str, "torch.Tensor"], source: Path | str | None = None) -> bool:
+    """Load pretrained weights into ``model``, replacing the head when it does not fit.
+
+    Every backbone tensor must exist in both with the same shape; the head (``fc.*``) is taken
+    over only when all of its tensors match (same kind, same number of classes).
+
+    Args:
+        model: a freshly created zoo model.
+        state: the pretrained ``state_dict`` (torchvision key names).
+        source: where it came from, for messages.
+
+    Returns:
+        Whether the head was replaced (left freshly initialised).
+
+    Raises:
+        RtkError: naming the first backbone tensor that is missing, extra or of another shape.
+    """
+    where = source or "the pretrained checkpoint"
+    own = model.state_dict()
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing = [k for k in own if not k.startswith("fc.") and k not in backbone]
+    extra = [k for k in backbone if k not in own]
+    if missing or extra:
+        detail = f"it lacks {missing[0]}" if missing else f"it has {extra[0]}, which the model does not"
+        raise RtkError(f"{where} does not fit the model's backbone: {detail} ({len(missing)} missing, {len(extra)} extra tensors)")
+    for key, value in backbone.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise RtkError(f"{where} does not fit the model: {key} is {tuple(value.shape)} there but {tuple(own[key].shape)} here")
+    head = {k: v for k, v in state.items() if k.startswith("fc.")}
+    own_head = {k: v for k, v in own.items() if k.startswith("fc.")}
+    keep_head = head.keys() == own_head.keys() and all(tuple(head[k].shape) == tuple(own_head[k].shape) for k in head)
+    model.load_state_dict({**backbone, **(head if keep_head else {})}, strict=False)
+    return not keep_head
+
+
+def save_curves(history: list[dict], path: Path, title: str = "training") -> Path:
+    """Loss and accuracy per epoch (train and validation) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toolkit.plots import save_figure
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-o"), ("val", "-s")):
+        ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], style, label=split, markersize=3)
+        ax_acc.plot(epochs, [row[f"{split}_acc"] for row in history], style, label=split, markersize=3)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
