@@ -495,6 +495,9 @@ def run_parity(
 
     if not engines:
         raise RtkError("no engines to compare; name some with --engines, e.g. eager,ort")
+    unknown = [name for name in engines if name not in PARITY_ENGINES]
+    if unknown:
+        raise RtkError(f"unknown engine {unknown[0]!r} for parity; choose from {', '.join(PARITY_ENGINES)}")
     if any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise RtkError(f"batch sizes must be positive, got {list(batch_sizes)}")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)

@@ -1,0 +1,119 @@
+"""One contract, every engine this machine can run: shapes, dtypes, batch sizes 1..N, bad input."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import engines
+from conftest import make_checkpoint
+from exporters.onnx import export_onnx
+from toolkit.errors import RtkError
+from toolkit.spec import ModelSpec, Preprocess
+
+SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"))
+PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
+
+
+def _ort_gpu() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+cuda = pytest.mark.cuda
+# (engine id, how to open it from the artefacts, tolerance against eager fp32 as (atol, rtol))
+ENGINES = [
+    pytest.param("eager", lambda a: engines.load(a["ckpt"]), (1e-5, 1e-5), id="eager"),
+    pytest.param("eager-cl", lambda a: engines.load(a["ckpt"], channels_last=True), (1e-4, 1e-4), id="eager-cl"),
+    pytest.param("eager-bf16", lambda a: engines.load(a["ckpt"], precision="bf16"), (0.1, 0.1), id="eager-bf16"),
+    pytest.param("ort", lambda a: engines.load(a["onnx"]), (1e-4, 1e-4), id="ort"),
+    pytest.param("ort-fp16", lambda a: engines.load(a["onnx16"], engine="ort-fp16"), (2e-2, 2e-2), id="ort-fp16"),
+    pytest.param("eager-cuda", lambda a: engines.load(a["ckpt"], device="cuda"), (1e-3, 1e-3), id="eager-cuda", marks=cuda),
+    pytest.param(
+        "ort-cuda", lambda a: engines.load(a["onnx"], engine="ort-cuda", device="cuda"), (1e-3, 1e-3), id="ort-cuda",
+        marks=[cuda, pytest.mark.skipif(not importlib.util.find_spec("onnxruntime") or not _ort_gpu(), reason="onnxruntime-gpu is not installed")],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("contract")
+    ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
+    onnx, onnx16 = export_onnx(ckpt, precision="all", check=False)
+    return {"ckpt": ckpt, "onnx": onnx, "onnx16": onnx16}
+
+
+@pytest.fixture(scope="module")
+def reference(artefacts):
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)
+    with engines.load(artefacts["ckpt"]) as eager:
+        return x, eager(x)
+
+
+@pytest.mark.parametrize("name, opener, tol", ENGINES)
+def test_engine_contract(name, opener, tol, artefacts, reference):
+    x, expected = reference
+    with opener(artefacts) as engine:
+        assert engine.name == name.replace("-cuda", "") or engine.name == name
+        assert engine.spec == SPEC and engine.preprocess == PRE and engine.input_shape == (3, 32, 32)
+        for n in range(1, len(x) + 1):  # batch sizes 1..N
+            out = engine(x[:n])
+            assert out.shape == (n, 6) and out.dtype == np.float32
+            np.testing.assert_allclose(out, expected[:n], atol=tol[0], rtol=tol[1])
+        device_out = engine(torch.from_numpy(x[:2]))  # a torch tensor goes through run_device
+        assert device_out.shape == (2, 6) and device_out.dtype == np.float32
+
+        for bad, message in [
+            (x[0], "4 dimensions"),
+            (np.zeros((1, 1, 32, 32), np.float32), "expects inputs of shape"),
+            (np.zeros((1, 3, 16, 16), np.float32), "expects inputs of shape"),
+            (x.astype(np.float64), "float32"),
+            (x.tolist(), "numpy array or torch tensor"),
+        ]:
+            with pytest.raises(RtkError, match=message):
+                engine(bad)
+    with pytest.raises(RtkError, match="closed"):
+        engine(x)
+
+
+def test_gpu_engines_fall_back_to_cpu_loudly(artefacts, capsys):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here; there is nothing to fall back from")
+    with engines.load(artefacts["onnx"], engine="ort-cuda") as engine:
+        assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu"
+    assert "running m.onnx on the CPU instead" in capsys.readouterr().err
+
+
+def test_loader_refuses_mismatched_engines(artefacts):
+    with pytest.raises(RtkError, match="export it first"):
+        engines.load(artefacts["ckpt"], engine="ort")
+    with pytest.raises(RtkError, match="runs checkpoints"):
+        engines.load(artefacts["onnx"], engine="eager")
+    with pytest.raises(RtkError, match="holds fp32 weights"):
+        engines.load(artefacts["onnx"], engine="ort-fp16")
+    with pytest.raises(RtkError, match="unknown engine"):
+        engines.load(artefacts["onnx"], engine="tvm")
+    with pytest.raises(RtkError, match="eager precision"):
+        engines.load(artefacts["ckpt"], precision="int8")
+
+
+def test_foreign_onnx_needs_the_spec_from_its_checkpoint(artefacts, tmp_path):
+    import onnx
+
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.spec import ArtefactMeta
+
+    model = onnx.load(str(artefacts["onnx"]))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(RtkError, match="carries no rtk metadata"):
+        engines.load(bare)
+    ckpt = load_checkpoint(artefacts["ckpt"])
+    with engines.load(bare, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
+        assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 6)

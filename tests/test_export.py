@@ -1,0 +1,223 @@
+"""ONNX export: every architecture family matches eager on ONNX Runtime, fp16 really is fp16,
+the batch axis is dynamic, an independent evaluator agrees, and bad input fails cleanly."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import make_checkpoint
+from exporters.onnx import ensure_onnx, export_onnx, onnx_path_for
+from toolkit.errors import RtkError
+from toolkit.parity import compare
+from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
+
+# The imagenet stem at 32 px keeps every architecture's activations tiny, so the cost is tracing.
+ZOO_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
+FAMILIES = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]  # basic, bottleneck, ResNeXt, wide
+BIG = ["resnet34", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"]
+
+
+def _ort_logits(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": x})[0]
+
+
+def _eager_logits(ckpt_path, x):
+    from toolkit.checkpoint import load_model
+
+    model, _ = load_model(ckpt_path)
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The tiny checkpoint exported once at both precisions: (checkpoint, fp32 onnx, fp16 onnx)."""
+    folder = tmp_path_factory.mktemp("export")
+    ckpt = make_checkpoint(folder / "tiny.pth")
+    fp32, fp16 = export_onnx(ckpt, precision="all")
+    return ckpt, fp32, fp16
+
+
+@pytest.mark.parametrize("arch", FAMILIES + [pytest.param(a, marks=pytest.mark.slow) for a in BIG])
+def test_every_architecture_matches_eager_in_fp32_and_keeps_direction_in_fp16(tmp_path, arch):
+    spec = ModelSpec(arch=arch, num_classes=7)
+    ckpt = make_checkpoint(tmp_path / f"{arch}.pth", spec, ZOO_PRE)
+    fp32, fp16 = export_onnx(ckpt, precision="all")
+    x = np.random.default_rng(1).standard_normal((6, 3, 32, 32), dtype=np.float32)
+    ref = _eager_logits(ckpt, x)
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert np.abs(_ort_logits(fp32, x) - ref).max() <= 1e-4 * scale
+    assert compare(ref, _ort_logits(fp16, x), "fp16").min_cosine >= 0.999
+
+
+def test_export_writes_a_checked_graph_with_the_contracted_interface(exported):
+    ckpt, fp32, fp16 = exported
+    assert fp32 == onnx_path_for(ckpt) and fp32.name == "tiny.onnx" and fp16.name == "tiny.fp16.onnx"
+    model = onnx.load(str(fp32))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert (inp.name, inp.type.tensor_type.elem_type) == ("input", onnx.TensorProto.FLOAT)
+    assert (out.name, out.type.tensor_type.elem_type) == ("logits", onnx.TensorProto.FLOAT)
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    meta = ArtefactMeta.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    from conftest import TINY_PRE, TINY_SPEC
+
+    assert meta.spec == TINY_SPEC and meta.preprocess == TINY_PRE
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_dynamic_batch_axis_runs_any_batch_size(exported, batch):
+    ckpt, fp32, _ = exported
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    out = _ort_logits(fp32, x)
+    assert out.shape == (batch, 10)
+    np.testing.assert_allclose(out, _eager_logits(ckpt, x), atol=1e-4, rtol=1e-4)
+
+
+def test_fp16_onnx_holds_fp16_weights_and_compute_behind_fp32_io(exported):
+    from exporters.fp16 import check_fp16_compute
+
+    _, fp32, fp16 = exported
+    half = onnx.load(str(fp16))
+    check_fp16_compute(half)  # raises if any weight or Conv/Gemm input is not float16
+    assert {t.data_type for t in half.graph.initializer} <= {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64}
+    assert os.path.getsize(fp16) < 0.6 * os.path.getsize(fp32)
+    with pytest.raises(RtkError, match="float32 weight"):
+        check_fp16_compute(onnx.load(str(fp32)))
+
+
+def test_onnx_reference_evaluator_agrees_with_eager_and_ort(tmp_path):
+    from onnx.reference import ReferenceEvaluator
+
+    ckpt = make_checkpoint(tmp_path / "r18.pth", ModelSpec(arch="resnet18", num_classes=5), ZOO_PRE)
+    (path,) = export_onnx(ckpt)
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    reference = ReferenceEvaluator(str(path)).run(None, {"input": x})[0]
+    eager, ort = _eager_logits(ckpt, x), _ort_logits(path, x)
+    np.testing.assert_allclose(reference, eager, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(reference, ort, atol=1e-4, rtol=1e-4)
+
+
+def test_foreign_torchvision_state_dict_exports(tmp_path, cli):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save({"module." + k: v for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}, path)
+    result = cli("export", path)
+    assert result.exit_code == 0, result.output
+    meta = ArtefactMeta.from_json({p.key: p.value for p in onnx.load(str(tmp_path / "resnet18.onnx")).metadata_props}[METADATA_KEY])
+    assert (meta.spec.arch, meta.spec.num_classes, meta.preprocess.input_size) == ("resnet18", 1000, (224, 224))
+
+
+@pytest.mark.slow
+def test_foreign_resnet101_state_dict_exports(tmp_path, cli):
+    import torchvision
+
+    path = tmp_path / "resnet101.pth"
+    torch.save(torchvision.models.resnet101(weights=None).state_dict(), path)
+    result = cli("export", path, "--precision", "all")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "resnet101.onnx").exists() and (tmp_path / "resnet101.fp16.onnx").exists()
+
+
+def test_static_batch_pins_the_batch_axis(tmp_path):
+    import engines
+
+    ckpt = make_checkpoint(tmp_path / "s.pth", ModelSpec(arch="resnet18", num_classes=4), ZOO_PRE)
+    (path,) = export_onnx(ckpt, static_batch=4)
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    with engines.load(path) as engine:
+        assert engine(np.zeros((4, 3, 32, 32), np.float32)).shape == (4, 4)
+        with pytest.raises(RtkError, match="batch size 3"):
+            engine(np.zeros((3, 3, 32, 32), np.float32))
+
+
+def test_torchscript_exporter_reaches_opset_17_and_dynamo_refuses_it(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ModelSpec(arch="resnet18", num_classes=4), ZOO_PRE)
+    with pytest.raises(RtkError, match="opset 17"):
+        export_onnx(ckpt, opset=17)
+    (path,) = export_onnx(ckpt, opset=17, exporter="torchscript")
+    assert onnx.load(str(path)).opset_import[0].version == 17
+
+
+def test_failed_parity_check_leaves_no_file(tmp_path):
+    # NaN weights make ONNX Runtime's logits non-finite: the check must refuse the file.
+    from toolkit.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.models import create_model
+
+    good = load_checkpoint(make_checkpoint(tmp_path / "good.pth", ModelSpec(arch="resnet18", num_classes=4), ZOO_PRE))
+    model = create_model(good.spec)
+    state = dict(good.state_dict)
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    model.load_state_dict(state)
+    bad = save_checkpoint(tmp_path / "bad.pth", model, good.spec, good.preprocess)
+    with pytest.raises(RtkError, match="was not written.*NaN"):
+        export_onnx(bad, precision="all")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "good.pth"]
+
+
+def test_ensure_onnx_exports_once_and_again_when_the_checkpoint_changes(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "e.pth", ModelSpec(arch="resnet18", num_classes=3), ZOO_PRE)
+    path = ensure_onnx(ckpt)
+    stamp = path.stat().st_mtime_ns
+    assert ensure_onnx(ckpt) == path and path.stat().st_mtime_ns == stamp
+    later = path.stat().st_mtime + 5
+    os.utime(ckpt, (later, later))
+    assert ensure_onnx(ckpt) == path and path.stat().st_mtime_ns != stamp
+
+
+def test_inspect_describes_onnx(exported, cli):
+    _, _, fp16 = exported
+    result = cli("inspect", fp16, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "onnx" and report["precision"] == "fp16" and report["opset"]["ai.onnx"] >= 17
+    assert report["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert report["outputs"][0]["shape"] == ["batch", 10] and report["arch"] == "resnet18"
+
+
+def test_cli_export_reports_the_check(tiny_checkpoint, cli, tmp_path):
+    out = tmp_path / "out" / "model.onnx"
+    result = cli("export", tiny_checkpoint, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "max abs" in result.stdout and "cosine" in result.stdout
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _assert_clean_failure(result, message):
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_export_of_a_non_checkpoint_fails_cleanly(tmp_path, cli):
+    path = tmp_path / "notes.pth"
+    path.write_text("these are not weights\n")
+    _assert_clean_failure(cli("export", path), "not a PyTorch checkpoint")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_export_of_a_missing_file_fails_cleanly(tmp_path, cli):
+    _assert_clean_failure(cli("export", tmp_path / "nope.pth"), "does not exist")
+
+
+def test_export_to_an_unwritable_path_fails_cleanly(tiny_checkpoint, tmp_path, cli):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    _assert_clean_failure(cli("export", tiny_checkpoint, "-o", blocker / "sub" / "m.onnx"), "cannot write")
+
+
+def test_export_rejects_bad_options(tiny_checkpoint, cli):
+    _assert_clean_failure(cli("export", tiny_checkpoint, "--opset", "9"), "opsets")
+    _assert_clean_failure(cli("export", tiny_checkpoint, "--static-batch", "0"), "--static-batch")

@@ -1,0 +1,164 @@
+"""Parity: the metrics are right, a good export passes, a corrupted one fails and is named,
+and ONNX files that do not fit the checkpoint are refused with one clear line."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import make_checkpoint
+from exporters.onnx import export_onnx
+from toolkit.parity import DEFAULT_TOLERANCES, compare, run_parity, tolerance_for
+from toolkit.spec import ModelSpec, Preprocess
+
+SPEC = ModelSpec(arch="resnet18", num_classes=6)
+PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A checkpoint with its fp32 and fp16 ONNX next to it."""
+    folder = tmp_path_factory.mktemp("parity")
+    ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
+    export_onnx(ckpt, precision="all", check=False)
+    return folder
+
+
+# --- the metrics ----------------------------------------------------------------------------
+
+
+def test_compare_measures_errors_agreement_and_accuracy():
+    ref = np.array([[3.0, 1.0, 0.0, -1.0, -2.0, -3.0], [0.0, 2.0, 1.0, 0.0, 0.0, 0.0]])
+    cand = ref.copy()
+    cand[1, 2] = 2.5  # sample 1 flips from class 1 to class 2
+    m = compare(ref, cand, "fp32", labels=np.array([0, 1]))
+    assert m.max_abs == pytest.approx(1.5) and m.mean_abs == pytest.approx(1.5 / 12)
+    assert m.max_rel == pytest.approx(1.5) and m.failed_elements == 1
+    assert (m.worst_sample, m.worst_class, m.worst_reference, m.worst_candidate) == (1, 2, 1.0, 2.5)
+    assert m.top1_agreement == 0.5 and m.top5_overlap == 1.0
+    assert m.accuracy == 0.5 and m.reference_accuracy == 1.0 and m.accuracy_delta == -0.5
+    assert not m.passed and any("top-1 agreement" in f for f in m.failures)
+    assert compare(ref, ref, "fp32").passed
+
+
+def test_element_check_fails_only_beyond_both_tolerances():
+    ref = np.array([[100.0, 1e-6]])
+    # 100 → 100.005: abs error 5e-3 > atol but relative 5e-5 <= rtol, so it passes;
+    # 1e-6 → 5e-5: relative error is huge but absolute 4.9e-5 <= atol, so it passes too.
+    cand = np.array([[100.005, 5e-5]])
+    tol = tolerance_for("fp32", atol=1e-4, rtol=1e-4)
+    assert compare(ref, cand, tolerance=tol).failed_elements == 0
+    assert compare(ref, np.array([[100.05, 5e-5]]), tolerance=tol).failed_elements == 1
+
+
+def test_nan_logits_fail_and_fp16_defaults_judge_by_cosine():
+    ref = np.random.default_rng(0).standard_normal((4, 10))
+    bad = ref.copy()
+    bad[0, 0] = np.nan
+    assert any("NaN" in f for f in compare(ref, bad).failures)
+    noisy = ref + 1e-3 * np.random.default_rng(1).standard_normal(ref.shape)
+    assert not compare(ref, noisy, "fp32").passed  # beyond fp32's element check
+    assert compare(ref, noisy, "fp16").passed  # but well within fp16's cosine
+    assert DEFAULT_TOLERANCES["fp16"].min_cosine == 0.999
+
+
+# --- rtk parity -------------------------------------------------------------------------------
+
+
+def test_parity_passes_on_a_good_export_and_reports_everything(model_dir, cli, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = cli("parity", model_dir / "m.pth", "--engines", "eager,ort,ort-fp16", "--json", report_path)
+    assert result.exit_code == 0, result.output
+    for metric in ("max abs error", "mean abs error", "max rel error", "cosine (min)", "top-1 agreement", "top-5 overlap"):
+        assert metric in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["passed"] and [e["engine"] for e in report["engines"]] == ["eager", "ort", "ort-fp16"]
+    ort = report["engines"][1]["random"]
+    assert ort["samples"] == 21 and ort["max_abs"] < 1e-4 and ort["top1_agreement"] == 1.0
+
+
+def test_parity_exits_1_and_names_the_engine_whose_onnx_was_corrupted(model_dir, cli, tmp_path):
+    model = onnx.load(str(model_dir / "m.onnx"))
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    values = onnx.numpy_helper.to_array(weight)
+    noise = np.random.default_rng(0).standard_normal(values.shape).astype(values.dtype)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values + 0.5 * noise * values.std(), weight.name))
+    corrupted = tmp_path / "corrupted.onnx"
+    onnx.save(model, str(corrupted))
+    result = cli("parity", model_dir / "m.pth", "--engines", "eager,ort", "--onnx", corrupted)
+    assert result.exit_code == 1, result.output
+    assert "parity failed: ort" in result.stderr
+    assert "ort fails on random inputs" in result.stdout and "Worst: sample" in result.stdout
+
+
+def test_run_parity_from_python_exports_missing_artefacts(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "fresh.pth", SPEC, PRE)
+    report = run_parity(ckpt, ["ort"], batch_sizes=(2, 3))
+    assert (tmp_path / "fresh.onnx").exists() and report.passed
+    assert report.results[0].random.samples == 5 and report.to_dict()["failed"] == []
+
+
+def test_parity_accepts_a_foreign_onnx_judged_by_the_checkpoint_spec(model_dir, cli, tmp_path):
+    model = onnx.load(str(model_dir / "m.onnx"))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    result = cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", bare)
+    assert result.exit_code == 0, result.output
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def _assert_clean_failure(result, message):
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_parity_refuses_an_nhwc_onnx(model_dir, cli, tmp_path):
+    from toolkit.checkpoint import load_model
+
+    net, _ = load_model(model_dir / "m.pth")
+
+    class ChannelsLastInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x.permute(0, 3, 1, 2))
+
+    path = tmp_path / "nhwc.onnx"
+    torch.onnx.export(ChannelsLastInput().eval(), (torch.zeros(2, 32, 32, 3),), str(path), dynamo=False, input_names=["input"], output_names=["logits"])
+    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "NHWC")
+
+
+def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_path):
+    other = make_checkpoint(tmp_path / "other.pth", ModelSpec(arch="resnet18", num_classes=4), PRE)
+    (path,) = export_onnx(other, check=False)
+    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "4 classes but the checkpoint")
+    model = onnx.load(str(path))
+    del model.metadata_props[:]  # without metadata the graph's own output size gives it away
+    onnx.save(model, str(path))
+    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "produces 4 classes but the model has 6")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engines", "ort,tvm"], "unknown engine 'tvm'"),
+        (["--batch-sizes", "1,x"], "comma-separated integers"),
+        (["--batch-sizes", "0"], "batch sizes must be positive"),
+        (["--atol", "-1"], "--atol must be >= 0"),
+        (["--onnx", "missing.onnx"], "does not exist"),
+    ],
+)
+def test_parity_rejects_bad_options(model_dir, cli, args, message):
+    _assert_clean_failure(cli("parity", model_dir / "m.pth", *args), message)
+
+
+def test_parity_of_a_missing_checkpoint_fails_cleanly(cli, tmp_path):
+    _assert_clean_failure(cli("parity", tmp_path / "none.pth"), "does not exist")
