@@ -320,7 +320,6 @@ def test_model_from_env_config_or_working_directory(cli, model, messy, tmp_path,
 
 
 def test_same_top1_through_checkpoint_onnx_and_fp16_onnx(cli, model, messy, tmp_path):
-    pytest.importorskip("exporters.onnx", reason="the ONNX exporter is not available")
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(model.read_bytes())
     runs = {}
@@ -346,8 +345,9 @@ def test_same_top1_through_checkpoint_onnx_and_fp16_onnx(cli, model, messy, tmp_
 
 def test_static_batch_onnx_gets_padded_batches(cli, model, messy, tmp_path):
     """A model exported for batches of exactly 4 classifies 11 images (4+4+3, the last padded)."""
-    onnx_export = pytest.importorskip("exporters.onnx", reason="the ONNX exporter is not available")
-    [static] = onnx_export.export_onnx(model, tmp_path / "static4.onnx", static_batch=4, check=False)
+    from exporters.onnx import export_onnx
+
+    [static] = export_onnx(model, tmp_path / "static4.onnx", static_batch=4, check=False)
     _, ref = run_json(cli, messy, "--model", model)
     result, out = run_json(cli, messy, "--model", static, "--workers", "0")
     assert result.exit_code == 2, result.output
