@@ -200,6 +200,8 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
         max_samples=options.max_samples,
     )
     split = options.split or ("test" if source.has("test") else "val")
+    if not source.has(split):
+        raise RtkError(f"{source.name} has no {split} split; it has {', '.join(source.splits)}")
     with engines.load(options.model, engine=options.engine, device=options.device) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
         dataset = source.dataset(split, preprocess=engine.preprocess)
