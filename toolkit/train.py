@@ -73,7 +73,7 @@ class TrainOptions:
 
     data: str = "digits"
     arch: str | None = None
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 64
     optimizer: str = "adam"
     lr: float | None = None

@@ -42,7 +42,7 @@ class Stem(str, Enum):
 def train(
     data: Annotated[str, typer.Option(help="digits, mnist, kmnist, fashionmnist, cifar10, svhn, stl10, or an image folder (ROOT/<class>/… or ROOT/train|val[|test]/<class>/…).")] = "digits",
     arch: Annotated[Optional[Arch], typer.Option(help="Architecture [default: resnet18, or the --pretrained checkpoint's].", show_default=False)] = None,
-    epochs: Annotated[int, typer.Option(help="Total epochs (a resumed run continues up to this number).")] = 12,
+    epochs: Annotated[int, typer.Option(help="Total epochs (a resumed run continues up to this number).")] = 8,
     batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).")] = 64,
     optimizer: Annotated[Optimizer, typer.Option(help="adam, adamw, or sgd (momentum 0.9, Nesterov).")] = Optimizer.adam,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: 2e-3 for adam/adamw, 0.05 for sgd].", show_default=False)] = None,
@@ -58,7 +58,7 @@ def train(
     head: Annotated[Head, typer.Option(help="fc (one linear layer) or mlp1024 (Linear→1024, ReLU, Linear).")] = Head.fc,
     stem: Annotated[Optional[Stem], typer.Option(help="small (3×3/1, no max-pool) or imagenet (7×7/2 + max-pool) [default: small up to 64 px].", show_default=False)] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels, 1 or 3 [default: the data's, or the pretrained conv1's].", show_default=False)] = None,
-    input_size: Annotated[Optional[int], typer.Option(help="Network input side in pixels [default: 16 for digits, the native size of built-ins, 224 for folders].", show_default=False)] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Network input side in pixels [default: 8 for digits, the native size of built-ins, 224 for folders].", show_default=False)] = None,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation when the data has no val split.")] = 0.1,
     data_root: Annotated[Optional[Path], typer.Option(help="Where torchvision's datasets live [default: ./data].", show_default=False)] = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing built-in dataset.")] = False,
