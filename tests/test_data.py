@@ -61,12 +61,13 @@ def test_augmentation_only_on_the_training_split():
 
 
 def _digit_folder(root, classes=("0", "1", "2"), per_class=6):
-    write_digit_images(root / "all", split="test", per_class=per_class)
-    for name in classes:
-        (root / "all" / name).rename(root / name) if (root / "all" / name).exists() else None
-    import shutil
-
-    shutil.rmtree(root / "all")
+    """A real image folder: 8×8 digit PNGs under root/<digit>/ for the given classes."""
+    for path in write_digit_images(root, split="test", per_class=per_class):
+        if path.parent.name not in classes:
+            path.unlink()
+    for folder in root.iterdir():
+        if not any(folder.iterdir()):
+            folder.rmdir()
     return root
 
 

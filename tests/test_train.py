@@ -73,7 +73,7 @@ def test_fine_tune_frozen_backbone_changes_only_the_head(tiny_run, tmp_path, cap
     assert "head replaced" in err and "trainable parameters: 1,539" in err
 
 
-def test_fine_tune_with_mlp1024_head_and_rgb_input(tiny_run, tmp_path):
+def test_fine_tune_with_mlp1024_head_keeps_the_backbones_channels(tiny_run, tmp_path):
     data = _digit_folder(tmp_path / "two", classes=("3", "4"))
     result = train(replace(TINY, data=str(data), input_size=8, max_samples=None, pretrained=tiny_run.best, head="mlp1024", out=tmp_path / "mlp"))
     ckpt = load_checkpoint(result.best)

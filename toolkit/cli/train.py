@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -92,7 +93,7 @@ def train(
         result = run_training(options)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    if result.out.exists():  # rank 0 only: the other ranks print nothing
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         console.print(str(result.best), highlight=False)
 def register(app):
     app.command("train")(train)
