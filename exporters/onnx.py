@@ -370,9 +370,10 @@ def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
     if options.data is not None:
         images, labels, _ = labelled_images(ckpt, options.data, options.max_samples)
         chunk = options.static_batch or 32
+        if options.static_batch:  # a static graph takes only whole batches
+            keep = len(images) // chunk * chunk
+            images, labels = images[:keep], labels[:keep]
         images = [images[i : i + chunk] for i in range(0, len(images), chunk)]
-        if options.static_batch and len(images[-1]) != options.static_batch:
-            images, labels = images[:-1], labels[: len(images[:-1]) * chunk]
     with EagerEngine(ckpt.build_model(), spec, pre) as reference:
         ref = run_engine(reference, batches)
         image_ref = run_engine(reference, images) if images else None

@@ -49,7 +49,7 @@ def exported(tmp_path_factory):
 def test_every_architecture_matches_eager_in_fp32_and_keeps_direction_in_fp16(tmp_path, arch):
     spec = ModelSpec(arch=arch, num_classes=7)
     ckpt = make_checkpoint(tmp_path / f"{arch}.pth", spec, ZOO_PRE)
-    fp32, fp16 = export_onnx(ckpt, precision="all")
+    fp32, fp16 = export_onnx(ckpt, precision="all", check=False)  # the test itself is the check
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32), dtype=np.float32)
     ref = _eager_logits(ckpt, x)
     scale = max(1.0, float(np.abs(ref).max()))

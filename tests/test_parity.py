@@ -118,6 +118,7 @@ def _assert_clean_failure(result, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript")
 def test_parity_refuses_an_nhwc_onnx(model_dir, cli, tmp_path):
     from toolkit.checkpoint import load_model
 

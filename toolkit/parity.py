@@ -316,7 +316,7 @@ def open_parity_engine(
         name: one of :data:`PARITY_ENGINES`.
         device: where eager and the GPU runtimes run.
         onnx, onnx_fp16, trt_engine: explicit artefacts; by default the ones next to the
-            checkpoint (``MODEL.onnx``, ``MODEL.fp16.onnx``, the engine built from the fp16 ONNX).
+            checkpoint (``MODEL.onnx``, ``MODEL.fp16.onnx``, the engine the TensorRT runtime builds).
 
     Raises:
         RtkError: unknown engine, or an artefact that does not match the checkpoint.
@@ -329,8 +329,9 @@ def open_parity_engine(
         variant = name.partition("-")[2]
         return engines.load(ckpt, engine="eager", device=device, precision=variant if variant in ("fp16", "bf16") else "fp32", channels_last=variant == "cl")
     if name == "trt":
-        path = Path(trt_engine) if trt_engine else _default_trt_engine(ckpt)
-        return engines.load(path, engine="trt", device=device)
+        # Without an explicit engine, the TensorRT runtime builds one from the checkpoint (cached next to it).
+        trt_device = device if device.startswith("cuda") else "cuda"
+        return engines.load(Path(trt_engine) if trt_engine else ckpt.path, engine="trt", device=trt_device)
     precision = "fp16" if name == "ort-fp16" else "fp32"
     given = onnx_fp16 if precision == "fp16" else onnx
     path = Path(given) if given else _default_onnx(ckpt, precision)
@@ -345,12 +346,6 @@ def _default_onnx(ckpt: "Checkpoint", precision: str) -> Path:
     if ckpt.path is None:
         raise RtkError("an in-memory checkpoint has no ONNX next to it; pass the ONNX file explicitly")
     return ensure_onnx(ckpt.path, precision)
-
-
-def _default_trt_engine(ckpt: "Checkpoint") -> Path:
-    from exporters.trt import ensure_engine
-
-    return ensure_engine(_default_onnx(ckpt, "fp16"), precision="fp16")
 
 
 def _onnx_meta_for(ckpt: "Checkpoint", path: Path):
@@ -480,7 +475,7 @@ def run_parity(
             ``eager-bf16``, ``ort``, ``ort-fp16``, ``ort-cuda``, ``ort-trt``, ``trt``).
         onnx, onnx_fp16: the ONNX files to check; by default the ones next to the checkpoint,
             exported when missing or older than it.
-        trt_engine: the TensorRT engine to check; by default built next to the fp16 ONNX.
+        trt_engine: the TensorRT engine to check; by default built next to the checkpoint.
         data: a dataset name or folder for labelled real images (its test split).
         max_samples: at most this many real images.
         batch_sizes: sizes of the random batches (seeded with ``seed``).
