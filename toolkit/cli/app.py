@@ -19,6 +19,7 @@ from toolkit.errors import RtkError
 
 # Command modules, imported in this order; each defines a ``register(app)`` function.
 COMMAND_MODULES = (
+    "demo",
     "inspect",
     "train",
     "eval",

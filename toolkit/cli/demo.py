@@ -1,0 +1,87 @@
+"""``rtk demo``: train → export → parity → bench → predict on the embedded digits data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; its demo sub-folders are replaced on a re-run.")] = Path("rtk-demo"),
+    arch: Annotated[str, typer.Option(help="Architecture to train.")] = "resnet18",
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (the training default when omitted).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    bench_seconds: Annotated[float, typer.Option(help="Timed seconds per engine and batch size in the benchmark.")] = 3.0,
+    max_samples: Annotated[Optional[int], typer.Option(help="Use at most this many images per data split (quick smoke runs).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Run the whole pipeline on the embedded digits data and summarise it.
+
+    Trains a classifier on scikit-learn's bundled handwritten digits, exports fp32 and fp16
+    ONNX, checks every runtime against eager PyTorch, benchmarks eager against ONNX Runtime,
+    classifies a folder of sample images, and prints accuracy, parity and images/s per engine
+    with the path of every file written. Exits 1 when a parity check fails.
+    """
+    from toolkit.console import info
+    from toolkit.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        out=out, arch=arch, epochs=epochs, device=device, bench_seconds=bench_seconds, max_samples=max_samples, progress=progress
+    )
+    result = run_demo(options, log=info)
+    _print_summary(result)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _print_summary(result) -> None:
+    from rich.table import Table
+
+    from toolkit.console import console
+
+    rows = result.summary_rows()
+    batch_keys = sorted({k for r in rows for k in r if k.startswith("images_per_s@")}, key=lambda k: int(k.split("@")[1]))
+    table = Table(title="rtk demo: digits test split", title_justify="left")
+    for name in ("engine", "accuracy", "parity", "min cosine", "top-1 agreement", *(f"images/s b{k.split('@')[1]}" for k in batch_keys)):
+        table.add_column(name, justify="left" if name in ("engine", "parity") else "right")
+    for r in rows:
+        parity = r.get("parity", "—")
+        style = "green" if parity in ("pass", "reference") else "bold red"
+        table.add_row(
+            r["engine"],
+            _fmt(r.get("accuracy"), "{:.2%}"),
+            f"[{style}]{parity}[/{style}]",
+            _fmt(r.get("cosine"), "{:.6f}"),
+            _fmt(r.get("top1_agreement"), "{:.2%}"),
+            *(_fmt(r.get(k), "{:,.0f}") for k in batch_keys),
+        )
+    console.print(table)
+    speedups = [
+        f"batch {row.batch_size}: {row.speedup_vs_eager:.2f}×"
+        for row in result.bench.results
+        if row.engine == "ort" and row.status == "ok" and row.io == "host" and row.speedup_vs_eager
+    ]
+    if speedups:
+        console.print(f"ort speed-up over eager fp32: {', '.join(speedups)}")
+    ev = result.predict.evaluation
+    console.print(
+        f"predict: {result.predict.classified} sample images at {result.predict.images_per_s:,.0f} images/s"
+        + (f", accuracy {ev.accuracy:.2%}" if ev is not None else "")
+    )
+    files = Table(title="files written", show_header=False, title_justify="left")
+    files.add_column(style="bold cyan")
+    files.add_column(overflow="fold")
+    for what, path in result.artefacts().items():
+        files.add_row(what, str(path))
+    console.print(files)
+    console.print(f"demo finished in {result.seconds:.0f} s")
+
+
+def _fmt(value, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,249 @@
+"""``rtk demo``: the whole pipeline on the embedded digits data, end to end.
+
+train → export (fp32 and fp16 ONNX) → parity (eager, ort, ort-fp16, trt when available) →
+bench (eager vs ort) → predict on a folder of sample images → a closing summary. Every step is
+the same library call the individual commands make, so the demo shows what the product does,
+not a separate code path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from toolkit.errors import RtkError
+
+if TYPE_CHECKING:
+    from benchmarks.harness import BenchReport
+    from toolkit.parity import ParityReport
+    from toolkit.predict import PredictResult
+    from toolkit.train import TrainResult
+
+#: Sub-folders the demo owns inside its output folder; a re-run replaces exactly these.
+DEMO_PARTS = ("train", "bench", "samples", "predictions")
+#: The engine the sample folder is classified with.
+PREDICT_ENGINE = "ort"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Settings of a demo run.
+
+    Attributes:
+        out: output folder (its demo sub-folders are replaced on a re-run).
+        arch: architecture to train.
+        epochs: training epochs; the training default when omitted.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        bench_batch_sizes: batch sizes for the eager vs ort benchmark.
+        bench_seconds: timed seconds per engine and batch size.
+        samples_per_class: sample images written per digit for ``predict``.
+        max_samples: limit every data split (for quick smoke runs); ``None`` uses all digits.
+        progress: show progress bars.
+    """
+
+    out: Path = Path("rtk-demo")
+    arch: str = "resnet18"
+    epochs: int | None = None
+    device: str = "auto"
+    bench_batch_sizes: tuple[int, ...] = (1, 64)
+    bench_seconds: float = 3.0
+    samples_per_class: int = 10
+    max_samples: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise RtkError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.samples_per_class < 1:
+            raise RtkError(f"samples per class must be at least 1, got {self.samples_per_class}")
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced and measured."""
+
+    out: Path
+    train: "TrainResult"
+    onnx: list[Path]
+    parity: "ParityReport"
+    bench: "BenchReport"
+    bench_files: list[Path]
+    predict: "PredictResult"
+    predictions_file: Path
+    seconds: float
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Every parity check passed and every sample image was classified."""
+        return self.parity.passed and not self.predict.failures
+
+    def artefacts(self) -> dict[str, Path]:
+        """Every file the demo wrote that a user may want to open, by what it is."""
+        files = {
+            "checkpoint (best)": self.train.best,
+            "checkpoint (last)": self.train.last,
+            "training history": self.train.out / "history.json",
+            "training curves": self.train.out / "curves.png",
+        }
+        for path in self.onnx:
+            files["ONNX fp16" if path.name.endswith(".fp16.onnx") else "ONNX fp32"] = path
+        for path in self.bench_files:
+            files[f"benchmark {path.suffix[1:].upper()}"] = path
+        files["sample images"] = self.predict.root
+        files["predictions CSV"] = self.predictions_file
+        files["confusion matrix"] = self.predictions_file.with_name("confusion.png")
+        return files
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per engine: accuracy on the digits test split, parity verdict, images/s."""
+        rows: dict[str, dict[str, Any]] = {}
+        reference_acc = None
+        for r in self.parity.results:
+            data = r.data
+            reference_acc = data.reference_accuracy if data else reference_acc
+            rows[r.engine] = {
+                "engine": r.engine,
+                "accuracy": data.accuracy if data else None,
+                "parity": "pass" if r.passed else "FAIL",
+                "cosine": (data or r.random).min_cosine,
+                "top1_agreement": (data or r.random).top1_agreement,
+            }
+        rows.setdefault("eager", {"engine": "eager", "parity": "reference", "cosine": 1.0, "top1_agreement": 1.0})
+        rows["eager"].update(accuracy=reference_acc, parity="reference")
+        for row in self.bench.results:
+            if row.status != "ok" or row.io != "host":
+                continue
+            entry = rows.setdefault(row.engine, {"engine": row.engine})
+            entry[f"images_per_s@{row.batch_size}"] = row.throughput_ips
+        return [rows["eager"], *(v for k, v in rows.items() if k != "eager")]
+
+
+def trt_available() -> bool:
+    """TensorRT is installed and a CUDA GPU is present, so the trt engine can join."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole pipeline on the digits data.
+
+    Args:
+        options: what to train and how long to benchmark.
+        log: receives one line per step (the CLI prints them on stderr).
+
+    Returns:
+        Everything produced, with the figures the summary shows.
+    """
+    from benchmarks.harness import BenchOptions, run_benchmark
+    from benchmarks.report import write_report
+    from engines import load as load_engine
+    from exporters.onnx import export_onnx
+    from toolkit.data import write_digit_images
+    from toolkit.parity import run_parity
+    from toolkit.predict import PredictOptions, format_predictions, predict, write_text_atomic
+    from toolkit.train import TrainOptions, train
+
+    out = Path(options.out)
+    _prepare(out)
+    started = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    def step(name: str, text: str) -> None:
+        steps[name] = time.perf_counter()
+        log(f"[bold cyan]▶ {text}[/bold cyan]")
+
+    def done(name: str) -> None:
+        steps[name] = time.perf_counter() - steps[name]
+
+    step("train", f"1/5 train {options.arch} on the digits data")
+    train_kwargs: dict[str, Any] = {"epochs": options.epochs} if options.epochs else {}
+    trained = train(
+        TrainOptions(
+            data="digits",
+            arch=options.arch,
+            out=out / "train",
+            device=options.device,
+            max_samples=options.max_samples,
+            progress=options.progress,
+            **train_kwargs,
+        )
+    )
+    done("train")
+    checkpoint = trained.best
+    log(f"  test accuracy {_pct(trained.test_acc)} (best epoch {trained.best_epoch}), {trained.seconds:.0f} s")
+
+    step("export", "2/5 export fp32 and fp16 ONNX (each checked against eager before it is kept)")
+    onnx_files = export_onnx(checkpoint, precision="all")
+    done("export")
+    log("  " + ", ".join(str(p) for p in onnx_files))
+
+    engines = ["ort", "ort-fp16"] + (["trt"] if trt_available() else [])
+    step("parity", f"3/5 parity of {', '.join(engines)} against eager fp32 on random inputs and the digits test images")
+    device = "cuda" if options.device in ("auto", "cuda") and trt_available() else "cpu"
+    parity = run_parity(checkpoint, engines, data="digits", max_samples=options.max_samples, device=device)
+    done("parity")
+    log("  " + ("all engines pass" if parity.passed else f"FAILED: {', '.join(parity.failed)}"))
+
+    step("bench", f"4/5 benchmark eager vs ort at batch {', '.join(map(str, options.bench_batch_sizes))}")
+    bench = run_benchmark(
+        checkpoint,
+        BenchOptions(
+            engines=("eager", "ort"),
+            batch_sizes=options.bench_batch_sizes,
+            warmup_s=min(1.0, options.bench_seconds),
+            duration_s=options.bench_seconds,
+        ),
+    )
+    bench_files = write_report(bench.to_dict(), out / "bench", name="bench")
+    done("bench")
+
+    step("predict", f"5/5 classify a folder of sample digit images with {PREDICT_ENGINE}")
+    samples = out / "samples"
+    write_digit_images(samples, "test", per_class=options.samples_per_class)
+    with load_engine(onnx_files[0], engine=PREDICT_ENGINE) as engine:
+        predicted = predict(samples, engine, PredictOptions(top_k=3))
+    predictions_file = write_text_atomic(out / "predictions" / "predictions.csv", format_predictions(predicted, "csv"))
+    if predicted.evaluation is not None:
+        predicted.evaluation.save_confusion_png(predictions_file.with_name("confusion.png"), title="predict on sample images")
+    done("predict")
+
+    return DemoResult(
+        out=out,
+        train=trained,
+        onnx=onnx_files,
+        parity=parity,
+        bench=bench,
+        bench_files=bench_files,
+        predict=predicted,
+        predictions_file=predictions_file,
+        seconds=time.perf_counter() - started,
+        step_seconds=steps,
+    )
+
+
+def _prepare(out: Path) -> None:
+    """Make ``out`` ready for a run, replacing only what an earlier demo wrote there."""
+    if out.exists() and not out.is_dir():
+        raise RtkError(f"{out} is a file; the demo needs a folder for its output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in DEMO_PARTS:
+            target = out / part
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    except OSError as exc:
+        raise RtkError(f"cannot prepare the demo folder {out}: {exc.strerror or exc}") from None
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
