@@ -302,7 +302,7 @@ def time_calls(
 # --------------------------------------------------------------------------- engines
 
 
-def open_engine(model: Path, kind: str, choice: EngineChoice, options: BenchOptions):
+def open_engine(model: Path, choice: EngineChoice, options: BenchOptions):
     """Load the engine ``choice`` for ``model``, exporting/building what it needs (cached next to it).
 
     Raises:
@@ -314,26 +314,21 @@ def open_engine(model: Path, kind: str, choice: EngineChoice, options: BenchOpti
     if choice.runtime in ("ort-cuda", "ort-trt", "trt") or choice.cuda_graph:
         if not cuda:
             raise RtkError(f"{choice.name} needs a CUDA GPU; run with --device cuda on a machine that has one")
+    # The artefact this engine runs, exported or built next to the model when missing (cached).
+    artefact = engines.prepare(model, "ort-fp16" if choice.name == "ort-fp16" else choice.runtime, choice.precision)
     if choice.runtime == "eager":
-        if kind != "checkpoint":
-            raise RtkError(f"eager engines run checkpoints (.pth/.pt), and {model.name} is an {kind} file")
         return engines.load(
-            model, engine="eager", device=options.device, precision=choice.precision,
+            artefact, engine="eager", device=options.device, precision=choice.precision,
             channels_last=choice.channels_last, compile=choice.compile,
         )
     threads = {"threads": options.threads} if options.threads is not None else {}
     if choice.runtime == "trt":
-        return engines.load(_trt_engine(model, kind, choice.precision), engine="trt", device=options.device)
-    if kind == "engine":
-        raise RtkError(f"{choice.name} runs ONNX files; {model.name} is a TensorRT engine (bench it with --engine trt)")
-    # ORT's TensorRT provider applies fp16 itself, from the fp32 graph.
-    onnx_precision = "fp32" if choice.runtime == "ort-trt" else choice.precision
-    onnx = _onnx_file(model, kind, onnx_precision)
+        return engines.load(artefact, engine="trt", device=options.device)
     if choice.runtime == "ort":
-        return engines.load(onnx, engine=choice.name, **threads)
+        return engines.load(artefact, engine=choice.name, **threads)
     if choice.runtime == "ort-trt":
         threads["max_batch"] = max(options.batch_sizes)
-    engine = engines.load(onnx, engine=choice.runtime, device=options.device, precision=choice.precision, **threads)
+    engine = engines.load(artefact, engine=choice.runtime, device=options.device, precision=choice.precision, **threads)
     if f"ort-{engine.provider}" != choice.runtime:
         # ORT falls back to its CPU provider; timing that under a GPU engine's name would mislead.
         engine.close()
@@ -342,27 +337,6 @@ def open_engine(model: Path, kind: str, choice: EngineChoice, options: BenchOpti
             "Runtime here has none (pip install 'rtk[gpu]')"
         )
     return engine
-
-
-def _onnx_file(model: Path, kind: str, precision: str) -> Path:
-    if kind == "checkpoint":
-        from exporters.onnx import ensure_onnx
-
-        return ensure_onnx(model, precision)
-    is_fp16 = model.name.endswith(".fp16.onnx")
-    if (precision == "fp16") != is_fp16:
-        want = "an fp16 (.fp16.onnx)" if precision == "fp16" else "an fp32"
-        raise RtkError(f"this engine needs {want} ONNX file and {model.name} is not one; pass the checkpoint instead")
-    return model
-
-
-def _trt_engine(model: Path, kind: str, precision: str) -> Path:
-    if kind == "engine":
-        return model
-    from exporters.trt import ensure_engine
-
-    # From the fp32 ONNX: the engine builder picks the fp16 route the installed TensorRT needs.
-    return ensure_engine(_onnx_file(model, kind, "fp32") if kind == "checkpoint" else model, precision)
 
 
 def _has_device_path(engine: Any) -> bool:
@@ -582,7 +556,7 @@ def run_benchmark(
         loaded: list[tuple[EngineChoice, Any]] = []
         for choice in choices:
             try:
-                loaded.append((choice, open_engine(model, kind, choice, options)))
+                loaded.append((choice, open_engine(model, choice, options)))
             except RtkError as exc:
                 row = BenchResult(choice.name, choice.precision, options.device, "skipped", reason=str(exc))
                 results.append(row)

@@ -8,6 +8,6 @@ from an explicit ``engine`` name. Heavy optional packages are imported on first 
 from __future__ import annotations
 
 from engines.base import Engine
-from engines.loader import ENGINE_NAMES, load
+from engines.loader import ENGINE_NAMES, load, prepare
 
-__all__ = ["Engine", "ENGINE_NAMES", "load"]
+__all__ = ["Engine", "ENGINE_NAMES", "load", "prepare"]

@@ -85,10 +85,70 @@ def load(
             raise RtkError(f"ort-fp16 runs an fp16 ONNX and {path.name} holds fp32 weights; export one with `rtk export --precision fp16`")
         return engine_obj
 
-    # engine == "trt": the TensorRT runtime; an ONNX or checkpoint gets its fp16 engine built (and cached) first.
-    from engines.trt import load_trt
+    # engine == "trt": an ONNX or checkpoint gets its fp16 engine built (and cached) first.
+    if path is None:
+        raise RtkError("the trt engine needs an artefact on disk (a checkpoint, ONNX or engine file)")
+    from engines.trt import TrtEngine
 
-    return load_trt(path, kind, device)
+    return TrtEngine(prepare(path, "trt"), device)
+
+
+def prepare(source: str | os.PathLike, engine: str | None = None, precision: str | None = None) -> Path:
+    """The artefact ``engine`` runs for ``source``, exported or built next to it when missing or stale.
+
+    ``eager`` runs the checkpoint itself. The ONNX Runtime engines run an ONNX file as given; for
+    a checkpoint, ``MODEL.onnx``, or ``MODEL.fp16.onnx`` for ``ort-fp16`` and for fp16 on ``ort`` /
+    ``ort-cuda`` (the TensorRT provider makes its own fp16 kernels from the fp32 graph). ``trt``
+    runs an engine file as given; an ONNX or checkpoint gets ``MODEL.engine`` (fp16 unless
+    ``precision`` says fp32) built from its fp32 ONNX. Exports and builds are cached: a second
+    call returns the same file without work while it is newer than its source.
+
+    Args:
+        source: a checkpoint, ONNX file or TensorRT engine.
+        engine: a name from :data:`ENGINE_NAMES`; by default the artefact's own runtime.
+        precision: ``fp32``/``fp16`` when the caller needs that precision; ``None`` takes an ONNX
+            file as it is.
+
+    Returns:
+        The path to load with :func:`load`.
+
+    Raises:
+        RtkError: the engine cannot run this kind of artefact, or an ONNX file of another precision
+            was named; TensorRT missing (checked before any export, which can take minutes).
+    """
+    path = Path(source)
+    kind = artefact_kind(path)
+    engine = engine or DEFAULT_ENGINE[kind]
+    if engine not in ENGINE_NAMES:
+        raise RtkError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    if engine == "eager":
+        if kind != "checkpoint":
+            raise RtkError(f"the eager engine runs checkpoints (.pth/.pt), not {path.name}")
+        return path
+    if engine == "trt":
+        if kind == "engine":
+            return path
+        from toolkit.errors import require
+
+        require("tensorrt", "the trt engine")
+        from exporters.trt import ensure_engine
+
+        return ensure_engine(_onnx_for(path, kind, fp16=False), precision or "fp16")
+    if kind == "engine":
+        raise RtkError(f"the {engine} engine runs ONNX files, and {path.name} is a TensorRT engine (run it with --engine trt)")
+    fp16 = engine == "ort-fp16" or (precision == "fp16" and engine != "ort-trt")
+    if kind == "onnx" and precision is not None and engine != "ort-trt" and fp16 != path.name.endswith(".fp16.onnx"):
+        want = "an fp16 (.fp16.onnx)" if fp16 else "an fp32"
+        raise RtkError(f"{engine} at {precision} needs {want} ONNX file and {path.name} is not one; pass the checkpoint instead")
+    return _onnx_for(path, kind, fp16)
+
+
+def _onnx_for(path: Path, kind: str, fp16: bool) -> Path:
+    if kind != "checkpoint":
+        return path
+    from exporters.onnx import ensure_onnx
+
+    return Path(ensure_onnx(path, "fp16" if fp16 else "fp32"))
 
 
 def _build(ckpt: "Checkpoint"):

@@ -208,27 +208,3 @@ class TrtEngine(Engine):
         self._context = None
         self._engine = None
         self._runtime = None
-
-
-def load_trt(path: str | os.PathLike | None, kind: str, device: str | None = "cuda") -> TrtEngine:
-    """A TensorRT engine from any artefact: an engine as is; an ONNX or checkpoint through a cached fp16 build.
-
-    Args:
-        path: ``.engine``/``.plan``, ``.onnx`` (→ ``MODEL.engine`` beside it, built when missing
-            or stale) or a checkpoint (→ its ONNX, then the engine).
-        kind: :func:`toolkit.artefacts.artefact_kind` of ``path``.
-        device: the CUDA device.
-    """
-    if path is None:
-        raise RtkError("the trt engine needs an artefact on disk (a checkpoint, ONNX or engine file)")
-    require("tensorrt", "the trt engine")  # before any export or build, which can take minutes
-    path = Path(path)
-    if kind == "checkpoint":
-        from exporters.onnx import ensure_onnx
-
-        path, kind = Path(ensure_onnx(path, "fp32")), "onnx"
-    if kind == "onnx":
-        from exporters.trt import ensure_engine
-
-        path = ensure_engine(path, "fp16")
-    return TrtEngine(path, device)

@@ -89,6 +89,34 @@ def test_gpu_engines_fall_back_to_cpu_loudly(artefacts, capsys):
     assert "running m.onnx on the CPU instead" in capsys.readouterr().err
 
 
+def test_prepare_exports_once_next_to_the_checkpoint(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
+    assert engines.prepare(ckpt) == ckpt and engines.prepare(ckpt, "eager") == ckpt
+    onnx = engines.prepare(ckpt, "ort")
+    assert onnx == tmp_path / "m.onnx" and onnx.exists()
+    stamp = onnx.stat().st_mtime_ns
+    assert engines.prepare(ckpt, "ort-cuda") == onnx and onnx.stat().st_mtime_ns == stamp  # cached, not re-exported
+    assert engines.prepare(ckpt, "ort-fp16") == tmp_path / "m.fp16.onnx"
+    assert engines.prepare(ckpt, "ort", "fp16") == tmp_path / "m.fp16.onnx"
+    assert engines.prepare(onnx, "ort") == onnx  # an ONNX runs as given
+    with engines.load(engines.prepare(ckpt, "ort-fp16"), engine="ort-fp16") as engine:
+        assert engine.precision == "fp16"
+
+
+def test_prepare_refuses_what_an_engine_cannot_run(artefacts, tmp_path):
+    with pytest.raises(RtkError, match="runs checkpoints"):
+        engines.prepare(artefacts["onnx"], "eager")
+    with pytest.raises(RtkError, match="needs an fp16"):
+        engines.prepare(artefacts["onnx"], "ort", "fp16")
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"\0" * 64)
+    with pytest.raises(RtkError, match="is a TensorRT engine"):
+        engines.prepare(plan, "ort")
+    with pytest.raises(RtkError, match="unknown engine"):
+        engines.prepare(artefacts["ckpt"], "tvm")
+    assert not list(artefacts["ckpt"].parent.glob("*.engine*"))
+
+
 def test_loader_refuses_mismatched_engines(artefacts):
     with pytest.raises(RtkError, match="export it first"):
         engines.load(artefacts["ckpt"], engine="ort")

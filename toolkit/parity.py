@@ -328,24 +328,16 @@ def open_parity_engine(
     if name.startswith("eager"):
         variant = name.partition("-")[2]
         return engines.load(ckpt, engine="eager", device=device, precision=variant if variant in ("fp16", "bf16") else "fp32", channels_last=variant == "cl")
+    given = {"trt": trt_engine, "ort-fp16": onnx_fp16}.get(name, onnx)
+    if given is None and ckpt.path is None:
+        raise RtkError(f"an in-memory checkpoint has no artefacts next to it; pass the file {name} runs explicitly")
+    # Without an explicit artefact, the one next to the checkpoint (exported or built when missing, then cached).
+    path = Path(given) if given else engines.prepare(ckpt.path, name)
     if name == "trt":
-        # Without an explicit engine, the TensorRT runtime builds one from the checkpoint (cached next to it).
-        trt_device = device if device.startswith("cuda") else "cuda"
-        return engines.load(Path(trt_engine) if trt_engine else ckpt.path, engine="trt", device=trt_device)
-    precision = "fp16" if name == "ort-fp16" else "fp32"
-    given = onnx_fp16 if precision == "fp16" else onnx
-    path = Path(given) if given else _default_onnx(ckpt, precision)
+        return engines.load(path, engine="trt", device=device if device.startswith("cuda") else "cuda")
     meta = _onnx_meta_for(ckpt, path)
     ort_device = device if name in ("ort-cuda", "ort-trt") else "cpu"
     return engines.load(path, engine=name, device=ort_device, meta=meta)
-
-
-def _default_onnx(ckpt: "Checkpoint", precision: str) -> Path:
-    from exporters.onnx import ensure_onnx
-
-    if ckpt.path is None:
-        raise RtkError("an in-memory checkpoint has no ONNX next to it; pass the ONNX file explicitly")
-    return ensure_onnx(ckpt.path, precision)
 
 
 def _onnx_meta_for(ckpt: "Checkpoint", path: Path):

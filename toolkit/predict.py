@@ -199,38 +199,6 @@ def resolve_model(model: str | os.PathLike | None, target: str | os.PathLike) ->
     )
 
 
-def open_engine(model: str | os.PathLike, engine: str | None = None, device: str = "cpu") -> "Engine":
-    """Load ``model`` on ``engine``, producing the artefact that engine runs when needed.
-
-    A checkpoint asked to run on an ONNX Runtime engine is exported next to itself first
-    (``MODEL.onnx``, or ``MODEL.fp16.onnx`` for ``ort-fp16``; reused while newer than the
-    checkpoint), and on ``trt`` also built into ``MODEL.engine``; other cases go straight to
-    :func:`engines.load`.
-
-    Args:
-        model: a checkpoint, ONNX file or TensorRT engine.
-        engine: a name from ``engines.loader.ENGINE_NAMES``, or ``None`` for the artefact's default.
-        device: where eager PyTorch runs.
-
-    Returns:
-        The loaded engine.
-    """
-    import engines
-    from toolkit.artefacts import artefact_kind
-
-    kind = artefact_kind(model)
-    if engine in ("ort", "ort-fp16", "ort-cuda", "ort-trt", "trt") and kind == "checkpoint":
-        from exporters.onnx import ensure_onnx
-
-        model = ensure_onnx(model, "fp16" if engine in ("ort-fp16", "trt") else "fp32")
-        kind = "onnx"
-    if engine == "trt" and kind == "onnx":
-        from exporters.trt import ensure_engine
-
-        model = ensure_engine(model, "fp16")
-    return engines.load(model, engine=engine, device=device)
-
-
 def _model_from_config(config: Path) -> str:
     try:
         import tomllib

@@ -78,7 +78,8 @@ def predict(
     """
     from toolkit.console import info, warn
     from toolkit.errors import RtkError
-    from toolkit.predict import PredictOptions, default_workers, format_predictions, open_engine, resolve_model, write_text_atomic
+    import engines
+    from toolkit.predict import PredictOptions, default_workers, format_predictions, resolve_model, write_text_atomic
     from toolkit.predict import predict as run
 
     options = PredictOptions(
@@ -90,7 +91,9 @@ def predict(
     )
     fmt = fmt or _format_from_suffix(output)
     model_path = resolve_model(model, path)
-    with open_engine(model_path, engine.value if engine else None, device.value) as loaded:
+    # A checkpoint asked to run on ONNX Runtime or TensorRT is exported (and built) next to itself first, once.
+    name = engine.value if engine else None
+    with engines.load(engines.prepare(model_path, name), engine=name, device=device.value) as loaded:
         with _Progress() as progress:
             result = run(path, loaded, options, progress)
     for p in result.failures:
