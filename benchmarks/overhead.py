@@ -228,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"ort speed-up over eager: bare {result['ort_over_eager_bare']:.2f}x, rtk {result['ort_over_eager_rtk']:.2f}x")
     if args.out is not None:
-        from benchmarks.report import atomic_write
+        from toolkit.files import write_atomic
 
-        path = atomic_write(args.out / f"overhead-{args.arch}-b{args.batch_size}.json", json.dumps(result, indent=2) + "\n")
+        path = write_atomic(args.out / f"overhead-{args.arch}-b{args.batch_size}.json", json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return 0 if ok else 2
 

@@ -11,9 +11,10 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from toolkit.files import write_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -94,22 +95,6 @@ def render_table(report: dict[str, Any]):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to others
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -204,8 +189,8 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str |
     out = Path(out_dir)
     stem = name or report_name(report)
     paths = [
-        atomic_write(out / f"{stem}.json", to_json(report)),
-        atomic_write(out / f"{stem}.csv", to_csv(report)),
+        write_atomic(out / f"{stem}.json", to_json(report)),
+        write_atomic(out / f"{stem}.csv", to_csv(report)),
     ]
     paths.append(save_figure(plot(report), out / f"{stem}.png"))
     return paths

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -216,24 +215,12 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
 def write_sidecar(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Path:
     """Write ``<engine>.json`` atomically; returns its path."""
     text = json.dumps(sidecar.to_dict(), indent=2) + "\n"
-    return atomic_write_bytes(sidecar_path(engine_path), text.encode())
+    from toolkit.files import write_atomic
+
+    return write_atomic(sidecar_path(engine_path), text)
 
 
 def read_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:

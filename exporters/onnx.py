@@ -25,13 +25,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from toolkit.errors import RtkError, require
+from toolkit.files import staged
 from toolkit.spec import METADATA_KEY
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def _export_one(model: "nn.Module", ckpt: "Checkpoint", precision: str, path: Pa
         from exporters.fp16 import check_fp16_compute
 
         check_fp16_compute(proto)
-    with _staged(path) as tmp:
+    with staged(path) as tmp:
         _save(proto, tmp)
         metrics = _parity_check(tmp, ckpt, precision, inputs, path) if inputs is not None else None
     return metrics
@@ -320,22 +320,6 @@ def _check_writable(path: Path) -> None:
         raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
     if not os.access(path.parent, os.W_OK):
         raise RtkError(f"cannot write {path}: no permission to write in {path.parent}")
-
-
-@contextlib.contextmanager
-def _staged(path: Path) -> Iterator[Path]:
-    """A temporary file next to ``path``, renamed onto it only when the block succeeds."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def _save(proto: "onnx.ModelProto", path: Path) -> None:

@@ -23,7 +23,6 @@ from typing import Any
 from engines.trt_sidecar import (
     PRECISIONS,
     EngineSidecar,
-    atomic_write_bytes,
     default_engine_path,
     read_sidecar,
     runtime_mismatch,
@@ -36,6 +35,7 @@ from engines.trt_sidecar import (
 )
 from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES
 from toolkit.errors import RtkError, require
+from toolkit.files import write_atomic
 
 __all__ = [
     "BuildOptions",
@@ -295,14 +295,14 @@ def build_engine(
         layers=layers,
     )
     del engine, loader
-    atomic_write_bytes(output, data)
+    write_atomic(output, data)
     try:
         write_sidecar(sidecar, output)
     except BaseException:
         output.unlink(missing_ok=True)  # an engine without its sidecar must not be left behind
         raise
     if options.timing_cache is not None:
-        atomic_write_bytes(options.timing_cache, memoryview(config.get_timing_cache().serialize()))
+        write_atomic(options.timing_cache, memoryview(config.get_timing_cache().serialize()))
     return output
 
 

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -444,16 +443,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         with open(path, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        # mkstemp creates the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    from toolkit.files import write_atomic
+
+    return write_atomic(path, text)

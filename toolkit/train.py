@@ -11,8 +11,6 @@ DistributedDataParallel and only rank 0 writes.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.console import info, warn
 from toolkit.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
 from toolkit.errors import RtkError
+from toolkit.files import write_atomic
 from toolkit.schedule import lr_factor, set_lr
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -369,7 +368,7 @@ class _Run:
             "seconds": round(seconds, 2) if seconds is not None else None,
             "epochs": history,
         }
-        _atomic_write_text(self.out / "history.json", json.dumps(payload, indent=2))
+        write_atomic(self.out / "history.json", json.dumps(payload, indent=2) + "\n")
 
 
 class _Loop:
@@ -615,15 +614,3 @@ def save_curves(history: list[dict], path: Path, title: str = "training") -> Pat
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

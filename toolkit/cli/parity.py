@@ -105,15 +105,10 @@ def parity(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    import os
-    import tempfile
+    from toolkit.files import write_atomic
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
 
