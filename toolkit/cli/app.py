@@ -17,18 +17,19 @@ from typer.core import TyperGroup
 from toolkit import __version__
 from toolkit.errors import RtkError
 
-# Command modules, imported in this order; each defines a ``register(app)`` function.
+# Command modules in the order of the pipeline, which is the order ``rtk --help`` lists them;
+# each defines a ``register(app)`` function.
 COMMAND_MODULES = (
     "demo",
-    "inspect",
     "train",
     "eval",
     "export",
-    "parity",
     "build",
+    "parity",
+    "bench",
     "predict",
     "triton",
-    "bench",
+    "inspect",
 )
 
 
