@@ -43,3 +43,12 @@ def test_inspect_unknown_suffix_is_a_clear_error(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     result = cli("inspect", tmp_path / "notes.txt")
     assert result.exit_code == 1 and "not a model artefact" in result.stderr
+
+
+def test_status_lines_print_paths_with_brackets_as_they_are(capsys):
+    from toolkit.console import info, warn
+
+    info("wrote runs/[exp 1]/best.pth")
+    warn("pip install 'rtk[trt]'")
+    err = capsys.readouterr().err
+    assert "runs/[exp 1]/best.pth" in err and "'rtk[trt]'" in err

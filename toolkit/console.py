@@ -15,5 +15,5 @@ def warn(message: str) -> None:
 
 
 def info(message: str) -> None:
-    """Print a progress/status line on stderr, keeping stdout for results."""
-    err_console.print(message, highlight=False, soft_wrap=True)
+    """Print a progress/status line on stderr, keeping stdout for results; the text is printed as is."""
+    err_console.print(escape(message), highlight=False, soft_wrap=True)
