@@ -54,13 +54,8 @@ def load(
         path = Path(source)
         kind = artefact_kind(path)
         ckpt = None
-    engine = engine or DEFAULT_ENGINE[kind]
-    if engine not in ENGINE_NAMES:
-        raise RtkError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
-
+    engine = _check_engine(engine, kind, path)
     if engine == "eager":
-        if kind != "checkpoint":
-            raise RtkError(f"the eager engine runs checkpoints (.pth/.pt), not {path.name}")
         from engines.eager import EagerEngine
 
         ckpt = ckpt or load_checkpoint(path)
@@ -118,12 +113,8 @@ def prepare(source: str | os.PathLike, engine: str | None = None, precision: str
     """
     path = Path(source)
     kind = artefact_kind(path)
-    engine = engine or DEFAULT_ENGINE[kind]
-    if engine not in ENGINE_NAMES:
-        raise RtkError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    engine = _check_engine(engine, kind, path)
     if engine == "eager":
-        if kind != "checkpoint":
-            raise RtkError(f"the eager engine runs checkpoints (.pth/.pt), not {path.name}")
         return path
     if engine == "trt":
         if kind == "engine":
@@ -141,6 +132,16 @@ def prepare(source: str | os.PathLike, engine: str | None = None, precision: str
         want = "an fp16 (.fp16.onnx)" if fp16 else "an fp32"
         raise RtkError(f"{engine} at {precision} needs {want} ONNX file and {path.name} is not one; pass the checkpoint instead")
     return _onnx_for(path, kind, fp16)
+
+
+def _check_engine(engine: str | None, kind: str, path: Path | None) -> str:
+    """The engine to use (the artefact's default when ``None``), refusing unknown names and eager on non-checkpoints."""
+    engine = engine or DEFAULT_ENGINE[kind]
+    if engine not in ENGINE_NAMES:
+        raise RtkError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    if engine == "eager" and kind != "checkpoint":
+        raise RtkError(f"the eager engine runs checkpoints (.pth/.pt), not {path.name if path else 'this artefact'}")
+    return engine
 
 
 def _onnx_for(path: Path, kind: str, fp16: bool) -> Path:

@@ -62,12 +62,7 @@ def test_augmentation_only_on_the_training_split():
 
 def _digit_folder(root, classes=("0", "1", "2"), per_class=6):
     """A real image folder: 8×8 digit PNGs under root/<digit>/ for the given classes."""
-    for path in write_digit_images(root, split="test", per_class=per_class):
-        if path.parent.name not in classes:
-            path.unlink()
-    for folder in root.iterdir():
-        if not any(folder.iterdir()):
-            folder.rmdir()
+    write_digit_images(root, split="test", per_class=per_class, classes=classes)
     return root
 
 

@@ -22,6 +22,7 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     for text in ("eager", "ort-fp16", "parity", "images/s", "files written", "demo finished"):
         assert text in result.output
+    assert "▶ 5/5 classify" in result.stderr and "[bold" not in result.stderr  # step lines, no markup leaking
 
     # Re-running replaces what the demo wrote, and nothing else.
     assert not stale.exists() and keep.read_text() == "mine"

@@ -313,13 +313,16 @@ def _digits(input_size: int | None) -> DataSource:
     return DataSource(DIGITS, tuple(str(d) for d in range(10)), pre, splits, flip=False)
 
 
-def write_digit_images(folder: str | os.PathLike, split: str = "test", per_class: int | None = None) -> list[Path]:
+def write_digit_images(
+    folder: str | os.PathLike, split: str = "test", per_class: int | None = None, classes: Sequence[int | str] | None = None
+) -> list[Path]:
     """Save digits of one split as 8×8 PNG files under ``folder/<class>/`` (for trying ``rtk predict``).
 
     Args:
         folder: destination; ``folder/<digit>/digit-<index>.png`` files are written.
         split: ``train``, ``val`` or ``test`` of the fixed digits split.
         per_class: at most this many images per class (all when omitted).
+        classes: only these digits (all ten when omitted).
 
     Returns:
         The paths written.
@@ -327,11 +330,12 @@ def write_digit_images(folder: str | os.PathLike, split: str = "test", per_class
     from PIL import Image
 
     images, labels = digits_images()
+    wanted = None if classes is None else {int(c) for c in classes}
     written: list[Path] = []
     counts: dict[int, int] = {}
     for i in digits_split_indices()[split]:
         label = int(labels[i])
-        if per_class is not None and counts.get(label, 0) >= per_class:
+        if (wanted is not None and label not in wanted) or (per_class is not None and counts.get(label, 0) >= per_class):
             continue
         counts[label] = counts.get(label, 0) + 1
         path = Path(folder) / str(label) / f"digit-{i:04d}.png"

@@ -158,7 +158,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
 
     def step(name: str, text: str) -> None:
         steps[name] = time.perf_counter()
-        log(f"[bold cyan]▶ {text}[/bold cyan]")
+        log(f"▶ {text}")
 
     def done(name: str) -> None:
         steps[name] = time.perf_counter() - steps[name]

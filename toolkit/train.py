@@ -531,10 +531,11 @@ class _EpochBar:
         self._bar = self._task = None
 
     def __enter__(self) -> "_EpochBar":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from toolkit.console import err_console
 
-            from toolkit.console import err_console
+        # Only on a terminal: redirected to a file, a transient bar leaves a blank line per epoch.
+        if self.enabled and err_console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self._bar = Progress(
                 TextColumn("{task.description}"),
