@@ -103,6 +103,8 @@ class TritonOptions:
         cpu: run the instances on the CPU (ONNX only).
         ort_trt: let ONNX Runtime hand the graph to TensorRT (FP16) inside Triton.
         ort_trt_workspace_bytes: TensorRT workspace limit for ``ort_trt``.
+        ort_trt_cache: a folder *as the server sees it* where ONNX Runtime keeps the TensorRT
+            engines and timing cache it builds; without it every server start rebuilds them.
         force: replace an existing version folder.
     """
 
@@ -118,6 +120,7 @@ class TritonOptions:
     cpu: bool = False
     ort_trt: bool = False
     ort_trt_workspace_bytes: int = DEFAULT_ORT_TRT_WORKSPACE
+    ort_trt_cache: str | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -147,6 +150,10 @@ class TritonOptions:
             raise RtkError("--ort-trt needs GPU instances; drop --cpu")
         if self.ort_trt_workspace_bytes < 1:
             raise RtkError("the TensorRT workspace must be a positive number of bytes")
+        if self.ort_trt_cache is not None and not self.ort_trt:
+            raise RtkError("--ort-trt-cache applies with --ort-trt")
+        if self.ort_trt_cache is not None and not self.ort_trt_cache.startswith("/"):
+            raise RtkError(f"--ort-trt-cache must be an absolute path on the server, got {self.ort_trt_cache!r}")
 
 
 @dataclass(frozen=True)
@@ -415,6 +422,11 @@ def build_config(artefact: ServedArtefact, name: str, options: TritonOptions) ->
         chw = "x".join(str(d) for d in _static_chw(artefact))
         for key, batch in (("min", 1), ("opt", max_batch), ("max", max_batch)):
             accelerator.parameters[f"trt_profile_{key}_shapes"] = f"{artefact.input.name}:{batch}x{chw}"
+        if options.ort_trt_cache:
+            # Engines and tactic timings survive server restarts (a ResNet-101 build takes minutes).
+            for cache in ("engine", "timing"):
+                accelerator.parameters[f"trt_{cache}_cache_enable"] = "1"
+                accelerator.parameters[f"trt_{cache}_cache_path"] = options.ort_trt_cache
     return config
 
 

@@ -66,6 +66,7 @@ def test_checkpoint_to_onnx_repository_every_field(cli, onnx_model, tmp_path):
         "triton", ckpt, "--repo", repo, "--name", "tiny",
         "--max-batch-size", 16, "--preferred-batch-sizes", "4,8", "--preferred-batch-sizes", 16,
         "--max-queue-delay-us", 500, "--instances", 2, "--gpus", "0,1", "--ort-trt", "--ort-trt-workspace-mib", 512,
+        "--ort-trt-cache", "/models/trt-cache",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     model_dir = repo / "tiny"
@@ -93,6 +94,9 @@ def test_checkpoint_to_onnx_repository_every_field(cli, onnx_model, tmp_path):
     assert accel.parameters["max_workspace_size_bytes"] == str(512 << 20)
     assert accel.parameters["trt_profile_min_shapes"] == f"{in_name}:1x3x32x32"
     assert accel.parameters["trt_profile_max_shapes"] == f"{in_name}:16x3x32x32"
+    for cache in ("engine", "timing"):
+        assert accel.parameters[f"trt_{cache}_cache_enable"] == "1"
+        assert accel.parameters[f"trt_{cache}_cache_path"] == "/models/trt-cache"
 
     # The served file is the exported ONNX, byte for byte, and labels follow the class order.
     assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
@@ -233,6 +237,8 @@ def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
         (("--cpu", "--gpus", 0), "exclude each other"),
         (("--cpu", "--ort-trt"), "--ort-trt needs GPU instances"),
         (("--instances", 0), "instances must be at least 1"),
+        (("--ort-trt-cache", "/cache"), "applies with --ort-trt"),
+        (("--ort-trt", "--ort-trt-cache", "cache"), "absolute path on the server"),
     ]
     for args, message in cases:
         result = cli("triton", ckpt, "--repo", repo, *args)

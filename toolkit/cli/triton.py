@@ -34,6 +34,7 @@ def triton(
     cpu: Annotated[bool, typer.Option("--cpu", help="Run the instances on the CPU (ONNX only).")] = False,
     ort_trt: Annotated[bool, typer.Option("--ort-trt/--no-ort-trt", help="Let ONNX Runtime run the ONNX model through TensorRT in FP16.")] = False,
     ort_trt_workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace for --ort-trt, in MiB.")] = 1024,
+    ort_trt_cache: Annotated[Optional[str], typer.Option(metavar="SERVER_DIR", help="With --ort-trt: keep TensorRT engines and timing cache in this folder on the server (absolute path as the server sees it), so restarts skip the build.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the version folder if it exists.")] = False,
 ) -> None:
     """Write MODEL into a Triton Inference Server model repository.
@@ -58,6 +59,7 @@ def triton(
         cpu=cpu,
         ort_trt=ort_trt,
         ort_trt_workspace_bytes=ort_trt_workspace_mib * (1 << 20),
+        ort_trt_cache=ort_trt_cache,
         force=force,
     )
     result = export_triton(model, repo, options)
