@@ -163,3 +163,20 @@ def test_parity_rejects_bad_options(model_dir, cli, args, message):
 
 def test_parity_of_a_missing_checkpoint_fails_cleanly(cli, tmp_path):
     _assert_clean_failure(cli("parity", tmp_path / "none.pth"), "does not exist")
+
+
+def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.data import write_digit_images
+    from toolkit.parity import labelled_images
+
+    spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small")
+    pre = Preprocess(input_size=(8, 8), resize=8, crop=False, mean=(0.5,), std=(0.5,), channels="gray")
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "m.pth", spec, pre))
+    folder = tmp_path / "digits"
+    write_digit_images(folder, split="test", per_class=3)
+    x_all, y_all, _ = labelled_images(ckpt, folder)
+    x, y, label = labelled_images(ckpt, folder, max_samples=4)
+    assert x.shape == (4, 1, 8, 8) and "4 images" in label
+    np.testing.assert_array_equal(x, x_all[:4])
+    np.testing.assert_array_equal(y, y_all[:4])

@@ -220,10 +220,12 @@ class PreparedDataset:
                 warn(f"skipping {self.split.names(j)}: {exc}")
         raise RtkError("no image of this dataset could be read")
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All prepared inputs (N, C, H, W) and labels, without augmentation."""
-        inputs = self._arrays if self._arrays is not None else np.stack([self._load(i) for i in range(len(self))])
-        return inputs, np.asarray(self.labels)
+    def arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The prepared inputs (N, C, H, W) and labels, without augmentation: all, or the first ``limit``
+        (only those are decoded)."""
+        n = len(self) if limit is None else min(limit, len(self))
+        inputs = self._arrays[:n] if self._arrays is not None else np.stack([self._load(i) for i in range(n)])
+        return inputs, np.asarray(self.labels)[:n]
 
 
 def resolve_data(

@@ -279,9 +279,7 @@ def labelled_images(ckpt: "Checkpoint", data: str | os.PathLike, max_samples: in
     source = resolve_data(data, input_size=ckpt.preprocess.input_size[0])
     split = "test" if source.has("test") else "val"
     dataset = source.dataset(split, preprocess=ckpt.preprocess)
-    x, y = dataset.arrays()
-    if max_samples:
-        x, y = x[:max_samples], y[:max_samples]
+    x, y = dataset.arrays(limit=max_samples or None)
     spec = ckpt.spec
     if source.num_classes != spec.num_classes:
         raise RtkError(f"{data} has {source.num_classes} classes but the model has {spec.num_classes}")
