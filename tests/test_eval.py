@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_PRE, make_checkpoint
+from conftest import TINY_PRE, make_checkpoint
 from toolkit.data import resolve_data, write_digit_images
 from toolkit.spec import ModelSpec
 from toolkit.train import TrainOptions, train

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_PRE, make_checkpoint
+from conftest import TINY_PRE, make_checkpoint
 from toolkit.errors import RtkError
 
 pytestmark = pytest.mark.tensorrt
@@ -164,7 +164,7 @@ def test_parser_errors_are_all_reported(tmp_path, cli):
     from onnx import TensorProto, helper
 
     from toolkit.spec import METADATA_KEY, ArtefactMeta
-    from tests.conftest import TINY_SPEC
+    from conftest import TINY_SPEC
 
     # A node type no parser knows: TensorRT must say which node and why, not just "failed".
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])

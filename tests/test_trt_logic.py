@@ -31,7 +31,7 @@ from engines.trt_sidecar import (
     write_sidecar,
 )
 from exporters.trt import BuildOptions, choose_route, onnx_weight_precision, parse_workspace, resolve_fp16_onnx
-from tests.conftest import TINY_PRE, TINY_SPEC
+from conftest import TINY_PRE, TINY_SPEC
 from toolkit.errors import RtkError
 
 # BuilderFlag members as the real bindings define them (from the 10.13.0.35 and 11.4.0.106 wheels):
