@@ -23,7 +23,9 @@ PROVIDERS = {
 }
 
 
-def _provider_options(provider: str, path: Path, meta: ArtefactMeta, device_id: int, fp16: bool, max_batch: int) -> dict[str, Any]:
+def _provider_options(
+    provider: str, path: Path, input_name: str, meta: ArtefactMeta, device_id: int, fp16: bool, max_batch: int
+) -> dict[str, Any]:
     """The key options of each execution provider.
 
     TensorRT gets explicit profile shapes so its engine cache is built once for the whole batch
@@ -33,9 +35,12 @@ def _provider_options(provider: str, path: Path, meta: ArtefactMeta, device_id: 
         return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
     if provider == "trt":
         cache = path.parent / f"{path.stem}.ort-trt-cache"
-        cache.mkdir(exist_ok=True)
+        try:
+            cache.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise RtkError(f"cannot create the TensorRT provider's cache folder {cache}: {exc.strerror or exc}") from None
         c, h, w = meta.spec.in_chans, *meta.preprocess.input_size
-        shape = lambda n: f"input:{n}x{c}x{h}x{w}"  # noqa: E731
+        shape = lambda n: f"{input_name}:{n}x{c}x{h}x{w}"  # noqa: E731
         return {
             "device_id": device_id,
             "trt_fp16_enable": fp16,
@@ -101,17 +106,13 @@ class OrtEngine(Engine):
         requested = provider
         available = ort.get_available_providers()
         if PROVIDERS[provider] not in available:
-            from rich.markup import escape
-
-            from toolkit.console import warn
-
-            warn(escape(
-                f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)}); running "
-                f"{path.name} on the CPU instead. Install onnxruntime-gpu (pip install 'rtk[gpu]') for ort-{provider}"
-            ))
+            _warn_fallback(path, requested, f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)})")
             provider = "cpu"
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, meta, device_id, fp16, max_batch))]
+        options_for = _provider_options(provider, path, inputs[0].name, meta, device_id, fp16, max_batch)
+        providers: list[Any] = [(PROVIDERS[provider], options_for)]
+        if provider == "trt" and PROVIDERS["cuda"] in available:
+            providers.append((PROVIDERS["cuda"], _provider_options("cuda", path, inputs[0].name, meta, device_id, fp16, max_batch)))
         if provider != "cpu":
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
 
@@ -128,6 +129,11 @@ class OrtEngine(Engine):
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise RtkError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0][:300]}") from None
+        if provider != "cpu" and self.session.get_providers()[0] != PROVIDERS[provider]:
+            # onnxruntime-gpu is installed but its provider failed to start (CUDA, cuDNN or TensorRT
+            # libraries missing): ORT then runs everything on the CPU and only logs it.
+            _warn_fallback(path, requested, f"{PROVIDERS[provider]} failed to start (session runs {', '.join(self.session.get_providers())})")
+            provider = "cpu"
         super().__init__(meta.spec, meta.preprocess, "cpu" if provider == "cpu" else f"cuda:{device_id}", precision)
         self.path = path
         self.provider = provider
@@ -154,6 +160,8 @@ class OrtEngine(Engine):
             return torch.from_numpy(self._infer(np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)))
         x = batch.detach().to(torch.float32).contiguous()
         out = torch.empty((x.shape[0], self.spec.num_classes), dtype=torch.float32, device=x.device)
+        # ORT runs on its own CUDA stream, which nothing orders after the torch work that wrote x.
+        torch.cuda.current_stream(x.device).synchronize()
         binding = self.session.io_binding()
         index = x.device.index or 0
         binding.bind_input(self.input_name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
@@ -170,3 +178,9 @@ class OrtEngine(Engine):
     def close(self) -> None:
         super().close()
         self.session = None
+
+
+def _warn_fallback(path: Path, requested: str, why: str) -> None:
+    from toolkit.console import warn
+
+    warn(f"{why}; running {path.name} on the CPU instead. Install onnxruntime-gpu (pip install 'rtk[gpu]') for ort-{requested}")

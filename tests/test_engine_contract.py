@@ -86,7 +86,24 @@ def test_gpu_engines_fall_back_to_cpu_loudly(artefacts, capsys):
         pytest.skip("onnxruntime-gpu is installed here; there is nothing to fall back from")
     with engines.load(artefacts["onnx"], engine="ort-cuda") as engine:
         assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu"
-    assert "running m.onnx on the CPU instead" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "running m.onnx on the CPU instead" in err and "pip install 'rtk[gpu]'" in err
+
+
+def test_a_gpu_provider_that_fails_to_start_is_not_passed_off_as_gpu(artefacts, capsys, monkeypatch):
+    # onnxruntime-gpu installed without working CUDA libraries lists the provider, but the session
+    # it creates runs on the CPU. The real CPU-only session here behaves exactly that way once the
+    # provider is listed.
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with engines.load(artefacts["onnx"], engine="ort-cuda", device="cuda") as engine:
+        assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu" and engine.provider == "cpu"
+        assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 6)
+    err = capsys.readouterr().err
+    assert "CUDAExecutionProvider failed to start" in err and "running m.onnx on the CPU instead" in err
 
 
 def test_prepare_exports_once_next_to_the_checkpoint(tmp_path):
