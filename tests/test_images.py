@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from toolkit.errors import RtkError
-from toolkit.images import find_images, load_image
+from toolkit.images import describe_ignored, find_images, load_image, scan_folder
 from toolkit.spec import Preprocess
 from toolkit.transforms import image_to_array, to_channels
 
@@ -120,6 +120,25 @@ def test_find_images_filters_sorts_and_recurses(tmp_path):
         find_images(tmp_path / "missing")
     with pytest.raises(RtkError, match="not a folder"):
         find_images(tmp_path / "b.png")
+
+
+def test_scan_folder_lists_files_without_an_image_suffix_but_not_hidden_ones(tmp_path):
+    for rel in ("a.png", "notes.txt", "photo.heic", "README", ".DS_Store", "sub/b.HEIC", ".cache/c.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    flat = scan_folder(tmp_path)
+    assert flat.images == [tmp_path / "a.png"]
+    assert [p.name for p in flat.ignored] == ["README", "notes.txt", "photo.heic"]
+    deep = scan_folder(tmp_path, recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in deep.ignored] == ["README", "notes.txt", "photo.heic", "sub/b.HEIC"]
+
+
+def test_describe_ignored_names_a_few_then_counts_the_rest(tmp_path):
+    files = [tmp_path / n for n in ("a.txt", "b.heic", "sub/c.doc", "d.raw", "e.psd")]
+    assert describe_ignored(files[:1], tmp_path) == "ignored 1 file that is not an image by its suffix: a.txt"
+    assert describe_ignored(files, tmp_path) == (
+        "ignored 5 files that are not images by their suffix: a.txt, b.heic, sub/c.doc and 2 more"
+    )
 
 
 def _png_bytes() -> bytes:

@@ -106,6 +106,36 @@ def test_messy_folder_predicts_good_and_explains_bad(cli, model, messy):
         assert name in result.stderr and reason in result.stderr  # reported as they happen, on stderr
     assert out["classified"] == len(GOOD) + 1 and out["failed"] == len(BAD) and out["evaluation"] is None
     assert "images/s" in result.stderr
+    assert "ignored 1 file that is not an image by its suffix: readme.txt" in result.stderr
+    assert [Path(p).name for p in out["ignored"]] == ["readme.txt"]
+
+
+def test_files_without_an_image_suffix_are_named_but_do_not_fail_the_run(cli, model, tmp_path):
+    folder = tmp_path / "holiday"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    Image.fromarray(_noise(rng, 32, 32)).save(folder / "a.jpg")
+    Image.fromarray(_noise(rng, 32, 32)).save(folder / "sub" / "b.png")
+    (folder / "notes.txt").write_text("where we went\n")
+    (folder / "b.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a format Pillow cannot read
+    for name in ("c.raw", "d.psd", "sub/e.doc"):
+        (folder / name).write_bytes(b"x")
+    (folder / ".DS_Store").write_bytes(b"\x00")  # the system's, not the user's: stays silent
+    result, out = run_json(cli, folder, "--model", model, "--recursive")
+    assert result.exit_code == 0, result.output
+    assert out["classified"] == 2 and out["failed"] == 0
+    [line] = [line for line in result.stderr.splitlines() if "ignored" in line]
+    assert line == "ignored 5 files that are not images by their suffix: b.heic, c.raw, d.psd and 2 more"
+    assert ".DS_Store" not in result.stderr and "skipped" not in result.stderr
+
+
+def test_folder_of_only_unsupported_files_says_what_it_found(cli, model, tmp_path):
+    (tmp_path / "IMG_1.heic").write_bytes(b"x")
+    (tmp_path / "IMG_2.heic").write_bytes(b"x")
+    result = cli("predict", tmp_path, "--model", model)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no images in" in result.stderr
+    assert "ignored 2 files that are not images by their suffix: IMG_1.heic, IMG_2.heic" in result.stderr
 
 
 def test_without_recursive_nested_is_left_out(cli, model, messy):

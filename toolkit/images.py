@@ -5,8 +5,9 @@ orientation honoured, and a one-line reason for every file that cannot be read.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from toolkit.errors import RtkError
 
@@ -22,19 +23,33 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def find_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """The image files in a folder, sorted by path.
+@dataclass(frozen=True)
+class FolderScan:
+    """What :func:`scan_folder` found.
 
-    Hidden files and folders (names starting with ``.``) are skipped, as are files whose suffix
-    is not an image suffix; a file with an image suffix is returned even when its content turns
-    out not to be an image, so that :func:`load_image` can report it.
+    Attributes:
+        images: files with an image suffix, sorted by path.
+        ignored: visible files without an image suffix (``notes.txt``, ``photo.heic``), sorted;
+            callers list them so that a format rtk does not read is never dropped unseen.
+    """
+
+    images: list[Path]
+    ignored: list[Path]
+
+
+def scan_folder(folder: str | os.PathLike, recursive: bool = False) -> FolderScan:
+    """The image files in a folder, and the other files that were passed over.
+
+    Hidden files and folders (names starting with ``.``) are skipped silently: ``.DS_Store`` and
+    ``.git`` are the system's, not the user's. A file with an image suffix is an image here even
+    when its content turns out not to be one, so that :func:`load_image` can report it.
 
     Args:
         folder: the folder to search.
         recursive: also search its subfolders, at any depth.
 
     Returns:
-        Image paths in a stable (sorted) order.
+        Image paths and ignored paths, each in a stable (sorted) order.
 
     Raises:
         RtkError: the folder does not exist or is not a folder.
@@ -44,12 +59,37 @@ def find_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
         raise RtkError(f"{folder} does not exist")
     if not folder.is_dir():
         raise RtkError(f"{folder} is not a folder")
-    found: list[Path] = []
+    images: list[Path] = []
+    ignored: list[Path] = []
     for root, dirs, files in os.walk(folder):
         # Sorting in place fixes os.walk's order; pruning stops it entering hidden folders.
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        found.extend(Path(root) / f for f in files if not f.startswith(".") and is_image_path(f))
-    return sorted(found)
+        for f in files:
+            if not f.startswith("."):
+                (images if is_image_path(f) else ignored).append(Path(root) / f)
+    return FolderScan(sorted(images), sorted(ignored))
+
+
+def find_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files in a folder, sorted by path (:func:`scan_folder`'s ``images``)."""
+    return scan_folder(folder, recursive).images
+
+
+def describe_ignored(ignored: Sequence[Path], root: str | os.PathLike | None = None, shown: int = 3) -> str:
+    """One line naming the files passed over for their suffix: a few names, then a count.
+
+    Args:
+        ignored: the ignored files.
+        root: names are shown relative to this folder when given.
+        shown: how many names to list before "and N more".
+    """
+    def name(p: Path) -> str:
+        return p.relative_to(root).as_posix() if root is not None else p.name
+
+    names = ", ".join(name(p) for p in ignored[:shown])
+    more = f" and {len(ignored) - shown} more" if len(ignored) > shown else ""
+    noun = "file that is not an image by its" if len(ignored) == 1 else "files that are not images by their"
+    return f"ignored {len(ignored)} {noun} suffix: {names}{more}"
 
 
 def load_image(path: str | os.PathLike) -> "Image.Image":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from toolkit.errors import RtkError
-from toolkit.images import IMAGE_SUFFIXES, find_images, load_image
+from toolkit.images import IMAGE_SUFFIXES, describe_ignored, load_image, scan_folder
 from toolkit.spec import Preprocess
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class PredictResult:
         engine: the engine's name; ``device`` where it ran.
         seconds: wall time of decoding and inference (model loading excluded).
         evaluation: accuracy and confusion matrix over the labelled images, when there are any.
+        ignored: files passed over because their suffix is not an image suffix (not failures:
+            a README beside the photos is normal, but the user should see what was not read).
     """
 
     root: Path
@@ -113,6 +115,7 @@ class PredictResult:
     device: str
     seconds: float
     evaluation: "ClassificationReport | None" = None
+    ignored: list[Path] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Prediction]:
@@ -150,6 +153,7 @@ class PredictResult:
             "images": len(self.predictions),
             "classified": self.classified,
             "failed": len(self.failures),
+            "ignored": [str(p) for p in self.ignored],
             "seconds": round(self.seconds, 4),
             "images_per_s": round(self.images_per_s, 2) if self.classified else None,
             "evaluation": ev.to_dict() if ev is not None else None,
@@ -218,7 +222,24 @@ def _model_from_config(config: Path) -> str:
 # ----------------------------------------------------------------------------- inputs
 
 
-def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursive: bool = False) -> tuple[Path, list[Path], list[str | None]]:
+@dataclass(frozen=True)
+class ImageInputs:
+    """The files :func:`collect_images` found.
+
+    Attributes:
+        root: the folder searched (the file's folder for a single image).
+        files: the image files to classify, sorted.
+        labels: ``labels[i]`` is the class folder ``files[i]`` lies in, or ``None``.
+        ignored: visible files passed over because their suffix is not an image suffix.
+    """
+
+    root: Path
+    files: list[Path]
+    labels: list[str | None]
+    ignored: list[Path] = field(default_factory=list)
+
+
+def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursive: bool = False) -> ImageInputs:
     """The files to classify and, for those inside a class folder, their label.
 
     A folder with subfolders named after the model's classes is a labelled folder
@@ -231,7 +252,7 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
         recursive: search every subfolder.
 
     Returns:
-        ``(root, files, labels)``; ``labels[i]`` is ``None`` for a file outside class folders.
+        The root, the image files with their labels, and the files ignored for their suffix.
 
     Raises:
         RtkError: the path does not exist, or the folder holds no image files.
@@ -240,21 +261,24 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
     if not path.exists():
         raise RtkError(f"{path} does not exist")
     if path.is_file():
-        return path.parent, [path], [None]
+        return ImageInputs(path.parent, [path], [None])
     names = set(class_names)
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name in names)
-    files = find_images(path, recursive)
+    scans = [scan_folder(path, recursive)]
     if not recursive:
-        files = sorted(files + [f for d in class_dirs for f in find_images(d, recursive=True)])
+        scans += [scan_folder(d, recursive=True) for d in class_dirs]
+    files = sorted(f for scan in scans for f in scan.images)
+    ignored = sorted(f for scan in scans for f in scan.ignored)
     if not files:
         subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
         hint = f"; it has {len(subdirs)} subfolder(s): pass --recursive to search them" if subdirs and not recursive else ""
-        raise RtkError(f"no images in {path} (looked for {', '.join(IMAGE_SUFFIXES)} in any case){hint}")
+        others = f"; {describe_ignored(ignored, path)}" if ignored else ""
+        raise RtkError(f"no images in {path} (looked for {', '.join(IMAGE_SUFFIXES)} in any case){hint}{others}")
     labels = []
     for f in files:
         parts = f.relative_to(path).parts
         labels.append(parts[0] if len(parts) > 1 and parts[0] in names else None)
-    return path, files, labels
+    return ImageInputs(path, files, labels, ignored)
 
 
 def prepare_image(path: Path, pre: Preprocess) -> tuple[np.ndarray | None, str | None]:
@@ -330,7 +354,8 @@ def predict(
             file that cannot be read.
     """
     class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
-    root, files, labels = collect_images(path, class_names, options.recursive)
+    inputs = collect_images(path, class_names, options.recursive)
+    files, labels = inputs.files, inputs.labels
     batch_size = _batch_size(engine, options.batch_size)
     top_k = min(options.top_k, engine.spec.num_classes)
     window = 2 * batch_size + options.workers
@@ -369,7 +394,10 @@ def predict(
         flush()
     seconds = time.perf_counter() - start
     predictions = [p for p in results if p is not None]
-    return PredictResult(root, predictions, class_names, engine.name, engine.device, seconds, _evaluate(predictions, class_names))
+    return PredictResult(
+        inputs.root, predictions, class_names, engine.name, engine.device, seconds,
+        _evaluate(predictions, class_names), inputs.ignored,
+    )
 
 
 def _batch_size(engine: "Engine", asked: int | None) -> int:

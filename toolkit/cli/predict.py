@@ -71,7 +71,8 @@ def predict(
     """Classify a folder of images, or one image, with any engine.
 
     Reads jpg, png, bmp, gif (first frame), tiff and webp, with any case of suffix; EXIF orientation is honoured.
-    Unreadable files (corrupt, truncated, empty, not an image) are listed on stderr with the reason and skipped.
+    Files with an image suffix that cannot be read (corrupt, truncated, empty, not an image) are listed on stderr
+    with the reason and skipped; files without an image suffix (notes.txt, photo.heic) are named on stderr as ignored.
     A folder laid out as <class>/image with the model's class names is also scored: accuracy and confusion matrix.
 
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
@@ -126,6 +127,10 @@ def _report(result: "PredictResult", model_path: Path, output: Path | None, info
         f"classified {result.classified} image(s){failed} in {result.seconds:.2f} s: "
         f"{result.images_per_s:.1f} images/s ({result.engine} on {result.device}, {model_path.name})"
     )
+    if result.ignored:
+        from toolkit.images import describe_ignored
+
+        info(describe_ignored(result.ignored, result.root))
     ev = result.evaluation
     if ev is not None:
         info(f"accuracy {ev.accuracy:.2%} ({ev.correct}/{ev.total} images in class folders)")
