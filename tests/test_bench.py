@@ -263,7 +263,7 @@ def test_cli_onnx_model_runs_ort_and_explains_eager(cli, report, small_checkpoin
     assert "eager skipped" in result.stdout and "checkpoints" in result.stdout
 
 
-@pytest.mark.parametrize("value", ["1,x", "0", "", "8,-1", "1.5"])
+@pytest.mark.parametrize("value", ["1,x", "0", "", "8,-1", "1.5", "²", "1,³", "٣"])
 def test_bad_batch_sizes_fail_with_one_line(cli, small_checkpoint, value):
     result = cli("bench", small_checkpoint, "--batch-sizes", value)
     assert result.exit_code == 1

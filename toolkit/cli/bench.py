@@ -39,7 +39,8 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
         RtkError: an entry is not a positive integer, or the list is empty.
     """
     parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or any(not p.isdigit() or int(p) < 1 for p in parts):
+    # ASCII digits only: str.isdigit() also accepts superscripts such as "²", which int() refuses.
+    if not text.strip() or any(not (p.isascii() and p.isdigit()) or int(p) < 1 for p in parts):
         raise RtkError(f"--batch-sizes must be comma-separated positive integers such as 1,8,32, got {text!r}")
     return tuple(dict.fromkeys(int(p) for p in parts))
 
