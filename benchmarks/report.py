@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from toolkit.errors import RtkError
 from toolkit.files import write_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -171,6 +172,28 @@ def plot(report: dict[str, Any]):
         fontsize=11,
     )
     return fig
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Fail now, before a sweep that may take minutes, when ``out_dir`` cannot take the report files.
+
+    Nothing is created: the folder is made by :func:`write_report`, once there is a report.
+
+    Raises:
+        RtkError: ``out_dir`` is a file, lies under a file, or its nearest existing folder
+            cannot be written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RtkError(f"--out {out} is a file; give a folder for the report files")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RtkError(f"--out {out} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RtkError(f"--out {out} cannot be written: no permission to write in {existing}")
+    return out
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str | None = None) -> list[Path]:

@@ -292,6 +292,17 @@ def test_bad_options_fail_with_one_line(cli, small_checkpoint, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("where, message", [("file", "is a file; give a folder"), ("under_file", "cannot be created")])
+def test_unusable_out_fails_before_the_sweep(cli, small_checkpoint, tmp_path, where, message):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    out = taken if where == "file" else taken / "reports"
+    result = cli("bench", small_checkpoint, "-e", "eager", "-b", "1", "--iters", "2", "--warmup", "0", "--out", out)
+    assert result.exit_code == 1 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # the error alone: no engine was timed first
+    assert "Traceback" not in result.output and taken.read_text() == "mine"
+
+
 def test_missing_model_fails_with_one_line(cli, tmp_path):
     result = cli("bench", tmp_path / "nope.pth")
     assert result.exit_code == 1 and "does not exist" in result.stderr

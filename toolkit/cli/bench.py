@@ -90,11 +90,13 @@ def bench(
     With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
     """
     from benchmarks.harness import BenchOptions, expand_engines, run_benchmark
-    from benchmarks.report import render_table, write_report
+    from benchmarks.report import check_out_dir, render_table, write_report
     from toolkit.console import console, info
 
     if duration is not None and iters is not None:
         raise RtkError("give --duration or --iters, not both")
+    if out is not None:
+        check_out_dir(out)
     names = [n.strip() for n in engine.split(",") if n.strip()] if engine else [_native_engine(model)]
     options = BenchOptions(
         engines=expand_engines(names),
