@@ -54,7 +54,8 @@ class BenchOptions:
             ``None`` = each engine's own default (fp16 for TensorRT, fp32 otherwise).
         warmup_s: untimed warm-up per engine and batch size (at least one call).
         duration_s: time budget per engine and batch size (ignored when ``iters`` is set).
-        iters: exact number of timed iterations instead of a time budget.
+        iters: exact number of timed iterations instead of a time budget (in total, split
+            over the rounds; at least one per round).
         threads: intra-op threads for torch and ONNX Runtime (``None`` = their defaults).
         io: ``"host"`` (numpy in, numpy out), ``"device"`` (inputs and outputs stay on the
             engine's device) or ``"both"``.
@@ -93,6 +94,8 @@ class BenchOptions:
             raise RtkError(f"threads must be at least 1, got {self.threads}")
         if self.rounds < 1:
             raise RtkError(f"rounds must be at least 1, got {self.rounds}")
+        if self.iters is not None and self.iters < self.rounds:
+            raise RtkError(f"iters {self.iters} is fewer than rounds {self.rounds}: every round times at least one call")
         for name in self.engines:
             parse_engine(name)
 
@@ -587,7 +590,6 @@ def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) 
     """Rounds × batch sizes × engines × I/O modes; samples of a cell pooled over rounds."""
     cuda = options.device.startswith("cuda")
     per_round_s = options.duration_s / options.rounds
-    per_round_iters = -(-options.iters // options.rounds) if options.iters is not None else None
     pooled: dict[tuple[int, int, str], list[np.ndarray]] = {}
     extras: dict[tuple[int, int, str], dict[str, Any]] = {}
     failed: dict[tuple[int, int, str], BenchResult] = {}
@@ -595,6 +597,7 @@ def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) 
     threads = torch_threads(options)
     for round_index in range(options.rounds):
         last = round_index == options.rounds - 1
+        round_iters = _round_iters(options, round_index)
         for batch_size in options.batch_sizes:
             for e, (choice, engine) in enumerate(loaded):
                 for io in options.io_modes:
@@ -603,7 +606,7 @@ def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) 
                         continue
                     base = BenchResult(_row_name(choice, engine), choice.precision, options.device, "ok", batch_size, io, threads=threads)
                     try:
-                        samples, extra = measure(engine, choice, batch_size, io, options, per_round_s, per_round_iters)
+                        samples, extra = measure(engine, choice, batch_size, io, options, per_round_s, round_iters)
                     except RtkError as exc:
                         failed[key] = dataclasses.replace(base, status="skipped", reason=str(exc))
                     except Exception as exc:  # noqa: BLE001 - only OOM and compiler failures are handled
@@ -626,6 +629,15 @@ def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) 
                         rows.append(row)
                         emit(row)
     return rows
+
+
+def _round_iters(options: BenchOptions, round_index: int) -> int | None:
+    """Timed calls in one round: ``iters`` split exactly, the remainder going to the first rounds,
+    so the pooled count is the ``iters`` the report's settings record."""
+    if options.iters is None:
+        return None
+    share, extra = divmod(options.iters, options.rounds)
+    return share + (round_index < extra)
 
 
 def _row_name(choice: EngineChoice, engine: Any) -> str:

@@ -144,10 +144,12 @@ def test_latency_stats_on_known_samples():
     assert stats["mean"] == pytest.approx(50.5)
 
 
-def test_rounds_pool_their_samples(small_checkpoint):
-    options = BenchOptions(engines=("eager",), batch_sizes=(2,), warmup_s=0.0, iters=4, rounds=2)
-    (row,) = run_benchmark(small_checkpoint, options).results
-    assert row.status == "ok" and row.iterations == 4
+@pytest.mark.parametrize("iters, rounds", [(4, 2), (5, 2), (7, 3)])
+def test_rounds_pool_exactly_the_iterations_asked_for(small_checkpoint, iters, rounds):
+    options = BenchOptions(engines=("eager",), batch_sizes=(2,), warmup_s=0.0, iters=iters, rounds=rounds)
+    report = run_benchmark(small_checkpoint, options)
+    (row,) = report.results
+    assert row.status == "ok" and row.iterations == iters == report.settings["iters"]
 
 
 class _MemoryBoundEngine(EagerEngine):
@@ -280,6 +282,7 @@ def test_bad_batch_sizes_fail_with_one_line(cli, small_checkpoint, value):
         (["--iters", "0"], "iters must be at least 1"),
         (["--threads", "0"], "threads must be at least 1"),
         (["--rounds", "0"], "rounds must be at least 1"),
+        (["--iters", "2", "--rounds", "3"], "iters 2 is fewer than rounds 3"),
         (["--device", "cuda"], "no CUDA GPU"),
     ],
 )

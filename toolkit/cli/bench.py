@@ -69,7 +69,7 @@ def bench(
     duration: Annotated[
         Optional[float], typer.Option("--duration", help="Timed seconds per engine and batch size (default: 3).")
     ] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", help="Exactly N timed iterations instead of a time budget.")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Exactly N timed iterations instead of a time budget (in total, split over --rounds).")] = None,
     threads: Annotated[
         Optional[int], typer.Option("--threads", help="Intra-op threads for torch and ONNX Runtime (default: all usable cores).")
     ] = None,
