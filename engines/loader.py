@@ -25,7 +25,7 @@ def load(
     source: "str | os.PathLike | Checkpoint",
     engine: str | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | None = None,
     **options: Any,
 ) -> "Engine":
     """Load an artefact (or a loaded checkpoint) as an engine.
@@ -35,8 +35,10 @@ def load(
             :class:`toolkit.checkpoint.Checkpoint`.
         engine: runtime name (one of :data:`ENGINE_NAMES`); by default chosen from the artefact.
         device: ``"cpu"`` or ``"cuda[:N]"``.
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``. Eager runs fp16/bf16 under autocast; an ONNX
-            file's precision is fixed at export (``ort-trt`` alone can add fp16 kernels).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; ``None`` is the engine's own default: fp32 for
+            eager, the exported precision for an ONNX file, fp16 for ``ort-trt`` (the TensorRT provider
+            adds fp16 kernels to an fp32 graph), the built precision for a TensorRT engine. Eager runs
+            fp16/bf16 under autocast.
         **options: runtime options: eager ``channels_last``, ``compile``; ort ``threads``,
             ``graph_optimization``, ``max_batch``; ``meta`` (an ArtefactMeta) for a foreign ONNX.
 
@@ -59,7 +61,7 @@ def load(
         from engines.eager import EagerEngine
 
         ckpt = ckpt or load_checkpoint(path)
-        return EagerEngine(_build(ckpt), ckpt.spec, ckpt.preprocess, device, precision, **options)
+        return EagerEngine(_build(ckpt), ckpt.spec, ckpt.preprocess, device, precision or "fp32", **options)
 
     if engine in ORT_PROVIDERS:
         if kind != "onnx":
@@ -73,7 +75,7 @@ def load(
                 "(rtk export --precision fp16) and load MODEL.fp16.onnx"
             )
         if provider == "trt":
-            options.setdefault("fp16", precision == "fp16")
+            options.setdefault("fp16", precision != "fp32")
         engine_obj = OrtEngine(path, provider=provider, device=device, **options)
         if engine == "ort-fp16" and engine_obj.precision != "fp16":
             engine_obj.close()

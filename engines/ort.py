@@ -134,6 +134,8 @@ class OrtEngine(Engine):
             # libraries missing): ORT then runs everything on the CPU and only logs it.
             _warn_fallback(path, requested, f"{PROVIDERS[provider]} failed to start (session runs {', '.join(self.session.get_providers())})")
             provider = "cpu"
+        if provider == "trt" and fp16:
+            precision = "fp16"  # TensorRT picks fp16 kernels wherever they are faster, so judge it as fp16
         super().__init__(meta.spec, meta.preprocess, "cpu" if provider == "cpu" else f"cuda:{device_id}", precision)
         self.path = path
         self.provider = provider
@@ -146,7 +148,7 @@ class OrtEngine(Engine):
         elif provider == "trt":
             self.max_batch = max_batch
         name = "ort" if provider == "cpu" else f"ort-{provider}"
-        name += "-fp16" if precision == "fp16" or (provider == "trt" and fp16) else ""
+        name += "-fp16" if precision == "fp16" else ""
         self.name = name if provider == requested else f"{name}(fallback from ort-{requested})"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

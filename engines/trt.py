@@ -182,7 +182,8 @@ class TrtEngine(Engine):
         self.check_shape(tuple(batch.shape))
         caller = torch.cuda.current_stream(self._device)
         self._stream.wait_stream(caller)
-        with torch.cuda.stream(self._stream):
+        # TensorRT runs on the device it deserialised the engine on, which need not be the current one.
+        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             x = batch.to(self._device, dtype=self._input_dtype, non_blocking=True).contiguous()
             self._context.set_input_shape(self._input, tuple(x.shape))
             out = torch.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=self._output_dtype, device=self._device)
@@ -203,6 +204,8 @@ class TrtEngine(Engine):
         self._torch.cuda.synchronize(self._device)
 
     def close(self) -> None:
+        if not self._closed:
+            self._stream.synchronize()  # work still queued on the stream uses the context
         super().close()
         # The context must go before the engine, the engine before the runtime.
         self._context = None

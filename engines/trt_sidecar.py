@@ -380,10 +380,18 @@ def summarize_layers(info: str | Mapping[str, Any]) -> tuple[dict[str, Any], ...
         if tactic not in (None, ""):
             entry["tactic"] = tactic
         outputs = layer.get("Outputs") or []
-        if outputs and isinstance(outputs[0], dict) and outputs[0].get("Format/Datatype"):
-            entry["output"] = outputs[0]["Format/Datatype"]
+        if outputs and isinstance(outputs[0], dict):
+            entry["output"] = _output_format(outputs[0])
         layers.append({k: v for k, v in entry.items() if v is not None})
     return tuple(layers)
+
+
+def _output_format(tensor: Mapping[str, Any]) -> str | None:
+    """A layer output's format and dtype: one ``Format/Datatype`` field, or (newer inspectors) two."""
+    if tensor.get("Format/Datatype"):
+        return tensor["Format/Datatype"]
+    parts = [tensor.get(key) for key in ("Format", "DataType", "Datatype")]
+    return " / ".join(str(p) for p in parts if p) or None
 
 
 def describe_engine(path: str | os.PathLike) -> dict[str, Any]:

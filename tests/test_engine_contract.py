@@ -16,10 +16,12 @@ SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"))
 PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
 
 
-def _ort_gpu() -> bool:
+def _ort_has(provider: str) -> bool:
+    if not importlib.util.find_spec("onnxruntime"):
+        return False
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return provider in ort.get_available_providers()
 
 
 cuda = pytest.mark.cuda
@@ -33,8 +35,14 @@ ENGINES = [
     pytest.param("eager-cuda", lambda a: engines.load(a["ckpt"], device="cuda"), (1e-3, 1e-3), id="eager-cuda", marks=cuda),
     pytest.param(
         "ort-cuda", lambda a: engines.load(a["onnx"], engine="ort-cuda", device="cuda"), (1e-3, 1e-3), id="ort-cuda",
-        marks=[cuda, pytest.mark.skipif(not importlib.util.find_spec("onnxruntime") or not _ort_gpu(), reason="onnxruntime-gpu is not installed")],
+        marks=[cuda, pytest.mark.skipif(not _ort_has("CUDAExecutionProvider"), reason="onnxruntime-gpu is not installed")],
     ),
+    pytest.param(
+        "ort-trt", lambda a: engines.load(a["onnx"], engine="ort-trt", device="cuda"), (2e-2, 2e-2), id="ort-trt",
+        marks=[cuda, pytest.mark.skipif(not _ort_has("TensorrtExecutionProvider"), reason="onnxruntime-gpu with TensorRT is not installed")],
+    ),
+    # Built from the fp32 ONNX next to the checkpoint with the default profile (batch 1..128).
+    pytest.param("trt", lambda a: engines.load(a["onnx"], engine="trt", device="cuda"), (2e-2, 2e-2), id="trt", marks=pytest.mark.tensorrt),
 ]
 
 
@@ -57,7 +65,8 @@ def reference(artefacts):
 def test_engine_contract(name, opener, tol, artefacts, reference):
     x, expected = reference
     with opener(artefacts) as engine:
-        assert engine.name == name.replace("-cuda", "") or engine.name == name
+        # A GPU runtime names its precision when it is not the artefact's (ort-trt runs fp16 kernels).
+        assert engine.name in (name, name.replace("-cuda", ""), f"{name}-fp16")
         assert engine.spec == SPEC and engine.preprocess == PRE and engine.input_shape == (3, 32, 32)
         for n in range(1, len(x) + 1):  # batch sizes 1..N
             out = engine(x[:n])
@@ -104,6 +113,26 @@ def test_a_gpu_provider_that_fails_to_start_is_not_passed_off_as_gpu(artefacts, 
         assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 6)
     err = capsys.readouterr().err
     assert "CUDAExecutionProvider failed to start" in err and "running m.onnx on the CPU instead" in err
+
+
+def test_ort_tensorrt_provider_options(tmp_path):
+    # The TensorRT provider's profile names the graph's own input and spans the batch range, and
+    # its engine and timing caches live in one folder beside the model, so they are reused.
+    from engines.ort import _provider_options
+    from toolkit.spec import ArtefactMeta
+
+    options = _provider_options("trt", tmp_path / "m.onnx", "images", ArtefactMeta(SPEC, PRE), 1, True, 64)
+    cache = tmp_path / "m.ort-trt-cache"
+    assert cache.is_dir() and options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
+    assert options["trt_fp16_enable"] is True and options["device_id"] == 1
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) == (
+        "images:1x3x32x32", "images:32x3x32x32", "images:64x3x32x32",
+    )
+    assert _provider_options("cuda", tmp_path / "m.onnx", "images", ArtefactMeta(SPEC, PRE), 0, False, 64)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "m.ort-trt-cache").write_text("a file where the cache folder goes")
+    with pytest.raises(RtkError, match="cannot create the TensorRT provider's cache folder"):
+        _provider_options("trt", tmp_path / "ro" / "m.onnx", "images", ArtefactMeta(SPEC, PRE), 0, True, 64)
 
 
 def test_prepare_exports_once_next_to_the_checkpoint(tmp_path):

@@ -177,3 +177,15 @@ def test_parser_errors_are_all_reported(tmp_path, cli):
     result = cli("build", path, "--precision", "fp32")
     assert result.exit_code == 1 and "ONNX parser rejected" in result.stderr and "mystery" in result.stderr
     assert not list(tmp_path.glob("*.engine*"))
+
+
+def test_parity_refuses_an_engine_of_another_model(artefacts, tmp_path, cli):
+    from exporters.onnx import export_onnx
+    from exporters.trt import BuildOptions, build_engine
+    from toolkit.spec import ModelSpec
+
+    other = make_checkpoint(tmp_path / "five.pth", ModelSpec(arch="resnet18", num_classes=5, stem="small"))
+    (onnx_path,) = export_onnx(other, check=False)
+    engine = build_engine(onnx_path, options=BuildOptions(min_batch=1, opt_batch=2, max_batch=4), show_progress=False)
+    result = cli("parity", artefacts["checkpoint"], "--engines", "eager,trt", "--trt-engine", engine)
+    assert result.exit_code == 1 and "has 5 classes but the checkpoint" in result.stderr

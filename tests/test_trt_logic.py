@@ -316,6 +316,9 @@ def test_summarize_layers_detailed_and_names_only():
     assert layers[0]["type"] == "CaskConvolution" and layers[0]["tactic"].startswith("sm90_")
     assert layers[0]["output"].startswith("Channel major FP16") and layers[1] == {"name": "/fc/Gemm", "type": "CaskGemmMatrixMultiply"}
     assert summarize_layers({"Layers": ["conv1", "fc"], "Bindings": []}) == ({"name": "conv1"}, {"name": "fc"})
+    # Inspectors that report the format and the data type as two fields.
+    split = {"Layers": [{"Name": "c", "LayerType": "Conv", "Outputs": [{"Name": "o", "Format": "Channel major", "DataType": "Half"}]}]}
+    assert summarize_layers(split)[0]["output"] == "Channel major / Half"
 
 
 def test_describe_engine_reads_the_sidecar_without_tensorrt(tmp_path, monkeypatch):
