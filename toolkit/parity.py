@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from toolkit.errors import RtkError
+from toolkit.spec import ArtefactMeta
 
 if TYPE_CHECKING:
     from engines.base import Engine
@@ -332,32 +333,41 @@ def open_parity_engine(
     # Without an explicit artefact, the one next to the checkpoint (exported or built when missing, then cached).
     path = Path(given) if given else engines.prepare(ckpt.path, name)
     if name == "trt":
-        return engines.load(path, engine="trt", device=device if device.startswith("cuda") else "cuda")
+        engine = engines.load(path, engine="trt", device=device if device.startswith("cuda") else "cuda")
+        try:
+            _check_matches(ckpt, ArtefactMeta(engine.spec, engine.preprocess), path)
+        except RtkError:
+            engine.close()
+            raise
+        return engine
     meta = _onnx_meta_for(ckpt, path)
     ort_device = device if name in ("ort-cuda", "ort-trt") else "cpu"
     return engines.load(path, engine=name, device=ort_device, meta=meta)
 
 
-def _onnx_meta_for(ckpt: "Checkpoint", path: Path):
+def _onnx_meta_for(ckpt: "Checkpoint", path: Path) -> ArtefactMeta:
     """The checkpoint's spec for an ONNX under test, after checking the file's own metadata agrees.
 
     A foreign ONNX (no rtk metadata) is judged against the checkpoint's spec; its graph must
     still be an NCHW classifier with the checkpoint's class count (checked by the engine).
     """
     from exporters.onnx_info import load_onnx_graph, metadata_dict
-    from toolkit.spec import ArtefactMeta
 
     stored = metadata_dict(load_onnx_graph(path))
     if stored is not None:
-        meta = ArtefactMeta.from_dict(stored)
-        if meta.spec.num_classes != ckpt.spec.num_classes:
-            raise RtkError(f"{path} has {meta.spec.num_classes} classes but the checkpoint {ckpt.path} has {ckpt.spec.num_classes}")
-        if meta.preprocess.input_size != ckpt.preprocess.input_size or meta.spec.in_chans != ckpt.spec.in_chans:
-            raise RtkError(
-                f"{path} takes {meta.spec.in_chans}×{meta.preprocess.input_size[0]}×{meta.preprocess.input_size[1]} inputs but the "
-                f"checkpoint takes {ckpt.spec.in_chans}×{ckpt.preprocess.input_size[0]}×{ckpt.preprocess.input_size[1]}"
-            )
+        _check_matches(ckpt, ArtefactMeta.from_dict(stored), path)
     return ArtefactMeta(ckpt.spec, ckpt.preprocess)
+
+
+def _check_matches(ckpt: "Checkpoint", meta: ArtefactMeta, path: Path) -> None:
+    """Refuse an artefact whose classes or input shape are not the checkpoint's."""
+    if meta.spec.num_classes != ckpt.spec.num_classes:
+        raise RtkError(f"{path} has {meta.spec.num_classes} classes but the checkpoint {ckpt.path} has {ckpt.spec.num_classes}")
+    if meta.preprocess.input_size != ckpt.preprocess.input_size or meta.spec.in_chans != ckpt.spec.in_chans:
+        raise RtkError(
+            f"{path} takes {meta.spec.in_chans}×{meta.preprocess.input_size[0]}×{meta.preprocess.input_size[1]} inputs but the "
+            f"checkpoint takes {ckpt.spec.in_chans}×{ckpt.preprocess.input_size[0]}×{ckpt.preprocess.input_size[1]}"
+        )
 
 
 # --- running every engine -----------------------------------------------------------------

@@ -55,7 +55,7 @@ def parity(
     ] = "eager,ort",
     onnx: Annotated[Optional[Path], typer.Option(help="ONNX file for ort/ort-cuda/ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing).")] = None,
     onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16. Default: MODEL.fp16.onnx (exported when missing).")] = None,
-    trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: built from MODEL.fp16.onnx when missing.")] = None,
+    trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or older than the checkpoint.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Dataset name (digits) or image folder: its labelled test images are compared too, with accuracy.")] = None,
     max_samples: Annotated[int, typer.Option(help="At most this many real images from --data.")] = 500,
     batch_sizes: Annotated[str, typer.Option(help="Sizes of the random input batches, comma-separated.")] = "1,4,16",
