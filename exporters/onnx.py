@@ -152,13 +152,17 @@ def export_onnx(
     for path in outputs.values():
         _check_writable(path)
     inputs = _check_inputs(ckpt, options) if check else None
-    written = []
-    for prec, path in outputs.items():
-        metrics = _export_one(model, ckpt, prec, path, options, inputs)
-        written.append(path)
-        if on_checked is not None:
+    checked = []
+    # Every file is staged until all have passed: with --precision all, a failed fp16 check must
+    # not leave the fp32 file behind either.
+    with contextlib.ExitStack() as stack:
+        for prec, path in outputs.items():
+            tmp = stack.enter_context(staged(path))
+            checked.append((path, prec, _export_one(model, ckpt, prec, tmp, path, options, inputs)))
+    if on_checked is not None:
+        for path, prec, metrics in checked:
             on_checked(path, prec, metrics)
-    return written
+    return [path for path, _, _ in checked]
 
 
 def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
@@ -188,7 +192,10 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
 # --- one file ------------------------------------------------------------------------------
 
 
-def _export_one(model: "nn.Module", ckpt: "Checkpoint", precision: str, path: Path, options: ExportOptions, inputs) -> "ParityMetrics | None":
+def _export_one(
+    model: "nn.Module", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs
+) -> "ParityMetrics | None":
+    """Export, validate and check one precision into ``tmp``, the staged file that becomes ``path``."""
     module = half_module(model) if precision == "fp16" else model
     proto = trace_to_onnx(module, ckpt, options)
     _add_metadata(proto, ckpt, precision, options)
@@ -197,10 +204,8 @@ def _export_one(model: "nn.Module", ckpt: "Checkpoint", precision: str, path: Pa
         from exporters.fp16 import check_fp16_compute
 
         check_fp16_compute(proto)
-    with staged(path) as tmp:
-        _save(proto, tmp)
-        metrics = _parity_check(tmp, ckpt, precision, inputs, path) if inputs is not None else None
-    return metrics
+    _save(proto, tmp)
+    return _parity_check(tmp, ckpt, precision, inputs, path) if inputs is not None else None
 
 
 def half_module(model: "nn.Module") -> "nn.Module":

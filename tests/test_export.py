@@ -165,6 +165,23 @@ def test_failed_parity_check_leaves_no_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "good.pth"]
 
 
+def test_precision_all_writes_neither_file_when_only_fp16_fails(tmp_path):
+    # A bias far beyond float16's range (65504) is exact enough in fp32 and infinite in fp16.
+    from toolkit.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.models import create_model
+
+    good = load_checkpoint(make_checkpoint(tmp_path / "good.pth", ModelSpec(arch="resnet18", num_classes=4), ZOO_PRE))
+    model = create_model(good.spec)
+    state = dict(good.state_dict)
+    state["fc.bias"] = state["fc.bias"] + 1e5
+    model.load_state_dict(state)
+    huge = save_checkpoint(tmp_path / "huge.pth", model, good.spec, good.preprocess)
+    assert export_onnx(huge, tmp_path / "alone.onnx")  # the fp32 file alone passes
+    with pytest.raises(RtkError, match=r"huge.fp16.onnx was not written"):
+        export_onnx(huge, precision="all")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.onnx", "good.pth", "huge.pth"]
+
+
 def test_ensure_onnx_exports_once_and_again_when_the_checkpoint_changes(tmp_path):
     ckpt = make_checkpoint(tmp_path / "e.pth", ModelSpec(arch="resnet18", num_classes=3), ZOO_PRE)
     path = ensure_onnx(ckpt)
