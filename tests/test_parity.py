@@ -180,3 +180,29 @@ def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
     assert x.shape == (4, 1, 8, 8) and "4 images" in label
     np.testing.assert_array_equal(x, x_all[:4])
     np.testing.assert_array_equal(y, y_all[:4])
+
+
+# --- a trained model on real data --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """A resnet18 trained for 3 epochs on the digits data (about 95% test accuracy)."""
+    from toolkit.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("digits")
+    result = train(TrainOptions(data="digits", arch="resnet18", epochs=3, out=out, progress=False, device="cpu"))
+    assert result.test_acc > 0.9
+    return result.best
+
+
+def test_parity_on_a_digits_trained_model_and_its_test_images(digits_model, cli, tmp_path):
+    report_path = tmp_path / "digits.json"
+    result = cli("parity", digits_model, "--engines", "eager,ort,ort-fp16", "--data", "digits", "--json", report_path)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "digits (test, 360 images)" in result.stdout
+    engines_by_name = {e["engine"]: e for e in json.loads(report_path.read_text())["engines"]}
+    ort, fp16 = engines_by_name["ort"]["data"], engines_by_name["ort-fp16"]["data"]
+    assert ort["samples"] == 360 and ort["max_abs"] < 1e-4 * max(1.0, ort["scale"]) and ort["top1_agreement"] == 1.0
+    assert fp16["top1_agreement"] >= 0.99 and fp16["min_cosine"] >= 0.999
+    assert abs(fp16["accuracy_delta"]) <= 0.01 and ort["accuracy"] == ort["reference_accuracy"]
