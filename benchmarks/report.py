@@ -12,10 +12,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import RtkError
 from toolkit.files import write_atomic
+
+if TYPE_CHECKING:
+    from benchmarks.harness import BenchResult
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -55,6 +58,14 @@ def _ms(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def progress_line(row: "BenchResult") -> str:
+    """One status line for a finished row: engine, batch size and I/O, then images/s or why it did not run."""
+    where = f"batch {row.batch_size} {row.io}" if row.batch_size else ""
+    if row.status == "ok":
+        return f"  {row.engine:<16} {where:<16} {row.throughput_ips:10.1f} img/s  p50 {row.latency_ms['p50']:.2f} ms"
+    return f"  {row.engine:<16} {where:<16} {row.status}: {row.reason}"
 
 
 def render_table(report: dict[str, Any]):

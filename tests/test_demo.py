@@ -4,51 +4,86 @@ import csv
 import json
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 import engines
+import toolkit.demo
 from toolkit.checkpoint import load_checkpoint
+from toolkit.images import find_images, load_image
 
 
-def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path):
+def check_artefact(what: str, path) -> None:
+    """Open one reported artefact the way a user would and check it holds what its name says."""
+    assert path.exists(), (what, path)
+    if path.is_dir():
+        samples = find_images(path, recursive=True)
+        assert len(samples) == 10 * 10, what  # 10 per digit
+        for sample in samples:
+            load_image(sample)
+    elif path.suffix == ".pth":
+        ckpt = load_checkpoint(path)
+        assert ckpt.spec.num_classes == 10 and ckpt.spec.class_names == tuple("0123456789")
+    elif path.suffix == ".onnx":
+        with engines.load(path) as engine:
+            x = np.zeros((2, *engine.input_shape), np.float32)
+            assert engine(x).shape == (2, 10)
+    elif path.suffix == ".json":
+        assert json.loads(path.read_text())
+    elif path.suffix == ".csv":
+        with open(path, newline="") as fh:
+            assert list(csv.DictReader(fh)), what
+    elif path.suffix == ".png":
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+            img.load()
+    else:  # a new kind of artefact needs a check of its own here
+        raise AssertionError(f"no check for {what}: {path}")
+
+
+def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatch):
     out = tmp_path / "demo"
     stale = out / "samples" / "stale.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
     keep = out / "notes.txt"
     keep.write_text("mine")
+    # The real run_demo, recorded, so the test sees the DemoResult the command printed its summary from.
+    results = []
+    real_run_demo = toolkit.demo.run_demo
+
+    def recorded_run_demo(*args, **kwargs):
+        results.append(real_run_demo(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(toolkit.demo, "run_demo", recorded_run_demo)
 
     result = cli("demo", "--out", out, "--epochs", "1", "--max-samples", "40", "--bench-seconds", "0.05", "--no-progress")
     assert result.exit_code == 0, result.output + result.stderr
     for text in ("eager", "ort-fp16", "parity", "images/s", "files written", "demo finished"):
         assert text in result.output
     assert "▶ 5/5 classify" in result.stderr and "[bold" not in result.stderr  # step lines, no markup leaking
+    # The benchmark step reports each engine × batch size as it finishes instead of staying silent.
+    bench_lines = [line for line in result.stderr.splitlines() if "img/s" in line]
+    assert len(bench_lines) == 2 * 2 and any("eager" in line and "batch 64" in line for line in bench_lines)
 
     # Re-running replaces what the demo wrote, and nothing else.
     assert not stale.exists() and keep.read_text() == "mine"
 
-    ckpt = load_checkpoint(out / "train" / "best.pth")
-    assert ckpt.spec.num_classes == 10 and ckpt.spec.class_names == tuple("0123456789")
-    x = np.zeros((2, ckpt.spec.in_chans, *ckpt.preprocess.input_size), np.float32)
-    for onnx in ("best.onnx", "best.fp16.onnx"):
-        with engines.load(out / "train" / onnx) as engine:
-            assert engine(x).shape == (2, 10)
-    history = json.loads((out / "train" / "history.json").read_text())
-    assert len(history["epochs"]) == 1
-
-    bench = json.loads((out / "bench" / "bench.json").read_text())
-    engines_run = {row["engine"] for row in bench["results"] if row["status"] == "ok"}
-    assert {"eager", "ort"} <= engines_run
-    with open(out / "bench" / "bench.csv", newline="") as fh:
-        assert list(csv.DictReader(fh))
-
-    with open(out / "predictions" / "predictions.csv", newline="") as fh:
+    [demo] = results
+    artefacts = demo.artefacts()
+    for kind in ("checkpoint (best)", "ONNX fp32", "ONNX fp16", "benchmark JSON", "sample images", "confusion matrix"):
+        assert kind in artefacts
+    for what, path in artefacts.items():
+        assert path.is_relative_to(out), (what, path)
+        check_artefact(what, path)
+    assert len(json.loads(artefacts["training history"].read_text())["epochs"]) == 1
+    bench = json.loads(artefacts["benchmark JSON"].read_text())
+    assert {"eager", "ort"} <= {row["engine"] for row in bench["results"] if row["status"] == "ok"}
+    with open(artefacts["predictions CSV"], newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 * 10 and all(r["top1"] in "0123456789" and not r["error"] for r in rows)
-
-    for png in ("train/curves.png", "bench/bench.png", "predictions/confusion.png"):
-        with Image.open(out / png) as img:
-            assert img.format == "PNG"
 
 
 def test_demo_refuses_a_file_as_output_folder(cli, tmp_path):
@@ -57,3 +92,29 @@ def test_demo_refuses_a_file_as_output_folder(cli, tmp_path):
     result = cli("demo", "--out", target, "--epochs", "1")
     assert result.exit_code == 1
     assert "is a file" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "resnet9000"], "unknown architecture 'resnet9000'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--max-samples", "0"], "--max-samples must be at least 1"),
+        (["--bench-seconds", "0"], "--bench-seconds must be more than 0"),
+    ],
+)
+def test_a_bad_option_leaves_the_previous_run_untouched(cli, tmp_path, args, message):
+    if message == "no CUDA GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "demo"
+    earlier = {out / "train" / "best.pth": b"weights", out / "bench" / "bench.json": b"{}", out / "samples" / "0_0.png": b"png"}
+    for path, data in earlier.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    result = cli("demo", "--out", out, *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert {path: path.read_bytes() for path in earlier} == earlier

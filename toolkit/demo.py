@@ -56,8 +56,20 @@ class DemoOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from toolkit.spec import ARCHS
+
+        # Every option is checked here, before run_demo clears the previous run's folders: a
+        # typo must not cost the results already on disk.
+        if self.arch not in ARCHS:
+            raise RtkError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.epochs is not None and self.epochs < 1:
             raise RtkError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise RtkError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if not self.bench_seconds > 0:
+            raise RtkError(f"--bench-seconds must be more than 0, got {self.bench_seconds}")
+        if not self.bench_batch_sizes or any(b < 1 for b in self.bench_batch_sizes):
+            raise RtkError(f"benchmark batch sizes must be positive integers, got {list(self.bench_batch_sizes)}")
         if self.samples_per_class < 1:
             raise RtkError(f"samples per class must be at least 1, got {self.samples_per_class}")
 
@@ -148,9 +160,13 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     from exporters.onnx import export_onnx
     from toolkit.data import write_digit_images
     from toolkit.parity import run_parity
+    from benchmarks.report import progress_line
+    from toolkit.distributed import resolve_device
     from toolkit.predict import PredictOptions, format_predictions, predict, write_text_atomic
     from toolkit.train import TrainOptions, train
 
+    # An unknown device, or cuda on a machine without a GPU, fails before anything is cleared.
+    resolve_device(options.device)
     out = Path(options.out)
     _prepare(out)
     started = time.perf_counter()
@@ -201,6 +217,8 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
             warmup_s=min(1.0, options.bench_seconds),
             duration_s=options.bench_seconds,
         ),
+        # A line per engine and batch size as each finishes: the step takes several seconds each.
+        progress=lambda row: log(progress_line(row)),
     )
     bench_files = write_report(bench.to_dict(), out / "bench", name="bench")
     done("bench")

@@ -90,7 +90,7 @@ def bench(
     With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
     """
     from benchmarks.harness import BenchOptions, expand_engines, run_benchmark
-    from benchmarks.report import check_out_dir, render_table, write_report
+    from benchmarks.report import check_out_dir, progress_line, render_table, write_report
     from toolkit.console import console, info
 
     if duration is not None and iters is not None:
@@ -111,7 +111,7 @@ def bench(
         rounds=rounds,
         baseline=baseline,
     )
-    report = run_benchmark(model, options, progress=_progress(info)).to_dict()
+    report = run_benchmark(model, options, progress=lambda row: info(progress_line(row))).to_dict()
     if not console.is_terminal:  # piped output gets the whole table, not rich's 80-column default
         from rich.console import Console
 
@@ -126,17 +126,6 @@ def _native_engine(model: Path) -> str:
     from toolkit.artefacts import artefact_kind
 
     return {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}[artefact_kind(model)]
-
-
-def _progress(info):
-    def show(row) -> None:
-        where = f"batch {row.batch_size} {row.io}" if row.batch_size else ""
-        if row.status == "ok":
-            info(f"  {row.engine:<16} {where:<16} {row.throughput_ips:10.1f} img/s  p50 {row.latency_ms['p50']:.2f} ms")
-        else:
-            info(f"  {row.engine:<16} {where:<16} {row.status}: {row.reason}")
-
-    return show
 
 
 def register(app: typer.Typer) -> None:
