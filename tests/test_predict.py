@@ -354,23 +354,32 @@ def test_same_top1_through_checkpoint_onnx_and_fp16_onnx(cli, model, messy, tmp_
     ckpt.write_bytes(model.read_bytes())
     runs = {}
     # A checkpoint on an ONNX Runtime engine is exported next to itself first, then reused.
-    for name, args in (("eager", ["--model", ckpt]), ("ort", ["--model", ckpt, "--engine", "ort"]),
-                       ("ort-fp16", ["--model", ckpt, "--engine", "ort-fp16"]), ("ort", ["--model", tmp_path / "m.onnx"])):
+    for key, engine, args in (
+        ("eager", "eager", ["--model", ckpt]),
+        ("checkpoint→ort", "ort", ["--model", ckpt, "--engine", "ort"]),
+        ("checkpoint→ort-fp16", "ort-fp16", ["--model", ckpt, "--engine", "ort-fp16"]),
+        ("onnx→ort", "ort", ["--model", tmp_path / "m.onnx"]),
+    ):
         result, out = run_json(cli, messy, *args, "-k", "10")
         assert result.exit_code == 2, result.output
-        assert out["engine"] == name
-        runs[name] = by_name(out["predictions"])
+        assert out["engine"] == engine
+        runs[key] = by_name(out["predictions"])
     assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.fp16.onnx").exists()
-    for file, ref in runs["eager"].items():
-        assert runs["ort"][file]["top1"] == ref["top1"] and runs["ort-fp16"][file]["error"] == ref["error"]
-        if ref["error"] is None:
+    by_index = lambda row: [t["prob"] for t in sorted(row["top_k"], key=lambda t: t["index"])]  # noqa: E731
+    reference = runs.pop("eager")
+    for key, run in runs.items():
+        assert set(run) == set(reference), key
+        fp16 = key.endswith("fp16")
+        for file, ref in reference.items():
+            row = run[file]
+            assert row["error"] == ref["error"], (key, file)
+            if ref["error"] is not None:
+                continue
+            np.testing.assert_allclose(by_index(row), by_index(ref), atol=1e-3 if fp16 else 1e-5, err_msg=f"{key} {file}")
             probs = [t["prob"] for t in ref["top_k"]]
-            by_index = lambda row: [t["prob"] for t in sorted(row["top_k"], key=lambda t: t["index"])]  # noqa: E731
-            np.testing.assert_allclose(by_index(runs["ort-fp16"][file]), by_index(ref), atol=1e-3)
-            np.testing.assert_allclose(by_index(runs["ort"][file]), by_index(ref), atol=1e-5)
             # fp16 must agree wherever its rounding cannot flip the order (parity's fp16 rule).
-            if probs[0] - probs[1] > 2e-3:
-                assert runs["ort-fp16"][file]["top1"] == ref["top1"], file
+            if not fp16 or probs[0] - probs[1] > 2e-3:
+                assert row["top1"] == ref["top1"], (key, file)
 
 
 def test_static_batch_onnx_gets_padded_batches(cli, model, messy, tmp_path):
