@@ -155,13 +155,12 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
         Everything produced, with the figures the summary shows.
     """
     from benchmarks.harness import BenchOptions, run_benchmark
-    from benchmarks.report import write_report
+    from benchmarks.report import progress_line, write_report
     from engines import load as load_engine
     from exporters.onnx import export_onnx
     from toolkit.data import write_digit_images
-    from toolkit.parity import run_parity
-    from benchmarks.report import progress_line
     from toolkit.distributed import resolve_device
+    from toolkit.parity import run_parity
     from toolkit.predict import PredictOptions, format_predictions, predict, write_text_atomic
     from toolkit.train import TrainOptions, train
 
