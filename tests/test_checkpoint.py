@@ -2,7 +2,11 @@
 
 import os
 import pickle
+import random
+import re
 import zipfile
+
+import numpy as np
 
 import pytest
 import torch
@@ -16,7 +20,7 @@ from toolkit.spec import ARCHS, ModelSpec, Preprocess
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "wide_resnet101_2"])
+@pytest.mark.parametrize("arch", ARCHS)  # wide_resnet101_2 too: about 4 s, like resnet101
 def test_torchvision_state_dict_loads_into_identical_model(tmp_path, arch):
     torch.manual_seed(0)
     reference = getattr(tvm, arch)(weights=None, num_classes=5).eval()
@@ -103,10 +107,18 @@ def _bad_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     torch.save({"conv1.weight": torch.zeros(8, 3, 5, 5), "layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "unknown.pth")
     torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "notresnet.pth")
+    torch.save({1: torch.zeros(2)}, tmp_path / "intkeys.pth")
+    # A stem and a first conv, but no conv2: a layout that names no ResNet.
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)}, tmp_path / "partial.pth")
+    torch.save({"format": "rtk.checkpoint", "version": 1, "spec": TINY_SPEC.to_dict()}, tmp_path / "noweights.pth")
+    (tmp_path / "random.pth").write_bytes(random.Random(0).randbytes(4096))
+    with open(tmp_path / "array.pth", "wb") as fh:
+        np.save(fh, np.zeros((3, 3), dtype=np.float32))
     exploit = _Exploit()
     exploit.marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pth", "wb") as fh:
         pickle.dump({"state_dict": exploit}, fh)
+    torch.save({"state_dict": exploit}, tmp_path / "evilzip.pth")  # torch's own zip format around it
     return tmp_path
 
 
@@ -118,13 +130,19 @@ def _bad_files(tmp_path):
         ("empty.pth", "empty"),
         ("unknown.pth", "conv1 of shape"),
         ("notresnet.pth", "not a ResNet/ResNeXt state_dict"),
+        ("intkeys.pth", "tensors must be named by strings, but one is keyed 1 (int)"),
+        ("partial.pth", "no layer1.0.conv2.weight"),
+        ("noweights.pth", "rtk checkpoint without weights"),
+        ("random.pth", "not a PyTorch checkpoint"),
+        ("array.pth", "not a PyTorch checkpoint (it is a NumPy .npy array)"),
         ("evil.pth", "refusing to load"),
+        ("evilzip.pth", "refusing to load"),
         ("missing.pth", "does not exist"),
     ],
 )
 def test_bad_checkpoints_fail_with_one_sentence(tmp_path, cli, name, message):
     _bad_files(tmp_path)
-    with pytest.raises(RtkError, match=message):
+    with pytest.raises(RtkError, match=re.escape(message)):
         load_checkpoint(tmp_path / name)
     result = cli("inspect", tmp_path / name)
     assert result.exit_code == 1
@@ -132,6 +150,20 @@ def test_bad_checkpoints_fail_with_one_sentence(tmp_path, cli, name, message):
     assert "Traceback" not in result.output + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pwned").exists(), "the pickle's code ran"
+
+
+def test_refusal_names_the_global_that_could_run_code(tmp_path):
+    _bad_files(tmp_path)
+    for name in ("evil.pth", "evilzip.pth"):
+        with pytest.raises(RtkError, match=r"references (posix|nt)\.system"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_plain_pickle_without_code_is_not_called_dangerous(tmp_path):
+    with open(tmp_path / "plain.pth", "wb") as fh:
+        pickle.dump({"weights": [1.0, 2.0]}, fh, protocol=4)
+    with pytest.raises(RtkError, match="plain Python pickle, not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "plain.pth")
 
 
 def test_unknown_resnet_layout_names_what_was_found(tmp_path):
@@ -148,3 +180,40 @@ def test_weights_that_do_not_fit_the_spec_fail_clearly(tmp_path):
     torch.save(sd, tmp_path / "holey.pth")
     with pytest.raises(RtkError, match="missing 1 tensor"):
         load_model(tmp_path / "holey.pth")
+
+
+def _misfit(path):
+    """A resnet18 state_dict whose layer2.0.conv1 is 5×5 instead of 3×3 (inference still says resnet18)."""
+    sd = tvm.resnet18(num_classes=2).state_dict()
+    sd["layer2.0.conv1.weight"] = torch.zeros(128, 64, 5, 5)
+    torch.save(sd, path)
+    return path
+
+
+def test_wrong_tensor_shape_names_the_tensor_and_both_shapes(tmp_path, cli):
+    path = _misfit(tmp_path / "misfit.pth")
+    message = "layer2.0.conv1.weight is (128, 64, 5, 5) in the checkpoint but resnet18 needs (128, 64, 3, 3)"
+    ckpt = load_checkpoint(path)
+    for build in (ckpt.build_model, ckpt.check_fit, lambda: load_model(path)):
+        with pytest.raises(RtkError, match=re.escape(f"does not fit its architecture resnet18: {message}")):
+            build()
+    result = cli("inspect", path)  # inspect checks the weights too: what it describes, the others load
+    assert result.exit_code == 1 and message in result.stderr
+    assert "Traceback" not in result.output + result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_state_dict_without_num_batches_tracked_loads(tmp_path):
+    # Files saved by PyTorch before 0.4.1 lack it; BatchNorm fills it in on loading.
+    ref = tvm.resnet18(num_classes=3).eval()
+    torch.save({k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}, tmp_path / "old.pth")
+    model, _ = load_model(tmp_path / "old.pth")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+def test_classic_imagenet_example_name_is_a_checkpoint(tmp_path, cli):
+    torch.save(tvm.resnet18(num_classes=4).state_dict(), tmp_path / "model_best.pth.tar")
+    result = cli("inspect", tmp_path / "model_best.pth.tar", "--json")
+    assert result.exit_code == 0, result.output
+    assert '"num_classes": 4' in result.output

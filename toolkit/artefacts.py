@@ -8,7 +8,8 @@ from typing import Any
 
 from toolkit.errors import RtkError
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+# ".pth.tar" is what PyTorch's classic ImageNet example writes (model_best.pth.tar).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pth.tar")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -22,7 +23,7 @@ def artefact_kind(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.exists():
         raise RtkError(f"{path} does not exist")
-    suffix = path.suffix.lower()
+    suffix = artefact_suffix(path)
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
     if suffix in ONNX_SUFFIXES:
@@ -31,6 +32,12 @@ def artefact_kind(path: str | os.PathLike) -> str:
         return "engine"
     known = ", ".join(CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES)
     raise RtkError(f"{path} is not a model artefact rtk knows (suffix {suffix or 'none'}; expected one of {known})")
+
+
+def artefact_suffix(path: str | os.PathLike) -> str:
+    """The file's suffix in lower case, with the double suffix ``.pth.tar`` kept whole."""
+    name = Path(path).name.lower()
+    return ".pth.tar" if name.endswith(".pth.tar") else Path(name).suffix
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -48,10 +55,16 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Architecture, classes, parameter count, preprocess and training record of a checkpoint."""
+    """Architecture, classes, parameter count, preprocess and training record of a checkpoint.
+
+    Raises:
+        RtkError: the file cannot be read, or its weights do not fit the architecture it names
+            (a file that ``rtk inspect`` describes is one the other commands can load).
+    """
     from toolkit.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
+    ckpt.check_fit()
     params = sum(t.numel() for k, t in ckpt.state_dict.items() if not _is_buffer(k))
     train = {k: v for k, v in ckpt.train.items() if k in ("epoch", "epochs", "metrics", "best", "data", "seed", "args")}
     return {

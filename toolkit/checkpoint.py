@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -55,10 +56,51 @@ class Checkpoint:
     path: Path | None = None
 
     def build_model(self) -> "nn.Module":
-        """The network with these weights loaded, in eval mode."""
+        """The network with these weights loaded, in eval mode.
+
+        Raises:
+            RtkError: the weights do not fit the spec's architecture (see :meth:`check_fit`).
+        """
         model = create_model(self.spec)
-        _load_weights(model, self.state_dict, self.path)
+        self._check_against(model.state_dict())
+        model.load_state_dict(self.state_dict)
         return model.eval()
+
+    def check_fit(self) -> None:
+        """Check that the weights fit the spec's architecture, without building the network.
+
+        The architecture is created on the meta device, which gives every tensor's shape but
+        allocates and initialises nothing, so this is cheap even for the largest models.
+
+        Raises:
+            RtkError: naming the first missing, unexpected or wrongly shaped tensor.
+        """
+        import torch
+
+        with torch.device("meta"):
+            model = create_model(self.spec)
+        self._check_against(model.state_dict())
+
+    def _check_against(self, expected: Mapping[str, "torch.Tensor"]) -> None:
+        # BatchNorm fills in a missing num_batches_tracked itself (files saved before it
+        # existed lack it), so only the other tensors must be present.
+        missing = [k for k in expected if k not in self.state_dict and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in self.state_dict if k not in expected]
+        problems = []
+        if missing:
+            problems.append(f"missing {len(missing)} tensor(s) such as {missing[0]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensor(s) such as {unexpected[0]}")
+        wrong = [k for k in expected if k in self.state_dict and tuple(self.state_dict[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            key = wrong[0]
+            more = f" ({len(wrong) - 1} more tensor(s) differ)" if len(wrong) > 1 else ""
+            problems.append(
+                f"{key} is {tuple(self.state_dict[key].shape)} in the checkpoint but {self.spec.arch} needs "
+                f"{tuple(expected[key].shape)}{more}"
+            )
+        if problems:
+            raise RtkError(f"{self.path or 'the checkpoint'} does not fit its architecture {self.spec.arch}: {'; '.join(problems)}")
 
 
 def save_checkpoint(
@@ -133,13 +175,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol N" on foreign pickles
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text or "unsupported" in text.lower():
-            raise RtkError(
-                f"refusing to load {path}: it holds pickled Python objects beyond plain tensors and "
-                "containers, which could run code when loaded; only weights-only checkpoints are read"
-            ) from None
-        raise RtkError(f"{path} is not a PyTorch checkpoint ({_first_line(text)})") from None
+        raise _unpickling_error(path, str(exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         text = _first_line(str(exc))
         if zipfile.is_zipfile(path) or "zip" in text.lower() or isinstance(exc, EOFError):
@@ -148,6 +184,85 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     except (IndexError, KeyError, TypeError, UnicodeDecodeError) as exc:
         # The weights-only unpickler trips over arbitrary bytes in these ways.
         raise RtkError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {_first_line(str(exc))})") from None
+
+
+def _unpickling_error(path: Path, text: str) -> RtkError:
+    """Tell a pickle that references code apart from a file that is no pickle at all.
+
+    torch's weights-only reader fails on both alike ("Unsupported operand …" for random bytes,
+    a ``.npy`` file, or any pickle of protocol 4 and up), so its message alone cannot decide:
+    the refusal is kept for files that really do name a Python global outside torch's allowlist.
+    """
+    import torch
+
+    named = _GLOBAL_IN_MESSAGE.search(text)
+    if named:
+        unsafe = [named.group(1)]
+    elif zipfile.is_zipfile(path):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (ValueError, RuntimeError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile):
+            unsafe = []
+    else:
+        unsafe = _pickle_globals(path)
+        if unsafe is None:
+            with open(path, "rb") as fh:
+                what = "it is a NumPy .npy array" if fh.read(6) == b"\x93NUMPY" else "neither the zip archive nor the pickle torch.save writes"
+            return RtkError(f"{path} is not a PyTorch checkpoint ({what})")
+        if not unsafe:
+            return RtkError(f"{path} is a plain Python pickle, not a PyTorch checkpoint; save the weights with torch.save(model.state_dict(), …)")
+    if not unsafe:
+        reason = next((line.strip() for line in text.splitlines() if line.strip().startswith(("Unsupported", "Trying"))), _first_line(text))
+        return RtkError(f"{path} is not a PyTorch checkpoint rtk can read ({reason[:200]})")
+    # Unfamiliar names first: they are the ones worth a look.
+    names = sorted(dict.fromkeys(unsafe), key=lambda g: g.startswith(_TRUSTED_MODULES))
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return RtkError(
+        f"refusing to load {path}: it holds pickled Python objects beyond plain tensors and containers "
+        f"(it references {shown}), which could run code when loaded; only weights-only checkpoints are read"
+    )
+
+
+# torch names the global it refused, e.g. "Unsupported global: GLOBAL posix.system was not an
+# allowed global…" or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
+# Globals of torch's own format; a pickle that names others is what a reader should hear about.
+_TRUSTED_MODULES = ("torch.", "collections.", "builtins.", "_codecs.", "numpy.")
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The globals (``module.name``) the first pickle in a file names, or ``None`` if it is no complete pickle.
+
+    The opcodes are only parsed (``pickletools.genops``), never executed. ``STACK_GLOBAL`` takes
+    its two names from the strings pushed just before it, possibly through the memo.
+    """
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str | None] = []  # strings pushed so far; the last two name a STACK_GLOBAL
+    memo: dict[int, str | None] = {}
+    previous = None
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.append(".".join(str(s) for s in strings[-2:]))
+                elif op.name in _STRING_OPS:
+                    strings.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None)
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(int(arg)))
+                elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    key = len(memo) if op.name == "MEMOIZE" else int(arg)
+                    memo[key] = strings[-1] if previous in _STRING_OPS | {"GET", "BINGET", "LONG_BINGET"} and strings else None
+                previous = op.name
+                if op.name == "STOP":
+                    return found
+    except (ValueError, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _first_line(text: str) -> str:
@@ -183,8 +298,13 @@ def _from_rtk(obj: Mapping[str, Any], path: Path, spec_override: ModelSpec | Non
     version = obj.get("version")
     if version != VERSION:
         raise RtkError(f"{path} is an rtk checkpoint of version {version}; this rtk reads version {VERSION}")
-    spec = spec_override or ModelSpec.from_dict(obj.get("spec", {}))
-    pre = Preprocess.from_dict(obj.get("preprocess", {}))
+    if "state_dict" not in obj:
+        raise RtkError(f"{path} is an rtk checkpoint without weights (it has no state_dict, only {', '.join(map(str, obj))})")
+    try:
+        spec = spec_override or ModelSpec.from_dict(obj.get("spec", {}))
+        pre = Preprocess.from_dict(obj.get("preprocess", {}))
+    except RtkError as exc:  # the message names the field, not the file
+        raise RtkError(f"{path} is a damaged rtk checkpoint: {exc}") from None
     state = extract_state_dict(obj["state_dict"], path)
     return Checkpoint(spec, pre, state, dict(obj.get("train") or {}), "rtk", path)
 
@@ -211,6 +331,9 @@ def extract_state_dict(obj: Any, path: Path | None = None) -> dict[str, "torch.T
     if not tensors:
         keys = ", ".join(map(str, list(obj)[:6])) or "nothing"
         raise RtkError(f"{where} holds no weights: found keys {keys}, expected tensors or one of {', '.join(WRAPPER_KEYS)}")
+    odd = next((k for k in tensors if not isinstance(k, str)), None)
+    if odd is not None:
+        raise RtkError(f"{where} is not a state_dict: its tensors must be named by strings, but one is keyed {odd!r} ({type(odd).__name__})")
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
@@ -228,19 +351,22 @@ def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) ->
         RtkError: naming what was found when it matches no known architecture.
     """
     where = f"{path}" if path else "the checkpoint"
+    sample = ", ".join(list(state)[:4])
     conv1 = state.get("conv1.weight")
-    if conv1 is None or conv1.ndim != 4 or "layer1.0.conv1.weight" not in state:
-        sample = ", ".join(list(state)[:4])
+    if conv1 is None or "layer1.0.conv1.weight" not in state:
         raise RtkError(f"{where} is not a ResNet/ResNeXt state_dict: no conv1/layer1 weights (keys start {sample})")
-    k = conv1.shape[-1]
-    if k not in (3, 7) or conv1.shape[0] != 64:
+    if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7) or conv1.shape[0] != 64:
         raise RtkError(f"{where} has a conv1 of shape {tuple(conv1.shape)}; expected 64 filters of 7×7 or 3×3")
-    stem = "imagenet" if k == 7 else "small"
+    stem = "imagenet" if conv1.shape[-1] == 7 else "small"
     in_chans = int(conv1.shape[1])
 
+    # Every ResNet block has a conv2; its shape is what tells groups and width apart below.
+    conv2 = state.get("layer1.0.conv2.weight")
+    if conv2 is None or conv2.ndim != 4:
+        found = "no layer1.0.conv2.weight" if conv2 is None else f"a layer1.0.conv2.weight of shape {tuple(conv2.shape)}"
+        raise RtkError(f"{where} holds an unknown ResNet layout: it has conv1 and layer1.0.conv1 but {found}")
     layers = tuple(_count_blocks(state, i) for i in range(1, 5))
     bottleneck = "layer1.0.conv3.weight" in state
-    conv2 = state["layer1.0.conv2.weight"]
     width, per_group = int(conv2.shape[0]), int(conv2.shape[1])
     groups = width // per_group if per_group else 0
     width_per_group = width // groups if bottleneck and groups else 64
@@ -291,26 +417,14 @@ def _infer_head(state: Mapping[str, "torch.Tensor"], feature_dim: int, where: st
     )
 
 
-def _load_weights(model: "nn.Module", state: Mapping[str, "torch.Tensor"], path: Path | None) -> None:
-    result = model.load_state_dict(state, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing {len(result.missing_keys)} tensor(s) such as {result.missing_keys[0]}")
-    if result.unexpected_keys:
-        problems.append(f"{len(result.unexpected_keys)} unexpected tensor(s) such as {result.unexpected_keys[0]}")
-    if problems:
-        raise RtkError(f"{path or 'the checkpoint'} does not fit its architecture: {'; '.join(problems)}")
-
-
 def load_model(path: str | os.PathLike, spec_override: ModelSpec | None = None) -> tuple["nn.Module", Checkpoint]:
     """Load a checkpoint and build its network in eval mode.
 
     Returns:
         ``(model, checkpoint)``.
+
+    Raises:
+        RtkError: as :func:`load_checkpoint`, or the weights do not fit the architecture.
     """
     ckpt = load_checkpoint(path, spec_override)
-    try:
-        model = ckpt.build_model()
-    except RuntimeError as exc:  # a shape mismatch between spec and weights
-        raise RtkError(f"{path} does not fit its architecture {ckpt.spec.arch}: {_first_line(str(exc))}") from None
-    return model, ckpt
+    return ckpt.build_model(), ckpt
