@@ -138,6 +138,35 @@ def test_missing_builtin_offline_names_the_place_and_download(tmp_path):
     assert str(tmp_path / "nowhere") in text and "--download" in text and "MNIST/raw" in text
 
 
+def _closed_port_url() -> str:
+    """A URL on localhost where nothing listens: connecting fails at once, as offline."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_download_that_fails_says_so_and_where_the_files_go(tmp_path, monkeypatch, name):
+    # Real torchvision downloads, pointed at a closed port so no test ever needs (or uses) the
+    # network. MNIST tries a list of mirrors and wraps the errors; CIFAR-10 lets urllib's through.
+    import torchvision.datasets as tvd
+
+    if name == "mnist":
+        monkeypatch.setattr(tvd.MNIST, "mirrors", [_closed_port_url()])
+    else:
+        monkeypatch.setattr(tvd.CIFAR10, "url", _closed_port_url() + "cifar-10-python.tar.gz")
+    with pytest.raises(RtkError) as info:
+        resolve_data(name, data_root=tmp_path, download=True)
+    text = str(info.value)
+    assert text.startswith(f"{name} could not be downloaded (no network?")
+    assert "refused" in text.lower()  # the network's own reason is kept
+    assert f"copy the files to {tmp_path}/" in text and "--data-root" in text
+    assert "\n" not in text
+
+
 def test_unknown_dataset_name():
     with pytest.raises(RtkError, match="unknown dataset 'imagenet-42'"):
         resolve_data("imagenet-42")

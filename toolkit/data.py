@@ -465,17 +465,30 @@ def _open_builtin(key: str, info: BuiltinInfo, root: Path, download: bool, train
     try:
         return cls(str(root), download=download, **which)
     except RuntimeError as exc:
-        if not download and ("not found" in str(exc).lower() or "download=True" in str(exc)):
+        text = str(exc)
+        if not download and ("not found" in text.lower() or "download=True" in text):
             raise RtkError(
                 f"{key} is not in {root} (torchvision looks for {root}/{info.where}); "
                 f"put the files there, point --data-root at them, or pass --download"
             ) from None
-        raise RtkError(f"{key} could not be read from {root}: {str(exc).strip().splitlines()[0][:200]}") from None
-    except OSError as exc:  # URLError and socket errors are OSErrors
-        raise RtkError(
-            f"{key} could not be downloaded into {root} ({str(exc).strip()[:160] or type(exc).__name__}); "
-            f"this machine may be offline: copy the files to {root}/{info.where} instead"
-        ) from None
+        # MNIST-style datasets try each mirror and wrap the network errors in one RuntimeError.
+        if download and ("Error downloading" in text or "urlopen error" in text):
+            raise _download_failed(key, info, root, text) from None
+        raise RtkError(f"{key} could not be read from {root}: {text.strip().splitlines()[0][:200]}") from None
+    except OSError as exc:  # the others let urllib's URLError (an OSError) through
+        raise _download_failed(key, info, root, str(exc) or type(exc).__name__) from None
+
+
+def _download_failed(key: str, info: BuiltinInfo, root: Path, text: str) -> RtkError:
+    """One sentence for a failed download: the network's reason, and where the files can go instead."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # "<urlopen error [Errno -2] Name or service not known>" says why; the rest lists mirrors.
+    reason = next((line for line in lines if "urlopen error" in line or "Errno" in line), lines[0] if lines else "no reason given")
+    reason = reason.removeprefix("<urlopen error ").removesuffix(">")[:160]
+    return RtkError(
+        f"{key} could not be downloaded (no network? {reason}); "
+        f"copy the files to {root}/{info.where} instead, or point --data-root at a folder that has them"
+    )
 
 
 def _dataset_split(dataset: Any, key: str) -> Split:
