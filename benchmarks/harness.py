@@ -150,7 +150,7 @@ def parse_engine(name: str, precision: str | None = None) -> EngineChoice:
         raise RtkError(f"unknown engine {name!r}; choose from {known}")
     if name == "ort-fp16":
         return EngineChoice("ort", "fp16")
-    default = "fp16" if name == "trt" else "fp32"
+    default = "fp16" if name in ("trt", "ort-trt") else "fp32"  # TensorRT picks fp16 kernels unless told not to
     chosen = precision or default
     if name != "eager" and chosen == "bf16":
         raise RtkError(f"the {name} engine runs fp32 or fp16, not bf16")

@@ -184,6 +184,7 @@ def test_engine_names():
     assert parse_engine("eager", "bf16").name == "eager-bf16"
     assert parse_engine("ort", "fp16").name == "ort-fp16"
     assert parse_engine("trt").precision == "fp16" and parse_engine("trt", "fp32").precision == "fp32"
+    assert parse_engine("ort-trt").precision == "fp16" and parse_engine("ort-trt", "fp32").precision == "fp32"
     assert parse_engine("eager-graph").cuda_graph
     assert expand_engines(["ort", "all"])[0] == "ort" and "trt" in expand_engines(["all"])
     for bad in ("tensorflow", "eager-fast", "eager-fp16-bf16", "ort", "eager-cl-cl"):
