@@ -61,7 +61,7 @@ def load(
         from engines.eager import EagerEngine
 
         ckpt = ckpt or load_checkpoint(path)
-        return EagerEngine(_build(ckpt), ckpt.spec, ckpt.preprocess, device, precision or "fp32", **options)
+        return EagerEngine(ckpt.build_model(), ckpt.spec, ckpt.preprocess, device, precision or "fp32", **options)
 
     if engine in ORT_PROVIDERS:
         if kind != "onnx":
@@ -152,10 +152,3 @@ def _onnx_for(path: Path, kind: str, fp16: bool) -> Path:
     from exporters.onnx import ensure_onnx
 
     return Path(ensure_onnx(path, "fp16" if fp16 else "fp32"))
-
-
-def _build(ckpt: "Checkpoint"):
-    try:
-        return ckpt.build_model()
-    except RuntimeError as exc:  # a shape mismatch between spec and weights
-        raise RtkError(f"{ckpt.path} does not fit its architecture {ckpt.spec.arch}: {str(exc).splitlines()[0][:200]}") from None
