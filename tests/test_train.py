@@ -14,7 +14,10 @@ import torch
 
 from toolkit.checkpoint import load_checkpoint, read_torch_file
 from toolkit.data import write_digit_images
-from toolkit.train import TrainOptions, train
+from toolkit.models import create_model
+from toolkit.schedule import lr_factor
+from toolkit.spec import ModelSpec
+from toolkit.train import TrainOptions, format_share, train
 
 # Tiny but real: 8×8 digits, 32 images per split, one epoch; seconds on a CPU.
 TINY = TrainOptions(data="digits", input_size=8, max_samples=32, epochs=1, batch_size=32, device="cpu", progress=False)
@@ -66,6 +69,13 @@ def test_fine_tune_frozen_backbone_changes_only_the_head(tiny_run, tmp_path, cap
     assert result.trainable == 512 * 3 + 3 and result.total > 11_000_000
     err = capsys.readouterr().err
     assert "head replaced" in err and "trainable parameters: 1,539" in err
+    assert "(0.014%)" in err  # 1,539 of 11 million: not "0.0%"
+
+
+def test_share_of_parameters_never_reads_zero_when_it_is_not():
+    assert format_share(5_130, 11_181_642) == "0.046%"
+    assert format_share(1, 11_181_642) == "0.0000089%"
+    assert format_share(3, 4) == "75.0%" and format_share(7, 7) == "100.0%" and format_share(0, 7) == "0%"
 
 
 def test_fine_tune_with_mlp1024_head_keeps_the_backbones_channels(tiny_run, tmp_path):
@@ -160,6 +170,103 @@ def test_pretrained_that_does_not_fit_names_the_tensor(tiny_run, tmp_path):
     # The digits backbone is 1-channel; forcing 3 input channels cannot reuse its conv1.
     with pytest.raises(RtkError, match=r"conv1.weight is \(64, 1, 3, 3\) there but \(64, 3, 3, 3\) here"):
         train(replace(TINY, pretrained=tiny_run.best, in_chans=3, out=tmp_path / "o"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "1"], "--batch-size must be at least 2, got 1: BatchNorm"),
+        (["--max-samples", "1"], "--max-samples must be at least 2, got 1"),
+        (["--workers", "-1"], "--workers must not be negative, got -1"),
+        (["--weight-decay", "-1"], "--weight-decay must not be negative, got -1.0"),
+        (["--seed", "-1"], "--seed must not be negative, got -1"),
+    ],
+)
+def test_cli_bad_training_options(cli, tmp_path, args, message):
+    # Each of these reached torch (BatchNorm, DataLoader, the optimizer) and ended in a traceback.
+    result = cli("train", "--data", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", *args, "--out", tmp_path / "o")
+    _fails(result, message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_folder_with_one_training_image(cli, tmp_path):
+    data = _digit_folder(tmp_path / "one", classes=("0",), per_class=2)  # one for training, one held out
+    _fails(cli("train", "--data", data, "--epochs", "1", "--device", "cpu", "--no-progress", "--out", tmp_path / "o"),
+           "leaves 1 training image(s), but a training batch needs at least 2")  # fmt: skip
+
+
+def test_two_image_batches_train(tmp_path):
+    # The smallest batch allowed works, including a ragged end that is dropped (5 = 2 + 2 + 1).
+    result = train(replace(TINY, max_samples=5, batch_size=2, out=tmp_path / "o"))
+    assert result.history[0]["epoch"] == 1
+
+
+@pytest.mark.parametrize(("optimizer", "state_key"), [("sgd", "momentum_buffer"), ("adamw", "exp_avg")])
+def test_sgd_and_adamw_train_and_change_the_weights(tmp_path, optimizer, state_key):
+    result = train(replace(TINY, optimizer=optimizer, out=tmp_path / optimizer))
+    last = load_checkpoint(result.last)
+    torch.manual_seed(TINY.seed)  # the run's own initialisation, recreated
+    initial = create_model(last.spec).state_dict()
+    for key in ("conv1.weight", "layer4.1.conv2.weight", "fc.weight"):
+        assert not torch.equal(initial[key], last.state_dict[key]), f"{optimizer} left {key} unchanged"
+    saved = last.train["optimizer"]
+    assert all(state_key in s for s in saved["state"].values())  # the optimizer asked for is the one that ran
+    group = saved["param_groups"][0]
+    if optimizer == "sgd":
+        assert group["momentum"] == 0.9 and group["nesterov"] is True and group["weight_decay"] == 5e-4
+    else:
+        assert group["weight_decay"] == 0.05
+
+
+def test_cosine_schedule_warms_up_peaks_at_one_and_decays_to_zero():
+    total, warmup = 100, 10
+    factors = [lr_factor(step, total, warmup, "cosine") for step in range(total)]
+    rising, decaying = factors[: warmup + 1], factors[warmup:]
+    assert all(a < b for a, b in zip(rising, rising[1:]))
+    assert factors[0] == pytest.approx(1 / (warmup + 1))
+    assert max(factors) == factors[warmup] == 1.0
+    assert all(a > b for a, b in zip(decaying, decaying[1:]))
+    assert factors[warmup + (total - warmup) // 2] == pytest.approx(0.5)
+    assert factors[-1] < 1e-3 and lr_factor(total, total, warmup) == 0.0
+    assert {lr_factor(s, total, warmup, "constant") for s in range(warmup, total)} == {1.0}
+
+
+def test_label_smoothing_reaches_the_loss(tmp_path):
+    # One step per run from the same seed: equal logits, so the reported loss is torch's
+    # CrossEntropyLoss(label_smoothing=ε) of them, (1 - ε)·CE + ε·(mean over classes of −log p):
+    # linear in ε. Equal steps in ε must give equal steps in the loss, and a non-zero one.
+    losses = [train(replace(TINY, label_smoothing=eps, out=tmp_path / str(eps))).history[0]["train_loss"] for eps in (0.0, 0.2, 0.4)]
+    assert losses[1] != losses[0]
+    assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], abs=1e-5)
+
+
+def test_pretrained_torchvision_state_dict_fine_tunes_with_a_new_head(tmp_path, cli):
+    import torchvision
+
+    torchvision_weights = torchvision.models.resnet18(num_classes=7).state_dict()
+    torch.save(torchvision_weights, tmp_path / "tv.pth")
+    result = cli("train", "--pretrained", tmp_path / "tv.pth", "--freeze", "backbone", "--input-size", "32",
+                 "--max-samples", "32", "--epochs", "1", "--device", "cpu", "--no-progress", "--out", tmp_path / "ft")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "head replaced: fc with 7 outputs → new fc with 10 outputs" in result.stderr
+    assert "torchvision-style checkpoint" in result.stderr
+    best = load_checkpoint(tmp_path / "ft" / "best.pth")
+    assert best.spec == ModelSpec("resnet18", 10, tuple("0123456789"), "fc", 3, "imagenet")
+    assert best.preprocess.channels == "rgb" and best.preprocess.input_size == (32, 32)
+    for key, value in torchvision_weights.items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, best.state_dict[key]), f"{key} was not carried over"
+    assert tuple(best.state_dict["fc.weight"].shape) == (10, 512)
+
+
+def test_grayscale_digits_train_an_rgb_backbone(tmp_path):
+    result = train(replace(TINY, in_chans=3, out=tmp_path / "rgb"))
+    best = load_checkpoint(result.best)
+    assert best.spec.in_chans == 3 and tuple(best.state_dict["conv1.weight"].shape) == (64, 3, 3, 3)
+    assert best.preprocess.channels == "rgb" and len(best.preprocess.mean) == 3
+    assert best.preprocess.mean[0] == best.preprocess.mean[1] == best.preprocess.mean[2]  # the gray statistics, repeated
+    assert result.test_acc is not None
 
 
 def test_cli_resume_errors(cli, tiny_run, tmp_path):

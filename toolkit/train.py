@@ -11,6 +11,7 @@ DistributedDataParallel and only rank 0 writes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,14 +47,18 @@ class TrainOptions:
         data: ``digits``, a torchvision built-in name, or an image folder.
         arch: architecture; ``resnet18`` by default, or the pretrained checkpoint's.
         epochs: total epochs (a resumed run continues up to this number).
-        batch_size: images per step and process.
+        batch_size: images per step and process; at least 2, since BatchNorm normalises a
+            training batch by its own statistics, which one image cannot give. For the same
+            reason an epoch's ragged end is dropped when there is more than one batch, so no
+            step ever sees a single image.
         optimizer: ``adam``, ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
         lr: peak learning rate; per-optimizer default when omitted.
-        weight_decay: per-optimizer default when omitted.
+        weight_decay: not negative; per-optimizer default when omitted.
         schedule: ``cosine`` (to zero at the end) or ``constant``, after ``warmup_epochs``.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
         label_smoothing: cross-entropy label smoothing.
         seed: seeds weights, shuffling and augmentation; equal seeds give equal runs on one machine.
+            Not negative (NumPy's generators, which split image folders, refuse negative seeds).
         out: output folder; ``runs/<arch>-<data>`` by default.
         resume: continue from ``out/last.pth``.
         pretrained: checkpoint to start from (rtk or torchvision); a head of the wrong size is replaced.
@@ -62,11 +67,13 @@ class TrainOptions:
         stem: ``small`` or ``imagenet``; chosen from the input size when omitted.
         in_chans: 1 or 3; from the data (or the pretrained conv1) when omitted.
         input_size: network input side; the data's default when omitted.
-        val_split, data_root, download, max_samples: as for :func:`toolkit.data.resolve_data`.
+        val_split, data_root, download, max_samples: as for :func:`toolkit.data.resolve_data`;
+            ``max_samples`` at least 2, for the reason given under ``batch_size``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: mixed precision on CUDA (ignored on CPU).
         channels_last: channels-last memory format on CUDA (ignored on CPU).
-        workers: data-loading processes; 0 on CPU, 4 on CUDA when omitted.
+        workers: data-loading processes (0: load in the training process); 0 on CPU, 4 on
+            CUDA when omitted.
         progress: show a progress bar.
     """
 
@@ -157,13 +164,16 @@ def train(options: TrainOptions) -> TrainResult:
 def _check_options(o: TrainOptions) -> None:
     checks = [
         (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
-        (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
+        (o.batch_size >= 2, f"--batch-size must be at least 2, got {o.batch_size}: BatchNorm normalises a training batch by its own statistics, which one image cannot give"),
         (o.optimizer in OPTIMIZERS, f"unknown optimizer {o.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (o.freeze in FREEZE, f"unknown --freeze {o.freeze!r}; choose one of {', '.join(FREEZE)}"),
         (o.lr is None or o.lr > 0, f"--lr must be positive, got {o.lr}"),
+        (o.weight_decay is None or o.weight_decay >= 0, f"--weight-decay must not be negative, got {o.weight_decay}"),
         (0.0 <= o.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {o.label_smoothing}"),
         (o.warmup_epochs >= 0, f"--warmup-epochs must not be negative, got {o.warmup_epochs}"),
-        (o.max_samples is None or o.max_samples >= 1, f"--max-samples must be at least 1, got {o.max_samples}"),
+        (o.max_samples is None or o.max_samples >= 2, f"--max-samples must be at least 2, got {o.max_samples}: a training batch of one image cannot be normalised by BatchNorm"),
+        (o.workers is None or o.workers >= 0, f"--workers must not be negative, got {o.workers} (0 loads data in the training process)"),
+        (o.seed >= 0, f"--seed must not be negative, got {o.seed}"),
         (o.freeze == "none" or o.pretrained is not None or o.resume, "--freeze backbone needs --pretrained: a random backbone is not worth freezing"),
         (not (o.resume and o.pretrained), "--resume and --pretrained exclude each other: resume continues the run in --out"),
     ]
@@ -224,7 +234,7 @@ class _Run:
         self.say(f"{spec.arch} ({spec.stem} stem, {spec.head} head, {spec.in_chans}-channel {pre.input_size[0]}×{pre.input_size[1]} input) "
                  f"on {source.name}: {source.num_classes} classes, "
                  + ", ".join(f"{len(s)} {k}" for k, s in source.splits.items()))
-        self.say(f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.1%})")
+        self.say(f"trainable parameters: {trainable:,} of {total:,} ({format_share(trainable, total)})")
 
         device = torch.device(self.ctx.device)
         cuda = device.type == "cuda"
@@ -386,6 +396,12 @@ class _Loop:
         self.source_name = source.name
         self.workers = o.workers if o.workers is not None else (4 if device.type == "cuda" else 0)
         per_rank = len(self.train_set) // ctx.world_size
+        if per_rank < 2:
+            each = f" per process ({ctx.world_size} processes)" if ctx.distributed else ""
+            raise RtkError(
+                f"{source.name} leaves {per_rank} training image(s){each}, but a training batch needs at least 2 "
+                f"for BatchNorm; add training images"
+            )
         # A last batch of one image breaks BatchNorm; drop the ragged end when there is more than one batch.
         self.drop_last = per_rank > o.batch_size
         self.steps_per_epoch = max(1, per_rank // o.batch_size if self.drop_last else -(-per_rank // o.batch_size))
@@ -593,6 +609,16 @@ def transfer_weights(model: "nn.Module", state: dict[str, "torch.Tensor"], sourc
     keep_head = head.keys() == own_head.keys() and all(tuple(head[k].shape) == tuple(own_head[k].shape) for k in head)
     model.load_state_dict({**backbone, **(head if keep_head else {})}, strict=False)
     return not keep_head
+
+
+def format_share(part: int, whole: int) -> str:
+    """``part / whole`` as a percentage with two significant digits below 10%, so that a small
+    share (a head of 5,130 in 11 million parameters: 0.046%) never reads as 0.0%."""
+    if whole <= 0 or part <= 0:
+        return "0%"
+    percent = 100.0 * part / whole
+    decimals = max(1, 1 - math.floor(math.log10(percent)))
+    return f"{percent:.{decimals}f}%"
 
 
 def save_curves(history: list[dict], path: Path, title: str = "training") -> Path:
