@@ -199,8 +199,9 @@ def _unpickling_error(path: Path, text: str) -> RtkError:
     if named:
         unsafe = [named.group(1)]
     elif zipfile.is_zipfile(path):
+        find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch 2.5 and later
         try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            unsafe = find(path) if find else []
         except (ValueError, RuntimeError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile):
             unsafe = []
     else:
@@ -226,7 +227,7 @@ def _unpickling_error(path: Path, text: str) -> RtkError:
 # torch names the global it refused, e.g. "Unsupported global: GLOBAL posix.system was not an
 # allowed global…" or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
-# Globals of torch's own format; a pickle that names others is what a reader should hear about.
+# Modules whose globals ordinary checkpoints name; a refusal lists the other ones first.
 _TRUSTED_MODULES = ("torch.", "collections.", "builtins.", "_codecs.", "numpy.")
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
 
