@@ -94,8 +94,10 @@ class ExportOptions:
 
 def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
     """Where the ONNX of a checkpoint lives: ``MODEL.onnx`` or ``MODEL.fp16.onnx`` next to it."""
+    from toolkit.artefacts import artefact_stem
+
     path = Path(checkpoint_path)
-    return path.with_name(path.stem + (".fp16.onnx" if precision == "fp16" else ".onnx"))
+    return path.with_name(artefact_stem(path) + (".fp16.onnx" if precision == "fp16" else ".onnx"))
 
 
 def _output_paths(checkpoint_path: Path, output: Path | None, precisions: Sequence[str]) -> dict[str, Path]:

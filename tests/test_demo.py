@@ -101,7 +101,7 @@ def test_demo_refuses_a_file_as_output_folder(cli, tmp_path):
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "cuda"], "no CUDA GPU"),
         (["--epochs", "0"], "--epochs must be at least 1"),
-        (["--max-samples", "0"], "--max-samples must be at least 1"),
+        (["--max-samples", "1"], "--max-samples must be at least 2"),
         (["--bench-seconds", "0"], "--bench-seconds must be more than 0"),
     ],
 )

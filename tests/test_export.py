@@ -118,6 +118,23 @@ def test_foreign_torchvision_state_dict_exports(tmp_path, cli):
     assert (meta.spec.arch, meta.spec.num_classes, meta.preprocess.input_size) == ("resnet18", 1000, (224, 224))
 
 
+def test_pth_tar_checkpoint_exports_next_to_itself(tmp_path, cli, monkeypatch):
+    # PyTorch's ImageNet example saves model_best.pth.tar: the ONNX is model_best.onnx, and predict
+    # finds the checkpoint as the only model in the working folder.
+    from PIL import Image
+
+    ckpt = make_checkpoint(tmp_path / "model_best.pth.tar", ModelSpec(arch="resnet18", num_classes=3), ZOO_PRE)
+    result = cli("export", ckpt, "--no-check")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_best.onnx", "model_best.pth.tar"]
+    (tmp_path / "model_best.onnx").unlink()
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "red.png")
+    monkeypatch.chdir(tmp_path)
+    result = cli("predict", "red.png", "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["classified"] == 1
+
+
 @pytest.mark.slow
 def test_foreign_resnet101_state_dict_exports(tmp_path, cli):
     import torchvision

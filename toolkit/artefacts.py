@@ -40,6 +40,12 @@ def artefact_suffix(path: str | os.PathLike) -> str:
     return ".pth.tar" if name.endswith(".pth.tar") else Path(name).suffix
 
 
+def artefact_stem(path: str | os.PathLike) -> str:
+    """The file's name without its artefact suffix: ``model_best`` for ``model_best.pth.tar``."""
+    name = Path(path).name
+    return name[: len(name) - len(artefact_suffix(path))]
+
+
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-serialisable description of any artefact."""
     kind = artefact_kind(path)

@@ -64,8 +64,8 @@ class DemoOptions:
             raise RtkError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.epochs is not None and self.epochs < 1:
             raise RtkError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise RtkError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if self.max_samples is not None and self.max_samples < 2:
+            raise RtkError(f"--max-samples must be at least 2 (a training batch needs two images), got {self.max_samples}")
         if not self.bench_seconds > 0:
             raise RtkError(f"--bench-seconds must be more than 0, got {self.bench_seconds}")
         if not self.bench_batch_sizes or any(b < 1 for b in self.bench_batch_sizes):

@@ -190,10 +190,10 @@ def resolve_model(model: str | os.PathLike | None, target: str | os.PathLike) ->
     for config in dict.fromkeys([folder / CONFIG_NAME, Path.cwd() / CONFIG_NAME]):
         if config.is_file():
             return config.parent / _model_from_config(config)
-    from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
+    from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
 
     suffixes = CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES
-    found = sorted(p for p in Path.cwd().iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    found = sorted(p for p in Path.cwd().iterdir() if p.is_file() and artefact_suffix(p) in suffixes)
     if len(found) == 1:
         return Path(found[0].name)
     where = f"; the working directory holds {len(found)} ({', '.join(p.name for p in found[:6])})" if found else ""
