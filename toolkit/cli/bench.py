@@ -63,7 +63,7 @@ def bench(
     device: Annotated[Device, typer.Option(help="Where the engines run.")] = Device.cpu,
     precision: Annotated[
         Optional[Precision],
-        typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt, fp32 otherwise)."),
+        typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt and ort-trt, fp32 otherwise)."),
     ] = None,
     warmup: Annotated[float, typer.Option("--warmup", help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
     duration: Annotated[
