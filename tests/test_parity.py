@@ -53,6 +53,17 @@ def test_element_check_fails_only_beyond_both_tolerances():
     assert compare(ref, np.array([[100.05, 5e-5]]), tolerance=tol).failed_elements == 1
 
 
+def test_atol_is_read_against_each_samples_logit_scale():
+    # Logits in the thousands (a random-weight ResNet-101) carry float32 rounding of that size into
+    # the logits near zero too; the same error on a sample whose logits are small is a real one.
+    large = np.array([[7856.25, 0.5, -3.0]])
+    assert compare(large, large + [[0.08, 0.02, 0.0]], "fp32").passed
+    small = np.array([[1.0, 0.5, -3.0]])
+    assert compare(small, small + [[0.0, 0.02, 0.0]], "fp32").failed_elements == 1
+    both = compare(np.vstack([large, small]), np.vstack([large, small]) + 0.02, "fp32")
+    assert both.failed_elements == 3 and not both.passed  # only the small sample's three logits
+
+
 def test_nan_logits_fail_and_fp16_defaults_judge_by_cosine():
     ref = np.random.default_rng(0).standard_normal((4, 10))
     bad = ref.copy()

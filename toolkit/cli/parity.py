@@ -61,7 +61,7 @@ def parity(
     batch_sizes: Annotated[str, typer.Option(help="Sizes of the random input batches, comma-separated.")] = "1,4,16",
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
     device: Annotated[Device, typer.Option(help="Device for eager and the GPU runtimes.")] = Device.cpu,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance per logit (default per precision: fp32 1e-4).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option(help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99).")] = None,
     min_top1: Annotated[Optional[float], typer.Option(help="Lowest top-1 agreement (fp32 0.99; fp16 0.95 and bf16 0.90, judged on real images).")] = None,
