@@ -86,6 +86,12 @@ def cli():
     runner = CliRunner()
 
     def invoke(*args, **kwargs):
-        return runner.invoke(app, [str(a) for a in args], **kwargs)
+        argv = [str(a) for a in args]
+        result = runner.invoke(app, argv, **kwargs)
+        # The runner swallows exceptions; one that escaped the CLI's error boundary would print a
+        # traceback for a user, so it fails the test with its own traceback.
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"`rtk {' '.join(argv)}` raised {type(result.exception).__name__}") from result.exception
+        return result
 
     return invoke
