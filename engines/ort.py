@@ -32,7 +32,7 @@ def _provider_options(
     range and reused, instead of being rebuilt whenever a new batch size shows up.
     """
     if provider == "cuda":
-        return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+        return _cuda_options(device_id)
     if provider == "trt":
         cache = path.parent / f"{path.stem}.ort-trt-cache"
         try:
@@ -53,6 +53,10 @@ def _provider_options(
             "trt_profile_max_shapes": shape(max_batch),
         }
     return {}
+
+
+def _cuda_options(device_id: int) -> dict[str, Any]:
+    return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
 
 
 class OrtEngine(Engine):
@@ -109,10 +113,9 @@ class OrtEngine(Engine):
             _warn_fallback(path, requested, f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)})")
             provider = "cpu"
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        options_for = _provider_options(provider, path, inputs[0].name, meta, device_id, fp16, max_batch)
-        providers: list[Any] = [(PROVIDERS[provider], options_for)]
+        providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, inputs[0].name, meta, device_id, fp16, max_batch))]
         if provider == "trt" and PROVIDERS["cuda"] in available:
-            providers.append((PROVIDERS["cuda"], _provider_options("cuda", path, inputs[0].name, meta, device_id, fp16, max_batch)))
+            providers.append((PROVIDERS["cuda"], _cuda_options(device_id)))  # for what TensorRT does not take
         if provider != "cpu":
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
 
