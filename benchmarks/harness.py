@@ -335,9 +335,11 @@ def open_engine(model: Path, choice: EngineChoice, options: BenchOptions):
     if f"ort-{engine.provider}" != choice.runtime:
         # ORT falls back to its CPU provider; timing that under a GPU engine's name would mislead.
         engine.close()
+        from engines.ort import gpu_install_hint
+
         raise RtkError(
             f"{choice.runtime} needs onnxruntime-gpu with its {choice.runtime[4:].upper()} execution provider, and ONNX "
-            "Runtime here has none (pip install 'rtk[gpu]')"
+            f"Runtime here has none; {gpu_install_hint()}"
         )
     return engine
 

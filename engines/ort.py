@@ -185,7 +185,50 @@ class OrtEngine(Engine):
         self.session = None
 
 
+#: Distributions that install the ``onnxruntime`` module; any two overwrite each other's files.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+
+
+def installed_ort_distributions() -> list[tuple[str, str]]:
+    """(name, version) of every ONNX Runtime distribution installed, from the package metadata."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            found.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def ort_conflict() -> str | None:
+    """One sentence with the fix when several ONNX Runtime distributions are installed, else ``None``."""
+    found = installed_ort_distributions()
+    if len(found) < 2:
+        return None
+    names = [name for name, _ in found]
+    listed = " and ".join(f"{name} {version}" for name, version in found)
+    return (
+        f"{listed} are installed together and overwrite each other's onnxruntime module, so its GPU providers may be "
+        f"missing; keep one: pip uninstall -y {' '.join(names)} && pip install onnxruntime-gpu (or onnxruntime for the CPU)"
+    )
+
+
+def gpu_install_hint() -> str:
+    """The command that gives this environment ONNX Runtime's GPU providers, or the conflict to resolve first."""
+    conflict = ort_conflict()
+    if conflict is not None:
+        return conflict
+    if any(name == "onnxruntime" for name, _ in installed_ort_distributions()):
+        return "install onnxruntime-gpu in place of the CPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+    return "install onnxruntime-gpu: pip install 'rtk[gpu]'"
+
+
 def _warn_fallback(path: Path, requested: str, why: str) -> None:
     from toolkit.console import warn
 
-    warn(f"{why}; running {path.name} on the CPU instead. Install onnxruntime-gpu (pip install 'rtk[gpu]') for ort-{requested}")
+    if ort_conflict() is not None:  # the usual reason a GPU provider is missing, and not fixed by installing more
+        warn(f"running {path.name} on the CPU: {ort_conflict()}")
+        return
+    warn(f"{why}; running {path.name} on the CPU instead; for ort-{requested}, {gpu_install_hint()}")

@@ -52,3 +52,33 @@ def test_status_lines_print_paths_with_brackets_as_they_are(capsys):
     warn("pip install 'rtk[trt]'")
     err = capsys.readouterr().err
     assert "runs/[exp 1]/best.pth" in err and "'rtk[trt]'" in err
+
+
+def test_usage_errors_are_one_line_with_their_own_exit_status(cli, tiny_checkpoint):
+    from toolkit.cli.app import EXIT_USAGE
+
+    cases = [
+        (("--bogus",), "No such option: --bogus", "rtk --help"),
+        (("inspect",), "Missing argument", "rtk inspect --help"),
+        (("predict", "x", "--engine", "bogus"), "'bogus' is not one of", "rtk predict --help"),
+        (("bench", tiny_checkpoint, "--io", "sideways"), "--io", "rtk bench --help"),
+        (("export", tiny_checkpoint, "--opset", "seventeen"), "Invalid value for '--opset'", "rtk export --help"),
+        (("nosuchcommand",), "No such command", "rtk --help"),
+    ]
+    for argv, message, hint in cases:
+        result = cli(*argv)
+        assert result.exit_code == EXIT_USAGE == 64, (argv, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0] and hint in lines[0], (argv, result.stderr)
+        assert result.stdout == ""
+
+
+def test_bare_rtk_prints_help_and_succeeds(cli):
+    result = cli()
+    assert result.exit_code == 0 and "Usage" in result.output and "error" not in result.stderr
+
+
+def test_the_console_script_reports_usage_errors_the_same_way():
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "train", "--epochs", "many"], capture_output=True, text=True)
+    assert proc.returncode == 64 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Invalid value for '--epochs'" in proc.stderr

@@ -96,7 +96,28 @@ def test_gpu_engines_fall_back_to_cpu_loudly(artefacts, capsys):
     with engines.load(artefacts["onnx"], engine="ort-cuda") as engine:
         assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu"
     err = capsys.readouterr().err
-    assert "running m.onnx on the CPU instead" in err and "pip install 'rtk[gpu]'" in err
+    # Only the CPU build is installed here: the hint replaces it instead of installing beside it.
+    assert "running m.onnx on the CPU instead" in err
+    assert "pip uninstall -y onnxruntime && pip install onnxruntime-gpu" in err
+
+
+def test_two_onnxruntime_distributions_are_named_with_the_fix(artefacts, capsys, monkeypatch, tmp_path):
+    # onnxruntime-gpu installed beside onnxruntime: the same module, files overwritten by whichever
+    # came last. Its installed metadata (a real dist-info folder on sys.path) is what rtk reads.
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    info = tmp_path / "onnxruntime_gpu-1.31.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.31.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with engines.load(artefacts["onnx"], engine="ort-cuda") as engine:
+        assert engine.device == "cpu"
+    err = capsys.readouterr().err
+    assert "onnxruntime-gpu 1.31.1 are installed together" in err and "onnxruntime " in err
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in err
+    assert "pip install 'rtk[gpu]'" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_gpu_provider_that_fails_to_start_is_not_passed_off_as_gpu(artefacts, capsys, monkeypatch):

@@ -17,7 +17,7 @@ class RtkError(Exception):
 # Module name -> the pip command that provides it.
 INSTALL_HINTS = {
     "tensorrt": "pip install 'rtk[trt]'",
-    "onnxruntime": "pip install onnxruntime",
+    "onnxruntime": "pip install 'rtk[cpu]' (or 'rtk[gpu]' on an NVIDIA GPU)",
     "tritonclient": "pip install 'rtk[triton]'",
 }
 

@@ -2,15 +2,17 @@
 
 Every command lives in its own module under ``toolkit.cli`` and registers itself on
 :data:`app`. A :class:`~toolkit.errors.RtkError` raised anywhere below a command becomes one
-red line on stderr and exit status 1; any other exception is a bug and keeps its traceback.
+red line on stderr and exit status 1; a usage error (unknown option, bad choice, missing
+argument) is one line too, with exit status :data:`EXIT_USAGE`; any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -33,22 +35,58 @@ COMMAND_MODULES = (
 )
 
 
-class _ErrorBoundary(TyperGroup):
-    """Turns user errors into one line on stderr and exit status 1, in every command."""
+#: Exit status of a user error (bad input, a failed check) in every command.
+EXIT_ERROR = 1
+#: Exit status of a usage error: an unknown option, a bad choice, a missing argument. It is
+#: sysexits.h's EX_USAGE, apart from 2, which ``rtk predict`` uses for "some files were skipped".
+EXIT_USAGE = 64
 
-    def invoke(self, ctx: click.Context):
+# The base class of click's usage errors, found through the one typer re-exports publicly
+# (typer vendors click from 0.29 on; earlier releases use click itself).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def print_error(message: str) -> None:
+    """One red ``error:`` line on stderr."""
+    from rich.markup import escape
+
+    from toolkit.console import err_console
+
+    # Escaped: messages hold text like pip install 'rtk[trt]' that rich would eat as markup.
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class _ErrorBoundary(TyperGroup):
+    """Turns user and usage errors into one line on stderr and a documented exit status, in every command."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Not standalone: typer would print a usage error as a framed panel with a usage block.
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as exc:
+            message = exc.format_message().strip().rstrip(".")
+            if not message:  # `rtk` alone: the help was printed, which is what was asked for
+                sys.exit(0)
+            usage = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rtk"
+            print_error(f"{message} (see `{usage} --help`)")
+            sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(EXIT_ERROR)
+        # Outside standalone mode typer returns the status of a typer.Exit, and a command's return
+        # value otherwise; rtk's commands return None.
+        sys.exit(status if isinstance(status, int) else 0)
+
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except RtkError as exc:
-            from rich.markup import escape
+            print_error(str(exc))
+            raise typer.Exit(EXIT_ERROR) from None
 
-            from toolkit.console import err_console
-
-            # Escaped: messages hold text like pip install 'rtk[trt]' that rich would eat as markup.
-            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # registration order, not alphabetical
 
 
