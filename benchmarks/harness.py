@@ -22,15 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.errors import RtkError
+from engines.names import EngineName, parse_engine, parse_engines
+from toolkit.errors import RtkError, first_line
 
-#: Every engine the benchmark knows; ``--engine all`` runs each, or says why it cannot.
-ALL_ENGINES = (
-    "eager", "eager-fp16", "eager-bf16", "eager-cl", "eager-compile", "eager-graph",
-    "ort", "ort-fp16", "ort-cuda", "ort-trt", "trt",
-)
-EAGER_FLAGS = ("fp16", "bf16", "cl", "compile", "graph")
-OTHER_ENGINES = ("ort", "ort-fp16", "ort-cuda", "ort-trt", "trt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 IO_MODES = ("host", "device", "both")
 #: The engine every speed-up is relative to.
@@ -46,12 +40,12 @@ class BenchOptions:
     """What to run and for how long.
 
     Attributes:
-        engines: engine names (see :data:`ALL_ENGINES`; ``eager`` takes any of the flags
-            :data:`EAGER_FLAGS`, e.g. ``eager-fp16-cl-graph``).
+        engines: engine names (:mod:`engines.names`, e.g. ``eager-fp16-cl-graph``, ``ort-cuda``; ``all``
+            for one of every kind).
         batch_sizes: batch sizes to sweep, in order.
         device: ``"cpu"`` or ``"cuda[:N]"``.
-        precision: applied to plain ``eager``/``ort``/``ort-cuda``/``ort-trt``/``trt``;
-            ``None`` = each engine's own default (fp16 for TensorRT, fp32 otherwise).
+        precision: applies to the engines named without one; ``None`` = each engine's own
+            default (fp16 for TensorRT, fp32 otherwise).
         warmup_s: untimed warm-up per engine and batch size (at least one call).
         duration_s: time budget per engine and batch size (ignored when ``iters`` is set).
         iters: exact number of timed iterations instead of a time budget (in total, split
@@ -96,75 +90,11 @@ class BenchOptions:
             raise RtkError(f"rounds must be at least 1, got {self.rounds}")
         if self.iters is not None and self.iters < self.rounds:
             raise RtkError(f"iters {self.iters} is fewer than rounds {self.rounds}: every round times at least one call")
-        for name in self.engines:
-            parse_engine(name)
+        parse_engines(self.engines, self.precision)
 
     @property
     def io_modes(self) -> tuple[str, ...]:
         return ("host", "device") if self.io == "both" else (self.io,)
-
-
-@dataclass(frozen=True)
-class EngineChoice:
-    """One benchmarked engine: a runtime and its variant."""
-
-    runtime: str  # eager | ort | ort-cuda | ort-trt | trt
-    precision: str
-    channels_last: bool = False
-    compile: bool = False
-    cuda_graph: bool = False
-
-    @property
-    def name(self) -> str:
-        if self.runtime != "eager":
-            fp16_onnx = self.runtime == "ort" and self.precision == "fp16"
-            return "ort-fp16" if fp16_onnx else self.runtime
-        flags = [self.precision] if self.precision != "fp32" else []
-        flags += ["cl"] * self.channels_last + ["compile"] * self.compile + ["graph"] * self.cuda_graph
-        return "-".join(["eager", *flags])
-
-
-def parse_engine(name: str, precision: str | None = None) -> EngineChoice:
-    """An engine name (``eager-fp16-cl``, ``ort-fp16``, ``trt`` …) as an :class:`EngineChoice`.
-
-    Args:
-        name: the name as given on the command line.
-        precision: the ``--precision`` option; applies when the name does not fix one.
-
-    Raises:
-        RtkError: the name is not one the benchmark knows.
-    """
-    known = ", ".join(ALL_ENGINES) + " (eager flags combine: eager-fp16-cl-graph)"
-    if name.startswith("eager"):
-        flags = name.split("-")[1:]
-        if name.split("-")[0] != "eager" or any(f not in EAGER_FLAGS for f in flags) or len(set(flags)) != len(flags):
-            raise RtkError(f"unknown engine {name!r}; choose from {known}")
-        named = [f for f in flags if f in PRECISIONS]
-        if len(named) > 1:
-            raise RtkError(f"engine {name!r} names two precisions")
-        return EngineChoice(
-            "eager", named[0] if named else (precision or "fp32"),
-            channels_last="cl" in flags, compile="compile" in flags, cuda_graph="graph" in flags,
-        )
-    if name not in OTHER_ENGINES:
-        raise RtkError(f"unknown engine {name!r}; choose from {known}")
-    if name == "ort-fp16":
-        return EngineChoice("ort", "fp16")
-    default = "fp16" if name in ("trt", "ort-trt") else "fp32"  # TensorRT picks fp16 kernels unless told not to
-    chosen = precision or default
-    if name != "eager" and chosen == "bf16":
-        raise RtkError(f"the {name} engine runs fp32 or fp16, not bf16")
-    return EngineChoice(name, chosen)
-
-
-def expand_engines(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``all`` expanded to :data:`ALL_ENGINES`, duplicates dropped, order kept."""
-    out: list[str] = []
-    for name in names:
-        for n in ALL_ENGINES if name == "all" else (name,):
-            if n not in out:
-                out.append(n)
-    return tuple(out)
 
 
 # --------------------------------------------------------------------------- results
@@ -305,50 +235,27 @@ def time_calls(
 # --------------------------------------------------------------------------- engines
 
 
-def open_engine(model: Path, choice: EngineChoice, options: BenchOptions):
-    """Load the engine ``choice`` for ``model``, exporting/building what it needs (cached next to it).
+def open_engine(model: Path, choice: EngineName, options: BenchOptions):
+    """Open the engine ``choice`` for ``model``, exporting/building what it needs (cached next to it).
 
     Raises:
         RtkError: this engine cannot run here or on this artefact; the message says why.
     """
-    import engines
+    from toolkit.runtime import open_engine as open_runtime
 
-    cuda = options.device.startswith("cuda")
-    if choice.runtime in ("ort-cuda", "ort-trt", "trt") or choice.cuda_graph:
-        if not cuda:
-            raise RtkError(f"{choice.name} needs a CUDA GPU; run with --device cuda on a machine that has one")
-    # The artefact this engine runs, exported or built next to the model when missing (cached).
-    artefact = engines.prepare(model, "ort-fp16" if choice.name == "ort-fp16" else choice.runtime, choice.precision)
-    if choice.runtime == "eager":
-        return engines.load(
-            artefact, engine="eager", device=options.device, precision=choice.precision,
-            channels_last=choice.channels_last, compile=choice.compile,
-        )
-    threads = {"threads": options.threads} if options.threads is not None else {}
-    if choice.runtime == "trt":
-        return engines.load(artefact, engine="trt", device=options.device)
-    if choice.runtime == "ort":
-        return engines.load(artefact, engine=choice.name, **threads)
-    if choice.runtime == "ort-trt":
-        threads["max_batch"] = max(options.batch_sizes)
-    engine = engines.load(artefact, engine=choice.runtime, device=options.device, precision=choice.precision, **threads)
-    if f"ort-{engine.provider}" != choice.runtime:
-        # ORT falls back to its CPU provider; timing that under a GPU engine's name would mislead.
+    if choice.needs_cuda and not options.device.startswith("cuda"):
+        raise RtkError(f"{choice} needs a CUDA GPU; run with --device cuda on a machine that has one")
+    engine = open_runtime(
+        model, choice, device=options.device, threads=options.threads,
+        max_batch=max(options.batch_sizes) if choice.provider == "trt" else None,
+    )
+    if engine.fallback_from is not None:
+        # A runtime that fell back to another provider; timing it under the name asked for would mislead.
         engine.close()
         from engines.ort import gpu_install_hint
 
-        raise RtkError(
-            f"{choice.runtime} needs onnxruntime-gpu with its {choice.runtime[4:].upper()} execution provider, and ONNX "
-            f"Runtime here has none; {gpu_install_hint()}"
-        )
+        raise RtkError(f"{choice} cannot run here ({engine.name}); {gpu_install_hint()}")
     return engine
-
-
-def _has_device_path(engine: Any) -> bool:
-    """Whether the engine keeps device tensors on the device (the base class copies through the host)."""
-    from engines.base import Engine
-
-    return type(engine).run_device is not Engine.run_device
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -386,21 +293,17 @@ class _CudaGraph:
 class _Measurement:
     """Buffers and callables for one engine at one batch size, built before any timing."""
 
-    def __init__(self, engine: Any, choice: EngineChoice, batch_size: int, device: str):
+    def __init__(self, engine: Any, choice: EngineName, batch_size: int, device: str):
         rng = np.random.default_rng(batch_size)
         self.host = rng.standard_normal((batch_size, *engine.input_shape), dtype=np.float32)
         self.engine = engine
         self.cuda = device.startswith("cuda")
         self.device_input = None
         self.graph = None
-        if self.cuda or choice.cuda_graph:
-            import torch
+        import torch
 
-            self.device_input = torch.from_numpy(self.host).to(device)
-        elif _has_device_path(engine):
-            import torch
-
-            self.device_input = torch.from_numpy(self.host)  # on CPU the host is the device
+        # On CPU the host is the device: a torch tensor there is what a device-resident caller holds.
+        self.device_input = torch.from_numpy(self.host).to(device) if self.cuda or choice.cuda_graph else torch.from_numpy(self.host)
         if choice.cuda_graph:
             self.graph = _CudaGraph(engine, self.device_input)
 
@@ -408,9 +311,7 @@ class _Measurement:
         runner = self.graph or self.engine
         if io == "host":
             return runner.__call__, self.host
-        if self.device_input is None or not (self.graph or _has_device_path(self.engine)):
-            if not self.cuda:
-                raise RtkError(f"on CPU the {self.engine.name} engine's host path is its device path; see the host rows")
+        if self.cuda and not (self.graph or self.engine.device_resident):
             raise RtkError(f"the {self.engine.name} engine has no device-resident path; use --io host")
         return runner.run_device, self.device_input
 
@@ -462,11 +363,6 @@ def _is_compile_failure(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _free_device_memory(cuda: bool) -> None:
     gc.collect()
     if cuda:
@@ -479,7 +375,7 @@ def _free_device_memory(cuda: bool) -> None:
 
 
 def measure(
-    engine: Any, choice: EngineChoice, batch_size: int, io: str, options: BenchOptions,
+    engine: Any, choice: EngineName, batch_size: int, io: str, options: BenchOptions,
     duration_s: float | None = None, iters: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Time one engine at one batch size; returns latency samples (ns) and CUDA extras.
@@ -506,7 +402,7 @@ def measure(
     if cuda:
         import torch
 
-        if io == "host" and m.device_input is not None and (m.graph or _has_device_path(engine)):
+        if io == "host" and m.device_input is not None and (m.graph or engine.device_resident):
             extras["split_ms"] = _split_ms(m, min(SPLIT_ITERS, max(len(samples), 10)))
         extras["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         free, total = torch.cuda.mem_get_info(device)
@@ -540,11 +436,7 @@ def run_benchmark(
 
     model = Path(model)
     kind = artefact_kind(model)
-    choices: list[EngineChoice] = []
-    for name in options.engines:
-        choice = parse_engine(name, options.precision)
-        if choice not in choices:
-            choices.append(choice)
+    choices = list(parse_engines(options.engines, options.precision))
     baseline = parse_engine(BASELINE)
     if options.baseline and kind == "checkpoint" and baseline not in choices:
         choices.insert(0, baseline)
@@ -558,12 +450,12 @@ def run_benchmark(
     results: list[BenchResult] = []
     emit = progress or (lambda r: None)
     try:
-        loaded: list[tuple[EngineChoice, Any]] = []
+        loaded: list[tuple[EngineName, Any]] = []
         for choice in choices:
             try:
                 loaded.append((choice, open_engine(model, choice, options)))
             except RtkError as exc:
-                row = BenchResult(choice.name, choice.precision, options.device, "skipped", reason=str(exc))
+                row = BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc))
                 results.append(row)
                 emit(row)
         try:
@@ -577,7 +469,7 @@ def run_benchmark(
         torch.set_num_threads(saved_threads)
     _fill_speedups(results)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
-    settings["engines"] = [c.name for c in choices]
+    settings["engines"] = [str(c) for c in choices]
     return BenchReport(meta, settings, collect_environment(options.device, torch_threads(options)), results)
 
 
@@ -588,7 +480,7 @@ def torch_threads(options: BenchOptions) -> int:
     return options.threads if options.threads is not None else torch.get_num_threads()
 
 
-def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) -> list[BenchResult]:
+def _sweep(loaded: list[tuple[EngineName, Any]], options: BenchOptions, emit) -> list[BenchResult]:
     """Rounds × batch sizes × engines × I/O modes; samples of a cell pooled over rounds."""
     cuda = options.device.startswith("cuda")
     per_round_s = options.duration_s / options.rounds
@@ -606,16 +498,16 @@ def _sweep(loaded: list[tuple[EngineChoice, Any]], options: BenchOptions, emit) 
                     key = (e, batch_size, io)
                     if key in failed:
                         continue
-                    base = BenchResult(_row_name(choice, engine), choice.precision, options.device, "ok", batch_size, io, threads=threads)
+                    base = BenchResult(_row_name(choice, engine), engine.precision, options.device, "ok", batch_size, io, threads=threads)
                     try:
                         samples, extra = measure(engine, choice, batch_size, io, options, per_round_s, round_iters)
                     except RtkError as exc:
                         failed[key] = dataclasses.replace(base, status="skipped", reason=str(exc))
                     except Exception as exc:  # noqa: BLE001 - only OOM and compiler failures are handled
                         if _is_oom(exc):
-                            failed[key] = dataclasses.replace(base, status="oom", reason=_first_line(exc))
+                            failed[key] = dataclasses.replace(base, status="oom", reason=first_line(exc))
                         elif _is_compile_failure(exc):
-                            failed[key] = dataclasses.replace(base, status="skipped", reason=f"torch.compile failed: {_first_line(exc)}")
+                            failed[key] = dataclasses.replace(base, status="skipped", reason=f"torch.compile failed: {first_line(exc)}")
                         else:
                             raise
                         _free_device_memory(cuda)
@@ -642,7 +534,7 @@ def _round_iters(options: BenchOptions, round_index: int) -> int | None:
     return share + (round_index < extra)
 
 
-def _row_name(choice: EngineChoice, engine: Any) -> str:
+def _row_name(choice: EngineName, engine: Any) -> str:
     """What really ran: the engine's own name (``ort-cuda-fp16``, ``eager-bf16-cl``), plus ``-graph``."""
     return engine.name + ("-graph" if choice.cuda_graph else "")
 
@@ -670,7 +562,7 @@ def _fill_speedups(results: list[BenchResult]) -> None:
             r.speedup_vs_eager = r.throughput_ips / ref
 
 
-def _model_info(model: Path, kind: str, loaded: list[tuple[EngineChoice, Any]]) -> dict[str, Any]:
+def _model_info(model: Path, kind: str, loaded: list[tuple[EngineName, Any]]) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(model), "name": model.name, "kind": kind}
     if loaded:
         engine = loaded[0][1]

@@ -1,13 +1,16 @@
 """Runtimes behind one contract: eager PyTorch, ONNX Runtime, TensorRT.
 
-``engines.load(path_or_model, engine=..., device=..., precision=...)`` picks the runtime from
-the artefact (``.pth/.pt`` → eager, ``.onnx`` → ONNX Runtime, ``.engine/.plan`` → TensorRT) or
-from an explicit ``engine`` name. Heavy optional packages are imported on first use.
+``engines.load(artefact, engine=..., device=...)`` opens an artefact that exists: a checkpoint
+(``.pth/.pt``) on eager PyTorch, an ``.onnx`` on ONNX Runtime, an ``.engine/.plan`` on TensorRT,
+or with an explicit engine name from :mod:`engines.names`. Nothing here exports or builds; for a
+checkpoint on any runtime use :func:`toolkit.runtime.open_engine`. Heavy optional packages are
+imported on first use.
 """
 
 from __future__ import annotations
 
 from engines.base import Engine
-from engines.loader import ENGINE_NAMES, load, prepare
+from engines.loader import load
+from engines.names import ALL_ENGINES, ENGINE_HELP, EngineName, parse_engine, parse_engines
 
-__all__ = ["Engine", "ENGINE_NAMES", "load", "prepare"]
+__all__ = ["ALL_ENGINES", "ENGINE_HELP", "Engine", "EngineName", "load", "parse_engine", "parse_engines"]

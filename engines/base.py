@@ -26,11 +26,15 @@ class Engine(abc.ABC):
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
         min_batch, max_batch: the batch sizes the engine accepts (``max_batch`` ``None`` = any).
+        fallback_from: the engine asked for, when another one runs instead.
     """
 
     name: str = "engine"
     min_batch: int = 1
     max_batch: int | None = None
+    #: The engine that was asked for, when the runtime fell back to another provider (ONNX
+    #: Runtime without its GPU libraries); ``None`` when this is what was asked for.
+    fallback_from: str | None = None
 
     def __init__(self, spec: ModelSpec, preprocess: Preprocess, device: str = "cpu", precision: str = "fp32"):
         self.spec = spec
@@ -48,8 +52,7 @@ class Engine(abc.ABC):
         """Run a batch.
 
         Args:
-            batch: NCHW float32 host array, or (where the engine supports it) a tensor already on
-                the engine's device, see :meth:`run_device`.
+            batch: NCHW float32 host array, or a torch tensor (see :meth:`run_device`).
 
         Returns:
             Logits as a float32 host array of shape (N, num_classes).
@@ -57,18 +60,38 @@ class Engine(abc.ABC):
         Raises:
             RtkError: the engine is closed, or the batch has the wrong rank, shape, dtype or size.
         """
-        if self._closed:
-            raise RtkError(f"the {self.name} engine is closed")
+        if _is_torch_tensor(batch):
+            return self._to_host(self.run_device(batch))
+        self._check_open()
         if not isinstance(batch, np.ndarray):
-            if _is_torch_tensor(batch):
-                self.check_shape(tuple(batch.shape))
-                return self._to_host(self.run_device(batch))
             raise RtkError(f"{self.name} expects a numpy array or torch tensor, got {type(batch).__name__}")
         if batch.dtype != np.float32:
             raise RtkError(f"{self.name} expects float32 input, got {batch.dtype}")
         self.check_shape(batch.shape)
         out = self._infer(np.ascontiguousarray(batch))
         return np.asarray(out, dtype=np.float32)
+
+    def run_device(self, batch: Any) -> Any:
+        """Inference on a torch tensor, returning logits as a tensor on the engine's device.
+
+        The same checks as :meth:`__call__` apply. Runtimes with a device-resident path
+        (eager, TensorRT, ONNX Runtime's IO binding) keep a GPU tensor on the GPU; the others
+        copy through the host (:attr:`device_resident` says which).
+
+        Raises:
+            RtkError: the engine is closed, or the tensor is not a floating-point NCHW batch of the model's size.
+        """
+        self._check_open()
+        if not _is_torch_tensor(batch):
+            raise RtkError(f"{self.name}.run_device expects a torch tensor, got {type(batch).__name__}")
+        if not batch.is_floating_point():
+            raise RtkError(f"{self.name} expects a floating-point tensor, got {batch.dtype}")
+        self.check_shape(tuple(batch.shape))
+        return self._run_device(batch)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RtkError(f"the {self.name} engine is closed")
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Reject anything but an (N, C, H, W) batch of the model's size within the batch limits."""
@@ -85,12 +108,14 @@ class Engine(abc.ABC):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Runtime-specific inference on a validated, contiguous float32 NCHW host array."""
 
-    def run_device(self, batch: Any) -> Any:
-        """Inference on a batch already on the engine's device; returns logits on the device.
+    #: Whether :meth:`run_device` keeps device tensors on the device (the default copies through the host).
+    device_resident: bool = False
 
-        The default copies through the host; runtimes with device-resident paths override it.
-        """
-        return self._infer(np.ascontiguousarray(batch.detach().cpu().numpy().astype(np.float32, copy=False)))
+    def _run_device(self, batch: Any) -> Any:
+        """Runtime-specific inference on a validated tensor; the default copies through the host."""
+        import torch
+
+        return torch.from_numpy(self._infer(np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)))
 
     @staticmethod
     def _to_host(out: Any) -> np.ndarray:

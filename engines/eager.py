@@ -55,7 +55,9 @@ class EagerEngine(Engine):
         variant += ["compile"] if compile else []
         self.name = "-".join(["eager", *variant])
 
-    def run_device(self, batch: Any) -> Any:
+    device_resident = True
+
+    def _run_device(self, batch: Any) -> Any:
         torch = self._torch
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self._memory_format)
         with torch.inference_mode():
@@ -65,7 +67,7 @@ class EagerEngine(Engine):
                 return self._forward(x).float()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._to_host(self.run_device(self._torch.from_numpy(batch)))
+        return self._to_host(self._run_device(self._torch.from_numpy(batch)))
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):

@@ -1,17 +1,20 @@
 """ONNX Runtime engine: CPUExecutionProvider by default; CUDA and TensorRT execution providers
-when onnxruntime-gpu provides them, falling back to the CPU with a warning (never silently:
-the engine's name says what really runs)."""
+when onnxruntime-gpu provides them, falling back with a warning (never silently: the engine's
+name says what really runs)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engines.base import Engine
-from toolkit.errors import RtkError, require
+from engines.names import EngineName
+from toolkit.errors import RtkError, first_line, require
 from toolkit.spec import ArtefactMeta
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -21,11 +24,58 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "trt": "TensorrtExecutionProvider",
 }
+_SHORT = {full: short for short, full in PROVIDERS.items()}
 
 
-def _provider_options(
-    provider: str, path: Path, input_name: str, meta: ArtefactMeta, device_id: int, fp16: bool, max_batch: int
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Graph:
+    """What the ONNX file says about itself: metadata, input, precision, batch axis."""
+
+    meta: ArtefactMeta
+    input_name: str
+    precision: str
+    static_batch: int | None
+
+    @classmethod
+    def read(cls, path: Path, fallback_meta: ArtefactMeta | None) -> "_Graph":
+        from toolkit.onnx_graph import check_classifier_io, graph_io, load_onnx_graph, metadata_dict, onnx_precision
+
+        graph = load_onnx_graph(path)
+        stored = metadata_dict(graph)
+        if stored is not None:
+            meta = ArtefactMeta.from_dict(stored)
+        elif fallback_meta is not None:
+            meta = fallback_meta
+        else:
+            raise RtkError(
+                f"{path} carries no rtk metadata, so its classes and preprocessing are unknown; export it with "
+                "`rtk export CHECKPOINT`, or run the checkpoint it came from on ONNX Runtime "
+                "(--model CHECKPOINT --engine ort), which exports one that does"
+            )
+        inputs, outputs = graph_io(graph)
+        check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
+        batch = inputs[0].shape[0]
+        return cls(meta, inputs[0].name, onnx_precision(graph), batch if isinstance(batch, int) else None)
+
+
+def _precision(graph: _Graph, provider: str, asked: str | None, path: Path) -> str:
+    """The precision the session runs at: the graph's, or fp16 kernels from TensorRT on an fp32 graph."""
+    if provider == "trt":
+        asked = asked or "fp16"
+        if graph.precision == "fp16" or asked == graph.precision:
+            if asked != graph.precision:
+                raise RtkError(f"{path.name} holds fp16 weights and runs at fp16, not {asked}; give the fp32 ONNX instead")
+            return graph.precision
+        return asked  # fp16: TensorRT picks fp16 kernels wherever they are faster, so it is judged as fp16
+    if asked is not None and asked != graph.precision:
+        raise RtkError(
+            f"{path.name} holds {graph.precision} weights, so ONNX Runtime runs it at {graph.precision}, not {asked}; "
+            f"export the {asked} ONNX (rtk export CHECKPOINT --precision {asked}) or pass the checkpoint, which exports it"
+        )
+    return graph.precision
+
+
+def _provider_options(provider: str, path: Path, graph: _Graph, device_id: int, fp16: bool, max_batch: int) -> dict[str, Any]:
     """The key options of each execution provider.
 
     TensorRT gets explicit profile shapes so its engine cache is built once for the whole batch
@@ -39,8 +89,8 @@ def _provider_options(
             cache.mkdir(exist_ok=True)
         except OSError as exc:
             raise RtkError(f"cannot create the TensorRT provider's cache folder {cache}: {exc.strerror or exc}") from None
-        c, h, w = meta.spec.in_chans, *meta.preprocess.input_size
-        shape = lambda n: f"{input_name}:{n}x{c}x{h}x{w}"  # noqa: E731
+        c, h, w = graph.meta.spec.in_chans, *graph.meta.preprocess.input_size
+        shape = lambda n: f"{graph.input_name}:{n}x{c}x{h}x{w}"  # noqa: E731
         return {
             "device_id": device_id,
             "trt_fp16_enable": fp16,
@@ -59,19 +109,65 @@ def _cuda_options(device_id: int) -> dict[str, Any]:
     return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
 
 
+def _provider_list(ort, provider: str, path: Path, graph: _Graph, device_id: int, fp16: bool, max_batch: int) -> list[Any]:
+    """The providers to ask the session for, most wanted first, with the ones that take what it leaves."""
+    providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, graph, device_id, fp16, max_batch))]
+    if provider == "trt" and PROVIDERS["cuda"] in ort.get_available_providers():
+        providers.append((PROVIDERS["cuda"], _cuda_options(device_id)))  # for what TensorRT does not take
+    if provider != "cpu":
+        providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
+    return providers
+
+
+def _load_gpu_libraries(ort, provider: str) -> None:
+    """Make the CUDA, cuDNN and TensorRT libraries that pip installed findable by ONNX Runtime.
+
+    onnxruntime-gpu looks for them on the system's library path only; the wheels torch and
+    tensorrt bring put them in site-packages. Loading them into the process first lets the
+    providers find them by name.
+    """
+    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: CUDA and cuDNN from the nvidia-* wheels
+        ort.preload_dlls()
+    if provider == "trt" and importlib.util.find_spec("tensorrt") is not None:
+        try:
+            import tensorrt  # noqa: F401  - loads libnvinfer for the TensorRT provider
+        except ImportError as exc:  # a broken install: the provider will fail to start and say so
+            from toolkit.console import warn
+
+            warn(f"tensorrt is installed but cannot be imported ({first_line(exc)}); the TensorRT provider will not start")
+
+
+def _session(ort, path: Path, providers: list[Any], threads: int, graph_optimization: str):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: ORT's warnings about node placement are noise here
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise RtkError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+
+
 class OrtEngine(Engine):
     """An ONNX Runtime inference session over an exported model.
 
     Args:
         path: the ``.onnx`` file.
-        meta: spec and preprocess; read from the file's ``metadata_props`` when omitted (a foreign
-            ONNX without them needs ``meta``, e.g. from the checkpoint it came from).
+        meta: spec and preprocess for a foreign ONNX that carries none in its ``metadata_props``
+            (e.g. from the checkpoint it came from); a file's own metadata is always preferred.
         provider: ``"cpu"``, ``"cuda"`` or ``"trt"`` (see :data:`PROVIDERS`).
         device: ``"cpu"`` or ``"cuda[:N]"``; the GPU index for the CUDA/TensorRT providers.
         threads: intra-op threads (0 = ONNX Runtime's default).
         graph_optimization: one of :data:`GRAPH_OPT_LEVELS`.
         max_batch: largest batch the TensorRT provider's profile covers.
-        fp16: let the TensorRT provider use FP16 kernels on an fp32 ONNX.
+        precision: what the caller expects: the graph's own precision for the CPU and CUDA
+            providers (a mismatch is refused); for TensorRT, ``fp16`` (default) lets it use fp16
+            kernels on an fp32 graph. ``None`` takes the file as it is.
     """
 
     def __init__(
@@ -83,87 +179,59 @@ class OrtEngine(Engine):
         threads: int = 0,
         graph_optimization: str = "all",
         max_batch: int = 64,
-        fp16: bool = False,
+        precision: str | None = None,
     ):
-        from exporters.onnx_info import check_classifier_io, graph_io, load_onnx_graph, metadata_dict, onnx_precision
-
         ort = require("onnxruntime", "the ort engine")
         path = Path(path)
         if provider not in PROVIDERS:
             raise RtkError(f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if graph_optimization not in GRAPH_OPT_LEVELS:
             raise RtkError(f"graph optimisation level must be one of {', '.join(GRAPH_OPT_LEVELS)}, got {graph_optimization!r}")
-        graph = load_onnx_graph(path)
-        if meta is None:
-            stored = metadata_dict(graph)
-            if stored is None:
-                raise RtkError(
-                    f"{path} carries no rtk metadata, so its classes and preprocessing are unknown; export it with "
-                    "`rtk export`, or pass the checkpoint it came from (rtk parity CHECKPOINT --onnx FILE)"
-                )
-            meta = ArtefactMeta.from_dict(stored)
-        inputs, outputs = graph_io(graph)
-        check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
-        precision = onnx_precision(graph)
-        del graph
-
+        graph = _Graph.read(path, meta)
+        precision = _precision(graph, provider, precision, path)
         requested = provider
-        available = ort.get_available_providers()
-        if PROVIDERS[provider] not in available:
-            _warn_fallback(path, requested, f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)})")
-            provider = "cpu"
-        device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, inputs[0].name, meta, device_id, fp16, max_batch))]
-        if provider == "trt" and PROVIDERS["cuda"] in available:
-            providers.append((PROVIDERS["cuda"], _cuda_options(device_id)))  # for what TensorRT does not take
         if provider != "cpu":
-            providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: ORT's warnings about node placement are noise here
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise RtkError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0][:300]}") from None
-        if provider != "cpu" and self.session.get_providers()[0] != PROVIDERS[provider]:
-            # onnxruntime-gpu is installed but its provider failed to start (CUDA, cuDNN or TensorRT
-            # libraries missing): ORT then runs everything on the CPU and only logs it.
-            _warn_fallback(path, requested, f"{PROVIDERS[provider]} failed to start (session runs {', '.join(self.session.get_providers())})")
-            provider = "cpu"
-        if provider == "trt" and fp16:
-            precision = "fp16"  # TensorRT picks fp16 kernels wherever they are faster, so judge it as fp16
-        super().__init__(meta.spec, meta.preprocess, "cpu" if provider == "cpu" else f"cuda:{device_id}", precision)
+            _load_gpu_libraries(ort, provider)
+            if PROVIDERS[provider] not in ort.get_available_providers():
+                _warn_fallback(path, requested, f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(ort.get_available_providers())})")
+                provider = "cpu"
+        device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        self.session = _session(ort, path, _provider_list(ort, provider, path, graph, device_id, precision == "fp16", max_batch), threads, graph_optimization)
+        running = _SHORT.get(self.session.get_providers()[0], "cpu")
+        if running != provider:
+            # onnxruntime-gpu lists a provider whose libraries are missing: the session starts on the
+            # next provider in the list (TensorRT → CUDA → CPU) and ONNX Runtime only logs it.
+            _warn_fallback(path, requested, f"{PROVIDERS[provider]} failed to start (the session runs {', '.join(self.session.get_providers())})", running)
+            provider = running
+        if provider != "trt":
+            precision = graph.precision  # fp16 kernels on an fp32 graph come from TensorRT alone
+        super().__init__(graph.meta.spec, graph.meta.preprocess, "cpu" if provider == "cpu" else f"cuda:{device_id}", precision)
         self.path = path
         self.provider = provider
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        static = inputs[0].shape[0]
-        if isinstance(static, int):
-            self.min_batch = self.max_batch = static
+        self.device_resident = provider != "cpu"
+        if graph.static_batch is not None:
+            self.min_batch = self.max_batch = graph.static_batch
         elif provider == "trt":
             self.max_batch = max_batch
-        name = "ort" if provider == "cpu" else f"ort-{provider}"
-        name += "-fp16" if precision == "fp16" else ""
-        self.name = name if provider == requested else f"{name}(fallback from ort-{requested})"
+        name = str(EngineName("ort", provider, precision))
+        if provider != requested:
+            self.fallback_from = str(EngineName("ort", requested, precision))
+            name += f"(fallback from {self.fallback_from})"
+        self.name = name
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
-    def run_device(self, batch: Any) -> Any:
+    def _run_device(self, batch: Any) -> Any:
         """Run a torch tensor; on a GPU provider it stays on the GPU through IO binding."""
         import torch
 
-        if self.provider == "cpu" or batch.device.type != "cuda":
+        if not self.device_resident:
             return torch.from_numpy(self._infer(np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)))
-        x = batch.detach().to(torch.float32).contiguous()
+        x = batch.detach().to(self.device, torch.float32).contiguous()
         out = torch.empty((x.shape[0], self.spec.num_classes), dtype=torch.float32, device=x.device)
         # ORT runs on its own CUDA stream, which nothing orders after the torch work that wrote x.
         torch.cuda.current_stream(x.device).synchronize()
@@ -175,10 +243,10 @@ class OrtEngine(Engine):
         return out
 
     def synchronize(self) -> None:
-        if self.provider != "cpu":
+        if self.device_resident:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
 
     def close(self) -> None:
         super().close()
@@ -225,10 +293,14 @@ def gpu_install_hint() -> str:
     return "install onnxruntime-gpu: pip install 'rtk[gpu]'"
 
 
-def _warn_fallback(path: Path, requested: str, why: str) -> None:
+def _warn_fallback(path: Path, requested: str, why: str, running: str = "cpu") -> None:
     from toolkit.console import warn
 
-    if ort_conflict() is not None:  # the usual reason a GPU provider is missing, and not fixed by installing more
-        warn(f"running {path.name} on the CPU: {ort_conflict()}")
-        return
-    warn(f"{why}; running {path.name} on the CPU instead; for ort-{requested}, {gpu_install_hint()}")
+    where = "the CPU" if running == "cpu" else f"ONNX Runtime's {PROVIDERS[running]}"
+    conflict = ort_conflict()
+    if conflict is not None:  # the usual reason a GPU provider is missing, and not fixed by installing more
+        warn(f"running {path.name} on {where}: {conflict}")
+    elif requested == "trt" and running == "cuda":
+        warn(f"{why}; running {path.name} on {where} instead; the TensorRT provider needs TensorRT's libraries (pip install 'rtk[trt]')")
+    else:
+        warn(f"{why}; running {path.name} on {where} instead; for ort-{requested}, {gpu_install_hint()}")

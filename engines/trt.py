@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
-from engines.trt_sidecar import (
+from toolkit.sidecar import (
     RuntimeInfo,
     TensorInfo,
     check_engine_file,
@@ -170,16 +170,15 @@ class TrtEngine(Engine):
             )
         super().check_shape(shape)
 
-    def run_device(self, batch: Any) -> Any:
+    device_resident = True
+
+    def _run_device(self, batch: Any) -> Any:
         """Run a torch tensor (any device; moved to the engine's GPU) and return logits on the GPU.
 
         The engine works on its own CUDA stream, ordered after the caller's current stream and
         before anything the caller queues next, so no host synchronisation is added.
         """
-        if self._closed:
-            raise RtkError(f"the {self.name} engine is closed")
         torch = self._torch
-        self.check_shape(tuple(batch.shape))
         caller = torch.cuda.current_stream(self._device)
         self._stream.wait_stream(caller)
         # TensorRT runs on the device it deserialised the engine on, which need not be the current one.
@@ -198,7 +197,7 @@ class TrtEngine(Engine):
         return out
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._to_host(self.run_device(self._torch.from_numpy(batch)))
+        return self._to_host(self._run_device(self._torch.from_numpy(batch)))
 
     def synchronize(self) -> None:
         self._torch.cuda.synchronize(self._device)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -30,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from toolkit.errors import RtkError, require
+from toolkit.artefacts import onnx_path_for, sha256_file
+from toolkit.errors import RtkError, first_line, require
 from toolkit.files import staged
 from toolkit.spec import METADATA_KEY
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from toolkit.checkpoint import Checkpoint
-    from toolkit.parity import ParityMetrics
+    from toolkit.compare import ParityMetrics
 
 PRECISIONS = ("fp32", "fp16", "all")
 EXPORTERS = ("dynamo", "torchscript")
@@ -92,14 +92,6 @@ class ExportOptions:
         return ("fp32", "fp16") if self.precision == "all" else (self.precision,)
 
 
-def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """Where the ONNX of a checkpoint lives: ``MODEL.onnx`` or ``MODEL.fp16.onnx`` next to it."""
-    from toolkit.artefacts import artefact_stem
-
-    path = Path(checkpoint_path)
-    return path.with_name(artefact_stem(path) + (".fp16.onnx" if precision == "fp16" else ".onnx"))
-
-
 def _output_paths(checkpoint_path: Path, output: Path | None, precisions: Sequence[str]) -> dict[str, Path]:
     if output is None:
         return {p: onnx_path_for(checkpoint_path, p) for p in precisions}
@@ -116,13 +108,7 @@ def _output_paths(checkpoint_path: Path, output: Path | None, precisions: Sequen
 def export_onnx(
     checkpoint_path: str | os.PathLike,
     output: str | os.PathLike | None = None,
-    *,
-    precision: str = "fp32",
-    opset: int = DEFAULT_OPSET,
-    static_batch: int | None = None,
-    data: str | os.PathLike | None = None,
-    check: bool = True,
-    exporter: str = "dynamo",
+    options: ExportOptions | None = None,
     on_checked=None,
 ) -> list[Path]:
     """Export a checkpoint (rtk or foreign) to checked ONNX file(s).
@@ -130,12 +116,7 @@ def export_onnx(
     Args:
         checkpoint_path: the ``.pth``/``.pt`` file.
         output: destination file (or folder); default next to the checkpoint.
-        precision: ``fp32``, ``fp16`` or ``all``.
-        opset: ONNX opset (18 by default; 17 needs ``exporter="torchscript"``).
-        static_batch: fix the batch axis; ``None`` keeps it dynamic.
-        data: dataset name or image folder whose labelled images join the parity check.
-        check: run the eager-vs-ONNX-Runtime parity check before accepting each file.
-        exporter: ``dynamo`` (default) or ``torchscript``.
+        options: precision, opset, exporter, the check and its data (:class:`ExportOptions`).
         on_checked: called as ``on_checked(path, precision, metrics)`` after each file passes.
 
     Returns:
@@ -147,13 +128,13 @@ def export_onnx(
     """
     from toolkit.checkpoint import load_model
 
-    options = ExportOptions(precision, opset, static_batch, str(data) if data is not None else None, check, exporter)
+    options = options or ExportOptions()
     checkpoint_path = Path(checkpoint_path)
     model, ckpt = load_model(checkpoint_path)
     outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
     for path in outputs.values():
         _check_writable(path)
-    inputs = _check_inputs(ckpt, options) if check else None
+    inputs = _check_inputs(ckpt, options) if options.check else None
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
     # not leave the fp32 file behind either.
@@ -168,7 +149,11 @@ def export_onnx(
 
 
 def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """The ONNX next to a checkpoint, exported (and checked) when missing or older than it.
+    """The ONNX next to a checkpoint, exported (and checked) when missing or made from other weights.
+
+    ``MODEL.onnx`` is fresh while the checkpoint sha256 it records is the checkpoint's own, so
+    touching or copying a checkpoint costs nothing and retraining it re-exports. A file under
+    that name that rtk did not export is never overwritten.
 
     Args:
         checkpoint_path: the ``.pth``/``.pt`` file.
@@ -176,6 +161,9 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
 
     Returns:
         The ONNX file's path.
+
+    Raises:
+        RtkError: the checkpoint is missing, or a foreign file sits where the ONNX would go.
     """
     if precision not in ("fp32", "fp16"):
         raise RtkError(f"ONNX files are fp32 or fp16, not {precision!r}")
@@ -183,12 +171,29 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
     path = onnx_path_for(checkpoint_path, precision)
     if not checkpoint_path.exists():
         raise RtkError(f"{checkpoint_path} does not exist")
-    if path.exists() and path.stat().st_mtime >= checkpoint_path.stat().st_mtime:
-        return path
+    if path.exists():
+        record = _export_record(path)
+        if record is None:
+            raise RtkError(
+                f"{path} exists but was not exported by rtk, so it is not overwritten; move it away, or run it "
+                f"directly (--model {path})"
+            )
+        if record.get("checkpoint_sha256") == sha256_file(checkpoint_path) and record.get("precision") == precision:
+            return path
     from toolkit.console import info
 
     info(f"exporting {checkpoint_path.name} → {path.name} ({precision})")
-    return export_onnx(checkpoint_path, precision=precision)[0]
+    return export_onnx(checkpoint_path, options=ExportOptions(precision=precision))[0]
+
+
+def _export_record(path: Path) -> dict[str, Any] | None:
+    """The rtk metadata of an ONNX file, or ``None`` when it has none or cannot be read."""
+    from toolkit.onnx_graph import load_onnx_graph, metadata_dict
+
+    try:
+        return metadata_dict(load_onnx_graph(path))
+    except RtkError:
+        return None
 
 
 # --- one file ------------------------------------------------------------------------------
@@ -269,9 +274,8 @@ def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOption
     except RtkError:
         raise
     except Exception as exc:  # the exporters raise many types; the first line says what broke
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         other = "torchscript" if options.exporter == "dynamo" else "dynamo"
-        raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.arch}: {text}; try --exporter {other}") from None
+        raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.arch}: {first_line(exc)}; try --exporter {other}") from None
 
 
 def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, options: ExportOptions) -> None:
@@ -287,7 +291,7 @@ def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, 
         "opset": options.opset,
         "static_batch": options.static_batch,
         "checkpoint": ckpt.path.name if ckpt.path else None,
-        "checkpoint_sha256": _sha256(ckpt.path) if ckpt.path else None,
+        "checkpoint_sha256": sha256_file(ckpt.path) if ckpt.path else None,
         "checkpoint_source": ckpt.source,
     }
     for prop in list(proto.metadata_props):
@@ -299,14 +303,6 @@ def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, 
     proto.doc_string = f"{ckpt.spec.arch}, {ckpt.spec.num_classes} classes, {precision}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _validate(proto: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
     """onnx.checker (full check) and strict shape inference; returns the model with inferred shapes."""
     import onnx
@@ -315,7 +311,7 @@ def _validate(proto: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
         onnx.checker.check_model(proto, full_check=True)
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise RtkError(f"the exported graph for {path.name} fails the ONNX checker: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise RtkError(f"the exported graph for {path.name} fails the ONNX checker: {first_line(exc)}") from None
 
 
 def _check_writable(path: Path) -> None:
@@ -352,7 +348,7 @@ class _CheckInputs:
 def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
     """The inputs of the export check and the eager fp32 reference logits, computed once for all precisions."""
     from engines.eager import EagerEngine
-    from toolkit.parity import labelled_images, random_batches, run_engine
+    from toolkit.compare import labelled_images, random_batches, run_engine
 
     spec, pre = ckpt.spec, ckpt.preprocess
     sizes = (options.static_batch,) * 2 if options.static_batch else CHECK_BATCH_SIZES
@@ -373,7 +369,7 @@ def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
 
 def _parity_check(tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path) -> "ParityMetrics":
     from engines.ort import OrtEngine
-    from toolkit.parity import compare, judge_random_top1, run_engine
+    from toolkit.compare import compare, judge_random_top1, run_engine
     from toolkit.spec import ArtefactMeta
 
     with OrtEngine(tmp, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from engines.trt_sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
+from toolkit.sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
 from toolkit.artefacts import artefact_kind
 from toolkit.errors import RtkError, require
 from toolkit.spec import ArtefactMeta
@@ -247,7 +247,7 @@ def onnx_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the file is not readable ONNX, carries no rtk metadata, or is not a single
             NCHW-input, single-output classifier.
     """
-    from exporters.onnx_info import check_classifier_io, graph_io, load_onnx_graph, read_onnx_meta
+    from toolkit.onnx_graph import check_classifier_io, graph_io, load_onnx_graph, read_onnx_meta
 
     path = Path(path)
     meta = read_onnx_meta(path)
@@ -274,7 +274,8 @@ def plan_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the sidecar is missing or invalid, the plan is not the file it describes, or
             the plan has more than one input/output.
     """
-    from engines.trt_sidecar import read_sidecar, sha256_file
+    from toolkit.artefacts import sha256_file
+    from toolkit.sidecar import read_sidecar
 
     path = Path(path)
     sidecar = read_sidecar(path)

@@ -6,7 +6,7 @@ from the fp16 ONNX (``MODEL.fp16.onnx``: fp16 weights and compute, fp32 I/O). Wh
 is installed is detected with ``hasattr(trt.BuilderFlag, "FP16")``, never from the version
 number alone.
 
-Every build writes ``MODEL.engine`` and ``MODEL.engine.json`` (see :mod:`engines.trt_sidecar`)
+Every build writes ``MODEL.engine`` and ``MODEL.engine.json`` (see :mod:`toolkit.sidecar`)
 atomically: a failed or interrupted build leaves neither behind.
 """
 
@@ -20,20 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.trt_sidecar import (
+from toolkit.sidecar import (
     PRECISIONS,
     EngineSidecar,
-    default_engine_path,
     read_sidecar,
     runtime_mismatch,
-    sha256_file,
     sidecar_path,
     source_onnx_path,
     summarize_layers,
     validate_profile,
     write_sidecar,
 )
-from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES
+from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
 from toolkit.errors import RtkError, require
 from toolkit.files import write_atomic
 
@@ -42,7 +40,6 @@ __all__ = [
     "BuildRoute",
     "build_engine",
     "choose_route",
-    "default_engine_path",
     "ensure_engine",
     "onnx_weight_precision",
     "parse_workspace",
@@ -182,7 +179,7 @@ def onnx_weight_precision(path: str | os.PathLike) -> str:
     Raises:
         RtkError: the file is not a readable ONNX model.
     """
-    from exporters.onnx_info import load_onnx_graph, onnx_precision
+    from toolkit.onnx_graph import load_onnx_graph, onnx_precision
 
     return onnx_precision(load_onnx_graph(path))
 
@@ -229,7 +226,7 @@ def build_engine(
 
     Args:
         onnx_path: an rtk-exported ONNX (fp32 or fp16; its metadata gives spec and preprocess).
-        output: the engine path; default :func:`default_engine_path` (``MODEL.engine`` for fp16).
+        output: the engine path; default :func:`engine_path_for` (``MODEL.engine`` for fp16).
         options: precision, batch profile, workspace, timing cache and builder settings.
         show_progress: show TensorRT's build phases (or a spinner) on stderr.
 
@@ -243,7 +240,7 @@ def build_engine(
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise RtkError(f"{onnx_path} does not exist")
-    output = Path(output) if output is not None else default_engine_path(onnx_path, options.precision)
+    output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
     trt = require("tensorrt", "building a TensorRT engine")
@@ -252,7 +249,7 @@ def build_engine(
     runtime = current_runtime()
     route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
     source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
-    from exporters.onnx_info import read_onnx_meta
+    from toolkit.onnx_graph import read_onnx_meta
 
     meta = read_onnx_meta(source)
     logger = make_logger(trt)
@@ -317,7 +314,7 @@ def ensure_engine(onnx_path: str | os.PathLike, precision: str = "fp16") -> Path
         ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``.
     """
     onnx_path = Path(onnx_path)
-    output = default_engine_path(onnx_path, precision)
+    output = engine_path_for(onnx_path, precision)
     options = BuildOptions(precision=precision)
     if output.exists() and sidecar_path(output).exists():
         try:

@@ -14,16 +14,14 @@ import torch
 
 from benchmarks.harness import (
     BenchOptions,
-    EngineChoice,
     _sweep,
-    expand_engines,
     latency_stats,
-    parse_engine,
     run_benchmark,
     time_calls,
 )
 from benchmarks.report import CSV_COLUMNS, load_schema, render_table, to_csv, write_report
 from engines.eager import EagerEngine
+from engines.names import parse_engine
 from conftest import TINY_SPEC, make_checkpoint
 from toolkit.checkpoint import load_model
 from toolkit.errors import RtkError
@@ -52,10 +50,10 @@ def small_checkpoint(tmp_path_factory):
     The TorchScript exporter without the parity check is the quick way to that file; export
     itself is tested with the exporter.
     """
-    from exporters.onnx import export_onnx
+    from exporters.onnx import ExportOptions, export_onnx
 
     path = make_checkpoint(tmp_path_factory.mktemp("bench") / "small.pth", TINY_SPEC, SMALL_PRE)
-    export_onnx(path, opset=17, exporter="torchscript", check=False)
+    export_onnx(path, options=ExportOptions(opset=17, exporter="torchscript", check=False))
     return path
 
 
@@ -165,7 +163,7 @@ def test_out_of_memory_at_one_batch_size_is_reported_and_the_sweep_goes_on(small
     model, ckpt = load_model(small_checkpoint)
     engine = _MemoryBoundEngine(model, ckpt.spec, ckpt.preprocess)
     options = BenchOptions(engines=("eager",), batch_sizes=(1, 4, 2), **FAST)
-    rows = _sweep([(EngineChoice("eager", "fp32"), engine)], options, lambda r: None)
+    rows = _sweep([(parse_engine("eager"), engine)], options, lambda r: None)
     assert [(r.batch_size, r.status) for r in rows] == [(1, "ok"), (4, "oom"), (2, "ok")]
     assert "out of memory" in rows[1].reason
 
@@ -174,22 +172,9 @@ def test_batch_larger_than_the_engine_accepts_is_a_skipped_row(small_checkpoint)
     model, ckpt = load_model(small_checkpoint)
     engine = EagerEngine(model, ckpt.spec, ckpt.preprocess)
     engine.max_batch = 2
-    rows = _sweep([(EngineChoice("eager", "fp32"), engine)], BenchOptions(batch_sizes=(2, 8), **FAST), lambda r: None)
+    rows = _sweep([(parse_engine("eager"), engine)], BenchOptions(batch_sizes=(2, 8), **FAST), lambda r: None)
     assert [r.status for r in rows] == ["ok", "skipped"]
     assert "batch size 8" in rows[1].reason
-
-
-def test_engine_names():
-    assert parse_engine("eager-cl-fp16").name == "eager-fp16-cl"
-    assert parse_engine("eager", "bf16").name == "eager-bf16"
-    assert parse_engine("ort", "fp16").name == "ort-fp16"
-    assert parse_engine("trt").precision == "fp16" and parse_engine("trt", "fp32").precision == "fp32"
-    assert parse_engine("ort-trt").precision == "fp16" and parse_engine("ort-trt", "fp32").precision == "fp32"
-    assert parse_engine("eager-graph").cuda_graph
-    assert expand_engines(["ort", "all"])[0] == "ort" and "trt" in expand_engines(["all"])
-    for bad in ("tensorflow", "eager-fast", "eager-fp16-bf16", "ort", "eager-cl-cl"):
-        with pytest.raises(RtkError):
-            parse_engine(bad, "bf16" if bad == "ort" else None)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -267,10 +252,11 @@ def test_cli_onnx_model_runs_ort_and_explains_eager(cli, report, small_checkpoin
 
 
 @pytest.mark.parametrize("value", ["1,x", "0", "", "8,-1", "1.5", "²", "1,³", "٣"])
-def test_bad_batch_sizes_fail_with_one_line(cli, small_checkpoint, value):
-    result = cli("bench", small_checkpoint, "--batch-sizes", value)
-    assert result.exit_code == 1
-    assert "--batch-sizes must be comma-separated positive integers" in result.stderr
+@pytest.mark.parametrize("flag", ["--batch-size", "--batch-sizes", "-b"])
+def test_bad_batch_sizes_fail_with_one_line(cli, small_checkpoint, value, flag):
+    result = cli("bench", small_checkpoint, flag, value)
+    assert result.exit_code == 64  # a usage error: nothing is loaded or exported
+    assert "--batch-size takes comma-separated positive integers" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
 
@@ -279,6 +265,8 @@ def test_bad_batch_sizes_fail_with_one_line(cli, small_checkpoint, value):
     "args, message",
     [
         (["-e", "tensorflow"], "unknown engine 'tensorflow'"),
+        (["-e", "eager,trt-bf16"], "runs fp32 or fp16, not bf16"),
+        (["--device", "gpu"], "is not a device"),
         (["--duration", "2", "--iters", "5"], "not both"),
         (["--iters", "0"], "iters must be at least 1"),
         (["--threads", "0"], "threads must be at least 1"),
@@ -291,8 +279,10 @@ def test_bad_options_fail_with_one_line(cli, small_checkpoint, args, message):
     if message == "no CUDA GPU" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     result = cli("bench", small_checkpoint, *args)
-    assert result.exit_code == 1
-    assert message in result.stderr
+    # A name or value outside an option's grammar is a usage error, found before any work.
+    usage = args[0] in ("-e", "--device") and "CUDA" not in message
+    assert result.exit_code == (64 if usage else 1)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
 
 

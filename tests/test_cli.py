@@ -60,7 +60,7 @@ def test_usage_errors_are_one_line_with_their_own_exit_status(cli, tiny_checkpoi
     cases = [
         (("--bogus",), "No such option: --bogus", "rtk --help"),
         (("inspect",), "Missing argument", "rtk inspect --help"),
-        (("predict", "x", "--engine", "bogus"), "'bogus' is not one of", "rtk predict --help"),
+        (("predict", "x", "--engine", "bogus"), "unknown engine 'bogus'", "rtk predict --help"),
         (("bench", tiny_checkpoint, "--io", "sideways"), "--io", "rtk bench --help"),
         (("export", tiny_checkpoint, "--opset", "seventeen"), "Invalid value for '--opset'", "rtk export --help"),
         (("nosuchcommand",), "No such command", "rtk --help"),

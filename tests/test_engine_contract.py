@@ -8,7 +8,7 @@ import torch
 
 import engines
 from conftest import make_checkpoint
-from exporters.onnx import export_onnx
+from exporters.onnx import ExportOptions, export_onnx
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -28,7 +28,7 @@ cuda = pytest.mark.cuda
 # (engine id, how to open it from the artefacts, tolerance against eager fp32 as (atol, rtol))
 ENGINES = [
     pytest.param("eager", lambda a: engines.load(a["ckpt"]), (1e-5, 1e-5), id="eager"),
-    pytest.param("eager-cl", lambda a: engines.load(a["ckpt"], channels_last=True), (1e-4, 1e-4), id="eager-cl"),
+    pytest.param("eager-cl", lambda a: engines.load(a["ckpt"], "eager-cl"), (1e-4, 1e-4), id="eager-cl"),
     pytest.param("eager-bf16", lambda a: engines.load(a["ckpt"], precision="bf16"), (0.1, 0.1), id="eager-bf16"),
     pytest.param("ort", lambda a: engines.load(a["onnx"]), (1e-4, 1e-4), id="ort"),
     pytest.param("ort-fp16", lambda a: engines.load(a["onnx16"], engine="ort-fp16"), (2e-2, 2e-2), id="ort-fp16"),
@@ -50,7 +50,7 @@ ENGINES = [
 def artefacts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("contract")
     ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
-    onnx, onnx16 = export_onnx(ckpt, precision="all", check=False)
+    onnx, onnx16 = export_onnx(ckpt, options=ExportOptions(precision="all", check=False))
     return {"ckpt": ckpt, "onnx": onnx, "onnx16": onnx16}
 
 
@@ -74,6 +74,17 @@ def test_engine_contract(name, opener, tol, artefacts, reference):
             np.testing.assert_allclose(out, expected[:n], atol=tol[0], rtol=tol[1])
         device_out = engine(torch.from_numpy(x[:2]))  # a torch tensor goes through run_device
         assert device_out.shape == (2, 6) and device_out.dtype == np.float32
+        on_device = engine.run_device(torch.from_numpy(x[:3]))
+        assert tuple(on_device.shape) == (3, 6)
+        np.testing.assert_allclose(on_device.float().cpu().numpy(), expected[:3], atol=tol[0], rtol=tol[1])
+        for bad, message in [
+            (torch.zeros(1, 3, 16, 16), "expects inputs of shape"),
+            (torch.zeros(3, 32, 32), "4 dimensions"),
+            (torch.zeros(1, 3, 32, 32, dtype=torch.int64), "floating-point"),
+            (x[:1], "expects a torch tensor"),
+        ]:
+            with pytest.raises(RtkError, match=message):
+                engine.run_device(bad)
 
         for bad, message in [
             (x[0], "4 dimensions"),
@@ -86,6 +97,8 @@ def test_engine_contract(name, opener, tol, artefacts, reference):
                 engine(bad)
     with pytest.raises(RtkError, match="closed"):
         engine(x)
+    with pytest.raises(RtkError, match="closed"):
+        engine.run_device(torch.from_numpy(x))
 
 
 def test_gpu_engines_fall_back_to_cpu_loudly(artefacts, capsys):
@@ -132,7 +145,7 @@ def test_a_gpu_provider_that_fails_to_start_is_not_passed_off_as_gpu(artefacts, 
     with pytest.warns(UserWarning, match="not in available provider names"):  # the CPU-only session's own complaint
         engine = engines.load(artefacts["onnx"], engine="ort-cuda", device="cuda")
     with engine:
-        assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu" and engine.provider == "cpu"
+        assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu" and engine.fallback_from == "ort-cuda"
         assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 6)
     err = capsys.readouterr().err
     assert "CUDAExecutionProvider failed to start" in err and "running m.onnx on the CPU instead" in err
@@ -141,61 +154,101 @@ def test_a_gpu_provider_that_fails_to_start_is_not_passed_off_as_gpu(artefacts, 
 def test_ort_tensorrt_provider_options(tmp_path):
     # The TensorRT provider's profile names the graph's own input and spans the batch range, and
     # its engine and timing caches live in one folder beside the model, so they are reused.
-    from engines.ort import _provider_options
+    from engines.ort import _Graph, _provider_options
     from toolkit.spec import ArtefactMeta
 
-    options = _provider_options("trt", tmp_path / "m.onnx", "images", ArtefactMeta(SPEC, PRE), 1, True, 64)
+    graph = _Graph(ArtefactMeta(SPEC, PRE), "images", "fp32", None)
+    options = _provider_options("trt", tmp_path / "m.onnx", graph, 1, True, 64)
     cache = tmp_path / "m.ort-trt-cache"
     assert cache.is_dir() and options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
     assert options["trt_fp16_enable"] is True and options["device_id"] == 1
     assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) == (
         "images:1x3x32x32", "images:32x3x32x32", "images:64x3x32x32",
     )
-    assert _provider_options("cuda", tmp_path / "m.onnx", "images", ArtefactMeta(SPEC, PRE), 0, False, 64)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert _provider_options("cuda", tmp_path / "m.onnx", graph, 0, False, 64)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / "m.ort-trt-cache").write_text("a file where the cache folder goes")
     with pytest.raises(RtkError, match="cannot create the TensorRT provider's cache folder"):
-        _provider_options("trt", tmp_path / "ro" / "m.onnx", "images", ArtefactMeta(SPEC, PRE), 0, True, 64)
+        _provider_options("trt", tmp_path / "ro" / "m.onnx", graph, 0, True, 64)
 
 
-def test_prepare_exports_once_next_to_the_checkpoint(tmp_path):
+def test_prepare_exports_next_to_the_checkpoint_and_reuses_it_while_the_hash_matches(tmp_path):
+    from exporters.prepare import prepare
+
     ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
-    assert engines.prepare(ckpt) == ckpt and engines.prepare(ckpt, "eager") == ckpt
-    onnx = engines.prepare(ckpt, "ort")
+    assert prepare(ckpt) == ckpt and prepare(ckpt, "eager-fp16") == ckpt
+    onnx = prepare(ckpt, "ort")
     assert onnx == tmp_path / "m.onnx" and onnx.exists()
     stamp = onnx.stat().st_mtime_ns
-    assert engines.prepare(ckpt, "ort-cuda") == onnx and onnx.stat().st_mtime_ns == stamp  # cached, not re-exported
-    assert engines.prepare(ckpt, "ort-fp16") == tmp_path / "m.fp16.onnx"
-    assert engines.prepare(ckpt, "ort", "fp16") == tmp_path / "m.fp16.onnx"
-    assert engines.prepare(onnx, "ort") == onnx  # an ONNX runs as given
-    with engines.load(engines.prepare(ckpt, "ort-fp16"), engine="ort-fp16") as engine:
-        assert engine.precision == "fp16"
+    assert prepare(ckpt, "ort-cuda") == onnx and onnx.stat().st_mtime_ns == stamp  # cached, not re-exported
+    ckpt.touch()  # a newer file with the same weights is not a reason to export again
+    assert prepare(ckpt, "ort-trt-fp32") == onnx and onnx.stat().st_mtime_ns == stamp
+    assert prepare(ckpt, "ort-fp16") == tmp_path / "m.fp16.onnx"
+    assert prepare(ckpt, "ort", "fp16") == prepare(ckpt, "ort-cuda-fp16") == tmp_path / "m.fp16.onnx"
+    assert prepare(onnx, "ort") == onnx  # an ONNX runs as given
+    make_checkpoint(ckpt, SPEC, PRE, seed=1)  # other weights under the same name: exported again
+    assert prepare(ckpt, "ort") == onnx and onnx.stat().st_mtime_ns != stamp
 
 
-def test_prepare_refuses_what_an_engine_cannot_run(artefacts, tmp_path):
-    with pytest.raises(RtkError, match="runs checkpoints"):
-        engines.prepare(artefacts["onnx"], "eager")
-    with pytest.raises(RtkError, match="needs an fp16"):
-        engines.prepare(artefacts["onnx"], "ort", "fp16")
+def test_prepare_never_overwrites_a_file_it_did_not_export(tmp_path):
+    import onnx
+
+    from exporters.prepare import prepare
+
+    ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
+    mine = prepare(ckpt, "ort")
+    model = onnx.load(str(mine))
+    del model.metadata_props[:]
+    onnx.save(model, str(mine))
+    before = mine.read_bytes()
+    with pytest.raises(RtkError, match="was not exported by rtk, so it is not overwritten"):
+        prepare(ckpt, "ort")
+    assert mine.read_bytes() == before
+
+
+def test_open_engine_runs_a_checkpoint_on_any_engine_the_same_way(tmp_path):
+    from toolkit.runtime import open_engine
+
+    ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    with open_engine(ckpt) as eager:
+        expected = eager(x)
+    for name in ("ort", "ort-fp16", "eager-cl"):
+        with open_engine(ckpt, name) as engine:
+            assert engine.name == name and engine.precision == ("fp16" if name == "ort-fp16" else "fp32")
+            np.testing.assert_allclose(engine(x), expected, atol=2e-2, rtol=2e-2)
+    with open_engine(tmp_path / "m.fp16.onnx") as engine:  # precision read from the graph, whatever the name
+        assert engine.name == "ort-fp16"
+
+
+def test_engines_refuse_what_they_cannot_run(artefacts, tmp_path):
+    from toolkit.runtime import open_engine
+
+    with pytest.raises(RtkError, match="the eager engine runs checkpoints"):
+        open_engine(artefacts["onnx"], "eager")
+    with pytest.raises(RtkError, match="holds fp32 weights, so ONNX Runtime runs it at fp32, not fp16"):
+        open_engine(artefacts["onnx"], "ort", precision="fp16")
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"\0" * 64)
-    with pytest.raises(RtkError, match="is a TensorRT engine"):
-        engines.prepare(plan, "ort")
+    with pytest.raises(RtkError, match="the ort engine runs ONNX files"):
+        open_engine(plan, "ort")
     with pytest.raises(RtkError, match="unknown engine"):
-        engines.prepare(artefacts["ckpt"], "tvm")
+        open_engine(artefacts["ckpt"], "tvm")
     assert not list(artefacts["ckpt"].parent.glob("*.engine*"))
 
 
-def test_loader_refuses_mismatched_engines(artefacts):
-    with pytest.raises(RtkError, match="export it first"):
+def test_loader_opens_only_what_exists(artefacts):
+    with pytest.raises(RtkError, match="the ort engine runs ONNX files, and m.pth is not one"):
         engines.load(artefacts["ckpt"], engine="ort")
-    with pytest.raises(RtkError, match="runs checkpoints"):
+    with pytest.raises(RtkError, match="the eager engine runs checkpoints"):
         engines.load(artefacts["onnx"], engine="eager")
     with pytest.raises(RtkError, match="holds fp32 weights"):
         engines.load(artefacts["onnx"], engine="ort-fp16")
+    with pytest.raises(RtkError, match="holds fp16 weights"):
+        engines.load(artefacts["onnx16"], engine="ort-fp32")
     with pytest.raises(RtkError, match="unknown engine"):
         engines.load(artefacts["onnx"], engine="tvm")
-    with pytest.raises(RtkError, match="eager precision"):
+    with pytest.raises(RtkError, match="eager engine runs fp32 or fp16 or bf16, not int8"):
         engines.load(artefacts["ckpt"], precision="int8")
 
 

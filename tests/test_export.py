@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from conftest import make_checkpoint
-from exporters.onnx import ensure_onnx, export_onnx, onnx_path_for
+from exporters.onnx import ExportOptions, ensure_onnx, export_onnx
+from toolkit.artefacts import onnx_path_for
 from toolkit.errors import RtkError
-from toolkit.parity import compare
+from toolkit.compare import compare
 from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 
 # The imagenet stem at 32 px keeps every architecture's activations tiny, so the cost is tracing.
@@ -41,7 +42,7 @@ def exported(tmp_path_factory):
     """The tiny checkpoint exported once at both precisions: (checkpoint, fp32 onnx, fp16 onnx)."""
     folder = tmp_path_factory.mktemp("export")
     ckpt = make_checkpoint(folder / "tiny.pth")
-    fp32, fp16 = export_onnx(ckpt, precision="all")
+    fp32, fp16 = export_onnx(ckpt, options=ExportOptions(precision="all"))
     return ckpt, fp32, fp16
 
 
@@ -49,7 +50,7 @@ def exported(tmp_path_factory):
 def test_every_architecture_matches_eager_in_fp32_and_keeps_direction_in_fp16(tmp_path, arch):
     spec = ModelSpec(arch=arch, num_classes=7)
     ckpt = make_checkpoint(tmp_path / f"{arch}.pth", spec, ZOO_PRE)
-    fp32, fp16 = export_onnx(ckpt, precision="all", check=False)  # the test itself is the check
+    fp32, fp16 = export_onnx(ckpt, options=ExportOptions(precision="all", check=False))  # the test itself is the check
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32), dtype=np.float32)
     ref = _eager_logits(ckpt, x)
     scale = max(1.0, float(np.abs(ref).max()))
@@ -150,7 +151,7 @@ def test_static_batch_pins_the_batch_axis(tmp_path):
     import engines
 
     ckpt = make_checkpoint(tmp_path / "s.pth", ModelSpec(arch="resnet18", num_classes=4), ZOO_PRE)
-    (path,) = export_onnx(ckpt, static_batch=4)
+    (path,) = export_onnx(ckpt, options=ExportOptions(static_batch=4))
     assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
     with engines.load(path) as engine:
         assert engine(np.zeros((4, 3, 32, 32), np.float32)).shape == (4, 4)
@@ -161,8 +162,8 @@ def test_static_batch_pins_the_batch_axis(tmp_path):
 def test_torchscript_exporter_reaches_opset_17_and_dynamo_refuses_it(tmp_path):
     ckpt = make_checkpoint(tmp_path / "t.pth", ModelSpec(arch="resnet18", num_classes=4), ZOO_PRE)
     with pytest.raises(RtkError, match="opset 17"):
-        export_onnx(ckpt, opset=17)
-    (path,) = export_onnx(ckpt, opset=17, exporter="torchscript")
+        export_onnx(ckpt, options=ExportOptions(opset=17))
+    (path,) = export_onnx(ckpt, options=ExportOptions(opset=17, exporter="torchscript"))
     assert onnx.load(str(path)).opset_import[0].version == 17
 
 
@@ -178,7 +179,7 @@ def test_failed_parity_check_leaves_no_file(tmp_path):
     model.load_state_dict(state)
     bad = save_checkpoint(tmp_path / "bad.pth", model, good.spec, good.preprocess)
     with pytest.raises(RtkError, match="was not written.*NaN"):
-        export_onnx(bad, precision="all")
+        export_onnx(bad, options=ExportOptions(precision="all"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "good.pth"]
 
 
@@ -195,17 +196,20 @@ def test_precision_all_writes_neither_file_when_only_fp16_fails(tmp_path):
     huge = save_checkpoint(tmp_path / "huge.pth", model, good.spec, good.preprocess)
     assert export_onnx(huge, tmp_path / "alone.onnx")  # the fp32 file alone passes
     with pytest.raises(RtkError, match=r"huge.fp16.onnx was not written"):
-        export_onnx(huge, precision="all")
+        export_onnx(huge, options=ExportOptions(precision="all"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.onnx", "good.pth", "huge.pth"]
 
 
-def test_ensure_onnx_exports_once_and_again_when_the_checkpoint_changes(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "e.pth", ModelSpec(arch="resnet18", num_classes=3), ZOO_PRE)
+def test_ensure_onnx_exports_once_and_again_when_the_weights_change(tmp_path):
+    spec = ModelSpec(arch="resnet18", num_classes=3)
+    ckpt = make_checkpoint(tmp_path / "e.pth", spec, ZOO_PRE)
     path = ensure_onnx(ckpt)
     stamp = path.stat().st_mtime_ns
     assert ensure_onnx(ckpt) == path and path.stat().st_mtime_ns == stamp
     later = path.stat().st_mtime + 5
-    os.utime(ckpt, (later, later))
+    os.utime(ckpt, (later, later))  # newer, same bytes: the recorded sha256 still matches
+    assert ensure_onnx(ckpt) == path and path.stat().st_mtime_ns == stamp
+    make_checkpoint(ckpt, spec, ZOO_PRE, seed=3)
     assert ensure_onnx(ckpt) == path and path.stat().st_mtime_ns != stamp
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_checkpoint
-from exporters.onnx import export_onnx
-from toolkit.parity import DEFAULT_TOLERANCES, compare, run_parity, tolerance_for
+from exporters.onnx import ExportOptions, export_onnx
+from toolkit.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
 from toolkit.spec import ModelSpec, Preprocess
 
 SPEC = ModelSpec(arch="resnet18", num_classes=6)
@@ -22,7 +22,7 @@ def model_dir(tmp_path_factory):
     """A checkpoint with its fp32 and fp16 ONNX next to it."""
     folder = tmp_path_factory.mktemp("parity")
     ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
-    export_onnx(ckpt, precision="all", check=False)
+    export_onnx(ckpt, options=ExportOptions(precision="all", check=False))
     return folder
 
 
@@ -106,7 +106,7 @@ def test_parity_exits_1_and_names_the_engine_whose_onnx_was_corrupted(model_dir,
 
 def test_run_parity_from_python_exports_missing_artefacts(tmp_path):
     ckpt = make_checkpoint(tmp_path / "fresh.pth", SPEC, PRE)
-    report = run_parity(ckpt, ["ort"], batch_sizes=(2, 3))
+    report = run_parity(ckpt, ParityOptions(engines=("ort",), batch_sizes=(2, 3)))
     assert (tmp_path / "fresh.onnx").exists() and report.passed
     assert report.results[0].random.samples == 5 and report.to_dict()["failed"] == []
 
@@ -150,7 +150,7 @@ def test_parity_refuses_an_nhwc_onnx(model_dir, cli, tmp_path):
 
 def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_path):
     other = make_checkpoint(tmp_path / "other.pth", ModelSpec(arch="resnet18", num_classes=4), PRE)
-    (path,) = export_onnx(other, check=False)
+    (path,) = export_onnx(other, options=ExportOptions(check=False))
     _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "4 classes but the checkpoint")
     model = onnx.load(str(path))
     del model.metadata_props[:]  # without metadata the graph's own output size gives it away
@@ -161,15 +161,28 @@ def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_pat
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--engines", "ort,tvm"], "unknown engine 'tvm'"),
-        (["--batch-sizes", "1,x"], "comma-separated integers"),
-        (["--batch-sizes", "0"], "batch sizes must be positive"),
         (["--atol", "-1"], "--atol must be >= 0"),
         (["--onnx", "missing.onnx"], "does not exist"),
+        (["--max-samples", "0"], "--max-samples must be at least 1"),
     ],
 )
 def test_parity_rejects_bad_options(model_dir, cli, args, message):
     _assert_clean_failure(cli("parity", model_dir / "m.pth", *args), message)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engines", "ort,tvm"], "unknown engine 'tvm'"),
+        (["-e", "ort-bf16"], "runs fp32 or fp16, not bf16"),
+        (["--batch-sizes", "1,x"], "--batch-size takes comma-separated positive integers"),
+        (["-b", "0"], "--batch-size takes comma-separated positive integers"),
+        (["--device", "gpu"], "is not a device"),
+    ],
+)
+def test_parity_option_typos_are_usage_errors(model_dir, cli, args, message):
+    result = cli("parity", model_dir / "m.pth", *args)
+    assert result.exit_code == 64 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_parity_of_a_missing_checkpoint_fails_cleanly(cli, tmp_path):

@@ -46,10 +46,10 @@ def onnx_model(tmp_path_factory):
     The exporter's own parity check is skipped here (the exporter's tests own it); the file is
     the one `ensure_onnx` would otherwise write.
     """
-    from exporters.onnx import ensure_onnx, export_onnx
+    from exporters.onnx import ExportOptions, ensure_onnx, export_onnx
 
     ckpt = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth")
-    (exported,) = export_onnx(ckpt, precision="fp32", check=False)
+    (exported,) = export_onnx(ckpt, options=ExportOptions(precision="fp32", check=False))
     assert ensure_onnx(ckpt, "fp32") == exported
     return ckpt, exported
 
@@ -151,9 +151,9 @@ def test_onnx_input_cpu_instances_and_defaults(cli, onnx_model, tmp_path):
 
 @pytest.mark.slow  # a second export: ~30 s on two busy cores
 def test_fp16_onnx_keeps_fp32_io(cli, tmp_path):
-    from exporters.onnx import export_onnx
+    from exporters.onnx import ExportOptions, export_onnx
 
-    (fp16,) = export_onnx(make_checkpoint(tmp_path / "net.pth"), precision="fp16", check=False)
+    (fp16,) = export_onnx(make_checkpoint(tmp_path / "net.pth"), options=ExportOptions(precision="fp16", check=False))
     repo = tmp_path / "repo"
     assert cli("triton", fp16, "--repo", repo).exit_code == 0
     config = parse_config(repo / "net_fp16")
@@ -232,7 +232,7 @@ def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
     ckpt, _ = onnx_model
     repo = tmp_path / "repo"
     cases = [
-        (("--preferred-batch-sizes", "4,x"), "--preferred-batch-sizes takes integers"),
+        (("--preferred-batch-sizes", "4,x"), "--preferred-batch-sizes takes comma-separated positive integers"),
         (("--max-batch-size", 8, "--preferred-batch-sizes", 16), "exceed the max batch size 8"),
         (("--cpu", "--gpus", 0), "exclude each other"),
         (("--cpu", "--ort-trt"), "--ort-trt needs GPU instances"),
@@ -253,7 +253,8 @@ def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
 
 def write_plan(folder: Path, profile=(1, 8, 16), name="tiny.engine", spec: ModelSpec = TINY_SPEC) -> Path:
     """A plan file with a real sidecar from rtk's sidecar writer (Triton never needs rtk to open the plan)."""
-    from engines.trt_sidecar import EngineSidecar, TensorInfo, sha256_file, write_sidecar
+    from toolkit.artefacts import sha256_file
+    from toolkit.sidecar import EngineSidecar, TensorInfo, write_sidecar
 
     plan = folder / name
     plan.write_bytes(b"opaque serialized TensorRT engine bytes")

@@ -22,12 +22,12 @@ PROFILE = (1, 4, 16)
 @pytest.fixture(scope="module")
 def artefacts(tmp_path_factory):
     """A tiny checkpoint, its fp32 and fp16 ONNX files, and an fp16 engine built from them."""
-    from exporters.onnx import export_onnx
+    from exporters.onnx import ExportOptions, export_onnx
     from exporters.trt import BuildOptions, build_engine
 
     folder = tmp_path_factory.mktemp("trt")
     checkpoint = make_checkpoint(folder / "tiny.pth")
-    fp32_onnx, _ = export_onnx(checkpoint, precision="all")
+    fp32_onnx, _ = export_onnx(checkpoint, options=ExportOptions(precision="all"))
     lo, opt, hi = PROFILE
     engine = build_engine(fp32_onnx, options=BuildOptions(min_batch=lo, opt_batch=opt, max_batch=hi), show_progress=False)
     return {"checkpoint": checkpoint, "onnx": fp32_onnx, "engine": engine}
@@ -48,7 +48,7 @@ def _eager(checkpoint, batch: np.ndarray) -> np.ndarray:
 def test_fp16_engine_and_sidecar(artefacts):
     import tensorrt as trt
 
-    from engines.trt_sidecar import read_sidecar
+    from toolkit.sidecar import read_sidecar
 
     sidecar = read_sidecar(artefacts["engine"])
     assert artefacts["engine"].name == "tiny.engine"
@@ -61,7 +61,7 @@ def test_fp16_engine_and_sidecar(artefacts):
 
 def test_runs_at_batch_1_and_max_and_matches_eager(artefacts):
     from engines.trt import TrtEngine
-    from toolkit.parity import compare
+    from toolkit.compare import compare
 
     batch = _inputs(64)
     with TrtEngine(artefacts["engine"]) as engine:
@@ -109,7 +109,7 @@ def test_batch_above_the_profile_is_rejected(artefacts):
 )
 def test_tampered_sidecar_is_rejected(artefacts, tmp_path, edit, message):
     from engines.trt import TrtEngine
-    from engines.trt_sidecar import read_sidecar, sidecar_path, source_onnx_path
+    from toolkit.sidecar import read_sidecar, sidecar_path, source_onnx_path
 
     engine = tmp_path / "copy.engine"
     engine.write_bytes(artefacts["engine"].read_bytes())
@@ -123,7 +123,7 @@ def test_tampered_sidecar_is_rejected(artefacts, tmp_path, edit, message):
 
 def test_cli_build_fp32_with_timing_cache_and_layer_details(artefacts, cli, tmp_path):
     from engines.trt import TrtEngine
-    from toolkit.parity import compare
+    from toolkit.compare import compare
 
     cache = tmp_path / "timing.cache"
     output = tmp_path / "tiny.fp32.engine"
@@ -180,12 +180,12 @@ def test_parser_errors_are_all_reported(tmp_path, cli):
 
 
 def test_parity_refuses_an_engine_of_another_model(artefacts, tmp_path, cli):
-    from exporters.onnx import export_onnx
+    from exporters.onnx import ExportOptions, export_onnx
     from exporters.trt import BuildOptions, build_engine
     from toolkit.spec import ModelSpec
 
     other = make_checkpoint(tmp_path / "five.pth", ModelSpec(arch="resnet18", num_classes=5, stem="small"))
-    (onnx_path,) = export_onnx(other, check=False)
+    (onnx_path,) = export_onnx(other, options=ExportOptions(check=False))
     engine = build_engine(onnx_path, options=BuildOptions(min_batch=1, opt_batch=2, max_batch=4), show_progress=False)
     result = cli("parity", artefacts["checkpoint"], "--engines", "eager,trt", "--trt-engine", engine)
     assert result.exit_code == 1 and "has 5 classes but the checkpoint" in result.stderr

@@ -13,14 +13,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.trt_sidecar import (
+from toolkit.artefacts import engine_path_for
+from toolkit.sidecar import (
     EngineSidecar,
     RuntimeInfo,
     TensorInfo,
     check_engine_file,
     check_engine_tensors,
     check_runtime,
-    default_engine_path,
     describe_engine,
     gpu_name_warning,
     read_sidecar,
@@ -189,10 +189,10 @@ def test_resolve_fp16_onnx_without_sibling_or_checkpoint_says_how_to_make_it(tmp
 # --- sidecar ----------------------------------------------------------------------------------
 
 
-def test_default_engine_paths(tmp_path):
-    assert default_engine_path(tmp_path / "m.onnx") == tmp_path / "m.engine"
-    assert default_engine_path(tmp_path / "m.fp16.onnx") == tmp_path / "m.engine"
-    assert default_engine_path(tmp_path / "m.onnx", "fp32") == tmp_path / "m.fp32.engine"
+def test_engine_path_fors(tmp_path):
+    assert engine_path_for(tmp_path / "m.onnx") == tmp_path / "m.engine"
+    assert engine_path_for(tmp_path / "m.fp16.onnx") == tmp_path / "m.engine"
+    assert engine_path_for(tmp_path / "m.onnx", "fp32") == tmp_path / "m.fp32.engine"
     assert sidecar_path(tmp_path / "m.engine") == tmp_path / "m.engine.json"
 
 
@@ -403,12 +403,12 @@ def test_loading_an_engine_without_tensorrt_exits_with_the_hint(tmp_path, monkey
 
 @pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
 def test_trt_engine_from_onnx_or_checkpoint_without_tensorrt_exits_with_the_hint(tmp_path, monkeypatch, kind, tiny_checkpoint):
-    import engines
+    from toolkit.runtime import open_engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     source = tiny_onnx(tmp_path / "model.onnx") if kind == "onnx" else tiny_checkpoint
     with pytest.raises(RtkError, match=r"pip install 'rtk\[trt\]'"):
-        engines.load(source, engine="trt")
+        open_engine(source, "trt")
     assert not list(tmp_path.glob("*.engine*")) and not tiny_checkpoint.with_suffix(".onnx").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,45 @@ def artefact_stem(path: str | os.PathLike) -> str:
     return name[: len(name) - len(artefact_suffix(path))]
 
 
+def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
+    """Where the ONNX of a checkpoint lives: ``MODEL.onnx`` or ``MODEL.fp16.onnx`` next to it."""
+    path = Path(checkpoint_path)
+    return path.with_name(artefact_stem(path) + (".onnx" if precision == "fp32" else f".{precision}.onnx"))
+
+
+def engine_path_for(onnx_path: str | os.PathLike, precision: str = "fp16") -> Path:
+    """Where ``rtk build`` puts an engine by default.
+
+    ``MODEL.onnx`` and ``MODEL.fp16.onnx`` both give ``MODEL.engine`` for fp16 (the default
+    precision) and ``MODEL.fp32.engine`` for fp32, so the two engines never overwrite each other.
+    """
+    onnx_path = Path(onnx_path)
+    base = onnx_path.name[: -len(onnx_path.suffix)] if onnx_path.suffix else onnx_path.name
+    for tag in (".fp16", ".fp32"):
+        if base.endswith(tag):
+            base = base[: -len(tag)]
+    return onnx_path.with_name(base + (".engine" if precision == "fp16" else f".{precision}.engine"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-serialisable description of any artefact."""
     kind = artefact_kind(path)
     if kind == "checkpoint":
         return describe_checkpoint(path)
     if kind == "onnx":
-        from exporters.onnx_info import describe_onnx
+        from toolkit.onnx_graph import describe_onnx
 
         return describe_onnx(path)
-    from engines.trt_sidecar import describe_engine
+    from toolkit.sidecar import describe_engine
 
     return describe_engine(path)
 

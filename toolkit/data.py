@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from toolkit.errors import RtkError
+from toolkit.errors import RtkError, first_line
 from toolkit.spec import Preprocess
 
 if TYPE_CHECKING:
@@ -411,7 +411,7 @@ def _readable(paths: list[Path]) -> list[Path]:
             with Image.open(path) as img:
                 img.verify()
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; each is reported
-            warn(f"skipping {path}: not a readable image ({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__})")
+            warn(f"skipping {path}: not a readable image ({first_line(exc, 120)})")
             continue
         good.append(path)
     return good
@@ -474,7 +474,7 @@ def _open_builtin(key: str, info: BuiltinInfo, root: Path, download: bool, train
         # MNIST-style datasets try each mirror and wrap the network errors in one RuntimeError.
         if download and ("Error downloading" in text or "urlopen error" in text):
             raise _download_failed(key, info, root, text) from None
-        raise RtkError(f"{key} could not be read from {root}: {text.strip().splitlines()[0][:200]}") from None
+        raise RtkError(f"{key} could not be read from {root}: {first_line(text, 200)}") from None
     except OSError as exc:  # the others let urllib's URLError (an OSError) through
         raise _download_failed(key, info, root, str(exc) or type(exc).__name__) from None
 

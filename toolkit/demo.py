@@ -156,12 +156,12 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     """
     from benchmarks.harness import BenchOptions, run_benchmark
     from benchmarks.report import progress_line, write_report
-    from engines import load as load_engine
-    from exporters.onnx import export_onnx
+    from exporters.onnx import ExportOptions, export_onnx
     from toolkit.data import write_digit_images
     from toolkit.distributed import resolve_device
-    from toolkit.parity import run_parity
+    from toolkit.parity import ParityOptions, run_parity
     from toolkit.predict import PredictOptions, format_predictions, predict, write_text_atomic
+    from toolkit.runtime import open_engine
     from toolkit.train import TrainOptions, train
 
     # An unknown device, or cuda on a machine without a GPU, fails before anything is cleared.
@@ -196,14 +196,14 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     log(f"  test accuracy {_pct(trained.test_acc)} (best epoch {trained.best_epoch}), {trained.seconds:.0f} s")
 
     step("export", "2/5 export fp32 and fp16 ONNX (each checked against eager before it is kept)")
-    onnx_files = export_onnx(checkpoint, precision="all")
+    onnx_files = export_onnx(checkpoint, options=ExportOptions(precision="all"))
     done("export")
     log("  " + ", ".join(str(p) for p in onnx_files))
 
     engines = ["ort", "ort-fp16"] + (["trt"] if trt_available() else [])
     step("parity", f"3/5 parity of {', '.join(engines)} against eager fp32 on random inputs and the digits test images")
     device = "cuda" if options.device in ("auto", "cuda") and trt_available() else "cpu"
-    parity = run_parity(checkpoint, engines, data="digits", max_samples=options.max_samples, device=device)
+    parity = run_parity(checkpoint, ParityOptions(engines=tuple(engines), data="digits", max_samples=options.max_samples, device=device))
     done("parity")
     log("  " + ("all engines pass" if parity.passed else f"FAILED: {', '.join(parity.failed)}"))
 
@@ -225,7 +225,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     step("predict", f"5/5 classify a folder of sample digit images with {PREDICT_ENGINE}")
     samples = out / "samples"
     write_digit_images(samples, "test", per_class=options.samples_per_class)
-    with load_engine(onnx_files[0], engine=PREDICT_ENGINE) as engine:
+    with open_engine(onnx_files[0], PREDICT_ENGINE) as engine:
         predicted = predict(samples, engine, PredictOptions(top_k=3))
     predictions_file = write_text_atomic(out / "predictions" / "predictions.csv", format_predictions(predicted, "csv"))
     if predicted.evaluation is not None:

@@ -42,3 +42,14 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
         hint = INSTALL_HINTS.get(top, f"pip install {top}")
         need = f" for {purpose}" if purpose else ""
         raise RtkError(f"{top} is needed{need} but is not installed ({exc}); install it with: {hint}") from None
+
+
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), at most ``limit`` characters.
+
+    Third-party errors often carry pages of context; a user-facing sentence quotes only their
+    first line. When that line is cut, it ends with an ellipsis, never mid-word silently.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"

@@ -136,7 +136,8 @@ class EvalOptions:
         data: ``digits``, a built-in dataset name, or an image folder.
         split: ``test``, ``val`` or ``train``; the test split when the data has one, else val.
         batch_size: images per engine call.
-        engine: runtime name for ``engines.load``; chosen from the artefact when omitted.
+        engine: an engine name (:mod:`engines.names`); the artefact's own runtime when omitted. A
+            checkpoint on ONNX Runtime or TensorRT is exported (and built) next to it first.
         device: ``cpu`` or ``cuda[:N]``.
         confusion: where to write the confusion-matrix PNG; next to the model when omitted.
         data_root, download, val_split, seed, max_samples: as for :func:`toolkit.data.resolve_data`.
@@ -187,8 +188,8 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     Returns:
         The report, the engine's name and where the confusion PNG went.
     """
-    import engines
     from toolkit.data import resolve_data
+    from toolkit.runtime import open_engine
 
     started = time.perf_counter()
     source = resolve_data(
@@ -202,7 +203,7 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     split = options.split or ("test" if source.has("test") else "val")
     if not source.has(split):
         raise RtkError(f"{source.name} has no {split} split; it has {', '.join(source.splits)}")
-    with engines.load(options.model, engine=options.engine, device=options.device) as engine:
+    with open_engine(options.model, options.engine, device=options.device) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
         dataset = source.dataset(split, preprocess=engine.preprocess)
         report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from toolkit.errors import RtkError
+from toolkit.errors import RtkError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -133,7 +133,7 @@ def load_image(path: str | os.PathLike) -> "Image.Image":
     except PermissionError:
         raise RtkError("permission denied") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error… for bad data
-        raise RtkError(f"corrupt or truncated {_format_name(path, fmt)} ({_first_line(exc)})") from None
+        raise RtkError(f"corrupt or truncated {_format_name(path, fmt)} ({first_line(exc, 200)})") from None
     return image
 
 
@@ -161,8 +161,3 @@ def _content_hint(path: Path) -> str:
     except UnicodeDecodeError:
         return "unknown binary content"
     return "looks like text"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

@@ -8,12 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from engines.names import parse_engines
+from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, int_list
 from toolkit.errors import RtkError
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Precision(str, Enum):
@@ -32,35 +29,22 @@ class Io(str, Enum):
 DEFAULT_BATCH_SIZES = {"cpu": "1,8", "cuda": "1,8,32,128"}
 
 
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"1,8,32"`` → ``(1, 8, 32)``.
-
-    Raises:
-        RtkError: an entry is not a positive integer, or the list is empty.
-    """
-    parts = [p.strip() for p in text.split(",")]
-    # ASCII digits only: str.isdigit() also accepts superscripts such as "²", which int() refuses.
-    if not text.strip() or any(not (p.isascii() and p.isdigit()) or int(p) < 1 for p in parts):
-        raise RtkError(f"--batch-sizes must be comma-separated positive integers such as 1,8,32, got {text!r}")
-    return tuple(dict.fromkeys(int(p) for p in parts))
-
-
 def bench(
     model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     engine: Annotated[
         str,
         typer.Option(
-            "--engine", "-e",
-            help="Comma-separated engines: eager, eager-fp16, eager-bf16, eager-cl, eager-compile, eager-graph "
-            "(flags combine, e.g. eager-fp16-cl), ort, ort-fp16, ort-cuda, ort-trt, trt, or 'all'. "
+            "--engine", "--engines", "-e", callback=check_engines,
+            help=f"Comma-separated engines: {ENGINE_HELP}; or all (one of every kind). "
             "Default: the artefact's own runtime. From a checkpoint, ONNX files and engines are "
-            "exported/built next to it when missing.",
+            "exported/built next to it when missing or stale.",
         ),
     ] = "",
-    batch_sizes: Annotated[
-        Optional[str], typer.Option("--batch-sizes", "-b", help="Comma-separated batch sizes (default: 1,8 on cpu, 1,8,32,128 on cuda).")
+    batch_size: Annotated[
+        Optional[str],
+        typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help="Comma-separated batch sizes (default: 1,8 on cpu, 1,8,32,128 on cuda)."),
     ] = None,
-    device: Annotated[Device, typer.Option(help="Where the engines run.")] = Device.cpu,
+    device: Annotated[str, typer.Option(callback=check_device, help=f"Where the engines run: {DEVICE_HELP}.")] = "cpu",
     precision: Annotated[
         Optional[Precision],
         typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt and ort-trt, fp32 otherwise)."),
@@ -89,7 +73,7 @@ def bench(
     Engines that cannot run here are listed with the reason; an out-of-memory batch size is reported and the sweep goes on.
     With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
     """
-    from benchmarks.harness import BenchOptions, expand_engines, run_benchmark
+    from benchmarks.harness import BenchOptions, run_benchmark
     from benchmarks.report import check_out_dir, progress_line, render_table, write_report
     from toolkit.console import console, info
 
@@ -97,17 +81,17 @@ def bench(
         raise RtkError("give --duration or --iters, not both")
     if out is not None:
         check_out_dir(out)
-    names = [n.strip() for n in engine.split(",") if n.strip()] if engine else [_native_engine(model)]
+    cuda = device.startswith("cuda")
     options = BenchOptions(
-        engines=expand_engines(names),
-        batch_sizes=parse_batch_sizes(batch_sizes if batch_sizes is not None else DEFAULT_BATCH_SIZES[device.value]),
-        device=device.value,
+        engines=tuple(str(n) for n in parse_engines(engine)) if engine.strip() else (_native_engine(model),),
+        batch_sizes=int_list(batch_size or DEFAULT_BATCH_SIZES["cuda" if cuda else "cpu"], "--batch-size"),
+        device=device,
         precision=precision.value if precision else None,
         warmup_s=warmup,
         duration_s=duration if duration is not None else 3.0,
         iters=iters,
         threads=threads,
-        io=io.value if io else ("host" if device is Device.cpu else "both"),
+        io=io.value if io else ("both" if cuda else "host"),
         rounds=rounds,
         baseline=baseline,
     )
@@ -123,9 +107,10 @@ def bench(
 
 
 def _native_engine(model: Path) -> str:
+    from engines.names import DEFAULT_ENGINE
     from toolkit.artefacts import artefact_kind
 
-    return {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}[artefact_kind(model)]
+    return DEFAULT_ENGINE[artefact_kind(model)]
 
 
 def register(app: typer.Typer) -> None:

@@ -69,7 +69,7 @@ def build(
 
 def print_built(path: Path) -> None:
     """One line on stdout about a freshly built engine, from its sidecar."""
-    from engines.trt_sidecar import read_sidecar, sidecar_path
+    from toolkit.sidecar import read_sidecar, sidecar_path
     from toolkit.console import console
 
     sidecar = read_sidecar(path)

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_device, check_engine
+
 
 class SplitName(str, Enum):
     test = "test"
@@ -21,8 +23,12 @@ def eval_command(
     data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder.")] = "digits",
     split: Annotated[Optional[SplitName], typer.Option(help="Which split [default: test when the data has one, else val].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per engine call.")] = 256,
-    engine: Annotated[Optional[str], typer.Option(help="Runtime (eager, ort, …) [default: from the artefact].", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    engine: Annotated[
+        Optional[str],
+        typer.Option("--engine", "-e", callback=check_engine, help=f"Engine: {ENGINE_HELP} [default: the artefact's own]. A checkpoint on "
+                     "ONNX Runtime or TensorRT is exported (and built) next to itself first.", show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option(callback=check_device, help=f"{DEVICE_HELP}.")] = "cpu",
     confusion: Annotated[Optional[Path], typer.Option(help="Confusion-matrix PNG [default: MODEL.confusion-<split>.png next to the model].", show_default=False)] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where torchvision's datasets live [default: ./data].", show_default=False)] = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing built-in dataset.")] = False,

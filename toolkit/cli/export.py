@@ -64,10 +64,7 @@ def export(
 
         require("tensorrt", "--trt")
     info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
-    paths = export_onnx(
-        checkpoint, output, precision=options.precision, opset=options.opset, static_batch=options.static_batch,
-        data=options.data, check=options.check, exporter=options.exporter, on_checked=report,
-    )
+    paths = export_onnx(checkpoint, output, options, on_checked=report)
     if trt:
         from exporters.trt import build_engine
         from toolkit.cli.build import print_built

@@ -1,66 +1,33 @@
-"""``rtk parity MODEL.pth --engines eager,ort,ort-fp16``: do all runtimes give the same answers?"""
+"""``rtk parity MODEL.pth --engine eager,ort,ort-fp16``: do all runtimes give the same answers?"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, int_list
 from toolkit.errors import RtkError
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-@dataclass(frozen=True)
-class ParityOptions:
-    """What ``rtk parity`` was asked to do (see :func:`toolkit.parity.run_parity`)."""
-
-    engines: tuple[str, ...]
-    onnx: Path | None
-    onnx_fp16: Path | None
-    trt_engine: Path | None
-    data: str | None
-    max_samples: int
-    batch_sizes: tuple[int, ...]
-    seed: int
-    device: str
-    atol: float | None
-    rtol: float | None
-    min_cosine: float | None
-    min_top1: float | None
-
-
-def _int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise RtkError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise RtkError(f"{what} is empty")
-    return values
 
 
 def parity(
     checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth); eager fp32 on it is the truth.")],
-    engines: Annotated[
+    engine: Annotated[
         str,
-        typer.Option(help="Comma-separated engines to check: eager, eager-fp16, eager-bf16, eager-cl, ort, ort-fp16, ort-cuda, ort-trt, trt."),
+        typer.Option("--engine", "--engines", "-e", callback=check_engines, help=f"Comma-separated engines to check: {ENGINE_HELP}; or all."),
     ] = "eager,ort",
-    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file for ort/ort-cuda/ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing).")] = None,
-    onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16. Default: MODEL.fp16.onnx (exported when missing).")] = None,
-    trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or older than the checkpoint.")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file for the fp32 ONNX Runtime engines and ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing or stale).")] = None,
+    onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16 and ort-cuda-fp16. Default: MODEL.fp16.onnx (exported when missing or stale).")] = None,
+    trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or stale.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Dataset name (digits) or image folder: its labelled test images are compared too, with accuracy.")] = None,
     max_samples: Annotated[int, typer.Option(help="At most this many real images from --data.")] = 500,
-    batch_sizes: Annotated[str, typer.Option(help="Sizes of the random input batches, comma-separated.")] = "1,4,16",
+    batch_size: Annotated[
+        str, typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help="Sizes of the random input batches, comma-separated.")
+    ] = "1,4,16",
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    device: Annotated[Device, typer.Option(help="Device for eager and the GPU runtimes.")] = Device.cpu,
+    device: Annotated[str, typer.Option(callback=check_device, help=f"Where eager runs and which GPU the GPU engines use: {DEVICE_HELP}.")] = "cpu",
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option(help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99).")] = None,
@@ -74,22 +41,17 @@ def parity(
     --atol and --rtol), cosine similarity, top-1 agreement, top-5 overlap and accuracy.
     """
     from toolkit.console import console, info
-    from toolkit.parity import run_parity
+    from toolkit.parity import ParityOptions, run_parity
 
     options = ParityOptions(
-        engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
-        onnx=onnx, onnx_fp16=onnx_fp16, trt_engine=trt_engine, data=data, max_samples=max_samples,
-        batch_sizes=_int_list(batch_sizes, "--batch-sizes"), seed=seed, device=device.value,
+        engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, trt_engine=trt_engine, data=data, max_samples=max_samples,
+        batch_sizes=int_list(batch_size, "--batch-size"), seed=seed, device=device,
         atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1,
     )
     to_stdout = json_path is not None and str(json_path) == "-"
     if not to_stdout:
-        info(f"parity of {', '.join(options.engines)} against eager fp32 of {checkpoint}")
-    report = run_parity(
-        checkpoint, options.engines, onnx=options.onnx, onnx_fp16=options.onnx_fp16, trt_engine=options.trt_engine,
-        data=options.data, max_samples=options.max_samples, batch_sizes=options.batch_sizes, seed=options.seed,
-        device=options.device, atol=options.atol, rtol=options.rtol, min_cosine=options.min_cosine, min_top1=options.min_top1,
-    )
+        info(f"parity of {', '.join(map(str, options.engines))} against eager fp32 of {checkpoint}")
+    report = run_parity(checkpoint, options)
     if to_stdout:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

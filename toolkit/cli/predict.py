@@ -8,25 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_device, check_engine
+
 if TYPE_CHECKING:
     from toolkit.predict import PredictResult
 
 #: Exit status when some files could not be read but the rest were classified and written.
 EXIT_PARTIAL = 2
-
-
-class EngineName(str, Enum):
-    eager = "eager"
-    ort = "ort"
-    ort_fp16 = "ort-fp16"
-    ort_cuda = "ort-cuda"
-    ort_trt = "ort-trt"
-    trt = "trt"
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class OutputFormat(str, Enum):
@@ -45,11 +33,12 @@ def predict(
                      "in the working directory."),
     ] = None,
     engine: Annotated[
-        Optional[EngineName],
-        typer.Option(help="Runtime; by default chosen from the model file (.pth eager, .onnx ort, .engine trt). A checkpoint "
-                     "on an ONNX/TensorRT engine is exported (and built) next to itself first."),
+        Optional[str],
+        typer.Option("--engine", "-e", callback=check_engine, help=f"Engine: {ENGINE_HELP}. Default: the model file's own "
+                     "(.pth eager, .onnx ort, .engine trt). A checkpoint on ONNX Runtime or TensorRT is exported (and built) "
+                     "next to itself first, and reused while fresh."),
     ] = None,
-    device: Annotated[Device, typer.Option(help="Where eager PyTorch runs.")] = Device.cpu,
+    device: Annotated[str, typer.Option(callback=check_device, help=f"Where eager runs and which GPU the GPU engines use: {DEVICE_HELP}.")] = "cpu",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 5,
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", "-b", help="Images per engine call (default: 32, or the engine's maximum).")
@@ -79,9 +68,9 @@ def predict(
     """
     from toolkit.console import info, warn
     from toolkit.errors import RtkError
-    import engines
     from toolkit.predict import PredictOptions, default_workers, format_predictions, resolve_model, write_text_atomic
     from toolkit.predict import predict as run
+    from toolkit.runtime import open_engine
 
     options = PredictOptions(
         top_k=top_k,
@@ -92,9 +81,7 @@ def predict(
     )
     fmt = fmt or _format_from_suffix(output)
     model_path = resolve_model(model, path)
-    # A checkpoint asked to run on ONNX Runtime or TensorRT is exported (and built) next to itself first, once.
-    name = engine.value if engine else None
-    with engines.load(engines.prepare(model_path, name), engine=name, device=device.value) as loaded:
+    with open_engine(model_path, engine, device=device) as loaded:
         with _Progress() as progress:
             result = run(path, loaded, options, progress)
     for p in result.failures:

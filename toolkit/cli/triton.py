@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.options import int_list
+
 
 class Platform(str, Enum):
     onnx = "onnx"
@@ -52,10 +54,10 @@ def triton(
         platform=platform.value if platform else None,
         precision=precision.value if precision else None,
         max_batch_size=max_batch_size,
-        preferred_batch_sizes=_int_list(preferred_batch_sizes, "--preferred-batch-sizes"),
+        preferred_batch_sizes=int_list(preferred_batch_sizes, "--preferred-batch-sizes"),
         max_queue_delay_us=max_queue_delay_us,
         instances=instances,
-        gpus=_int_list(gpus, "--gpus"),
+        gpus=int_list(gpus, "--gpus", minimum=0),
         cpu=cpu,
         ort_trt=ort_trt,
         ort_trt_workspace_bytes=ort_trt_workspace_mib * (1 << 20),
@@ -74,23 +76,6 @@ def triton(
         )
     info(f"versions now in {result.model_dir}: {', '.join(map(str, result.versions))}")
     info(f"serve with: tritonserver --model-repository {Path(repo).resolve()}")
-
-
-def _int_list(values: Optional[list[str]], flag: str) -> tuple[int, ...]:
-    """Integers from repeated and/or comma-separated flag values."""
-    from toolkit.errors import RtkError
-
-    numbers = []
-    for value in values or ():
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                numbers.append(int(part))
-            except ValueError:
-                raise RtkError(f"{flag} takes integers such as 0,1; got {part!r}") from None
-    return tuple(numbers)
 
 
 def register(app: typer.Typer) -> None:

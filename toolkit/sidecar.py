@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from toolkit.artefacts import engine_path_for, sha256_file
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -195,20 +196,6 @@ def validate_profile(min_batch: int, opt_batch: int, max_batch: int) -> tuple[in
     return values
 
 
-def default_engine_path(onnx_path: str | os.PathLike, precision: str = "fp16") -> Path:
-    """Where ``rtk build`` puts an engine by default.
-
-    ``MODEL.onnx`` and ``MODEL.fp16.onnx`` both give ``MODEL.engine`` for fp16 (the default
-    precision) and ``MODEL.fp32.engine`` for fp32, so the two engines never overwrite each other.
-    """
-    onnx_path = Path(onnx_path)
-    base = onnx_path.name[: -len(onnx_path.suffix)] if onnx_path.suffix else onnx_path.name
-    for tag in (".fp16", ".fp32"):
-        if base.endswith(tag):
-            base = base[: -len(tag)]
-    return onnx_path.with_name(base + (".engine" if precision == "fp16" else f".{precision}.engine"))
-
-
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
     """``MODEL.engine`` → ``MODEL.engine.json``."""
     engine_path = Path(engine_path)
@@ -243,15 +230,6 @@ def read_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
     return EngineSidecar.from_dict(data, where=str(path))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_onnx_path(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Path:
     """Where the sidecar's source ONNX is, resolved against the engine's folder."""
     onnx = Path(sidecar.onnx)
@@ -266,7 +244,7 @@ def rebuild_command(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> s
     args = ["rtk", "build", str(onnx), "--precision", sidecar.precision]
     if sidecar.profile != DEFAULT_PROFILE:
         args += ["--min-batch", str(lo), "--opt-batch", str(opt), "--max-batch", str(hi)]
-    if default_engine_path(onnx, sidecar.precision) != engine_path:
+    if engine_path_for(onnx, sidecar.precision) != engine_path:
         args += ["--output", str(engine_path)]
     return shlex.join(args)
 

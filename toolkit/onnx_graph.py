@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.errors import RtkError, require
+from toolkit.errors import RtkError, first_line, require
 from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def load_onnx_graph(path: str | os.PathLike) -> "onnx.ModelProto":
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise RtkError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise RtkError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {first_line(exc, 200)})") from None
     if not model.graph.node:
         raise RtkError(f"{path} is not a readable ONNX file (it holds no graph)")
     return model

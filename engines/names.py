@@ -1,0 +1,162 @@
+"""The one engine vocabulary every command speaks: ``eager-fp16-cl``, ``ort-cuda-fp16``, ``trt``.
+
+A name is ``RUNTIME[-PROVIDER][-PRECISION][-FLAG…]``:
+
+- runtime: ``eager`` (PyTorch), ``ort`` (ONNX Runtime) or ``trt`` (TensorRT);
+- provider, ONNX Runtime only: ``cuda`` or ``trt`` (its execution providers; the CPU when absent);
+- precision: ``fp32``, ``fp16`` or ``bf16``; absent means the runtime's default, which
+  :data:`DEFAULT_PRECISION` lists (fp16 for TensorRT, fp32 elsewhere), or for an ONNX file named
+  directly, the precision it was exported at;
+- flags, eager only: ``cl`` (channels-last), ``compile`` (``torch.compile``), ``graph`` (CUDA graph
+  replay, benchmarks only).
+
+``str()`` of a parsed name is its canonical spelling, with a default precision left out, and is
+what an engine calls itself, so a row in a report can be asked for again by its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from toolkit.errors import RtkError
+
+RUNTIMES = ("eager", "ort", "trt")
+ORT_PROVIDERS = ("cpu", "cuda", "trt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+EAGER_FLAGS = ("cl", "compile", "graph")
+#: The precision a runtime runs at when its name gives none (TensorRT builds fp16 engines and
+#: ONNX Runtime's TensorRT provider adds fp16 kernels; the others run the model as it is).
+DEFAULT_PRECISION = {"eager": "fp32", "ort": "fp32", "ort-cuda": "fp32", "ort-trt": "fp16", "trt": "fp16"}
+#: Precisions each runtime can run.
+SUPPORTED_PRECISIONS = {
+    "eager": ("fp32", "fp16", "bf16"),
+    "ort": ("fp32", "fp16"),
+    "ort-cuda": ("fp32", "fp16"),
+    "ort-trt": ("fp32", "fp16"),
+    "trt": ("fp32", "fp16"),
+}
+#: What ``all`` stands for: one engine of every kind.
+ALL_ENGINES = (
+    "eager", "eager-fp16", "eager-bf16", "eager-cl", "eager-compile", "eager-graph",
+    "ort", "ort-fp16", "ort-cuda", "ort-trt", "trt",
+)
+#: The runtime an artefact gets when no engine is named.
+DEFAULT_ENGINE = {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}
+#: One line for ``--help`` texts.
+ENGINE_HELP = (
+    "eager, ort or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16) "
+    "and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-cuda-fp16, trt-fp32"
+)
+
+
+@dataclass(frozen=True)
+class EngineName:
+    """A parsed engine name.
+
+    Attributes:
+        runtime: ``eager``, ``ort`` or ``trt``.
+        provider: ONNX Runtime's execution provider (``cpu``, ``cuda``, ``trt``); ``None`` otherwise.
+        precision: ``fp32``, ``fp16``, ``bf16``, or ``None`` for the default (see :attr:`resolved_precision`).
+        channels_last, compile, cuda_graph: eager flags.
+    """
+
+    runtime: str
+    provider: str | None = None
+    precision: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: bool = False
+
+    @property
+    def family(self) -> str:
+        """The runtime with its provider: ``eager``, ``ort``, ``ort-cuda``, ``ort-trt`` or ``trt``."""
+        return self.runtime if self.provider in (None, "cpu") else f"{self.runtime}-{self.provider}"
+
+    @property
+    def resolved_precision(self) -> str:
+        """The precision asked for, or the runtime's default."""
+        return self.precision or DEFAULT_PRECISION[self.family]
+
+    @property
+    def artefact(self) -> str:
+        """The artefact kind this runtime runs: ``checkpoint``, ``onnx`` or ``engine``."""
+        return {"eager": "checkpoint", "ort": "onnx", "trt": "engine"}[self.runtime]
+
+    @property
+    def needs_cuda(self) -> bool:
+        return self.runtime == "trt" or self.provider in ("cuda", "trt") or self.cuda_graph
+
+    def with_precision(self, precision: str | None) -> "EngineName":
+        """The same engine at ``precision`` (validated)."""
+        return _validated(replace(self, precision=precision), str(precision))
+
+    def __str__(self) -> str:
+        parts = [self.family]
+        if self.precision is not None and self.precision != DEFAULT_PRECISION[self.family]:
+            parts.append(self.precision)
+        parts += ["cl"] * self.channels_last + ["compile"] * self.compile + ["graph"] * self.cuda_graph
+        return "-".join(parts)
+
+
+def parse_engine(name: "str | EngineName", precision: str | None = None) -> EngineName:
+    """Parse an engine name; ``precision`` (a ``--precision`` option) applies when the name gives none.
+
+    Raises:
+        RtkError: a name outside the grammar, two precisions, a flag or precision the runtime lacks.
+    """
+    if isinstance(name, EngineName):
+        parsed = name
+    else:
+        parts = str(name).strip().lower().split("-")
+        if parts[0] not in RUNTIMES:
+            raise RtkError(f"unknown engine {name!r}; {ENGINE_HELP}")
+        runtime, rest = parts[0], parts[1:]
+        provider = None
+        if runtime == "ort":
+            provider = "cpu"
+            if rest and rest[0] in ("cuda", "trt"):
+                provider, rest = rest[0], rest[1:]
+        precisions = [p for p in rest if p in PRECISIONS]
+        flags = [f for f in rest if f not in PRECISIONS]
+        unknown = [f for f in flags if f not in EAGER_FLAGS]
+        if unknown or len(set(rest)) != len(rest):
+            raise RtkError(f"unknown engine {name!r}; {ENGINE_HELP}")
+        if len(precisions) > 1:
+            raise RtkError(f"engine {name!r} names two precisions ({', '.join(precisions)}); give one")
+        if flags and runtime != "eager":
+            raise RtkError(f"engine {name!r}: the flags {', '.join(flags)} apply to eager only")
+        parsed = EngineName(
+            runtime, provider, precisions[0] if precisions else None,
+            channels_last="cl" in flags, compile="compile" in flags, cuda_graph="graph" in flags,
+        )
+    if parsed.precision is None and precision is not None:
+        parsed = replace(parsed, precision=precision)
+    return _validated(parsed, str(name))
+
+
+def _validated(parsed: EngineName, given: str) -> EngineName:
+    supported = SUPPORTED_PRECISIONS[parsed.family]
+    if parsed.precision is not None and parsed.precision not in supported:
+        raise RtkError(f"the {parsed.family} engine runs {' or '.join(supported)}, not {parsed.precision} (asked for {given})")
+    return parsed
+
+
+def parse_engines(names: "str | Iterable[str]", precision: str | None = None) -> tuple[EngineName, ...]:
+    """A comma-separated list (or iterable) of names, ``all`` expanded to :data:`ALL_ENGINES`,
+    repeats dropped, order kept.
+
+    Raises:
+        RtkError: an unknown name, or an empty list.
+    """
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: dict[str, EngineName] = {}  # by canonical spelling: trt and trt-fp16 are one engine
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        for text in ALL_ENGINES if item == "all" else (item,):
+            parsed = parse_engine(text, precision)
+            out.setdefault(str(parsed), parsed)
+    if not out:
+        raise RtkError(f"no engine named; {ENGINE_HELP}")
+    return tuple(out.values())

@@ -1,0 +1,57 @@
+"""Export on demand: the artefact an engine runs, made next to the model when missing or stale.
+
+``eager`` runs the checkpoint itself. ONNX Runtime runs ``MODEL.onnx`` (or ``MODEL.fp16.onnx``
+for fp16 on its CPU and CUDA providers; its TensorRT provider makes fp16 kernels from the fp32
+graph). TensorRT runs ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``, built from the ONNX.
+An artefact is fresh while the hash it records of its source matches the source's: the ONNX
+file's ``checkpoint_sha256``, the engine sidecar's ``onnx_sha256``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
+from toolkit.artefacts import artefact_kind
+from toolkit.errors import RtkError, require
+
+
+def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None, precision: str | None = None) -> Path:
+    """The artefact ``engine`` runs for ``source``, exported or built next to it when missing or stale.
+
+    An ONNX file or engine named directly is returned as it is; whether it suits the engine
+    (its precision, say) is checked when it is loaded.
+
+    Args:
+        source: a checkpoint, ONNX file or TensorRT engine.
+        engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
+        precision: applies when the name gives none.
+
+    Returns:
+        The path to load with :func:`engines.load`.
+
+    Raises:
+        RtkError: the engine cannot run this kind of artefact (an engine file on ONNX Runtime, an
+            ONNX file on eager); TensorRT missing (checked before any export, which can take minutes).
+    """
+    path = Path(source)
+    kind = artefact_kind(path)
+    name = parse_engine(engine or DEFAULT_ENGINE[kind], precision)
+    if name.artefact == kind or kind == "engine" or name.runtime == "eager":
+        return path  # as given; the loader says what is wrong with an engine file on ONNX Runtime, say
+    if name.runtime == "ort":
+        # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
+        onnx_precision = "fp32" if name.provider == "trt" else name.resolved_precision
+        return _onnx_for(path, onnx_precision)
+    require("tensorrt", "the trt engine")
+    from exporters.trt import ensure_engine
+
+    onnx = path if kind == "onnx" else _onnx_for(path, "fp32")
+    return ensure_engine(onnx, name.resolved_precision)
+
+
+def _onnx_for(checkpoint: Path, precision: str) -> Path:
+    from exporters.onnx import ensure_onnx
+
+    return Path(ensure_onnx(checkpoint, precision))

@@ -1,0 +1,79 @@
+"""Option parsers shared by the commands, so a flag means the same thing everywhere.
+
+A bad value here is a usage error (one line, exit status 64), like an unknown option: it is
+checked before the command does any work.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import typer
+
+from engines.names import ENGINE_HELP, EngineName, parse_engine, parse_engines
+from toolkit.errors import RtkError
+
+DEVICE_HELP = "cpu or cuda[:N]"
+
+
+def int_list(values: "str | Sequence[str] | None", flag: str, minimum: int = 1) -> tuple[int, ...]:
+    """Integers from one comma-separated value or several (a repeatable flag), repeats dropped, order kept.
+
+    ``None`` (the flag not given) is the empty tuple; a given flag must hold at least one number.
+
+    Raises:
+        RtkError: an entry is empty or not a whole number of at least ``minimum``.
+    """
+    if values is None:
+        return ()
+    texts = [values] if isinstance(values, str) else list(values)
+    parts = [p.strip() for text in texts for p in str(text).split(",")]
+    # ASCII digits only: str.isdigit() also accepts superscripts such as "²", which int() refuses.
+    bad = [p for p in parts if not (p.isascii() and p.isdigit()) or int(p) < minimum]
+    if bad or not parts:
+        kind = "positive integers" if minimum == 1 else f"integers of at least {minimum}"
+        raise RtkError(f"{flag} takes comma-separated {kind} such as {minimum},8; got {(bad or [''])[0]!r}")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
+def _usage(check, value, param_hint: str | None = None):
+    try:
+        return check(value)
+    except RtkError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
+
+
+def check_engine(value: Optional[str]) -> Optional[str]:
+    """Callback of a single ``--engine``: the name must be in the grammar (the canonical spelling is returned)."""
+    return None if value is None else _usage(lambda v: str(parse_engine(v)), value)
+
+
+def check_engines(value: Optional[str]) -> Optional[str]:
+    """Callback of a comma-separated ``--engine``: every name must be in the grammar (``all`` allowed)."""
+    if value is None or not value.strip():
+        return value
+    _usage(parse_engines, value)
+    return value
+
+
+def check_device(value: Optional[str]) -> Optional[str]:
+    """Callback of ``--device``: ``cpu``, ``cuda`` or ``cuda:N``."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    index = text.partition(":")[2]
+    if text in ("cpu", "cuda") or (text.startswith("cuda:") and index.isascii() and index.isdigit()):
+        return text
+    raise typer.BadParameter(f"{value!r} is not a device; use {DEVICE_HELP}")
+
+
+def check_batch_sizes(value: Optional[str]) -> Optional[str]:
+    """Callback of a comma-separated ``--batch-size`` list."""
+    if value is not None:
+        _usage(lambda v: int_list(v, "--batch-size"), value)
+    return value
+
+
+__all__ = [
+    "DEVICE_HELP", "ENGINE_HELP", "EngineName", "check_batch_sizes", "check_device", "check_engine", "check_engines", "int_list",
+]
