@@ -139,10 +139,9 @@ def to_csv(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any]):
     """A figure: throughput vs batch size per engine, and p50/p90/p99 latency per engine and batch size."""
-    import matplotlib
+    from toolkit.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in report["results"] if r["status"] == "ok"]
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}

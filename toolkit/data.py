@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 DIGITS = "digits"
 DEFAULT_DATA_ROOT = Path("data")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

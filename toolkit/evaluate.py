@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from toolkit.console import ProgressBar
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec
 
@@ -86,7 +87,7 @@ def evaluate(
     labels = np.empty(n, dtype=np.int64)
     predictions = np.empty(n, dtype=np.int64)
     starts = range(0, n, batch_size)
-    with _progress(progress, len(starts), "evaluating") as advance:
+    with ProgressBar(len(starts), "evaluating", progress) as bar:
         for start in starts:
             items = [dataset[i] for i in range(start, min(n, start + batch_size))]
             batch = torch.stack([x for x, _ in items]).numpy()
@@ -96,35 +97,11 @@ def evaluate(
             logits = engine(np.ascontiguousarray(batch, dtype=np.float32))[:count]
             predictions[start : start + count] = logits.argmax(axis=1)
             labels[start : start + count] = [y for _, y in items]
-            advance()
+            bar.advance()
     if mapping is not None:
         labels = mapping[labels]
     names = [engine.spec.class_name(i) for i in range(engine.spec.num_classes)]
     return ClassificationReport.from_predictions(labels, predictions, names)
-
-
-class _progress:
-    """A rich progress bar on stderr (or nothing); yields a function that advances it by one."""
-
-    def __init__(self, enabled: bool, total: int, what: str):
-        self.enabled, self.total, self.what = enabled, total, what
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        from toolkit.console import err_console
-
-        self._bar = Progress(console=err_console, transient=True)
-        self._bar.start()
-        task = self._bar.add_task(self.what, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 @dataclass(frozen=True)

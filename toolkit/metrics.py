@@ -68,12 +68,9 @@ class ClassificationReport:
 
     def save_confusion_png(self, path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
         """Render the confusion matrix (rows: actual, columns: predicted) as a PNG."""
-        import matplotlib
+        from toolkit.plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from toolkit.plots import save_figure
+        plt = pyplot()
 
         n = len(self.class_names)
         size = max(4.0, 0.45 * n + 2)

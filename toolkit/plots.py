@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: files only, never a window (no display is assumed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.console import info, warn
+from toolkit.console import ProgressBar, info, warn
 from toolkit.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
 from toolkit.errors import RtkError
 from toolkit.files import write_atomic
@@ -190,6 +190,7 @@ class _Run:
         self.ctx = ctx
         self.out = options.output_dir()
         self.main = ctx.is_main
+        self.trainable = self.total = 0  # parameter counts, known once the model is built
 
     def say(self, message: str) -> None:
         if self.main:
@@ -198,16 +199,29 @@ class _Run:
     # -- set-up ----------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        import torch
+        """Train to the end (or from where ``--resume`` left off) and test the best checkpoint."""
+        started = time.perf_counter()
+        resume = self._resume_checkpoint() if self.o.resume else None
+        pretrained = self._pretrained_checkpoint() if self.o.pretrained else None
+        if pretrained:
+            self.out = self.o.output_dir(pretrained.spec.arch)
+        source, spec, pre = self._data_and_spec(resume, pretrained)
+        model, device, memory_format = self._model(spec, pre, source, resume, pretrained)
+        optimizer, scaler, (start_epoch, history, best) = self._optimizer_state(model, device, resume)
+        loop = _Loop(self, self._distributed(model, device), model, spec, pre, source, optimizer, scaler, memory_format, device)
+        try:
+            history, best = loop.run(start_epoch, history, best)
+        except KeyboardInterrupt:
+            if self.main:
+                self._report_interrupt()
+            raise
+        return self._finish(source, history, best, started)
 
+    def _data_and_spec(self, resume: "Checkpoint | None", pretrained: "Checkpoint | None") -> tuple["DataSource", ModelSpec, Preprocess]:
+        """The data, and the network and preprocessing it trains: resumed, fine-tuned or new."""
         from toolkit.data import resolve_data
 
         o = self.o
-        started = time.perf_counter()
-        resume = self._resume_checkpoint() if o.resume else None
-        pretrained = self._pretrained_checkpoint() if o.pretrained else None
-        if pretrained:
-            self.out = o.output_dir(pretrained.spec.arch)
         input_size = resume.preprocess.input_size[0] if resume else o.input_size
         if pretrained and input_size is None:  # fine-tune at the size the backbone learned
             input_size = pretrained.preprocess.input_size[0]
@@ -217,56 +231,60 @@ class _Run:
         spec = resume.spec if resume else self._spec(source, pretrained)
         if resume and tuple(source.class_names) != tuple(spec.class_names or ()):
             raise RtkError(f"{o.data} has classes {', '.join(source.class_names)}, but the run in {self.out} was trained on {', '.join(spec.class_names or ())}")
-        pre = resume.preprocess if resume else source.preprocess.matching(spec)
+        return source, spec, resume.preprocess if resume else source.preprocess.matching(spec)
 
-        torch.manual_seed(o.seed)
+    def _model(self, spec: ModelSpec, pre: Preprocess, source: "DataSource", resume: "Checkpoint | None", pretrained: "Checkpoint | None"):
+        """The network with its starting weights and frozen layers, on the run's device."""
+        import torch
+
         from toolkit.models import count_parameters, create_model
 
+        torch.manual_seed(self.o.seed)
         model = create_model(spec)
         if resume:
             model.load_state_dict(resume.state_dict)
         elif pretrained:
             self._transfer(model, pretrained, spec)
-        if o.freeze == "backbone":
+        if self.o.freeze == "backbone":
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("fc.")
         trainable, total = count_parameters(model)
+        self.trainable, self.total = trainable, total
         self.say(f"{spec.arch} ({spec.stem} stem, {spec.head} head, {spec.in_chans}-channel {pre.input_size[0]}×{pre.input_size[1]} input) "
                  f"on {source.name}: {source.num_classes} classes, "
                  + ", ".join(f"{len(s)} {k}" for k, s in source.splits.items()))
         self.say(f"trainable parameters: {trainable:,} of {total:,} ({format_share(trainable, total)})")
-
         device = torch.device(self.ctx.device)
+        memory_format = torch.channels_last if (device.type == "cuda" and self.o.channels_last) else torch.contiguous_format
+        return model.to(device=device, memory_format=memory_format), device, memory_format
+
+    def _optimizer_state(self, model: "nn.Module", device: "torch.device", resume: "Checkpoint | None"):
+        """Optimizer and AMP scaler, and (start epoch, history, best) — restored when resuming."""
+        import torch
+
+        optimizer = self._optimizer([p for p in model.parameters() if p.requires_grad])
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and self.o.amp)
+        if not resume:
+            return optimizer, scaler, (0, [], {"epoch": 0, "val_acc": -1.0})
+        optimizer.load_state_dict(resume.train["optimizer"])
+        if "scaler" in resume.train and scaler.is_enabled():
+            scaler.load_state_dict(resume.train["scaler"])
+        start_epoch = int(resume.train["epoch"])
+        self.say(f"resuming from {self.out / 'last.pth'} after epoch {start_epoch}")
+        return optimizer, scaler, (start_epoch, list(resume.train.get("history", [])), dict(resume.train.get("best", {"epoch": 0, "val_acc": -1.0})))
+
+    def _distributed(self, model: "nn.Module", device: "torch.device") -> "nn.Module":
+        """The module the loop calls: DDP around the model under torchrun, else the model itself."""
+        if not self.ctx.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
         cuda = device.type == "cuda"
-        memory_format = torch.channels_last if (cuda and o.channels_last) else torch.contiguous_format
-        model = model.to(device=device, memory_format=memory_format)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self._optimizer(params)
-        scaler = torch.amp.GradScaler("cuda", enabled=cuda and o.amp)
-        start_epoch, history, best = 0, [], {"epoch": 0, "val_acc": -1.0}
-        if resume:
-            optimizer.load_state_dict(resume.train["optimizer"])
-            if "scaler" in resume.train and scaler.is_enabled():
-                scaler.load_state_dict(resume.train["scaler"])
-            start_epoch = int(resume.train["epoch"])
-            history = list(resume.train.get("history", []))
-            best = dict(resume.train.get("best", best))
-            self.say(f"resuming from {self.out / 'last.pth'} after epoch {start_epoch}")
+        self.say(f"DistributedDataParallel over {self.ctx.world_size} processes ({'nccl' if cuda else 'gloo'})")
+        return DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-        net = model
-        if self.ctx.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-            self.say(f"DistributedDataParallel over {self.ctx.world_size} processes ({'nccl' if cuda else 'gloo'})")
-
-        loop = _Loop(self, net, model, spec, pre, source, optimizer, scaler, memory_format, device)
-        try:
-            history, best = loop.run(start_epoch, history, best)
-        except KeyboardInterrupt:
-            if self.main:
-                self._report_interrupt()
-            raise
+    def _finish(self, source: "DataSource", history: list[dict], best: dict, started: float) -> TrainResult:
+        """Test the best checkpoint (rank 0), write history.json and summarise."""
         barrier(self.ctx)
         test_acc = self._test(source) if self.main else None
         barrier(self.ctx)
@@ -278,7 +296,8 @@ class _Run:
                 summary += f", test accuracy {test_acc:.2%}"
             self.say(f"{summary}; {seconds:.0f} s; wrote {self.out}/best.pth, last.pth, history.json, curves.png")
         return TrainResult(
-            self.out, self.out / "best.pth", self.out / "last.pth", int(best["epoch"]), float(best["val_acc"]), test_acc, history, seconds, trainable, total
+            self.out, self.out / "best.pth", self.out / "last.pth", int(best["epoch"]), float(best["val_acc"]), test_acc, history,
+            seconds, self.trainable, self.total,
         )
 
     def _report_interrupt(self) -> None:
@@ -475,7 +494,10 @@ class _Loop:
         self.set_train_mode()
         loss_sum = correct = seen = 0.0
         lr = self.base_lr
-        with _EpochBar(self.job.main and self.o.progress, self.steps_per_epoch, f"epoch {epoch + 1}/{self.o.epochs}") as bar:
+        with ProgressBar(
+            self.steps_per_epoch, f"epoch {epoch + 1}/{self.o.epochs}", self.job.main and self.o.progress,
+            "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}", loss=0.0, acc=0.0,
+        ) as bar:
             for i, (x, y) in enumerate(self.loader(epoch)):
                 step = epoch * self.steps_per_epoch + i
                 lr = set_lr(self.optimizer, self.base_lr, lr_factor(step, self.total_steps, self.warmup_steps, self.o.schedule))
@@ -494,7 +516,7 @@ class _Loop:
                 loss_sum += loss.item() * n
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += n
-                bar.update(loss_sum / seen, correct / seen)
+                bar.advance(loss=loss_sum / seen, acc=correct / seen)
         loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], self.ctx)
         return loss_sum / max(seen, 1), correct / max(seen, 1), lr
 
@@ -537,43 +559,6 @@ class _Loop:
         self.job.save("last.pth", self.model, self.spec, self.pre, {**record, **state})
         self.job.write_history(history, best)
         save_curves(history, self.job.out / "curves.png", title=f"{self.spec.arch} on {Path(self.source_name).name}")
-
-
-class _EpochBar:
-    """A transient rich progress bar with running loss and accuracy (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int, what: str):
-        self.enabled, self.total, self.what = enabled, total, what
-        self._bar = self._task = None
-
-    def __enter__(self) -> "_EpochBar":
-        from toolkit.console import err_console
-
-        # Only on a terminal: redirected to a file, a transient bar leaves a blank line per epoch.
-        if self.enabled and err_console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=err_console,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.what, total=self.total, loss=0.0, acc=0.0)
-        return self
-
-    def update(self, loss: float, acc: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, loss=loss, acc=acc)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def transfer_weights(model: "nn.Module", state: dict[str, "torch.Tensor"], source: Path | str | None = None) -> bool:
@@ -623,12 +608,9 @@ def format_share(part: int, whole: int) -> str:
 
 def save_curves(history: list[dict], path: Path, title: str = "training") -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG."""
-    import matplotlib
+    from toolkit.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from toolkit.plots import save_figure
+    plt = pyplot()
 
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_device, check_engine
+from toolkit.console import ProgressBar
 
 if TYPE_CHECKING:
     from toolkit.predict import PredictResult
@@ -173,32 +174,26 @@ class _Null:
 
 
 class _Progress:
-    """A progress bar on stderr for folders of more than a few batches, shown only on a terminal."""
+    """Progress of a folder run on stderr, for folders of more than a few batches."""
 
     MIN_IMAGES = 200
 
     def __init__(self):
-        self._bar = self._task = None
+        self._bar: ProgressBar | None = None
+        self._done = 0
 
     def __call__(self, done: int, total: int) -> None:
-        from toolkit.console import err_console
-
         if self._bar is None:
-            if total < self.MIN_IMAGES or not err_console.is_terminal:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task("predict", total=total)
-        self._bar.update(self._task, completed=done)
+            self._bar = ProgressBar(total, "classifying", total >= self.MIN_IMAGES).__enter__()
+        self._bar.advance(done - self._done)
+        self._done = done
 
     def __enter__(self) -> "_Progress":
         return self
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            self._bar.__exit__(*exc)
 
 
 def register(app: typer.Typer) -> None:
