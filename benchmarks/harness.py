@@ -247,7 +247,8 @@ def open_engine(model: Path, choice: EngineName, options: BenchOptions):
         raise RtkError(f"{choice} needs a CUDA GPU; run with --device cuda on a machine that has one")
     engine = open_runtime(
         model, choice, device=options.device, threads=options.threads,
-        max_batch=max(options.batch_sizes) if choice.provider == "trt" else None,
+        # trt and ort-trt get the same profile for the batches timed (toolkit.sidecar.profile_for).
+        max_batch=max(options.batch_sizes) if "trt" in (choice.runtime, choice.provider) else None,
     )
     if engine.fallback_from is not None:
         # A runtime that fell back to another provider; timing it under the name asked for would mislead.
@@ -329,25 +330,35 @@ def _sync_for(engine: Any, cuda: bool) -> Callable[[], None] | None:
 
 
 def _split_ms(m: _Measurement, iters: int) -> dict[str, float]:
-    """Median H2D copy, compute and D2H copy of a host-to-host inference, from CUDA events."""
+    """Median H2D copy, compute and D2H copy of a host-to-host inference, from CUDA events.
+
+    The events and copies go on the engine's GPU's current stream. An engine whose device path
+    is ordered on that stream (TensorRT, eager) is timed by the events alone; only one that
+    blocks the host on its own stream (ONNX Runtime's IO binding) needs a host sync, which then
+    counts in "compute".
+    """
     import torch
 
     runner = m.graph or m.engine
-    pinned_in = torch.from_numpy(m.host).pin_memory()
-    out = runner.run_device(m.device_input)
-    pinned_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-    events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(iters)]
-    torch.cuda.synchronize()
-    for e in events:
-        e[0].record()
-        m.device_input.copy_(pinned_in, non_blocking=True)
-        e[1].record()
+    device = m.device_input.device
+    with torch.cuda.device(device):
+        pinned_in = torch.from_numpy(m.host).pin_memory()
         out = runner.run_device(m.device_input)
-        m.engine.synchronize()  # engines on their own streams finish before e[2] is stamped
-        e[2].record()
-        pinned_out.copy_(out, non_blocking=True)
-        e[3].record()
-    torch.cuda.synchronize()
+        pinned_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(iters)]
+        stream_ordered = m.graph is not None or m.engine.stream_ordered
+        torch.cuda.synchronize(device)
+        for e in events:
+            e[0].record()
+            m.device_input.copy_(pinned_in, non_blocking=True)
+            e[1].record()
+            out = runner.run_device(m.device_input)
+            if not stream_ordered:
+                m.engine.synchronize()
+            e[2].record()
+            pinned_out.copy_(out, non_blocking=True)
+            e[3].record()
+        torch.cuda.synchronize(device)
     times = np.array([[e[i].elapsed_time(e[i + 1]) for i in range(3)] for e in events])
     h2d, compute, d2h = np.median(times, axis=0)
     return {"h2d": float(h2d), "compute": float(compute), "d2h": float(d2h)}
@@ -404,7 +415,8 @@ def measure(
 
         if io == "host" and m.device_input is not None and (m.graph or engine.device_resident):
             extras["split_ms"] = _split_ms(m, min(SPLIT_ITERS, max(len(samples), 10)))
-        extras["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        # torch's allocator misses what a runtime allocates itself (TensorRT's plan and context).
+        extras["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) + engine.device_memory_bytes) / 2**20
         free, total = torch.cuda.mem_get_info(device)
         extras["device_memory_used_mb"] = (total - free) / 2**20
     return samples, extras

@@ -35,6 +35,11 @@ class Engine(abc.ABC):
     #: The engine that was asked for, when the runtime fell back to another provider (ONNX
     #: Runtime without its GPU libraries); ``None`` when this is what was asked for.
     fallback_from: str | None = None
+    #: True when :meth:`run_device` queues its work on the caller's current CUDA stream (so CUDA
+    #: events on that stream time it without a host sync); False when it blocks the host instead.
+    stream_ordered: bool = False
+    #: GPU memory the runtime holds outside torch's allocator (TensorRT's plan and context), bytes.
+    device_memory_bytes: int = 0
 
     def __init__(self, spec: ModelSpec, preprocess: Preprocess, device: str = "cpu", precision: str = "fp32"):
         self.spec = spec

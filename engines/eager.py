@@ -56,6 +56,7 @@ class EagerEngine(Engine):
         self.name = "-".join(["eager", *variant])
 
     device_resident = True
+    stream_ordered = True
 
     def _run_device(self, batch: Any) -> Any:
         torch = self._torch

@@ -15,6 +15,7 @@ import numpy as np
 from engines.base import Engine
 from engines.names import EngineName
 from toolkit.errors import RtkError, first_line, require
+from toolkit.sidecar import profile_for
 from toolkit.spec import ArtefactMeta
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -99,7 +100,7 @@ def _provider_options(provider: str, path: Path, graph: _Graph, device_id: int, 
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(cache),
             "trt_profile_min_shapes": shape(1),
-            "trt_profile_opt_shapes": shape(max(1, max_batch // 2)),
+            "trt_profile_opt_shapes": shape(profile_for(max_batch)[1]),  # as trt engines are built
             "trt_profile_max_shapes": shape(max_batch),
         }
     return {}
@@ -119,22 +120,47 @@ def _provider_list(ort, provider: str, path: Path, graph: _Graph, device_id: int
     return providers
 
 
-def _load_gpu_libraries(ort, provider: str) -> None:
+def _load_gpu_libraries(ort, provider: str) -> str | None:
     """Make the CUDA, cuDNN and TensorRT libraries that pip installed findable by ONNX Runtime.
 
     onnxruntime-gpu looks for them on the system's library path only; the wheels torch and
     tensorrt bring put them in site-packages. Loading them into the process first lets the
-    providers find them by name.
+    providers find them by name (``import tensorrt`` loads its ``libnvinfer``).
+
+    Returns:
+        Why the TensorRT provider cannot start here, when that is known in advance; else ``None``.
     """
     if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: CUDA and cuDNN from the nvidia-* wheels
         ort.preload_dlls()
-    if provider == "trt" and importlib.util.find_spec("tensorrt") is not None:
-        try:
-            import tensorrt  # noqa: F401  - loads libnvinfer for the TensorRT provider
-        except ImportError as exc:  # a broken install: the provider will fail to start and say so
-            from toolkit.console import warn
+    if provider != "trt" or importlib.util.find_spec("tensorrt") is None:
+        return None
+    from toolkit.trt_runtime import import_tensorrt, major_version
 
-            warn(f"tensorrt is installed but cannot be imported ({first_line(exc)}); the TensorRT provider will not start")
+    try:
+        trt = import_tensorrt("ONNX Runtime's TensorRT provider")
+    except RtkError as exc:  # a broken install: the provider will not start; say why
+        return str(exc)
+    return trt_provider_problem(major_version(trt), str(trt.__version__))
+
+
+def trt_provider_problem(tensorrt_major: int, tensorrt_version: str) -> str | None:
+    """Why onnxruntime-gpu's TensorRT provider cannot use the installed TensorRT, or ``None``.
+
+    onnxruntime-gpu's provider is linked against TensorRT 10 (``libnvinfer.so.10``); TensorRT 11
+    installs ``libnvinfer.so.11`` only, so with TensorRT 11 alone the provider never starts.
+    """
+    if tensorrt_major == 10:
+        return None
+    return (
+        f"ONNX Runtime's TensorRT provider needs TensorRT 10 (libnvinfer.so.10) and this environment has TensorRT "
+        f"{tensorrt_version}; run ort-trt from an environment with pip install 'tensorrt>=10,<11'"
+    )
+
+
+def fallback_provider(requested: str, available: list[str]) -> str:
+    """The provider ONNX Runtime really runs when ``requested`` is missing: TensorRT → CUDA → CPU."""
+    order = {"trt": ("trt", "cuda", "cpu"), "cuda": ("cuda", "cpu"), "cpu": ("cpu",)}[requested]
+    return next(p for p in order if p == "cpu" or PROVIDERS[p] in available)
 
 
 def _session(ort, path: Path, providers: list[Any], threads: int, graph_optimization: str):
@@ -190,18 +216,22 @@ class OrtEngine(Engine):
         graph = _Graph.read(path, meta)
         precision = _precision(graph, provider, precision, path)
         requested = provider
+        trt_problem = None
         if provider != "cpu":
-            _load_gpu_libraries(ort, provider)
-            if PROVIDERS[provider] not in ort.get_available_providers():
-                _warn_fallback(path, requested, f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(ort.get_available_providers())})")
-                provider = "cpu"
+            trt_problem = _load_gpu_libraries(ort, provider)
+            available = ort.get_available_providers()
+            if PROVIDERS[provider] not in available:
+                provider = fallback_provider(requested, available)
+                why = f"ONNX Runtime here has no {PROVIDERS[requested]} (available: {', '.join(available)})"
+                _warn_fallback(path, requested, why, provider, trt_problem)
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         self.session = _session(ort, path, _provider_list(ort, provider, path, graph, device_id, precision == "fp16", max_batch), threads, graph_optimization)
         running = _SHORT.get(self.session.get_providers()[0], "cpu")
         if running != provider:
             # onnxruntime-gpu lists a provider whose libraries are missing: the session starts on the
             # next provider in the list (TensorRT → CUDA → CPU) and ONNX Runtime only logs it.
-            _warn_fallback(path, requested, f"{PROVIDERS[provider]} failed to start (the session runs {', '.join(self.session.get_providers())})", running)
+            why = f"{PROVIDERS[provider]} failed to start (the session runs {', '.join(self.session.get_providers())})"
+            _warn_fallback(path, requested, why, running, trt_problem)
             provider = running
         if provider != "trt":
             precision = graph.precision  # fp16 kernels on an fp32 graph come from TensorRT alone
@@ -293,7 +323,7 @@ def gpu_install_hint() -> str:
     return "install onnxruntime-gpu: pip install 'rtk[gpu]'"
 
 
-def _warn_fallback(path: Path, requested: str, why: str, running: str = "cpu") -> None:
+def _warn_fallback(path: Path, requested: str, why: str, running: str = "cpu", trt_problem: str | None = None) -> None:
     from toolkit.console import warn
 
     where = "the CPU" if running == "cpu" else f"ONNX Runtime's {PROVIDERS[running]}"
@@ -301,6 +331,7 @@ def _warn_fallback(path: Path, requested: str, why: str, running: str = "cpu") -
     if conflict is not None:  # the usual reason a GPU provider is missing, and not fixed by installing more
         warn(f"running {path.name} on {where}: {conflict}")
     elif requested == "trt" and running == "cuda":
-        warn(f"{why}; running {path.name} on {where} instead; the TensorRT provider needs TensorRT's libraries (pip install 'rtk[trt]')")
+        fix = trt_problem or "the TensorRT provider needs TensorRT 10's libraries (pip install 'tensorrt>=10,<11')"
+        warn(f"{why}; running {path.name} on {where} instead (named ort-cuda); {fix}")
     else:
         warn(f"{why}; running {path.name} on {where} instead; for ort-{requested}, {gpu_install_hint()}")

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
+from toolkit import trt_runtime
+from toolkit.errors import RtkError
 from toolkit.sidecar import (
     RuntimeInfo,
-    TensorInfo,
     check_engine_file,
     check_engine_tensors,
     check_runtime,
@@ -25,81 +26,7 @@ from toolkit.sidecar import (
     read_sidecar,
     rebuild_command,
 )
-from toolkit.errors import RtkError, require
-
-# TensorRT DataType member names → numpy dtype names (what the sidecar records).
-_DTYPES = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "BF16": "bfloat16",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-}
-
-
-def make_logger(trt):
-    """A ``tensorrt.ILogger`` that keeps errors (for messages) and drops info chatter."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(str(msg).strip())
-
-        def last_error(self) -> str:
-            return self.errors[-1] if self.errors else "TensorRT gave no reason (run with a GPU and check the driver)"
-
-    return _Logger()
-
-
-def _cuda_device(device: str | None = None):
-    """The torch CUDA device to use; raises when there is none."""
-    torch = require("torch", "the trt engine")
-    if not torch.cuda.is_available():
-        raise RtkError("TensorRT needs an NVIDIA GPU with CUDA and none is available on this machine")
-    if device is None or not str(device).startswith("cuda"):
-        return torch.device("cuda", torch.cuda.current_device())
-    dev = torch.device(device)
-    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
-
-
-def current_runtime(device: str | None = None) -> RuntimeInfo:
-    """The installed TensorRT version and the GPU ``device`` (default: the current CUDA device).
-
-    Raises:
-        RtkError: TensorRT is not installed, or there is no CUDA GPU.
-    """
-    trt = require("tensorrt", "TensorRT engines")
-    import torch
-
-    dev = _cuda_device(device)
-    major, minor = torch.cuda.get_device_capability(dev)
-    return RuntimeInfo(trt.__version__, torch.cuda.get_device_name(dev), f"{major}.{minor}")
-
-
-def engine_tensors(trt, engine) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
-    """The engine's (inputs, outputs) from the named-tensor API, in TensorRT's order."""
-    inputs, outputs = [], []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        dtype = engine.get_tensor_dtype(name)
-        info = TensorInfo(name, _DTYPES.get(dtype.name, dtype.name.lower()), tuple(engine.get_tensor_shape(name)))
-        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(info)
-    return tuple(inputs), tuple(outputs)
-
-
-def engine_profile(engine, input_name: str) -> tuple[int, int, int] | None:
-    """(min, opt, max) batch of optimisation profile 0, or ``None`` when the engine has no profile."""
-    if engine.num_optimization_profiles == 0 or -1 not in tuple(engine.get_tensor_shape(input_name)):
-        return None
-    shapes = engine.get_tensor_profile_shape(input_name, 0)
-    return tuple(int(s[0]) for s in shapes)
+from toolkit.trt_runtime import engine_memory_bytes, engine_profile, engine_tensors
 
 
 class TrtEngine(Engine):
@@ -115,15 +42,15 @@ class TrtEngine(Engine):
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = "cuda"):
-        trt = require("tensorrt", "the trt engine")
+        trt = trt_runtime.import_tensorrt("the trt engine")
         import torch
 
         path = Path(path)
         if not path.is_file():
             raise RtkError(f"{path} does not exist")
-        dev = _cuda_device(device)
+        dev = trt_runtime.open_device(device)
         sidecar = read_sidecar(path)
-        runtime = current_runtime(str(dev))
+        runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
         check_runtime(sidecar, runtime, path)
         warning = gpu_name_warning(sidecar, runtime)
         if warning:
@@ -132,28 +59,41 @@ class TrtEngine(Engine):
             warn(warning)
         data = path.read_bytes()
         check_engine_file(sidecar, path, data)
-        with torch.cuda.device(dev):
-            self._logger = make_logger(trt)
-            self._runtime = trt.Runtime(self._logger)
-            self._engine = self._runtime.deserialize_cuda_engine(data)
+        log = trt_runtime.logger(trt)
+        self._log = log
+        with dev.activate():
+            since = log.mark()
+            self._engine = trt_runtime.runtime(trt, dev).deserialize_cuda_engine(data)
             if self._engine is None:
                 raise RtkError(
-                    f"TensorRT cannot load {path}: {self._logger.last_error()}; "
+                    f"TensorRT cannot load {path}: {log.last_error(since)}; "
                     f"rebuild it with `{rebuild_command(sidecar, path)}`"
                 )
             inputs, outputs = engine_tensors(trt, self._engine)
-            check_engine_tensors(sidecar, path, inputs, outputs, engine_profile(self._engine, inputs[0].name))
             if len(inputs) != 1 or len(outputs) != 1:
                 raise RtkError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; rtk engines have one of each")
+            check_engine_tensors(sidecar, path, inputs, outputs, engine_profile(self._engine, inputs[0].name))
+            since = log.mark()
             self._context = self._engine.create_execution_context()
-            self._stream = torch.cuda.Stream(dev)
+            if self._context is None:
+                # TensorRT returns None when it cannot allocate the activations of the largest profile shape.
+                memory = engine_memory_bytes(self._engine) / 2**20
+                self._engine = None
+                raise RtkError(
+                    f"TensorRT cannot create an execution context for {path} on {dev} ({log.last_error(since)}); it needs "
+                    f"{memory:.0f} MiB of GPU memory for batch {sidecar.max_batch}: free GPU memory, or rebuild with a "
+                    f"smaller --max-batch"
+                )
+            self._stream = dev.new_stream()
         super().__init__(sidecar.spec, sidecar.preprocess, str(dev), sidecar.precision)
         self.name = "trt" if sidecar.precision == "fp16" else f"trt-{sidecar.precision}"
         self.path = path
         self.sidecar = sidecar
         self.min_batch, self.max_batch = sidecar.min_batch, sidecar.max_batch
+        #: GPU memory TensorRT holds for this engine outside torch's allocator: plan and context.
+        self.device_memory_bytes = len(data) + engine_memory_bytes(self._engine)
         self._torch = torch
-        self._device = dev
+        self._dev = dev
         self._input, self._output = inputs[0].name, outputs[0].name
         self._input_dtype = getattr(torch, inputs[0].dtype)
         self._output_dtype = getattr(torch, outputs[0].dtype)
@@ -171,42 +111,53 @@ class TrtEngine(Engine):
         super().check_shape(shape)
 
     device_resident = True
+    #: run_device orders its work on the caller's current stream: CUDA events need no host sync.
+    stream_ordered = True
 
     def _run_device(self, batch: Any) -> Any:
         """Run a torch tensor (any device; moved to the engine's GPU) and return logits on the GPU.
 
         The engine works on its own CUDA stream, ordered after the caller's current stream and
         before anything the caller queues next, so no host synchronisation is added.
+
+        Raises:
+            RtkError: TensorRT refused the shape or a tensor address, or failed to run; the
+                previous batch's addresses are never silently reused.
         """
-        torch = self._torch
-        caller = torch.cuda.current_stream(self._device)
-        self._stream.wait_stream(caller)
+        dev, context = self._dev, self._context
+        caller = dev.current_stream()
+        dev.wait(self._stream, caller)
         # TensorRT runs on the device it deserialised the engine on, which need not be the current one.
-        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
-            x = batch.to(self._device, dtype=self._input_dtype, non_blocking=True).contiguous()
-            self._context.set_input_shape(self._input, tuple(x.shape))
-            out = torch.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=self._output_dtype, device=self._device)
-            self._context.set_tensor_address(self._input, x.data_ptr())
-            self._context.set_tensor_address(self._output, out.data_ptr())
-            if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise RtkError(f"TensorRT failed to run {self.path.name}: {self._logger.last_error()}")
+        with dev.activate(), dev.use_stream(self._stream):
+            x = trt_runtime.on_device(batch, dev, self._input_dtype)
+            since = self._log.mark()
+            if not context.set_input_shape(self._input, tuple(x.shape)):
+                raise RtkError(f"TensorRT refused input shape {tuple(x.shape)} for {self.path.name}: {self._log.last_error(since)}")
+            out = dev.empty(tuple(context.get_tensor_shape(self._output)), self._output_dtype)
+            for name, tensor in ((self._input, x), (self._output, out)):
+                if not context.set_tensor_address(name, tensor.data_ptr()):
+                    raise RtkError(
+                        f"TensorRT refused the address of {name!r} for {self.path.name} "
+                        f"({tensor.data_ptr():#x}): {self._log.last_error(since)}"
+                    )
+            if not context.execute_async_v3(dev.stream_handle(self._stream)):
+                raise RtkError(f"TensorRT failed to run {self.path.name}: {self._log.last_error(since)}")
         if x is batch:  # the caller's tensor was read on our stream: keep its memory until then
-            batch.record_stream(self._stream)
-        caller.wait_stream(self._stream)
-        out.record_stream(caller)
+            dev.keep_until_done(batch, self._stream)
+        dev.wait(caller, self._stream)
+        dev.keep_until_done(out, caller)
         return out
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._to_host(self._run_device(self._torch.from_numpy(batch)))
 
     def synchronize(self) -> None:
-        self._torch.cuda.synchronize(self._device)
+        self._dev.synchronize()
 
     def close(self) -> None:
         if not self._closed:
             self._stream.synchronize()  # work still queued on the stream uses the context
         super().close()
-        # The context must go before the engine, the engine before the runtime.
+        # The context must go before the engine (the runtime is the process's and stays).
         self._context = None
         self._engine = None
-        self._runtime = None

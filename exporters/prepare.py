@@ -14,10 +14,17 @@ from pathlib import Path
 
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
 from toolkit.artefacts import artefact_kind
-from toolkit.errors import RtkError, require
+from toolkit.errors import RtkError
 
 
-def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None, precision: str | None = None) -> Path:
+def prepare(
+    source: str | os.PathLike,
+    engine: "str | EngineName | None" = None,
+    precision: str | None = None,
+    *,
+    device: str | None = None,
+    max_batch: int | None = None,
+) -> Path:
     """The artefact ``engine`` runs for ``source``, exported or built next to it when missing or stale.
 
     An ONNX file or engine named directly is returned as it is; whether it suits the engine
@@ -27,6 +34,8 @@ def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None,
         source: a checkpoint, ONNX file or TensorRT engine.
         engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
         precision: applies when the name gives none.
+        device: the GPU a TensorRT engine is built on and for (``cuda:N``).
+        max_batch: the largest batch a TensorRT engine must take (its profile is widened to it).
 
     Returns:
         The path to load with :func:`engines.load`.
@@ -44,11 +53,14 @@ def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None,
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
         onnx_precision = "fp32" if name.provider == "trt" else name.resolved_precision
         return _onnx_for(path, onnx_precision)
-    require("tensorrt", "the trt engine")
+    from toolkit.trt_runtime import import_tensorrt
+
+    import_tensorrt("the trt engine")
     from exporters.trt import ensure_engine
 
     onnx = path if kind == "onnx" else _onnx_for(path, "fp32")
-    return ensure_engine(onnx, name.resolved_precision)
+    gpu = device if device is not None and str(device).startswith("cuda") else None
+    return ensure_engine(onnx, name.resolved_precision, device=gpu, max_batch=max_batch)
 
 
 def _onnx_for(checkpoint: Path, precision: str) -> Path:

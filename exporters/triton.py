@@ -84,6 +84,25 @@ class ServedArtefact:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: The first Triton release whose onnxruntime backend accepts ``trt_profile_*_shapes`` and the
+#: timing cache parameters (triton-inference-server/server#7156: 24.03 refuses them).
+ORT_TRT_PROFILE_RELEASE = "24.04"
+#: The first Triton release with the onnxruntime backend's TensorRT engine cache.
+ORT_TRT_CACHE_RELEASE = "21.09"
+
+
+def parse_release(text: str) -> tuple[int, int]:
+    """A Triton release ``"24.04"`` as ``(24, 4)``.
+
+    Raises:
+        RtkError: not ``YY.MM``.
+    """
+    parts = str(text).strip().split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= 12:
+        raise RtkError(f"Triton release {text!r} is not YY.MM, e.g. 24.04")
+    return int(parts[0]), int(parts[1])
+
+
 @dataclass(frozen=True)
 class TritonOptions:
     """How the model is laid out and served.
@@ -105,6 +124,10 @@ class TritonOptions:
         ort_trt_workspace_bytes: TensorRT workspace limit for ``ort_trt``.
         ort_trt_cache: a folder *as the server sees it* where ONNX Runtime keeps the TensorRT
             engines and timing cache it builds; without it every server start rebuilds them.
+        triton_release: the oldest Triton release (``YY.MM``) the config must load on. Triton's
+            onnxruntime backend accepts the ``trt_profile_*`` and ``trt_timing_cache_*``
+            parameters from 24.04 on (older servers refuse the whole model), the engine cache
+            from 21.09: for an older release those parameters are left out.
         force: replace an existing version folder.
     """
 
@@ -121,6 +144,7 @@ class TritonOptions:
     ort_trt: bool = False
     ort_trt_workspace_bytes: int = DEFAULT_ORT_TRT_WORKSPACE
     ort_trt_cache: str | None = None
+    triton_release: str = ORT_TRT_PROFILE_RELEASE
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -154,6 +178,17 @@ class TritonOptions:
             raise RtkError("--ort-trt-cache applies with --ort-trt")
         if self.ort_trt_cache is not None and not self.ort_trt_cache.startswith("/"):
             raise RtkError(f"--ort-trt-cache must be an absolute path on the server, got {self.ort_trt_cache!r}")
+        release = parse_release(self.triton_release)
+        if self.ort_trt_cache is not None and release < parse_release(ORT_TRT_CACHE_RELEASE):
+            raise RtkError(
+                f"--ort-trt-cache needs Triton {ORT_TRT_CACHE_RELEASE} or newer (its onnxruntime backend's engine cache); "
+                f"--triton-release is {self.triton_release}"
+            )
+
+    @property
+    def ort_trt_profiles(self) -> bool:
+        """Whether the server takes ``trt_profile_*`` and ``trt_timing_cache_*`` parameters."""
+        return parse_release(self.triton_release) >= parse_release(ORT_TRT_PROFILE_RELEASE)
 
 
 @dataclass(frozen=True)
@@ -421,11 +456,12 @@ def build_config(artefact: ServedArtefact, name: str, options: TritonOptions) ->
         # One TensorRT profile covering every batch the dynamic batcher can form; without it
         # ONNX Runtime rebuilds the engine whenever a batch larger than any seen so far arrives.
         chw = "x".join(str(d) for d in _static_chw(artefact))
-        for key, batch in (("min", 1), ("opt", max_batch), ("max", max_batch)):
-            accelerator.parameters[f"trt_profile_{key}_shapes"] = f"{artefact.input.name}:{batch}x{chw}"
+        if options.ort_trt_profiles:
+            for key, batch in (("min", 1), ("opt", max_batch), ("max", max_batch)):
+                accelerator.parameters[f"trt_profile_{key}_shapes"] = f"{artefact.input.name}:{batch}x{chw}"
         if options.ort_trt_cache:
             # Engines and tactic timings survive server restarts (a ResNet-101 build takes minutes).
-            for cache in ("engine", "timing"):
+            for cache in ("engine", "timing") if options.ort_trt_profiles else ("engine",):
                 accelerator.parameters[f"trt_{cache}_cache_enable"] = "1"
                 accelerator.parameters[f"trt_{cache}_cache_path"] = options.ort_trt_cache
     return config

@@ -12,6 +12,7 @@ atomically: a failed or interrupted build leaves neither behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -20,9 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit import trt_runtime
 from toolkit.sidecar import (
+    DEFAULT_PROFILE,
     PRECISIONS,
     EngineSidecar,
+    RuntimeInfo,
+    profile_for,
     read_sidecar,
     runtime_mismatch,
     sidecar_path,
@@ -120,10 +125,35 @@ class BuildOptions:
             )
         if self.timing_cache is not None:
             object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+            if self.timing_cache.is_dir():
+                raise RtkError(f"timing cache {self.timing_cache} is a folder; name a file in it, e.g. {self.timing_cache / 'timing.cache'}")
 
     @property
     def profile(self) -> tuple[int, int, int]:
         return (self.min_batch, self.opt_batch, self.max_batch)
+
+    def build_record(self) -> dict[str, Any]:
+        """The settings a rebuild must repeat, as the sidecar's ``build`` section stores them."""
+        return {
+            "workspace": self.workspace,
+            "tf32": self.tf32,
+            "builder_optimization_level": self.builder_optimization_level,
+            "profiling_verbosity": self.profiling_verbosity,
+        }
+
+    @classmethod
+    def from_sidecar(cls, sidecar: EngineSidecar) -> "BuildOptions":
+        """The options an engine was built with (profile and :meth:`build_record`), to rebuild it alike."""
+        lo, opt, hi = sidecar.profile
+        defaults = cls()
+        build = sidecar.build
+        return cls(
+            precision=sidecar.precision, min_batch=lo, opt_batch=opt, max_batch=hi,
+            workspace=build.get("workspace", defaults.workspace),
+            tf32=build.get("tf32", defaults.tf32),
+            builder_optimization_level=build.get("builder_optimization_level", defaults.builder_optimization_level),
+            profiling_verbosity=build.get("profiling_verbosity", defaults.profiling_verbosity),
+        )
 
 
 @dataclass(frozen=True)
@@ -221,6 +251,7 @@ def build_engine(
     output: str | os.PathLike | None = None,
     options: BuildOptions = BuildOptions(),
     show_progress: bool = True,
+    device: str | None = None,
 ) -> Path:
     """Build a TensorRT engine and its sidecar from an ONNX file.
 
@@ -229,6 +260,8 @@ def build_engine(
         output: the engine path; default :func:`engine_path_for` (``MODEL.engine`` for fp16).
         options: precision, batch profile, workspace, timing cache and builder settings.
         show_progress: show TensorRT's build phases (or a spinner) on stderr.
+        device: the GPU to build on, ``"cuda:N"``; default the current CUDA device. An engine
+            runs only on the GPU family it was built on, so this is the GPU that will run it.
 
     Returns:
         The engine path; the sidecar is ``<engine>.json``.
@@ -243,37 +276,38 @@ def build_engine(
     output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
-    trt = require("tensorrt", "building a TensorRT engine")
-    from engines.trt import current_runtime, engine_profile, engine_tensors, make_logger
-
-    runtime = current_runtime()
+    trt = trt_runtime.import_tensorrt("building a TensorRT engine")
+    dev = trt_runtime.open_device(device)
+    runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
     route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
     source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
     from toolkit.onnx_graph import read_onnx_meta
 
     meta = read_onnx_meta(source)
-    logger = make_logger(trt)
-    started = time.perf_counter()
-    plan, config = _build_plan(trt, logger, source, meta, route, options, show_progress)
-    seconds = time.perf_counter() - started
-
-    # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
-    loader = trt.Runtime(logger)  # must outlive the engine it deserialises
-    engine = loader.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise RtkError(f"TensorRT built {output.name} but cannot load it: {logger.last_error()}")
-    inputs, outputs = engine_tensors(trt, engine)
-    layers = None
-    if options.profiling_verbosity != "none":
-        inspector = engine.create_engine_inspector()
-        layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    log = trt_runtime.logger(trt)
+    with dev.activate():  # TensorRT builds for, and deserialises on, the current CUDA device
+        started = time.perf_counter()
+        plan, config = _build_plan(trt, log, source, meta, route, options, show_progress)
+        seconds = time.perf_counter() - started
+        # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
+        since = log.mark()
+        engine = trt_runtime.runtime(trt, dev).deserialize_cuda_engine(plan)
+        if engine is None:
+            raise RtkError(f"TensorRT built {output.name} but cannot load it: {log.last_error(since)}")
+        inputs, outputs = trt_runtime.engine_tensors(trt, engine)
+        layers = None
+        if options.profiling_verbosity != "none":
+            inspector = engine.create_engine_inspector()
+            layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        profile = trt_runtime.engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3
+        del engine
     data = memoryview(plan)
     sidecar = EngineSidecar(
         tensorrt_version=runtime.tensorrt_version,
         gpu_name=runtime.gpu_name,
         compute_capability=runtime.compute_capability,
         precision=options.precision,
-        profile=engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3,
+        profile=profile,
         inputs=inputs,
         outputs=outputs,
         onnx=os.path.relpath(source.resolve(), output.resolve().parent),
@@ -281,17 +315,9 @@ def build_engine(
         engine_sha256=hashlib.sha256(data).hexdigest(),
         spec=meta.spec,
         preprocess=meta.preprocess,
-        build={
-            "route": route.name,
-            "workspace": options.workspace,
-            "tf32": options.tf32,
-            "builder_optimization_level": options.builder_optimization_level,
-            "profiling_verbosity": options.profiling_verbosity,
-            "seconds": round(seconds, 1),
-        },
+        build={"route": route.name, **options.build_record(), "seconds": round(seconds, 1)},
         layers=layers,
     )
-    del engine, loader
     write_atomic(output, data)
     try:
         write_sidecar(sidecar, output)
@@ -303,52 +329,64 @@ def build_engine(
     return output
 
 
-def ensure_engine(onnx_path: str | os.PathLike, precision: str = "fp16") -> Path:
+def ensure_engine(
+    onnx_path: str | os.PathLike, precision: str = "fp16", *, device: str | None = None, max_batch: int | None = None,
+) -> Path:
     """The engine next to an ONNX file, built when missing, stale, or built for another machine.
 
     An existing engine is reused when its sidecar matches this TensorRT and GPU, its source ONNX
-    still has the recorded sha256, and the given ONNX is not newer than it. A rebuild keeps the
-    engine's batch profile.
+    still has the recorded sha256, the given ONNX is not newer than it, and its profile reaches
+    ``max_batch``. A rebuild keeps the engine's profile and build settings (workspace, TF32,
+    optimisation level, verbosity), widened to ``max_batch`` when that is larger.
+
+    Args:
+        onnx_path: the fp32 ONNX (or fp16 for an fp16 engine).
+        precision: ``"fp16"`` or ``"fp32"``.
+        device: the GPU to build on and check against (``"cuda:N"``).
+        max_batch: the largest batch the engine must take; a new engine gets
+            :func:`toolkit.sidecar.profile_for` (``max_batch``), the default profile otherwise.
 
     Returns:
         ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``.
     """
     onnx_path = Path(onnx_path)
     output = engine_path_for(onnx_path, precision)
-    options = BuildOptions(precision=precision)
+    options = BuildOptions(precision, *(profile_for(max_batch) if max_batch else DEFAULT_PROFILE))
     if output.exists() and sidecar_path(output).exists():
         try:
             sidecar = read_sidecar(output)
         except RtkError:
             sidecar = None
         if sidecar is not None and sidecar.precision == precision:
-            lo, opt, hi = sidecar.profile
-            options = BuildOptions(precision=precision, min_batch=lo, opt_batch=opt, max_batch=hi)
-            from engines.trt import current_runtime
-
+            options = BuildOptions.from_sidecar(sidecar)
             source = source_onnx_path(sidecar, output)
             fresh = (
-                runtime_mismatch(sidecar, current_runtime()) is None
+                runtime_mismatch(sidecar, trt_runtime.current_runtime(device)) is None
                 and source.exists()
                 and sha256_file(source) == sidecar.onnx_sha256
                 and onnx_path.stat().st_mtime <= output.stat().st_mtime
             )
+            if max_batch and max_batch > sidecar.max_batch:
+                lo, opt, _ = profile_for(max_batch)
+                options = dataclasses.replace(options, min_batch=min(lo, options.min_batch), opt_batch=opt, max_batch=max_batch)
+                fresh = False
             if fresh:
                 return output
-    return build_engine(onnx_path, output, options)
+    return build_engine(onnx_path, output, options, device=device)
 
 
-def _build_plan(trt, logger, source: Path, meta, route: BuildRoute, options: BuildOptions, show_progress: bool):
+def _build_plan(trt, log, source: Path, meta, route: BuildRoute, options: BuildOptions, show_progress: bool):
     """Parse the ONNX, configure the builder and build; returns (serialised plan, builder config)."""
-    builder = trt.Builder(logger)
+    since = log.mark()
+    builder = trt.Builder(log.ilogger)
     flags = 0
     if route.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, log.ilogger)
     if not parser.parse_from_file(str(source)):
         errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-        listed = "; ".join(f"({i + 1}) {e}" for i, e in enumerate(errors)) or logger.last_error()
+        listed = "; ".join(f"({i + 1}) {e}" for i, e in enumerate(errors)) or log.last_error(since)
         raise RtkError(f"TensorRT's ONNX parser rejected {source} with {len(errors)} error(s): {listed}")
 
     config = builder.create_builder_config()
@@ -360,12 +398,13 @@ def _build_plan(trt, logger, source: Path, meta, route: BuildRoute, options: Bui
         config.clear_flag(trt.BuilderFlag.TF32)
     config.builder_optimization_level = options.builder_optimization_level
     config.profiling_verbosity = getattr(trt.ProfilingVerbosity, PROFILING_VERBOSITY[options.profiling_verbosity])
-    _add_profile(builder, network, config, source, meta, options)
+    _add_profile(builder, network, config, source, meta, options, log)
     _set_timing_cache(config, options.timing_cache)
 
+    since = log.mark()
     plan = _run_builder(trt, builder, network, config, show_progress)
     if plan is None:
-        raise RtkError(f"TensorRT could not build an engine from {source}: {logger.last_error()}")
+        raise RtkError(f"TensorRT could not build an engine from {source}: {log.last_error(since)}")
     return plan, config
 
 
@@ -375,7 +414,7 @@ def _parser_error(error: Any) -> str:
     return f"{error.code()}{where}: {error.desc()}"
 
 
-def _add_profile(builder, network, config, source: Path, meta, options: BuildOptions) -> None:
+def _add_profile(builder, network, config, source: Path, meta, options: BuildOptions, log) -> None:
     """Check the network's single NCHW input against the metadata and add the batch profile."""
     if network.num_inputs != 1:
         raise RtkError(f"{source} has {network.num_inputs} inputs; rtk engines take one NCHW image batch")
@@ -396,8 +435,13 @@ def _add_profile(builder, network, config, source: Path, meta, options: BuildOpt
             )
         return
     profile = builder.create_optimization_profile()
+    since = log.mark()
     profile.set_shape(tensor.name, (options.min_batch, *chw), (options.opt_batch, *chw), (options.max_batch, *chw))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise RtkError(
+            f"TensorRT refused the batch profile {options.min_batch}/{options.opt_batch}/{options.max_batch} for "
+            f"{source}'s input {tensor.name!r}: {log.last_error(since)}"
+        )
 
 
 def _set_timing_cache(config, path: Path | None) -> None:

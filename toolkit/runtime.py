@@ -41,7 +41,8 @@ def open_engine(
             run on the first GPU when ``cpu`` is given, since their name asks for a GPU).
         precision: applies when the engine name gives none.
         threads: intra-op threads for ONNX Runtime (torch's are process-wide).
-        max_batch: the largest batch ONNX Runtime's TensorRT provider is built for.
+        max_batch: the largest batch ONNX Runtime's TensorRT provider, or a TensorRT engine built
+            here, is made for.
         meta: spec and preprocess for a foreign ONNX file that carries none.
 
     Raises:
@@ -58,4 +59,4 @@ def open_engine(
         device = "cuda"
     if loaded is not None and (name.runtime == "eager" or path is None):
         return load(loaded, name, device, threads=threads, max_batch=max_batch, meta=meta)
-    return load(prepare(path, name), name, device, threads=threads, max_batch=max_batch, meta=meta)
+    return load(prepare(path, name, device=device, max_batch=max_batch), name, device, threads=threads, max_batch=max_batch, meta=meta)

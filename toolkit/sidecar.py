@@ -196,6 +196,15 @@ def validate_profile(min_batch: int, opt_batch: int, max_batch: int) -> tuple[in
     return values
 
 
+def profile_for(max_batch: int) -> tuple[int, int, int]:
+    """The batch profile rtk builds for a largest batch: (1, max_batch // 2, max_batch).
+
+    TensorRT tunes kernels for the middle (opt) batch; the same rule gives ONNX Runtime's
+    TensorRT provider its ``trt_profile_opt_shapes``, so ``trt`` and ``ort-trt`` are timed alike.
+    """
+    return validate_profile(1, max(1, max_batch // 2), max_batch)
+
+
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
     """``MODEL.engine`` → ``MODEL.engine.json``."""
     engine_path = Path(engine_path)
@@ -244,6 +253,15 @@ def rebuild_command(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> s
     args = ["rtk", "build", str(onnx), "--precision", sidecar.precision]
     if sidecar.profile != DEFAULT_PROFILE:
         args += ["--min-batch", str(lo), "--opt-batch", str(opt), "--max-batch", str(hi)]
+    build = sidecar.build
+    if build.get("workspace") is not None:
+        args += ["--workspace", str(build["workspace"])]
+    if build.get("tf32") is False:
+        args += ["--no-tf32"]
+    if build.get("builder_optimization_level", 3) != 3:
+        args += ["--builder-optimization-level", str(build["builder_optimization_level"])]
+    if build.get("profiling_verbosity", "layer-names-only") != "layer-names-only":
+        args += ["--profiling-verbosity", str(build["profiling_verbosity"])]
     if engine_path_for(onnx, sidecar.precision) != engine_path:
         args += ["--output", str(engine_path)]
     return shlex.join(args)
@@ -404,7 +422,7 @@ def _compatibility_here(sidecar: EngineSidecar, path: Path) -> str:
 
     if importlib.util.find_spec("tensorrt") is None:
         return "unknown: TensorRT is not installed here (pip install 'rtk[trt]')"
-    from engines.trt import current_runtime
+    from toolkit.trt_runtime import current_runtime
 
     try:
         runtime = current_runtime()

@@ -49,6 +49,9 @@ def build(
         ProfilingVerbosity,
         typer.Option(help="Layer information kept in the engine; detailed shows tactics and formats in `rtk inspect`."),
     ] = ProfilingVerbosity.layer_names_only,
+    device: Annotated[
+        Optional[str], typer.Option(help="GPU to build on, e.g. cuda:1 [default: the current CUDA device]; the engine runs on that GPU family.")
+    ] = None,
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
     from exporters.trt import BuildOptions, build_engine, parse_workspace
@@ -64,7 +67,7 @@ def build(
         builder_optimization_level=builder_optimization_level,
         profiling_verbosity=profiling_verbosity.value,
     )
-    print_built(build_engine(onnx, output, options))
+    print_built(build_engine(onnx, output, options, device=device))
 
 
 def print_built(path: Path) -> None:

@@ -37,6 +37,7 @@ def triton(
     ort_trt: Annotated[bool, typer.Option("--ort-trt/--no-ort-trt", help="Let ONNX Runtime run the ONNX model through TensorRT in FP16.")] = False,
     ort_trt_workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace for --ort-trt, in MiB.")] = 1024,
     ort_trt_cache: Annotated[Optional[str], typer.Option(metavar="SERVER_DIR", help="With --ort-trt: keep TensorRT engines and timing cache in this folder on the server (absolute path as the server sees it), so restarts skip the build.")] = None,
+    triton_release: Annotated[str, typer.Option(metavar="YY.MM", help="Oldest Triton release the config must load on; before 24.04 --ort-trt leaves out the TensorRT profile and timing-cache parameters those servers refuse.")] = "24.04",
     force: Annotated[bool, typer.Option("--force", help="Replace the version folder if it exists.")] = False,
 ) -> None:
     """Write MODEL into a Triton Inference Server model repository.
@@ -62,6 +63,7 @@ def triton(
         ort_trt=ort_trt,
         ort_trt_workspace_bytes=ort_trt_workspace_mib * (1 << 20),
         ort_trt_cache=ort_trt_cache,
+        triton_release=triton_release,
         force=force,
     )
     result = export_triton(model, repo, options)
