@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -20,22 +21,53 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _has_tensorrt() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+def tensorrt_skip_reason() -> str | None:
+    """Why the real-TensorRT tests cannot run here, or ``None`` when they can.
+
+    A broken install (its import raises OSError or RuntimeError for missing CUDA libraries) is a
+    reason to skip, like no install at all: those tests verify TensorRT, not the install.
+    """
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'rtk[trt]')"
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - whatever a broken install raises
+        return f"tensorrt is installed but cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if not _has_cuda():
+        return "TensorRT needs a CUDA GPU and none is present"
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
     cuda_reason = None if _has_cuda() else "no CUDA GPU on this machine"
-    trt_reason = None
-    if not _has_tensorrt():
-        trt_reason = "TensorRT is not installed (pip install 'rtk[trt]')"
-    elif not _has_cuda():
-        trt_reason = "TensorRT needs a CUDA GPU and none is present"
+    wanted = any("tensorrt" in item.keywords for item in items)
+    trt_reason = tensorrt_skip_reason() if wanted else None
     for item in items:
         if cuda_reason and "cuda" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=cuda_reason))
         if trt_reason and "tensorrt" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=trt_reason))
+
+
+@pytest.fixture(params=["10.13", "11.4"])
+def fake_trt(request, monkeypatch):
+    """The recording fake ``tensorrt`` (:mod:`fake_tensorrt`) of TensorRT 10.13 or 11.4, with CPU
+    memory playing the GPU's. It tests rtk's TensorRT logic; it verifies nothing about TensorRT."""
+    from fake_tensorrt import CpuDevice, make_tensorrt
+
+    from toolkit import trt_runtime
+
+    trt = make_tensorrt(request.param)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    devices = []
+
+    def open_device(device=None):
+        devices.append(CpuDevice(device))
+        return devices[-1]
+
+    monkeypatch.setattr(trt_runtime, "open_device", open_device)
+    trt._fake.devices = devices
+    return trt
 
 
 @pytest.fixture(autouse=True)
