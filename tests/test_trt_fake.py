@@ -392,3 +392,59 @@ def test_cli_build_timing_cache_folder_is_one_line(fake_trt, onnx_files, cli, tm
     result = cli("build", onnx_files[0], "--timing-cache", tmp_path)
     assert result.exit_code != 0
     assert "is a folder" in result.output and "Traceback" not in result.output
+
+
+# --- a broken install -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_tensorrt(tmp_path, monkeypatch):
+    """A ``tensorrt`` package whose import fails the way a wheel without its CUDA libraries does."""
+    package = tmp_path / "site" / "tensorrt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('raise OSError("libnvinfer.so.10: cannot open shared object file")\n')
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.delitem(__import__("sys").modules, "tensorrt", raising=False)
+
+
+def test_a_broken_tensorrt_is_a_skip_reason_for_the_real_tests(broken_tensorrt):
+    from conftest import tensorrt_skip_reason
+
+    assert tensorrt_skip_reason() == "tensorrt is installed but cannot be imported (OSError: libnvinfer.so.10: cannot open shared object file)"
+
+
+def test_a_broken_tensorrt_is_one_sentence_for_users(broken_tensorrt, onnx_files):
+    with pytest.raises(RtkError, match=r"^tensorrt is installed but cannot be imported \(OSError: libnvinfer.so.10: .*reinstall it"):
+        _build(onnx_files[0])
+
+
+# --- ONNX Runtime's TensorRT provider ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested,available,running", [
+    ("trt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], "trt"),
+    ("trt", ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"),
+    ("trt", ["CPUExecutionProvider"], "cpu"),
+    ("cuda", ["TensorrtExecutionProvider", "CPUExecutionProvider"], "cpu"),
+])  # fmt: skip
+def test_a_missing_provider_falls_back_to_what_really_runs(requested, available, running):
+    from engines.ort import fallback_provider
+
+    assert fallback_provider(requested, available) == running
+
+
+def test_tensorrt_11_alone_cannot_serve_onnx_runtimes_provider():
+    from engines.ort import trt_provider_problem
+
+    assert trt_provider_problem(10, "10.13.0.35") is None
+    problem = trt_provider_problem(11, "11.4.0.106")
+    assert "needs TensorRT 10 (libnvinfer.so.10)" in problem and "TensorRT 11.4.0.106" in problem
+
+
+def test_the_provider_warning_names_cuda_and_the_tensorrt_fix(tmp_path, capsys):
+    from engines import ort
+
+    ort._warn_fallback(tmp_path / "m.onnx", "trt", "TensorrtExecutionProvider failed to start", "cuda", ort.trt_provider_problem(11, "11.4.0.106"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "running m.onnx on ONNX Runtime's CUDAExecutionProvider instead (named ort-cuda)" in err
+    assert "needs TensorRT 10" in err and "onnxruntime-gpu" not in err

@@ -1,6 +1,8 @@
 """TensorRT end to end: build engines of a tiny model, run them, compare with eager, refuse misuse.
 
-Marked ``tensorrt``: skipped with the reason printed where TensorRT or a CUDA GPU is absent.
+Marked ``tensorrt``: skipped with the reason printed where TensorRT or a CUDA GPU is absent, or
+where an installed tensorrt cannot be imported (tests/conftest.py). These are the tests that
+verify TensorRT itself; tests/test_trt_fake.py runs the same code paths on a CPU against a fake.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ def _inputs(n: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((n, 3, *TINY_PRE.input_size)).astype(np.float32)
 
 
+#: A reference top-1 leads its runner-up by at least this much (in logits) for fp16 to be held to
+#: it: fp16 rounding moves these tiny models' logits by ~1e-3, so a near-tie may flip legitimately.
+CLEAR_MARGIN = 0.05
+
+
+def _assert_top1_agrees_where_clear(reference: np.ndarray, logits: np.ndarray) -> None:
+    """Top-1 must agree on every input whose reference margin is clear; most inputs must be clear."""
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) >= CLEAR_MARGIN
+    assert clear.mean() >= 0.5, f"only {clear.sum()} of {len(clear)} inputs have a clear top-1; the check would say little"
+    disagree = np.flatnonzero(clear & (reference.argmax(1) != logits.argmax(1)))
+    assert disagree.size == 0, f"top-1 differs on inputs {disagree.tolist()} although their reference margin is >= {CLEAR_MARGIN}"
+
+
 def _eager(checkpoint, batch: np.ndarray) -> np.ndarray:
     import engines
 
@@ -71,9 +87,10 @@ def test_runs_at_batch_1_and_max_and_matches_eager(artefacts):
         logits = np.concatenate([engine(batch[i : i + PROFILE[2]]) for i in range(0, 64, PROFILE[2])])
     # The same input at batch 1 and inside a batch of 16 (different kernels) gives the same answer.
     assert compare(logits[:1], one, "fp16").min_cosine >= 0.999
-    metrics = compare(_eager(artefacts["checkpoint"], batch), logits, "fp16")
-    assert metrics.top1_agreement >= 0.99
+    reference = _eager(artefacts["checkpoint"], batch)
+    metrics = compare(reference, logits, "fp16")
     assert metrics.min_cosine >= 0.999
+    _assert_top1_agrees_where_clear(reference, logits)
 
 
 def test_device_tensors_in_and_out(artefacts):
@@ -140,8 +157,9 @@ def test_cli_build_fp32_with_timing_cache_and_layer_details(artefacts, cli, tmp_
     batch = _inputs(8, seed=2)
     with TrtEngine(output) as engine:
         assert engine.name == "trt-fp32"
-        metrics = compare(_eager(artefacts["checkpoint"], batch), engine(batch), "fp32")
-    assert metrics.min_cosine >= 0.99999 and metrics.top1_agreement == 1.0
+        reference, logits = _eager(artefacts["checkpoint"], batch), engine(batch)
+    assert compare(reference, logits, "fp32").min_cosine >= 0.99999
+    _assert_top1_agrees_where_clear(reference, logits)
 
 
 def test_loader_builds_once_then_reuses_the_engine(artefacts, tmp_path):
