@@ -228,6 +228,17 @@ def test_name_with_path_separators_is_refused(cli, onnx_model, tmp_path, name):
     assert not repo.exists()
 
 
+def test_ort_trt_for_a_server_before_24_04_leaves_out_what_it_refuses(cli, onnx_model, tmp_path):
+    ckpt, _ = onnx_model
+    repo = tmp_path / "repo"
+    result = cli("triton", ckpt, "--repo", repo, "--name", "tiny", "--ort-trt", "--ort-trt-cache", "/cache", "--triton-release", "24.03")
+    assert result.exit_code == 0, result.output
+    (accel,) = parse_config(repo / "tiny").optimization.execution_accelerators.gpu_execution_accelerator
+    assert sorted(accel.parameters) == [
+        "max_workspace_size_bytes", "precision_mode", "trt_engine_cache_enable", "trt_engine_cache_path",
+    ]  # fmt: skip
+
+
 def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
     ckpt, _ = onnx_model
     repo = tmp_path / "repo"
@@ -239,6 +250,8 @@ def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
         (("--instances", 0), "instances must be at least 1"),
         (("--ort-trt-cache", "/cache"), "applies with --ort-trt"),
         (("--ort-trt", "--ort-trt-cache", "cache"), "absolute path on the server"),
+        (("--ort-trt", "--triton-release", "24"), "Triton release '24' is not YY.MM"),
+        (("--ort-trt", "--ort-trt-cache", "/cache", "--triton-release", "21.08"), "--ort-trt-cache needs Triton 21.09"),
     ]
     for args, message in cases:
         result = cli("triton", ckpt, "--repo", repo, *args)
