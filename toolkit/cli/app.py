@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "predict",
     "triton",
     "inspect",
+    "doctor",
 )
 
 

@@ -1,0 +1,349 @@
+"""``rtk doctor``: what this machine can run, why not, and what would enable it; ``--check`` runs it.
+
+:func:`diagnose` looks, without running a model: torch and CUDA (GPUs, driver), the installed
+ONNX Runtime distributions and which of their execution providers really start (a session is
+created on a one-node ONNX graph with each), TensorRT's version and fp16 route, and the status
+of one engine of every runtime family in :data:`engines.names.ALL_ENGINES`, with the command
+that would enable it. :func:`run_check` then exports a small model and runs parity and a short
+benchmark on every engine that can run here, and says which failed.
+
+Like :mod:`toolkit.runtime`, this module sits above ``engines``, ``exporters`` and ``benchmarks``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import INSTALL_HINTS, RtkError, first_line
+
+#: Why an engine needing CUDA cannot run, and what gives it CUDA.
+NO_CUDA = "needs an NVIDIA GPU with CUDA; torch sees none"
+CUDA_HINT = "a machine with an NVIDIA GPU and driver, and a CUDA build of torch (pip install torch)"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Whether one engine can run here.
+
+    Attributes:
+        engine: its name (:mod:`engines.names`).
+        status: ``available``, ``unavailable`` or ``unknown`` (a runtime rtk doctor has no probe for).
+        reason: why not, for the others.
+        install: the command or step that would enable it.
+    """
+
+    engine: str
+    status: str
+    reason: str | None = None
+    install: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "status": self.status, "reason": self.reason, "install": self.install}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What :func:`diagnose` found; every section is plain JSON."""
+
+    environment: dict[str, Any]
+    torch: dict[str, Any]
+    onnxruntime: dict[str, Any]
+    tensorrt: dict[str, Any]
+    engines: tuple[EngineStatus, ...]
+
+    def available(self) -> list[str]:
+        return [e.engine for e in self.engines if e.status == "available"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "torch": self.torch,
+            "onnxruntime": self.onnxruntime,
+            "tensorrt": self.tensorrt,
+            "engines": [e.to_dict() for e in self.engines],
+        }
+
+
+def engine_families() -> list[str]:
+    """One engine per runtime family, in :data:`ALL_ENGINES` order: ``eager``, ``ort``, ``ort-cuda``…"""
+    from engines.names import ALL_ENGINES, parse_engine
+
+    seen: dict[str, str] = {}
+    for name in ALL_ENGINES:
+        seen.setdefault(parse_engine(name).family, name)
+    return list(seen.values())
+
+
+def diagnose() -> Diagnosis:
+    """Look at this machine (a few seconds: each ONNX Runtime provider starts one session)."""
+    from benchmarks.environment import collect_environment, gpu_info
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    torch_info = {
+        "version": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": cuda,
+        "gpus": [gpu_info(f"cuda:{i}") for i in range(torch.cuda.device_count())] if cuda else [],
+    }
+    ort_info = _onnxruntime_info(cuda)
+    trt_info = _tensorrt_info()
+    engines = tuple(_engine_status(name, cuda, ort_info, trt_info) for name in engine_families())
+    environment = collect_environment("cuda" if cuda else "cpu")
+    return Diagnosis(environment, torch_info, ort_info, trt_info, engines)
+
+
+def _onnxruntime_info(cuda: bool) -> dict[str, Any]:
+    from engines.ort import installed_ort_distributions, ort_conflict
+
+    info: dict[str, Any] = {
+        "distributions": [f"{name} {version}" for name, version in installed_ort_distributions()],
+        "conflict": ort_conflict(),
+    }
+    if importlib.util.find_spec("onnxruntime") is None:
+        info["error"] = f"onnxruntime is not installed; install it with: {INSTALL_HINTS['onnxruntime']}"
+        return info
+    import onnxruntime as ort
+
+    info["version"] = ort.__version__
+    info["available_providers"] = list(ort.get_available_providers())
+    info["providers"] = {p: _provider_starts(ort, p) for p in info["available_providers"]}
+    return info
+
+
+def _provider_starts(ort, provider: str) -> dict[str, Any]:
+    """Create a session on a one-node graph with ``provider`` first and see whether it is the one running."""
+    from engines.ort import _load_gpu_libraries
+
+    with tempfile.TemporaryDirectory(prefix="rtk-doctor-") as folder:
+        path = _relu_onnx(Path(folder) / "relu.onnx")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        problem = _load_gpu_libraries(ort, "trt") if provider == "TensorrtExecutionProvider" else None
+        try:
+            fallback = [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
+            session = ort.InferenceSession(str(path), options, providers=[provider, *fallback])
+            import numpy as np
+
+            session.run(None, {"x": np.ones((1, 4), np.float32)})
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types; the reason is what matters
+            return {"starts": False, "reason": first_line(exc)}
+        running = session.get_providers()[0]
+    if running != provider:
+        reason = f"ONNX Runtime lists it but the session ran on {running} (its libraries did not load)"
+        return {"starts": False, "reason": f"{reason}; {problem}" if problem else reason}
+    return {"starts": True}
+
+
+def _relu_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _tensorrt_info() -> dict[str, Any]:
+    from toolkit.trt_runtime import has_fp16_flag, import_tensorrt, major_version
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return {"installed": False, "error": f"TensorRT is not installed ({INSTALL_HINTS['tensorrt']})"}
+    try:
+        trt = import_tensorrt("TensorRT engines")
+    except RtkError as exc:
+        return {"installed": True, "error": str(exc)}
+    return {
+        "installed": True,
+        "version": str(trt.__version__),
+        "major": major_version(trt),
+        "fp16_route": "BuilderFlag.FP16 on the fp32 ONNX" if has_fp16_flag(trt) else "strongly typed, from the fp16 ONNX",
+    }
+
+
+def _engine_status(name: str, cuda: bool, ort_info: dict[str, Any], trt_info: dict[str, Any]) -> EngineStatus:
+    """The engine's status from what was found; without CUDA, the GPU is named first among the reasons."""
+    from engines.names import parse_engine
+
+    parsed = parse_engine(name)
+    status = _software_status(name, parsed.family, ort_info, trt_info)
+    if not parsed.needs_cuda or cuda:
+        return status
+    reasons = [NO_CUDA] + ([status.reason] if status.status == "unavailable" and status.reason else [])
+    installs = [CUDA_HINT] + ([status.install] if status.status == "unavailable" and status.install else [])
+    return EngineStatus(name, "unavailable", "; ".join(reasons), "; then ".join(installs))
+
+
+def _software_status(name: str, family: str, ort_info: dict[str, Any], trt_info: dict[str, Any]) -> EngineStatus:
+    if family == "eager":
+        return EngineStatus(name, "available")
+    if family.startswith("ort"):
+        if "error" in ort_info:
+            return EngineStatus(name, "unavailable", ort_info["error"], INSTALL_HINTS["onnxruntime"])
+        provider = {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}.get(family)
+        if provider is None:
+            return EngineStatus(name, "unknown", "rtk doctor has no probe for this provider; rtk doctor --check tries it")
+        started = ort_info["providers"].get(provider)
+        if started is None:
+            from engines.ort import gpu_install_hint
+
+            return EngineStatus(name, "unavailable", f"ONNX Runtime {ort_info['version']} here has no {provider}", gpu_install_hint())
+        if not started["starts"]:
+            hint = "pip install 'tensorrt>=10,<11' (ONNX Runtime's TensorRT provider links TensorRT 10)" if family == "ort-trt" else None
+            from engines.ort import gpu_install_hint
+
+            return EngineStatus(name, "unavailable", f"{provider} does not start: {started['reason']}", hint or gpu_install_hint())
+        return EngineStatus(name, "available")
+    if family == "trt":
+        if "error" in trt_info:
+            return EngineStatus(name, "unavailable", trt_info["error"], INSTALL_HINTS["tensorrt"])
+        return EngineStatus(name, "available")
+    return EngineStatus(name, "unknown", "rtk doctor has no probe for this runtime; rtk doctor --check tries it")
+
+
+# --------------------------------------------------------------------------- --check
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """One engine run by :func:`run_check`: parity against eager fp32 and a short benchmark."""
+
+    engine: str
+    status: str  # passed | failed | unavailable
+    reason: str | None = None
+    parity: dict[str, Any] | None = None
+    bench: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "status": self.status, "reason": self.reason, "parity": self.parity, "bench": self.bench}
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``rtk doctor --check`` wrote: the diagnosis and each engine's check."""
+
+    diagnosis: Diagnosis
+    model: dict[str, Any]
+    checks: tuple[EngineCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status != "failed" for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "rtk.doctor",
+            "version": 1,
+            "passed": self.passed,
+            "model": self.model,
+            "checks": [c.to_dict() for c in self.checks],
+            "diagnosis": self.diagnosis.to_dict(),
+        }
+
+
+def check_model(folder: Path) -> Path:
+    """A small real checkpoint (ResNet-18, small stem, 32×32 RGB, 10 classes, BatchNorm statistics set)."""
+    import torch
+
+    from toolkit.checkpoint import save_checkpoint
+    from toolkit.models import create_model
+    from toolkit.spec import ModelSpec, Preprocess
+
+    spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"class{i}" for i in range(10)), stem="small")
+    pre = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model(spec)
+    with torch.no_grad():
+        model.train()  # a few batches give BatchNorm real statistics, so eval logits are not degenerate
+        for _ in range(3):
+            model(torch.randn(8, 3, 32, 32, generator=generator))
+    return save_checkpoint(folder / "doctor.pth", model.eval(), spec, pre, {"epoch": 0, "metrics": {}})
+
+
+def run_check(
+    diagnosis: Diagnosis,
+    engines: list[str] | None = None,
+    device: str | None = None,
+    bench_s: float = 0.5,
+    on_engine=None,
+) -> CheckReport:
+    """Export a small model, then parity and a short benchmark on every engine that can run here.
+
+    Args:
+        diagnosis: from :func:`diagnose`; engines it marks unavailable are reported, not run.
+        engines: the engines to check (default: one per runtime family, :func:`engine_families`).
+        device: ``cpu`` or ``cuda[:N]`` (default: ``cuda`` when torch sees a GPU).
+        bench_s: seconds of timing per engine and batch size.
+        on_engine: called with each :class:`EngineCheck` as it is done.
+
+    Returns:
+        The report; ``report.passed`` is false when an engine that should run failed.
+    """
+    from exporters.onnx import ExportOptions, export_onnx
+
+    statuses = {e.engine: e for e in diagnosis.engines}
+    device = device or ("cuda" if diagnosis.torch["cuda_available"] else "cpu")
+    checks = []
+    with tempfile.TemporaryDirectory(prefix="rtk-doctor-") as folder:
+        checkpoint = check_model(Path(folder))
+        export_onnx(checkpoint, options=ExportOptions(precision="all"))  # what ort/trt engines run, checked
+        for name in engines or engine_families():
+            status = statuses.get(name)
+            if status is not None and status.status == "unavailable":
+                check = EngineCheck(name, "unavailable", status.reason)
+            else:
+                check = _check_engine(checkpoint, name, device, bench_s)
+            checks.append(check)
+            if on_engine is not None:
+                on_engine(check)
+    model = {"arch": "resnet18", "stem": "small", "input": [3, 32, 32], "num_classes": 10, "device": device}
+    return CheckReport(diagnosis, model, tuple(checks))
+
+
+def _check_engine(checkpoint: Path, name: str, device: str, bench_s: float) -> EngineCheck:
+    """Parity (batches of 1 and 4, random inputs) and a short benchmark of one engine."""
+    from benchmarks.harness import BenchOptions, run_benchmark
+    from toolkit.parity import ParityOptions, run_parity
+
+    try:
+        parity = run_parity(checkpoint, ParityOptions(engines=(name,), batch_sizes=(1, 4), device=device, max_samples=None))
+        bench = run_benchmark(
+            checkpoint,
+            BenchOptions(engines=(name,), batch_sizes=(1, 4), device=device, warmup_s=min(bench_s, 0.2), duration_s=bench_s, baseline=False),
+        )
+    except RtkError as exc:
+        return EngineCheck(name, "failed", str(exc))
+    result = parity.results[0].to_dict()
+    rows = [
+        {"batch_size": r.batch_size, "status": r.status, "throughput_ips": r.throughput_ips,
+         "latency_ms_p50": (r.latency_ms or {}).get("p50"), "reason": r.reason}
+        for r in bench.results
+    ]  # fmt: skip
+    failed = [r for r in rows if r["status"] != "ok"]
+    if not parity.passed:
+        return EngineCheck(name, "failed", f"{name} is outside parity tolerance against eager fp32", result, rows)
+    if failed:
+        return EngineCheck(name, "failed", f"{name} benchmark: {failed[0]['reason'] or failed[0]['status']}", result, rows)
+    return EngineCheck(name, "passed", None, result, rows)
+
+
+def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
+    """The report as JSON at ``path``, written atomically."""
+    import json
+
+    from toolkit.files import write_atomic
+
+    return write_atomic(Path(path), json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+
