@@ -125,7 +125,7 @@ def _print_check(report, path: Path) -> None:
         style = {"passed": "green", "failed": "red"}.get(c.status, "yellow")
         table.add_row(
             c.engine, f"[{style}]{c.status}[/{style}]",
-            _number(metrics.get("max_abs_err")), _number(metrics.get("top1_agreement")), speeds, escape(c.reason or ""),
+            _number(metrics.get("max_abs")), _number(metrics.get("top1_agreement")), speeds, escape(c.reason or ""),
         )  # fmt: skip
     console.print(table)
     console.print(f"report: {path}", highlight=False, markup=False)
