@@ -324,7 +324,7 @@ def _sync_for(engine: Any, cuda: bool) -> Callable[[], None] | None:
 
     def sync() -> None:
         engine.synchronize()
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(engine.device)  # the engine's GPU, which need not be the current one
 
     return sync
 

@@ -63,8 +63,20 @@ def reference(artefacts):
 
 @pytest.mark.parametrize("name, opener, tol", ENGINES)
 def test_engine_contract(name, opener, tol, artefacts, reference):
+    _check_contract(name, lambda: opener(artefacts), tol, reference)
+
+
+def test_trt_engine_contract_on_the_fake_tensorrt(fake_trt, artefacts, reference, tmp_path):
+    """rtk's TrtEngine through the same contract, on the recording fake (rtk's logic, not TensorRT's)."""
+    from exporters.trt import BuildOptions, build_engine
+
+    engine = build_engine(artefacts["onnx"], tmp_path / "m.fp32.engine", BuildOptions(precision="fp32", opt_batch=4, max_batch=8), show_progress=False)
+    _check_contract("trt-fp32", lambda: engines.load(engine, device="cuda"), (1e-4, 1e-4), reference)
+
+
+def _check_contract(name, open_engine, tol, reference):
     x, expected = reference
-    with opener(artefacts) as engine:
+    with open_engine() as engine:
         # A GPU runtime names its precision when it is not the artefact's (ort-trt runs fp16 kernels).
         assert engine.name in (name, name.replace("-cuda", ""), f"{name}-fp16")
         assert engine.spec == SPEC and engine.preprocess == PRE and engine.input_shape == (3, 32, 32)
