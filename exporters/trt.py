@@ -37,7 +37,7 @@ from toolkit.sidecar import (
     write_sidecar,
 )
 from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
-from toolkit.errors import RtkError, require
+from toolkit.errors import RtkError
 from toolkit.files import write_atomic
 
 __all__ = [
