@@ -274,3 +274,19 @@ def test_cli_resume_errors(cli, tiny_run, tmp_path):
     _fails(cli("train", "--resume", "--epochs", "1", "--out", tiny_run.out),
            "already trained 1 epochs")  # fmt: skip
     _fails(cli("train", "--freeze", "backbone", "--out", tmp_path / "o"), "--freeze backbone needs --pretrained")
+
+
+def test_first_ctrl_c_is_deferred_to_a_step_boundary_and_the_second_is_immediate():
+    # A SIGINT landing inside a lazy import (matplotlib's, at the first plot) used to surface as a
+    # RuntimeError with a traceback; the first one is now only a request the loop honours.
+    from toolkit.train import _stop_on_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with _stop_on_interrupt() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,7 +213,9 @@ class _Run:
         optimizer, scaler, (start_epoch, history, best) = self._optimizer_state(model, device, resume)
         loop = _Loop(self, self._distributed(model, device), model, spec, pre, source, optimizer, scaler, memory_format, device)
         try:
-            history, best = loop.run(start_epoch, history, best)
+            with _stop_on_interrupt(enabled=not self.ctx.distributed) as stop:
+                loop.stop = stop
+                history, best = loop.run(start_epoch, history, best)
         except KeyboardInterrupt:
             if self.main:
                 self._report_interrupt()
@@ -400,8 +405,48 @@ class _Run:
         write_atomic(self.out / "history.json", json.dumps(payload, indent=2) + "\n")
 
 
+class _StopRequest:
+    """Set by the first Ctrl-C; the loop stops at its next step boundary."""
+
+    requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _stop_on_interrupt(enabled: bool = True):
+    """Turn the first Ctrl-C into a request the loop honours between steps.
+
+    A SIGINT delivered at an arbitrary bytecode can land inside a lazy import (matplotlib's, when
+    the first curves are plotted) or a library's ``__set_name__``, which re-raises it as some other
+    error and ends the run with a traceback instead of exit status 130. Deferring it to a step
+    boundary makes the interrupt always clean; a second Ctrl-C stops at once. Under ``torchrun``
+    (``enabled=False``) every rank gets the signal and must stop together, so it stays immediate.
+    """
+    stop = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        warn("stopping after the current step (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Loop:
     """The epoch loop: train one epoch, validate, checkpoint, plot."""
+
+    stop = _StopRequest()
 
     def __init__(self, run: _Run, net, model, spec, pre, source, optimizer, scaler, memory_format, device):
         import torch
@@ -486,6 +531,7 @@ class _Loop:
                     f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {lr:.2e}  {row['seconds']:.1f} s" + ("  ★ best" if improved else "")
                 )
             barrier(self.ctx)
+            self.stop.check()
         return history, best
 
     def train_epoch(self, epoch: int) -> tuple[float, float, float]:
@@ -517,6 +563,7 @@ class _Loop:
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += n
                 bar.advance(loss=loss_sum / seen, acc=correct / seen)
+                self.stop.check()
         loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], self.ctx)
         return loss_sum / max(seen, 1), correct / max(seen, 1), lr
 
@@ -538,6 +585,7 @@ class _Loop:
                     logits = self.model(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
+                self.stop.check()
         loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, float(len(indices))], self.ctx)
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
