@@ -260,7 +260,7 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
     path = Path(path)
     if not path.exists():
         raise RtkError(f"{path} does not exist")
-    if path.is_file():
+    if not path.is_dir():  # one file (a named pipe or device too: load_image says what it is)
         return ImageInputs(path.parent, [path], [None])
     names = set(class_names)
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name in names)
