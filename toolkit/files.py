@@ -111,7 +111,7 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[str | os.Pa
         for source in sources:
             if _same_file(path, source):
                 raise RtkError(f"refusing {out.flag} {path}: it is the input {source}, which would be overwritten")
-            if is_image_path(path) and _is_folder(source) and _inside(path, source):
+            if is_image_path(path) and _is_folder(source) and is_inside(path, source):
                 raise RtkError(f"refusing {out.flag} {path}: it lies in the image folder {source}, which is being read")
 
 
@@ -143,8 +143,9 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return _resolve(folder) in _resolve(path).parents
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` lies somewhere below ``folder``, after following symlinks."""
+    return _resolve(Path(folder)) in _resolve(Path(path)).parents
 
 
 @contextlib.contextmanager
