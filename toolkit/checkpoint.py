@@ -244,8 +244,8 @@ def _unpickling_error(path: Path, text: str) -> RtkError:
     else:
         unsafe = _pickle_globals(path)
         if unsafe is None:
-            with open(path, "rb") as fh:
-                what = "it is a NumPy .npy array" if fh.read(6) == b"\x93NUMPY" else "neither the zip archive nor the pickle torch.save writes"
+            head = _head(path, 512)
+            what = "it is a NumPy .npy array" if head.startswith(b"\x93NUMPY") else "it holds text" if _is_text(head) else "neither the zip archive nor the pickle torch.save writes"
             return RtkError(f"{path} is not a PyTorch checkpoint ({what})")
         if not unsafe:
             return RtkError(f"{path} is a plain Python pickle, not a PyTorch checkpoint; save the weights with torch.save(model.state_dict(), …)")

@@ -101,6 +101,7 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[str | os.Pa
         if out is None:
             continue
         path = Path(out.path)
+        _check_name_length(path)
         suffix = path.suffix.lower()
         if out.suffixes and suffix not in out.suffixes and not _is_special(path):
             allowed = " or ".join(s or "no suffix" for s in out.suffixes)
@@ -113,6 +114,20 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[str | os.Pa
                 raise RtkError(f"refusing {out.flag} {path}: it is the input {source}, which would be overwritten")
             if is_image_path(path) and _is_folder(source) and is_inside(path, source):
                 raise RtkError(f"refusing {out.flag} {path}: it lies in the image folder {source}, which is being read")
+
+
+def _check_name_length(path: Path) -> None:
+    """A name longer than its file system allows fails now, not after the work at the final rename."""
+    folder = path.parent
+    while not _is_folder(folder) and folder != folder.parent:
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if too_long is not None:
+        raise os_error(OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)), path)
 
 
 def _is_special(path: Path) -> bool:

@@ -152,14 +152,12 @@ def load_image(path: str | os.PathLike) -> "Image.Image":
 
 
 def _quiet_bomb_warning(image_module) -> None:
-    """Silence Pillow's own DecompressionBombWarning: :func:`load_image` says it in one line, with the file."""
-    global _BOMB_WARNING_QUIET
-    if not _BOMB_WARNING_QUIET:
-        warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)
-        _BOMB_WARNING_QUIET = True
+    """Silence Pillow's own DecompressionBombWarning: :func:`load_image` says it in one line, with the file.
 
-
-_BOMB_WARNING_QUIET = False
+    Set on every call (``filterwarnings`` replaces an identical filter rather than adding one), so a
+    caller that resets the warning filters in between still gets one line, not Pillow's two.
+    """
+    warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)
 
 
 def _orientation(img: "Image.Image") -> int | None:
