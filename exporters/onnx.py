@@ -176,7 +176,7 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
         record = _export_record(path)
         if record is None:
             raise RtkError(
-                f"{path} exists but was not exported by rtk from a checkpoint, so it is not overwritten; move it away, "
+                f"{path} exists but was not exported by rtk, so it is not overwritten; move it away, "
                 f"or pass {path.name} itself in place of {checkpoint_path.name}"
             )
         if record.get("checkpoint_sha256") == sha256_file(checkpoint_path) and record.get("precision") == precision:
