@@ -288,3 +288,11 @@ def test_triton_names_the_foreign_sibling_onnx_and_leaves_it(work, cli, tmp_path
     sibling.write_bytes(b"someone else's file")
     _refused(cli("triton", model, "--repo", tmp_path / "repo"), "x.onnx exists but was not exported by rtk", "pass x.onnx itself in place of x.pth")
     assert sibling.read_bytes() == b"someone else's file" and not (tmp_path / "repo").exists()
+
+
+def test_demo_never_clears_a_folder_it_did_not_write(cli, tmp_path):
+    mine = tmp_path / "project" / "train" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a month of work")
+    _refused(cli("demo", "--out", tmp_path / "project", "--epochs", "1"), "was not written by rtk demo")
+    assert mine.read_text() == "a month of work" and sorted(p.name for p in (tmp_path / "project").iterdir()) == ["train"]
