@@ -80,8 +80,8 @@ class Checkpoint:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise RtkError(
-                    f"the weights in {self.path or 'the checkpoint'} hold NaN/Inf in {key} ({bad} of {tensor.numel()} values); "
-                    "the model was saved after training diverged"
+                    f"the weights in {self.path or 'the checkpoint'} hold NaN/Inf in {key} ({bad} of {tensor.numel()} values), "
+                    "so every answer the model gave would be meaningless"
                 )
 
     def check_fit(self) -> None:

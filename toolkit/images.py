@@ -134,16 +134,15 @@ def load_image(path: str | os.PathLike) -> "Image.Image":
             pixels = img.width * img.height
             if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
                 warn(
-                    f"{path}: {img.width}×{img.height} is {pixels / 1e6:.0f} megapixels, above the "
-                    f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} where Pillow suspects a decompression bomb; decoding it anyway"
+                    f"{path}: {img.width}×{img.height} = {pixels:,} pixels, above Pillow's decompression-bomb limit "
+                    f"of {Image.MAX_IMAGE_PIXELS:,}; decoding it anyway"
                 )
             img.load()  # decode now, so a truncated file fails here and not later in a worker
             image = ImageOps.exif_transpose(img) if _orientation(img) not in (None, 1) else img.copy()
     except UnidentifiedImageError:
         raise RtkError(f"not an image ({_content_hint(path)})") from None
     except Image.DecompressionBombError:
-        limit = 2 * Image.MAX_IMAGE_PIXELS
-        raise RtkError(f"refused: more than {limit / 1e6:.0f} megapixels, which Pillow treats as a decompression bomb") from None
+        raise RtkError(f"refused: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, twice Pillow's decompression-bomb limit") from None
     except PermissionError:
         raise RtkError("permission denied") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error… for bad data
