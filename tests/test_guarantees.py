@@ -95,6 +95,17 @@ def test_an_output_that_would_destroy_an_input_is_refused_and_every_byte_stays(w
     assert _snapshot(work) == before  # nothing changed, nothing added, not even a temporary file
 
 
+def test_a_device_is_never_replaced_by_a_renamed_file(tmp_path):
+    from toolkit.errors import RtkError
+    from toolkit.files import write_atomic
+
+    pipe = tmp_path / "report.json"
+    os.mkfifo(pipe)
+    with pytest.raises(RtkError, match="it is a named pipe, not a file"):
+        write_atomic(pipe, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"] and not pipe.is_file()
+
+
 def test_hard_links_count_as_the_same_file(work, cli, tmp_path):
     twin = tmp_path / "twin.onnx"
     os.link(work / "m.pth", twin)

@@ -168,13 +168,15 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary file beside ``path``, renamed onto it when the block succeeds, removed when it fails.
 
     Raises:
-        RtkError: ``path`` is a folder, its folder cannot be created or written, or the
+        RtkError: ``path`` is a folder or a device, its folder cannot be created or written, or the
             operating system refuses the write (no space left, name too long, read-only…).
     """
     path = Path(path)
     try:
         if path.is_dir():
             raise RtkError(f"cannot write {path}: it is a folder")
+        if not_regular(path):  # renaming onto /dev/null or a pipe would replace it with a plain file
+            raise RtkError(f"cannot write {path}: it is {not_regular(path)}, not a file")
         path.parent.mkdir(parents=True, exist_ok=True)
         # The name is cut so that a destination name near the 255-byte limit still gets a temporary one.
         fd, name = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
