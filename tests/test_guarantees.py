@@ -307,3 +307,11 @@ def test_demo_never_clears_a_folder_it_did_not_write(cli, tmp_path):
     mine.write_text("a month of work")
     _refused(cli("demo", "--out", tmp_path / "project", "--epochs", "1"), "was not written by rtk demo")
     assert mine.read_text() == "a month of work" and sorted(p.name for p in (tmp_path / "project").iterdir()) == ["train"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_export_leaves_no_onnx(work, cli, tmp_path, monkeypatch):
+    _failing_fsync(monkeypatch, errno.ENOSPC)
+    out = tmp_path / "full" / "x.onnx"
+    _refused(cli("export", work / "m.pth", "-o", out, "--no-check"), f"cannot write {out}: no space left on device")
+    assert list((tmp_path / "full").iterdir()) == []
