@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from toolkit.errors import RtkError, first_sentence
-from toolkit.files import not_regular, os_reason
+from toolkit.files import USER_ERRNOS, not_regular, os_error, os_reason
 from toolkit.models import ARCH_INFO, MLP_HIDDEN, create_model
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -197,6 +197,8 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         raise _unpickling_error(path, str(exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:  # no permission, an I/O error…
+            raise os_error(exc, path, "read") from None
         # torch reports a cut-off zip as an OSError (EINVAL, from seeking past the end) or a
         # RuntimeError with advice after the first sentence; only that first sentence is quoted.
         text = f"reading it fails: {os_reason(exc)}" if type(exc) is OSError else _first_line(str(exc))
