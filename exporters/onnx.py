@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from toolkit.artefacts import onnx_path_for, sha256_file
 from toolkit.errors import RtkError, first_line, require
-from toolkit.files import staged
+from toolkit.files import Output, check_outputs, staged
 from toolkit.spec import METADATA_KEY
 
 if TYPE_CHECKING:
@@ -130,8 +130,9 @@ def export_onnx(
 
     options = options or ExportOptions()
     checkpoint_path = Path(checkpoint_path)
-    model, ckpt = load_model(checkpoint_path)
     outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
+    check_outputs([Output(p, "--output", (".onnx",), "ONNX") for p in outputs.values()], [checkpoint_path, options.data])
+    model, ckpt = load_model(checkpoint_path)
     for path in outputs.values():
         _check_writable(path)
     inputs = _check_inputs(ckpt, options) if options.check else None
@@ -175,8 +176,8 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
         record = _export_record(path)
         if record is None:
             raise RtkError(
-                f"{path} exists but was not exported by rtk, so it is not overwritten; move it away, or run it "
-                f"directly (--model {path})"
+                f"{path} exists but was not exported by rtk, so it is not overwritten; move it away, "
+                f"or pass {path.name} itself in place of {checkpoint_path.name}"
             )
         if record.get("checkpoint_sha256") == sha256_file(checkpoint_path) and record.get("precision") == precision:
             return path

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from toolkit.sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
 from toolkit.artefacts import artefact_kind
 from toolkit.errors import RtkError, require
+from toolkit.files import is_inside
 from toolkit.spec import ArtefactMeta
 
 if TYPE_CHECKING:
@@ -535,6 +536,9 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, options: Tr
     replaced = version in existing
     if replaced and not options.force:
         raise RtkError(f"{model_dir / str(version)} already exists; pass --force to replace it or choose another --version")
+    for source in dict.fromkeys([Path(model), artefact.path]):
+        if replaced and is_inside(source, model_dir / str(version)):
+            raise RtkError(f"refusing --force: {source} lies in {model_dir / str(version)}, the version folder it would replace")
     others = [v for v in existing if v != version]
     meta = _meta_json(artefact, name, config)
     if others:

@@ -125,7 +125,7 @@ def _bad_files(tmp_path):
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("truncated.pth", "truncated or damaged"),
+        ("truncated.pth", "truncated or corrupt"),
         ("text.pth", "not a PyTorch checkpoint"),
         ("empty.pth", "empty"),
         ("unknown.pth", "conv1 of shape"),

@@ -167,8 +167,8 @@ def test_torchscript_exporter_reaches_opset_17_and_dynamo_refuses_it(tmp_path):
     assert onnx.load(str(path)).opset_import[0].version == 17
 
 
-def test_failed_parity_check_leaves_no_file(tmp_path):
-    # NaN weights make ONNX Runtime's logits non-finite: the check must refuse the file.
+def test_nan_weights_leave_no_file(tmp_path):
+    # NaN weights would make every logit non-finite: they are refused before anything is exported.
     from toolkit.checkpoint import load_checkpoint, save_checkpoint
     from toolkit.models import create_model
 
@@ -178,7 +178,7 @@ def test_failed_parity_check_leaves_no_file(tmp_path):
     state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
     model.load_state_dict(state)
     bad = save_checkpoint(tmp_path / "bad.pth", model, good.spec, good.preprocess)
-    with pytest.raises(RtkError, match="was not written.*NaN"):
+    with pytest.raises(RtkError, match=r"hold NaN/Inf in fc\.weight"):
         export_onnx(bad, options=ExportOptions(precision="all"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "good.pth"]
 

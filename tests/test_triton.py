@@ -408,3 +408,14 @@ def test_rtk_json_builds_the_request_a_triton_client_sends(cli, tmp_path):
     request.set_data_from_numpy(batch)  # raises on a dtype or shape that disagrees with the declaration
     grpcclient.InferRequestedOutput(io["output"]["name"], class_count=5)
     assert io["model"] == "tiny" and io["output"]["name"] == parse_config(repo / "tiny").output[0].name
+
+
+def test_force_never_replaces_the_folder_its_own_model_lives_in(cli, onnx_model, tmp_path):
+    _, onnx_path = onnx_model
+    repo = tmp_path / "repo"
+    assert cli("triton", onnx_path, "--repo", repo, "--name", "tiny").exit_code == 0
+    served = repo / "tiny" / "1" / "model.onnx"
+    before = served.read_bytes()
+    result = cli("triton", served, "--repo", repo, "--name", "tiny", "--version", "1", "--force")
+    assert result.exit_code == 1 and "lies in" in result.stderr and "Traceback" not in result.output
+    assert served.read_bytes() == before and not leftovers(repo)

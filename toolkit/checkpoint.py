@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from toolkit.errors import RtkError
+from toolkit.errors import RtkError, first_sentence
+from toolkit.files import USER_ERRNOS, not_regular, os_error, os_reason
 from toolkit.models import ARCH_INFO, MLP_HIDDEN, create_model
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -59,12 +60,29 @@ class Checkpoint:
         """The network with these weights loaded, in eval mode.
 
         Raises:
-            RtkError: the weights do not fit the spec's architecture (see :meth:`check_fit`).
+            RtkError: the weights hold NaN/Inf, or do not fit the spec's architecture (see :meth:`check_fit`).
         """
+        self.check_finite()
         model = create_model(self.spec)
         self._check_against(model.state_dict())
         model.load_state_dict(self.state_dict)
         return model.eval()
+
+    def check_finite(self) -> None:
+        """Refuse weights that hold NaN or infinity: every output of such a network is meaningless.
+
+        Raises:
+            RtkError: naming the first tensor with a non-finite value.
+        """
+        import torch
+
+        for key, tensor in self.state_dict.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise RtkError(
+                    f"the weights in {self.path or 'the checkpoint'} hold NaN/Inf in {key} ({bad} of {tensor.numel()} values), "
+                    "so every answer the model gave would be meaningless"
+                )
 
     def check_fit(self) -> None:
         """Check that the weights fit the spec's architecture, without building the network.
@@ -168,6 +186,8 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise RtkError(f"{path} does not exist")
     if path.is_dir():
         raise RtkError(f"{path} is a folder, not a checkpoint file")
+    if not_regular(path):  # a named pipe would block torch.load, /dev/zero would never end
+        raise RtkError(f"{path} is {not_regular(path)}, not a checkpoint file")
     if path.stat().st_size == 0:
         raise RtkError(f"{path} is empty (0 bytes), not a checkpoint")
     try:
@@ -177,13 +197,32 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         raise _unpickling_error(path, str(exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        text = _first_line(str(exc))
-        if zipfile.is_zipfile(path) or "zip" in text.lower() or isinstance(exc, EOFError):
-            raise RtkError(f"{path} is truncated or damaged and cannot be read as a checkpoint ({text})") from None
+        if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:  # no permission, an I/O error…
+            raise os_error(exc, path, "read") from None
+        # torch reports a cut-off zip as an OSError (EINVAL, from seeking past the end) or a
+        # RuntimeError with advice after the first sentence; only that first sentence is quoted.
+        text = f"reading it fails: {os_reason(exc)}" if type(exc) is OSError else _first_line(str(exc))
+        if zipfile.is_zipfile(path) or _head(path) == b"PK\x03\x04" or "zip" in text.lower() or isinstance(exc, EOFError):
+            raise RtkError(f"{path} is truncated or corrupt: it cannot be read as a checkpoint ({text})") from None
         raise RtkError(f"{path} is not a PyTorch checkpoint ({text})") from None
-    except (IndexError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        # The weights-only unpickler trips over arbitrary bytes in these ways.
-        raise RtkError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {_first_line(str(exc))})") from None
+    except (IndexError, KeyError, TypeError, UnicodeDecodeError):
+        # The weights-only unpickler trips over arbitrary bytes in these ways ("KeyError: 101"
+        # for a text file): what the bytes are says more than the exception.
+        what = "it holds text" if _is_text(_head(path, 512)) else "neither the zip archive nor the pickle torch.save writes"
+        raise RtkError(f"{path} is not a PyTorch checkpoint ({what})") from None
+
+
+def _head(path: Path, size: int = 4) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
 
 
 def _unpickling_error(path: Path, text: str) -> RtkError:
@@ -207,14 +246,14 @@ def _unpickling_error(path: Path, text: str) -> RtkError:
     else:
         unsafe = _pickle_globals(path)
         if unsafe is None:
-            with open(path, "rb") as fh:
-                what = "it is a NumPy .npy array" if fh.read(6) == b"\x93NUMPY" else "neither the zip archive nor the pickle torch.save writes"
+            head = _head(path, 512)
+            what = "it is a NumPy .npy array" if head.startswith(b"\x93NUMPY") else "it holds text" if _is_text(head) else "neither the zip archive nor the pickle torch.save writes"
             return RtkError(f"{path} is not a PyTorch checkpoint ({what})")
         if not unsafe:
             return RtkError(f"{path} is a plain Python pickle, not a PyTorch checkpoint; save the weights with torch.save(model.state_dict(), …)")
     if not unsafe:
         reason = next((line.strip() for line in text.splitlines() if line.strip().startswith(("Unsupported", "Trying"))), _first_line(text))
-        return RtkError(f"{path} is not a PyTorch checkpoint rtk can read ({reason[:200]})")
+        return RtkError(f"{path} is not a PyTorch checkpoint rtk can read ({first_sentence(reason)})")
     # Unfamiliar names first: they are the ones worth a look.
     names = sorted(dict.fromkeys(unsafe), key=lambda g: g.startswith(_TRUSTED_MODULES))
     shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
@@ -267,8 +306,7 @@ def _pickle_globals(path: Path) -> list[str] | None:
 
 
 def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "unreadable"
-    return line[:200]
+    return first_sentence(text) if text.strip() else "unreadable"
 
 
 def load_checkpoint(path: str | os.PathLike, spec_override: ModelSpec | None = None) -> Checkpoint:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from toolkit.errors import RtkError
+from toolkit.files import os_error
 
 if TYPE_CHECKING:
     from benchmarks.harness import BenchReport
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 
 #: Sub-folders the demo owns inside its output folder; a re-run replaces exactly these.
 DEMO_PARTS = ("train", "bench", "samples", "predictions")
+#: The file by which an output folder is known as the demo's, so that its sub-folders may be replaced.
+DEMO_MARKER = ".rtk-demo"
+#: A file each sub-folder of an earlier run holds, for folders from before the marker existed.
+_PART_SIGNATURES = {"train": "history.json", "bench": "bench.json", "samples": "0", "predictions": "predictions.csv"}
 #: The engine the sample folder is classified with.
 PREDICT_ENGINE = "ort"
 
@@ -250,8 +255,13 @@ def _prepare(out: Path) -> None:
     """Make ``out`` ready for a run, replacing only what an earlier demo wrote there."""
     if out.exists() and not out.is_dir():
         raise RtkError(f"{out} is a file; the demo needs a folder for its output")
+    ours = (out / DEMO_MARKER).is_file()
+    for part in DEMO_PARTS:
+        if (out / part).exists() and not ours and not (out / part / _PART_SIGNATURES[part]).exists():
+            raise RtkError(f"{out / part} exists and was not written by rtk demo, so it is not replaced; give another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).touch()
         for part in DEMO_PARTS:
             target = out / part
             if target.is_dir():
@@ -259,7 +269,7 @@ def _prepare(out: Path) -> None:
             elif target.exists():
                 target.unlink()
     except OSError as exc:
-        raise RtkError(f"cannot prepare the demo folder {out}: {exc.strerror or exc}") from None
+        raise os_error(exc, out, "prepare the demo folder") from None
 
 
 def _pct(value: float | None) -> str:

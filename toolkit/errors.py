@@ -48,8 +48,27 @@ def first_line(exc: BaseException | str, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when it has none), at most ``limit`` characters.
 
     Third-party errors often carry pages of context; a user-facing sentence quotes only their
-    first line. When that line is cut, it ends with an ellipsis, never mid-word silently.
+    first line. A line too long is cut after its last whole sentence that fits, else after a
+    whole word with an ellipsis: never mid-sentence silently.
     """
     text = str(exc).strip()
     line = text.splitlines()[0].strip() if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+    if len(line) <= limit:
+        return line
+    cut = line[:limit]
+    end = cut.rfind(". ")
+    if end >= limit // 3:  # whole sentences fit: keep them and drop the rest
+        return cut[: end + 1]
+    space = cut.rfind(" ", 0, limit - 1)
+    return (cut[:space] if space > 0 else cut[: limit - 1]).rstrip(" ,;:") + "…"
+
+
+def first_sentence(exc: BaseException | str, limit: int = 200) -> str:
+    """The first sentence of an exception's first line, without its full stop (see :func:`first_line`).
+
+    Libraries append advice to their first sentence ("... This can happen if ..."); a user-facing
+    message quoting them in parentheses needs only what went wrong.
+    """
+    line = first_line(exc, limit)
+    end = line.find(". ")
+    return (line[:end] if end > 0 else line).rstrip(".")

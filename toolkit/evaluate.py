@@ -17,6 +17,7 @@ import numpy as np
 
 from toolkit.console import ProgressBar
 from toolkit.errors import RtkError
+from toolkit.files import Output, check_outputs
 from toolkit.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -169,6 +170,9 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     from toolkit.runtime import open_engine
 
     started = time.perf_counter()
+    split_hint = options.split or "test"  # the default PNG's name is settled below, once the split is known
+    png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split_hint}.png")
+    check_outputs([Output(png, "--confusion", (".png",), "a PNG image")], [options.model, options.data])
     source = resolve_data(
         options.data,
         val_split=options.val_split,
@@ -186,6 +190,7 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
         report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)
         name = engine.name
     png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split}.png")
+    check_outputs([Output(png, "--confusion")], [options.model, options.data])
     report.save_confusion_png(png, title=f"{Path(options.model).name} on {_short(source.name)} {split}")
     return EvalResult(report, Path(options.model), name, source.name, split, time.perf_counter() - started, png)
 

@@ -5,11 +5,14 @@ orientation honoured, and a one-line reason for every file that cannot be read.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from toolkit.console import warn
 from toolkit.errors import RtkError, first_line
+from toolkit.files import not_regular, os_reason
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -117,24 +120,43 @@ def load_image(path: str | os.PathLike) -> "Image.Image":
     except FileNotFoundError:
         raise RtkError("file does not exist") from None
     except OSError as exc:
-        raise RtkError(f"cannot read file ({exc.strerror or exc})") from None
+        raise RtkError(f"cannot read file ({os_reason(exc)})") from None
+    special = not_regular(path)
+    if special:  # a named pipe would block the reader, /dev/zero would never end
+        raise RtkError(f"not a regular file ({special})")
     if size == 0:
         raise RtkError("empty file (0 bytes)")
     fmt = None
+    _quiet_bomb_warning(Image)
     try:
         with Image.open(path) as img:
             fmt = img.format
+            pixels = img.width * img.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                warn(
+                    f"{path}: {img.width}×{img.height} = {pixels:,} pixels, above Pillow's decompression-bomb limit "
+                    f"of {Image.MAX_IMAGE_PIXELS:,}; decoding it anyway"
+                )
             img.load()  # decode now, so a truncated file fails here and not later in a worker
             image = ImageOps.exif_transpose(img) if _orientation(img) not in (None, 1) else img.copy()
     except UnidentifiedImageError:
         raise RtkError(f"not an image ({_content_hint(path)})") from None
-    except Image.DecompressionBombError as exc:
-        raise RtkError(f"refused: too many pixels ({exc})") from None
+    except Image.DecompressionBombError:
+        raise RtkError(f"refused: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, twice Pillow's decompression-bomb limit") from None
     except PermissionError:
         raise RtkError("permission denied") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error… for bad data
         raise RtkError(f"corrupt or truncated {_format_name(path, fmt)} ({first_line(exc, 200)})") from None
     return image
+
+
+def _quiet_bomb_warning(image_module) -> None:
+    """Silence Pillow's own DecompressionBombWarning: :func:`load_image` says it in one line, with the file.
+
+    Set on every call (``filterwarnings`` replaces an identical filter rather than adding one), so a
+    caller that resets the warning filters in between still gets one line, not Pillow's two.
+    """
+    warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)
 
 
 def _orientation(img: "Image.Image") -> int | None:

@@ -260,7 +260,7 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
     path = Path(path)
     if not path.exists():
         raise RtkError(f"{path} does not exist")
-    if path.is_file():
+    if not path.is_dir():  # one file (a named pipe or device too: load_image says what it is)
         return ImageInputs(path.parent, [path], [None])
     names = set(class_names)
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name in names)
@@ -467,10 +467,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise RtkError(f"{path} is a folder; give a file name for the output")
+    from toolkit.files import os_error, write_atomic
+
     if path.exists() and not path.is_file():
-        with open(path, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        try:
+            with open(path, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        except OSError as exc:  # /dev/full: no space left on device
+            raise os_error(exc, path) from None
         return path
-    from toolkit.files import write_atomic
 
     return write_atomic(path, text)

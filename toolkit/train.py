@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.console import ProgressBar, info, warn
 from toolkit.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
 from toolkit.errors import RtkError
-from toolkit.files import write_atomic
+from toolkit.files import Output, check_outputs, write_atomic
 from toolkit.schedule import lr_factor, set_lr
 from toolkit.spec import ModelSpec, Preprocess
 
@@ -165,7 +165,11 @@ def train(options: TrainOptions) -> TrainResult:
 
 
 def _check_options(o: TrainOptions) -> None:
+    finite = lambda v: v is None or math.isfinite(v)  # noqa: E731 - inf and nan pass every comparison check
     checks = [
+        *((finite(v), f"{flag} must be a finite number, got {v}") for flag, v in (
+            ("--lr", o.lr), ("--weight-decay", o.weight_decay), ("--label-smoothing", o.label_smoothing),
+            ("--warmup-epochs", o.warmup_epochs), ("--val-split", o.val_split))),
         (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
         (o.batch_size >= 2, f"--batch-size must be at least 2, got {o.batch_size}: BatchNorm normalises a training batch by its own statistics, which one image cannot give"),
         (o.optimizer in OPTIMIZERS, f"unknown optimizer {o.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
@@ -183,6 +187,16 @@ def _check_options(o: TrainOptions) -> None:
     for ok, message in checks:
         if not ok:
             raise RtkError(message)
+    _check_out(o)
+
+
+def _check_out(o: TrainOptions) -> None:
+    """Before any training: --out must be a folder whose files overwrite nothing the run reads."""
+    out = o.output_dir()
+    if out.exists() and not out.is_dir():
+        raise RtkError(f"--out {out} is a file; give a folder for best.pth, last.pth, history.json and curves.png")
+    written = ["best.pth", "history.json", "curves.png"] + ([] if o.resume else ["last.pth"])  # --resume reads last.pth on purpose
+    check_outputs([Output(out / name, "--out") for name in written], [o.pretrained, o.data])
 
 
 class _Run:
@@ -511,6 +525,11 @@ class _Loop:
             t0 = time.perf_counter()
             train_loss, train_acc, lr = self.train_epoch(epoch)
             val_loss, val_acc = self.validate()
+            if not math.isfinite(val_loss):
+                raise RtkError(
+                    f"the validation loss became {val_loss} at epoch {epoch + 1}: the weights hold NaN/Inf, so this epoch "
+                    f"is not saved; lower --lr (now {self.base_lr:g})"
+                )
             row = {
                 "epoch": epoch + 1,
                 "train_loss": round(train_loss, 6),

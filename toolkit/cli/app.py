@@ -2,7 +2,8 @@
 
 Every command lives in its own module under ``toolkit.cli`` and registers itself on
 :data:`app`. A :class:`~toolkit.errors.RtkError` raised anywhere below a command becomes one
-red line on stderr and exit status 1; a usage error (unknown option, bad choice, missing
+red line on stderr and exit status 1, and so does an operating-system error about the user's
+files (:data:`toolkit.files.USER_ERRNOS`); a usage error (unknown option, bad choice, missing
 argument) is one line too, with exit status :data:`EXIT_USAGE`; any other exception is a bug
 and keeps its traceback.
 """
@@ -85,6 +86,15 @@ class _ErrorBoundary(TyperGroup):
             return super().invoke(ctx)
         except RtkError as exc:
             print_error(str(exc))
+            raise typer.Exit(EXIT_ERROR) from None
+        except OSError as exc:
+            # A path the system refuses (name too long, disk full, read-only, no permission) is the
+            # user's to fix, wherever below the command it surfaced; other OS errors are bugs.
+            from toolkit.files import USER_ERRNOS, os_error
+
+            if exc.errno not in USER_ERRNOS:
+                raise
+            print_error(str(os_error(exc, action="use")))
             raise typer.Exit(EXIT_ERROR) from None
 
     def list_commands(self, ctx: Any) -> list[str]:

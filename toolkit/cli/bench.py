@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from engines.names import parse_engines
-from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, int_list
+from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, check_finite, check_positive, int_list
 from toolkit.errors import RtkError
 
 
@@ -49,9 +49,9 @@ def bench(
         Optional[Precision],
         typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt and ort-trt, fp32 otherwise)."),
     ] = None,
-    warmup: Annotated[float, typer.Option("--warmup", help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
+    warmup: Annotated[float, typer.Option("--warmup", callback=check_finite, help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
     duration: Annotated[
-        Optional[float], typer.Option("--duration", help="Timed seconds per engine and batch size (default: 3).")
+        Optional[float], typer.Option("--duration", callback=check_positive, help="Timed seconds per engine and batch size (default: 3).")
     ] = None,
     iters: Annotated[Optional[int], typer.Option("--iters", help="Exactly N timed iterations instead of a time budget (in total, split over --rounds).")] = None,
     threads: Annotated[
@@ -74,13 +74,15 @@ def bench(
     With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
     """
     from benchmarks.harness import BenchOptions, run_benchmark
-    from benchmarks.report import check_out_dir, progress_line, render_table, write_report
+    from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
     from toolkit.console import console, info
 
     if duration is not None and iters is not None:
         raise RtkError("give --duration or --iters, not both")
     if out is not None:
         check_out_dir(out)
+        if name:
+            _check_report_files(out, name, model)
     cuda = device.startswith("cuda")
     options = BenchOptions(
         engines=tuple(str(n) for n in parse_engines(engine)) if engine.strip() else (_native_engine(model),),
@@ -102,8 +104,19 @@ def bench(
         console = Console(width=160)
     console.print(render_table(report))
     if out is not None:
+        _check_report_files(out, name or report_name(report), model)
         for path in write_report(report, out, name):
             info(f"wrote {path}")
+    if not any(row.get("status") == "ok" for row in report.get("results", [])):
+        raise RtkError("no engine produced a result; the reason for each is in the table above")
+
+
+def _check_report_files(out: Path, name: str, model: Path) -> None:
+    """NAME.json/.csv/.png must not be the model or its engine sidecar (``--name MODEL.engine`` would be)."""
+    from toolkit.files import Output, check_outputs
+    from toolkit.sidecar import sidecar_path
+
+    check_outputs([Output(out / f"{name}{suffix}", "--out/--name") for suffix in (".json", ".csv", ".png")], [model, sidecar_path(model)])
 
 
 def _native_engine(model: Path) -> str:

@@ -55,7 +55,17 @@ def build(
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
     from exporters.trt import BuildOptions, build_engine, parse_workspace
+    from toolkit.files import Output, check_outputs
+    from toolkit.sidecar import sidecar_path
 
+    check_outputs(
+        [
+            Output(output, "--output", (".engine", ".plan"), "a TensorRT engine") if output else None,
+            Output(sidecar_path(output), "--output") if output else None,
+            Output(timing_cache, "--timing-cache") if timing_cache else None,
+        ],
+        [onnx],
+    )
     options = BuildOptions(
         precision=precision.value,
         min_batch=min_batch,

@@ -6,6 +6,7 @@ checked before the command does any work.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import typer
@@ -67,6 +68,20 @@ def check_device(value: Optional[str]) -> Optional[str]:
     raise typer.BadParameter(f"{value!r} is not a device; use {DEVICE_HELP}")
 
 
+def check_finite(value: Optional[float]) -> Optional[float]:
+    """Callback of a number flag: ``inf`` and ``nan`` parse as floats but pass every range check silently."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def check_positive(value: Optional[float]) -> Optional[float]:
+    """Callback of a number flag that must be finite and above zero (a learning rate, a duration)."""
+    if check_finite(value) is not None and value <= 0:
+        raise typer.BadParameter(f"must be positive, got {value}")
+    return value
+
+
 def check_batch_sizes(value: Optional[str]) -> Optional[str]:
     """Callback of a comma-separated ``--batch-size`` list."""
     if value is not None:
@@ -75,5 +90,6 @@ def check_batch_sizes(value: Optional[str]) -> Optional[str]:
 
 
 __all__ = [
-    "DEVICE_HELP", "ENGINE_HELP", "EngineName", "check_batch_sizes", "check_device", "check_engine", "check_engines", "int_list",
+    "DEVICE_HELP", "ENGINE_HELP", "EngineName", "check_batch_sizes", "check_device", "check_engine", "check_engines", "check_finite",
+    "check_positive", "int_list",
 ]

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, int_list
-from toolkit.errors import RtkError
+from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, check_finite, int_list
 
 
 def parity(
@@ -28,10 +27,10 @@ def parity(
     ] = "1,4,16",
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
     device: Annotated[str, typer.Option(callback=check_device, help=f"Where eager runs and which GPU the GPU engines use: {DEVICE_HELP}.")] = "cpu",
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
-    min_cosine: Annotated[Optional[float], typer.Option(help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99).")] = None,
-    min_top1: Annotated[Optional[float], typer.Option(help="Lowest top-1 agreement (fp32 0.99; fp16 0.95 and bf16 0.90, judged on real images).")] = None,
+    atol: Annotated[Optional[float], typer.Option(callback=check_finite, help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(callback=check_finite, help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99).")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest top-1 agreement (fp32 0.99; fp16 0.95 and bf16 0.90, judged on real images).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
 ) -> None:
     """Compare engines with eager PyTorch fp32 on identical inputs; exit 1 if any is outside tolerance.
@@ -49,6 +48,10 @@ def parity(
         atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1,
     )
     to_stdout = json_path is not None and str(json_path) == "-"
+    if json_path is not None and not to_stdout:
+        from toolkit.files import Output, check_outputs
+
+        check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, trt_engine, data])
     if not to_stdout:
         info(f"parity of {', '.join(map(str, options.engines))} against eager fp32 of {checkpoint}")
     report = run_parity(checkpoint, options)
@@ -69,10 +72,7 @@ def parity(
 def _write_json(path: Path, data: dict) -> None:
     from toolkit.files import write_atomic
 
-    try:
-        write_atomic(path, json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomic(path, json.dumps(data, indent=2) + "\n")  # an OS error is already one sentence
 
 
 def _print(report, console) -> None:

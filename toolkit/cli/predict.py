@@ -25,6 +25,15 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+#: The suffixes an --output file of each format may have ("" = none, e.g. /dev/stdout).
+FORMAT_SUFFIXES = {
+    OutputFormat.table: (".txt", ".log", ""),
+    OutputFormat.json: (".json", ""),
+    OutputFormat.jsonl: (".jsonl", ".ndjson", ""),
+    OutputFormat.csv: (".csv", ""),
+}
+
+
 def predict(
     path: Annotated[Path, typer.Argument(help="A folder of images, or one image file.")],
     model: Annotated[
@@ -69,6 +78,7 @@ def predict(
     """
     from toolkit.console import info, warn
     from toolkit.errors import RtkError
+    from toolkit.files import Output, check_outputs
     from toolkit.predict import PredictOptions, default_workers, format_predictions, resolve_model, write_text_atomic
     from toolkit.predict import predict as run
     from toolkit.runtime import open_engine
@@ -82,6 +92,13 @@ def predict(
     )
     fmt = fmt or _format_from_suffix(output)
     model_path = resolve_model(model, path)
+    check_outputs(
+        [
+            Output(output, "--output", FORMAT_SUFFIXES[fmt], f"the {fmt.value} format") if output else None,
+            Output(confusion_png, "--confusion-png", (".png",), "a PNG image") if confusion_png else None,
+        ],
+        [path, model_path],
+    )
     with open_engine(model_path, engine, device=device) as loaded:
         with _Progress() as progress:
             result = run(path, loaded, options, progress)

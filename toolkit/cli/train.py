@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.options import check_finite, check_positive
 from toolkit.spec import ARCHS
 
 Arch = Enum("Arch", {name: name for name in ARCHS}, type=str)
@@ -46,11 +47,11 @@ def train(
     epochs: Annotated[int, typer.Option(help="Total epochs (a resumed run continues up to this number).")] = 8,
     batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun); at least 2, for BatchNorm.")] = 64,
     optimizer: Annotated[Optimizer, typer.Option(help="adam, adamw, or sgd (momentum 0.9, Nesterov).")] = Optimizer.adam,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: 2e-3 for adam/adamw, 0.05 for sgd].", show_default=False)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay [default: 0 adam, 0.05 adamw, 5e-4 sgd].", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(callback=check_positive, help="Peak learning rate [default: 2e-3 for adam/adamw, 0.05 for sgd].", show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(callback=check_finite, help="Weight decay [default: 0 adam, 0.05 adamw, 5e-4 sgd].", show_default=False)] = None,
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule after the warm-up.")] = Schedule.cosine,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy loss.")] = 0.0,
+    warmup_epochs: Annotated[float, typer.Option(callback=check_finite, help="Linear warm-up length in epochs.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(callback=check_finite, help="Label smoothing of the cross-entropy loss.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for weights, shuffling, augmentation and the hold-out split.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: runs/<arch>-<data>].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pth.")] = False,
@@ -60,7 +61,7 @@ def train(
     stem: Annotated[Optional[Stem], typer.Option(help="small (3×3/1, no max-pool) or imagenet (7×7/2 + max-pool) [default: small up to 64 px].", show_default=False)] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels, 1 or 3 [default: the data's, or the pretrained conv1's].", show_default=False)] = None,
     input_size: Annotated[Optional[int], typer.Option(help="Network input side in pixels [default: 8 for digits, the native size of built-ins, 224 for folders].", show_default=False)] = None,
-    val_split: Annotated[float, typer.Option(help="Fraction held out for validation when the data has no val split.")] = 0.1,
+    val_split: Annotated[float, typer.Option(callback=check_finite, help="Fraction held out for validation when the data has no val split.")] = 0.1,
     data_root: Annotated[Optional[Path], typer.Option(help="Where torchvision's datasets live [default: ./data].", show_default=False)] = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing built-in dataset.")] = False,
     max_samples: Annotated[Optional[int], typer.Option(help="Use at most N images per split, N ≥ 2 (quick trials).")] = None,
