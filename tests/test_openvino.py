@@ -165,3 +165,17 @@ def test_the_cpu_engines_benchmark_times_every_cpu_engine_in_one_run(model, tmp_
     assert expected <= set(rows) and all(rows[name]["status"] == "ok" and rows[name]["throughput_ips"] > 0 for name in expected)
     assert rows["ort(int8 file)"]["precision"] == rows["ov-int8"]["precision"] == "int8"
     assert (tmp_path / "cpu.csv").exists() and (tmp_path / "cpu.png").exists()
+
+
+def test_predict_classifies_real_images_on_ov_int8_like_on_ov(model, cli, tmp_path):
+    import json
+
+    from toolkit.data import write_digit_images
+
+    write_digit_images(tmp_path / "digits", per_class=1)
+    rows = {}
+    for name in ("ov", "ov-int8"):
+        result = cli("predict", tmp_path / "digits", "--model", model["ckpt"], "-e", name, "--recursive", "--format", "json")
+        assert result.exit_code == 0, result.output
+        rows[name] = [(r["path"], r["error"]) for r in json.loads(result.stdout)["predictions"]]
+    assert len(rows["ov"]) == 10 and rows["ov"] == rows["ov-int8"] and all(error is None for _, error in rows["ov"])
