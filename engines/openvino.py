@@ -33,7 +33,11 @@ from toolkit.spec import ArtefactMeta
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 #: The CPU capability (``OPTIMIZATION_CAPABILITIES``) a reduced precision needs.
 CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
-PERFORMANCE_HINTS = ("latency", "throughput")
+PERFORMANCE_HINTS = ("auto", "latency", "throughput")
+#: The smallest batch the ``auto`` hint splits over OpenVINO's throughput streams. Measured on
+#: ResNet-50 with 2 threads (benchmarks/results): at batch 8 the streams gave 1.29× the images/s
+#: of one latency request on every thread; at batch 1 a latency request is the faster.
+THROUGHPUT_MIN_BATCH = 4
 
 
 def cpu_capabilities() -> tuple[str, ...]:
@@ -120,10 +124,12 @@ class OvEngine(Engine):
         precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``; ``None`` = what the file holds
             (int8 for a QDQ file, fp32 otherwise).
         threads: inference threads (``INFERENCE_NUM_THREADS``; 0 = OpenVINO's default, every core).
-        performance_hint: ``latency`` (one inference request using every thread: the fastest
-            single call, whatever its batch) or ``throughput`` (several requests, each on part of
-            the threads; a batch is split over them).
-        cache: cache the compiled model in ``MODEL.ov-cache/`` (see :func:`cache_dir_for`).
+        performance_hint: ``latency``: one inference request on every thread, the fastest single
+            small call; ``throughput``: OpenVINO's streams, each on part of the threads, with a
+            batch split over them; ``auto`` (default): latency below :data:`THROUGHPUT_MIN_BATCH`
+            images, throughput from there on (compiled on the first such batch, so a process that
+            only ever runs small batches pays for one compilation and holds one copy of the weights).
+        cache: cache compiled models in ``MODEL.ov-cache/`` (see :func:`cache_dir_for`).
 
     Raises:
         RtkError: openvino missing, an unreadable or non-classifier ONNX, an fp16 ONNX, a
@@ -136,10 +142,10 @@ class OvEngine(Engine):
         meta: ArtefactMeta | None = None,
         precision: str | None = None,
         threads: int = 0,
-        performance_hint: str = "latency",
+        performance_hint: str = "auto",
         cache: bool = True,
     ):
-        ov = require("openvino", "the ov engine")
+        self._ov = require("openvino", "the ov engine")
         path = Path(path)
         if performance_hint not in PERFORMANCE_HINTS:
             raise RtkError(f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {performance_hint!r}")
@@ -149,43 +155,62 @@ class OvEngine(Engine):
                 f"{path.name} holds {graph.precision} weights; OpenVINO reduces precision itself, so give it the fp32 ONNX "
                 "(MODEL.onnx) and name ov-fp16 or ov-bf16"
             )
-        core = ov.Core()
-        try:
-            model = core.read_model(str(path))
-        except RuntimeError as exc:
-            raise RtkError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
+        self._core = self._ov.Core()
+        model = self._read(path)
         precision = _precision(precision, _is_quantized(model), path)
         _check_capability(precision)
-        self.cache_dir = cache_dir_for(path) if cache else None
-        config = compile_config(ov, precision, threads, performance_hint, self.cache_dir)
-        try:
-            self.compiled = core.compile_model(model, "CPU", config)
-        except RuntimeError as exc:
-            raise RtkError(f"OpenVINO cannot compile {path.name} for the CPU: {first_line(exc)}") from None
         super().__init__(graph.meta.spec, graph.meta.preprocess, "cpu", precision)
         self.path = path
         self.performance_hint = performance_hint
-        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.requests = [self.compiled.create_infer_request() for _ in range(self._request_count())]
+        self.cache_dir = cache_dir_for(path) if cache else None
+        self._requested_threads = threads
         if graph.static_batch is not None:
             self.min_batch = self.max_batch = graph.static_batch
+        #: Inference requests by hint, compiled when first needed.
+        self._requests: dict[str, list[Any]] = {}
+        first = "throughput" if performance_hint == "throughput" else "latency"
+        self.threads = self._compile(first, model)
         self.name = str(EngineName("ov", None, precision))
 
-    def _request_count(self) -> int:
-        if self.performance_hint == "latency":
-            return 1
-        return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    def _read(self, path: Path) -> Any:
+        try:
+            return self._core.read_model(str(path))
+        except RuntimeError as exc:
+            raise RtkError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
+
+    def _compile(self, hint: str, model: Any = None) -> int:
+        """Compile for ``hint`` and make its requests (one for latency, one per stream for throughput);
+        returns the threads the compiled model uses."""
+        config = compile_config(self._ov, self.precision, self._requested_threads, hint, self.cache_dir)
+        try:
+            compiled = self._core.compile_model(model if model is not None else self._read(self.path), "CPU", config)
+        except RuntimeError as exc:
+            raise RtkError(f"OpenVINO cannot compile {self.path.name} for the CPU: {first_line(exc)}") from None
+        count = 1 if hint == "latency" else max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests[hint] = [compiled.create_infer_request() for _ in range(count)]
+        return int(compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    def requests_for(self, batch_size: int) -> list[Any]:
+        """The inference requests a batch of ``batch_size`` runs on under this engine's hint."""
+        hint = self.performance_hint
+        if hint == "auto":
+            large = batch_size >= THROUGHPUT_MIN_BATCH and self.min_batch != self.max_batch
+            hint = "throughput" if large else "latency"
+        if hint not in self._requests:
+            self._compile(hint)
+        return self._requests[hint]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        if len(self.requests) == 1 or len(batch) == 1 or self.min_batch == self.max_batch:
-            return self._run(self.requests[0], batch)
-        # Throughput: one slice of the batch per request, the requests run side by side on their streams.
-        # Slices along the batch axis of a contiguous array are contiguous: each request reads its slice in place.
-        parts = np.array_split(batch, min(len(self.requests), len(batch)))
-        for request, part in zip(self.requests, parts):
+        requests = self.requests_for(len(batch))
+        if len(requests) == 1 or len(batch) == 1:
+            return self._run(requests[0], batch)
+        # One slice of the batch per request; the requests run side by side on their streams. Slices
+        # along the batch axis of a contiguous array are contiguous, so each is read in place.
+        parts = np.array_split(batch, min(len(requests), len(batch)))
+        for request, part in zip(requests, parts):
             request.start_async({0: part}, share_inputs=True)
         outs = []
-        for request, _ in zip(self.requests, parts):
+        for request, _ in zip(requests, parts):
             request.wait()
             outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
         return np.concatenate(outs)
@@ -199,5 +224,4 @@ class OvEngine(Engine):
 
     def close(self) -> None:
         super().close()
-        self.requests = []
-        self.compiled = None
+        self._requests = {}

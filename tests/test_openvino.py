@@ -118,11 +118,20 @@ def test_a_cache_folder_that_cannot_be_made_only_costs_compile_time(model, tmp_p
 def test_throughput_hint_splits_a_batch_over_its_requests(model):
     from engines.openvino import OvEngine
 
+    from engines.openvino import THROUGHPUT_MIN_BATCH
+
     with OvEngine(model["onnx"], performance_hint="throughput", threads=2) as ov:
-        assert len(ov.requests) >= 1
+        assert ov.requests_for(1) is ov.requests_for(4) and len(ov.requests_for(4)) >= 1
         for n in (4, 1, 3, 4):  # a smaller batch after a larger one and the reverse, on the same requests
             np.testing.assert_allclose(ov(model["x"][:n]), model["expected"][:n], atol=1e-4, rtol=1e-4)
-    with pytest.raises(RtkError, match="performance hint must be one of latency, throughput"):
+    with OvEngine(model["onnx"], threads=2) as auto:  # the default: latency for small batches, streams for large ones
+        assert auto.performance_hint == "auto" and len(auto.requests_for(1)) == 1
+        assert auto.requests_for(THROUGHPUT_MIN_BATCH - 1) is auto.requests_for(1)
+        large = auto.requests_for(THROUGHPUT_MIN_BATCH)
+        assert large is not auto.requests_for(1) and large is auto.requests_for(THROUGHPUT_MIN_BATCH + 8)
+        for n in (1, 4, 2, 4):
+            np.testing.assert_allclose(auto(model["x"][:n]), model["expected"][:n], atol=1e-4, rtol=1e-4)
+    with pytest.raises(RtkError, match="performance hint must be one of auto, latency, throughput, got .fast."):
         OvEngine(model["onnx"], performance_hint="fast")
 
 
@@ -161,7 +170,7 @@ def test_the_cpu_engines_benchmark_times_every_cpu_engine_in_one_run(model, tmp_
     code = main([str(model["ckpt"]), "-b", "2", "--rounds", "1", "--warmup", "0", "--duration", "0.05", "--threads", "1", "--out", str(tmp_path), "--name", "cpu"])
     assert code == 0, capsys.readouterr().err
     rows = {r["engine"]: r for r in json.loads((tmp_path / "cpu.json").read_text())["results"]}
-    expected = {"eager", "ort", "ov", "ov-int8", "ort(int8 file)", "ov-int8(throughput hint)"}
+    expected = {"eager", "ort", "ov", "ov-int8", "ort(int8 file)", "ov-int8(latency hint)"}
     assert expected <= set(rows) and all(rows[name]["status"] == "ok" and rows[name]["throughput_ips"] > 0 for name in expected)
     assert rows["ort(int8 file)"]["precision"] == rows["ov-int8"]["precision"] == "int8"
     assert (tmp_path / "cpu.csv").exists() and (tmp_path / "cpu.png").exists()
