@@ -22,12 +22,11 @@ PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A checkpoint, its fp32 ONNX and a QDQ int8 ONNX next to it, and eager's logits on a batch."""
-    from toolkit.runtime import open_engine
+    from exporters.onnx import ExportOptions, export_onnx
 
     folder = tmp_path_factory.mktemp("ov")
     ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
-    with open_engine(ckpt, "ort") as ort:  # exports m.onnx next to the checkpoint
-        onnx = ort.path
+    (onnx,) = export_onnx(ckpt, options=ExportOptions(check=False))  # m.onnx, as open_engine would export it
     calibration = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
     int8 = make_qdq_onnx(onnx, folder / "m.int8.onnx", calibration)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
@@ -73,7 +72,7 @@ def test_ov_int8_from_a_checkpoint_needs_its_int8_onnx_made_from_the_same_weight
     assert not (tmp_path / "fresh.onnx").exists()  # refused before anything was exported
 
 
-def test_precisions_a_file_or_this_cpu_cannot_run_are_refused(model, tmp_path):
+def test_precisions_a_file_or_this_cpu_cannot_run_are_refused(model):
     from engines.openvino import cpu_capabilities
     from exporters.onnx import ExportOptions, export_onnx
 
@@ -81,7 +80,7 @@ def test_precisions_a_file_or_this_cpu_cannot_run_are_refused(model, tmp_path):
         engines.load(model["onnx"], "ov-int8")
     with pytest.raises(RtkError, match="is a quantized \\(QDQ\\) ONNX, so OpenVINO runs it at int8, not bf16"):
         engines.load(model["int8"], "ov-bf16")
-    (fp16,) = export_onnx(make_checkpoint(tmp_path / "h.pth", SPEC, PRE), options=ExportOptions(precision="fp16", check=False))
+    (fp16,) = export_onnx(model["ckpt"], options=ExportOptions(precision="fp16", check=False))
     with pytest.raises(RtkError, match="holds fp16 weights; OpenVINO reduces precision itself, so give it the fp32 ONNX"):
         engines.load(fp16, "ov")
     missing = [p for p, unit in (("fp16", "FP16"), ("bf16", "BF16")) if unit not in cpu_capabilities()]
