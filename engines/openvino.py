@@ -35,8 +35,8 @@ INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f3
 CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 PERFORMANCE_HINTS = ("auto", "latency", "throughput")
 #: The smallest batch the ``auto`` hint splits over OpenVINO's throughput streams. Measured on
-#: ResNet-50 with 2 threads (benchmarks/results): at batch 8 the streams gave 1.29× the images/s
-#: of one latency request on every thread; at batch 1 a latency request is the faster.
+#: ResNet-50 int8 with 2 threads (benchmarks/results): at batch 8 the streams gave 1.17–1.29× the
+#: images/s of one latency request on every thread; at batch 1 the latency request was as fast or faster.
 THROUGHPUT_MIN_BATCH = 4
 
 
