@@ -150,7 +150,7 @@ class OvEngine(Engine):
         if performance_hint not in PERFORMANCE_HINTS:
             raise RtkError(f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {performance_hint!r}")
         graph = _Graph.read(path, meta)
-        if graph.precision != "fp32":
+        if graph.precision in ("fp16", "bf16"):  # a QDQ file reads as fp32 (its scales) or int8
             raise RtkError(
                 f"{path.name} holds {graph.precision} weights; OpenVINO reduces precision itself, so give it the fp32 ONNX "
                 "(MODEL.onnx) and name ov-fp16 or ov-bf16"
