@@ -21,6 +21,7 @@ PACKAGES = {
     "torchvision": "torchvision",
     "onnxruntime": "onnxruntime",
     "onnxruntime-gpu": "onnxruntime_gpu",
+    "openvino": "openvino",
     "tensorrt": "tensorrt",
     "onnx": "onnx",
     "numpy": "numpy",

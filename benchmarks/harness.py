@@ -50,7 +50,7 @@ class BenchOptions:
         duration_s: time budget per engine and batch size (ignored when ``iters`` is set).
         iters: exact number of timed iterations instead of a time budget (in total, split
             over the rounds; at least one per round).
-        threads: intra-op threads for torch and ONNX Runtime (``None`` = their defaults).
+        threads: intra-op threads for torch, ONNX Runtime and OpenVINO (``None`` = their defaults).
         io: ``"host"`` (numpy in, numpy out), ``"device"`` (inputs and outputs stay on the
             engine's device) or ``"both"``.
         rounds: repeat the sweep this many times, engines interleaved, and pool the samples;

@@ -42,8 +42,9 @@ def load(
         engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
         device: ``"cpu"`` or ``"cuda[:N]"``.
         precision: applies when the name gives none. An ONNX file runs at the precision it holds
-            (asking for another is refused); ``ort-trt`` and ``trt`` default to fp16.
-        threads: intra-op threads (ONNX Runtime; ``None`` = its default).
+            (asking for another is refused), except on OpenVINO, which runs an fp32 file at fp32,
+            bf16 or fp16 and a QDQ file at int8; ``ort-trt`` and ``trt`` default to fp16.
+        threads: intra-op threads (ONNX Runtime, OpenVINO; ``None`` = their default).
         max_batch: the largest batch ONNX Runtime's TensorRT provider is built for.
         meta: spec and preprocess for a foreign ONNX file that carries none.
 
@@ -84,6 +85,10 @@ def load(
             path, meta=meta, provider=name.provider, device=device, threads=threads or 0,
             max_batch=max_batch or 64, precision=name.precision,
         )
+    if name.runtime == "ov":
+        from engines.openvino import OvEngine
+
+        return OvEngine(path, meta=meta, precision=name.precision, threads=threads or 0)
     from engines.trt import TrtEngine
 
     trt = TrtEngine(path, device if device.startswith("cuda") else "cuda")

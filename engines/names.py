@@ -2,9 +2,9 @@
 
 A name is ``RUNTIME[-PROVIDER][-PRECISION][-FLAG…]``:
 
-- runtime: ``eager`` (PyTorch), ``ort`` (ONNX Runtime) or ``trt`` (TensorRT);
+- runtime: ``eager`` (PyTorch), ``ort`` (ONNX Runtime), ``ov`` (OpenVINO, CPU) or ``trt`` (TensorRT);
 - provider, ONNX Runtime only: ``cuda`` or ``trt`` (its execution providers; the CPU when absent);
-- precision: ``fp32``, ``fp16`` or ``bf16``; absent means the runtime's default, which
+- precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (``ov-int8``: the QDQ ONNX); absent means the runtime's default, which
   :data:`DEFAULT_PRECISION` lists (fp16 for TensorRT, fp32 elsewhere), or for an ONNX file named
   directly, the precision it was exported at;
 - flags, eager only: ``cl`` (channels-last), ``compile`` (``torch.compile``), ``graph`` (CUDA graph
@@ -21,32 +21,34 @@ from typing import Iterable
 
 from toolkit.errors import RtkError
 
-RUNTIMES = ("eager", "ort", "trt")
+RUNTIMES = ("eager", "ort", "ov", "trt")
 ORT_PROVIDERS = ("cpu", "cuda", "trt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 EAGER_FLAGS = ("cl", "compile", "graph")
 #: The precision a runtime runs at when its name gives none (TensorRT builds fp16 engines and
 #: ONNX Runtime's TensorRT provider adds fp16 kernels; the others run the model as it is).
-DEFAULT_PRECISION = {"eager": "fp32", "ort": "fp32", "ort-cuda": "fp32", "ort-trt": "fp16", "trt": "fp16"}
+DEFAULT_PRECISION = {"eager": "fp32", "ort": "fp32", "ort-cuda": "fp32", "ort-trt": "fp16", "ov": "fp32", "trt": "fp16"}
 #: Precisions each runtime can run.
 SUPPORTED_PRECISIONS = {
     "eager": ("fp32", "fp16", "bf16"),
     "ort": ("fp32", "fp16"),
     "ort-cuda": ("fp32", "fp16"),
     "ort-trt": ("fp32", "fp16"),
+    # OpenVINO reduces precision at run time (fp16/bf16 where the CPU has the units) and runs QDQ files as int8.
+    "ov": ("fp32", "fp16", "bf16", "int8"),
     "trt": ("fp32", "fp16"),
 }
 #: What ``all`` stands for: one engine of every kind.
 ALL_ENGINES = (
     "eager", "eager-fp16", "eager-bf16", "eager-cl", "eager-compile", "eager-graph",
-    "ort", "ort-fp16", "ort-cuda", "ort-trt", "trt",
+    "ort", "ort-fp16", "ort-cuda", "ort-trt", "ov", "ov-fp16", "ov-bf16", "ov-int8", "trt",
 )
 #: The runtime an artefact gets when no engine is named.
 DEFAULT_ENGINE = {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}
 #: One line for ``--help`` texts.
 ENGINE_HELP = (
-    "eager, ort or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16) "
-    "and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-cuda-fp16, trt-fp32"
+    "eager, ort, ov or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16, "
+    "-int8) and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-cuda-fp16, ov-int8, trt-fp32"
 )
 
 
@@ -55,9 +57,9 @@ class EngineName:
     """A parsed engine name.
 
     Attributes:
-        runtime: ``eager``, ``ort`` or ``trt``.
+        runtime: ``eager``, ``ort``, ``ov`` or ``trt``.
         provider: ONNX Runtime's execution provider (``cpu``, ``cuda``, ``trt``); ``None`` otherwise.
-        precision: ``fp32``, ``fp16``, ``bf16``, or ``None`` for the default (see :attr:`resolved_precision`).
+        precision: ``fp32``, ``fp16``, ``bf16``, ``int8``, or ``None`` for the default (see :attr:`resolved_precision`).
         channels_last, compile, cuda_graph: eager flags.
     """
 
@@ -70,7 +72,7 @@ class EngineName:
 
     @property
     def family(self) -> str:
-        """The runtime with its provider: ``eager``, ``ort``, ``ort-cuda``, ``ort-trt`` or ``trt``."""
+        """The runtime with its provider: ``eager``, ``ort``, ``ort-cuda``, ``ort-trt``, ``ov`` or ``trt``."""
         return self.runtime if self.provider in (None, "cpu") else f"{self.runtime}-{self.provider}"
 
     @property
@@ -81,7 +83,7 @@ class EngineName:
     @property
     def artefact(self) -> str:
         """The artefact kind this runtime runs: ``checkpoint``, ``onnx`` or ``engine``."""
-        return {"eager": "checkpoint", "ort": "onnx", "trt": "engine"}[self.runtime]
+        return {"eager": "checkpoint", "ort": "onnx", "ov": "onnx", "trt": "engine"}[self.runtime]
 
     @property
     def needs_cuda(self) -> bool:

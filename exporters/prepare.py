@@ -2,7 +2,9 @@
 
 ``eager`` runs the checkpoint itself. ONNX Runtime runs ``MODEL.onnx`` (or ``MODEL.fp16.onnx``
 for fp16 on its CPU and CUDA providers; its TensorRT provider makes fp16 kernels from the fp32
-graph). TensorRT runs ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``, built from the ONNX.
+graph). OpenVINO runs ``MODEL.onnx`` at every float precision, and ``MODEL.int8.onnx`` as ``ov-int8``
+(made by ``rtk export --precision int8``, never on demand: it needs calibration images). TensorRT
+runs ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``, built from the ONNX.
 An artefact is fresh while the hash it records of its source matches the source's: the ONNX
 file's ``checkpoint_sha256``, the engine sidecar's ``onnx_sha256``.
 """
@@ -52,6 +54,9 @@ def prepare(
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
         onnx_precision = "fp32" if name.provider == "trt" else name.resolved_precision
         return _onnx_for(path, onnx_precision)
+    if name.runtime == "ov":
+        # OpenVINO lowers precision itself: every float engine runs the fp32 graph.
+        return _int8_onnx_for(path) if name.resolved_precision == "int8" else _onnx_for(path, "fp32")
     from toolkit.trt_runtime import import_tensorrt
 
     import_tensorrt("the trt engine")
@@ -60,6 +65,25 @@ def prepare(
     onnx = path if kind == "onnx" else _onnx_for(path, "fp32")
     gpu = device if device is not None and str(device).startswith("cuda") else None
     return ensure_engine(onnx, name.resolved_precision, device=gpu, max_batch=max_batch)
+
+
+def _int8_onnx_for(checkpoint: Path) -> Path:
+    """``MODEL.int8.onnx`` next to the checkpoint, which must exist and come from these weights.
+
+    Raises:
+        RtkError: it is missing, or it records another checkpoint's sha256; the message gives the command.
+    """
+    from exporters.onnx import _export_record
+    from toolkit.artefacts import onnx_path_for, sha256_file
+
+    path = onnx_path_for(checkpoint, "int8")
+    command = f"rtk export {checkpoint} --precision int8 --calib DATA"
+    if not path.exists():
+        raise RtkError(f"ov-int8 runs {path.name}, which does not exist; make it from calibration images with `{command}`")
+    recorded = (_export_record(path) or {}).get("checkpoint_sha256")
+    if recorded is not None and recorded != sha256_file(checkpoint):
+        raise RtkError(f"{path.name} was made from other weights than {checkpoint.name}; make it again with `{command}`")
+    return path
 
 
 def _onnx_for(checkpoint: Path, precision: str) -> Path:

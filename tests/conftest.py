@@ -127,3 +127,26 @@ def cli():
         return result
 
     return invoke
+
+
+def make_qdq_onnx(onnx_path, out_path, calibration: np.ndarray):
+    """Quantize an fp32 ONNX into a QDQ int8 one (per-channel int8 weights, uint8 activations) with
+    ONNX Runtime's static quantizer, calibrated batch by batch on ``calibration`` (N, C, H, W)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration.astype(np.float32), max(1, len(calibration) // 4)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    quantize_static(
+        str(onnx_path), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )
+    return out_path

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import engines
-from conftest import make_checkpoint
+from conftest import make_checkpoint, make_qdq_onnx
 from exporters.onnx import ExportOptions, export_onnx
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
@@ -24,7 +24,16 @@ def _ort_has(provider: str) -> bool:
     return provider in ort.get_available_providers()
 
 
+def _ov_has(capability: str) -> bool:
+    if not importlib.util.find_spec("openvino"):
+        return False
+    from engines.openvino import cpu_capabilities
+
+    return capability in cpu_capabilities()
+
+
 cuda = pytest.mark.cuda
+openvino = pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
 # (engine id, how to open it from the artefacts, tolerance against eager fp32 as (atol, rtol))
 ENGINES = [
     pytest.param("eager", lambda a: engines.load(a["ckpt"]), (1e-5, 1e-5), id="eager"),
@@ -32,6 +41,17 @@ ENGINES = [
     pytest.param("eager-bf16", lambda a: engines.load(a["ckpt"], precision="bf16"), (0.1, 0.1), id="eager-bf16"),
     pytest.param("ort", lambda a: engines.load(a["onnx"]), (1e-4, 1e-4), id="ort"),
     pytest.param("ort-fp16", lambda a: engines.load(a["onnx16"], engine="ort-fp16"), (2e-2, 2e-2), id="ort-fp16"),
+    pytest.param("ov", lambda a: engines.load(a["onnx"], engine="ov"), (1e-4, 1e-4), id="ov", marks=openvino),
+    pytest.param(
+        "ov-bf16", lambda a: engines.load(a["onnx"], engine="ov-bf16"), (0.1, 0.1), id="ov-bf16",
+        marks=[openvino, pytest.mark.skipif(not _ov_has("BF16"), reason="this CPU has no bf16 units")],
+    ),
+    pytest.param(
+        "ov-fp16", lambda a: engines.load(a["onnx"], engine="ov-fp16"), (2e-2, 2e-2), id="ov-fp16",
+        marks=[openvino, pytest.mark.skipif(not _ov_has("FP16"), reason="this CPU has no fp16 units")],
+    ),
+    # The QDQ file: per-channel int8 weights, uint8 activations calibrated on the same kind of inputs.
+    pytest.param("ov-int8", lambda a: engines.load(a["int8"], engine="ov-int8"), (3e-2, 1e-1), id="ov-int8", marks=openvino),
     pytest.param("eager-cuda", lambda a: engines.load(a["ckpt"], device="cuda"), (1e-3, 1e-3), id="eager-cuda", marks=cuda),
     pytest.param(
         "ort-cuda", lambda a: engines.load(a["onnx"], engine="ort-cuda", device="cuda"), (1e-3, 1e-3), id="ort-cuda",
@@ -51,7 +71,9 @@ def artefacts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("contract")
     ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
     onnx, onnx16 = export_onnx(ckpt, options=ExportOptions(precision="all", check=False))
-    return {"ckpt": ckpt, "onnx": onnx, "onnx16": onnx16}
+    calibration = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
+    int8 = make_qdq_onnx(onnx, folder / "m.int8.onnx", calibration)
+    return {"ckpt": ckpt, "onnx": onnx, "onnx16": onnx16, "int8": int8}
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,11 @@ from toolkit.errors import RtkError
         ("trt", "trt", "trt", "fp16"),
         ("trt-fp16", "trt", "trt", "fp16"),
         ("TRT-FP32", "trt-fp32", "trt", "fp32"),
+        ("ov", "ov", "ov", "fp32"),
+        ("ov-fp32", "ov", "ov", "fp32"),
+        ("ov-bf16", "ov-bf16", "ov", "bf16"),
+        ("ov-fp16", "ov-fp16", "ov", "fp16"),
+        ("ov-int8", "ov-int8", "ov", "int8"),
     ],
 )
 def test_names_parse_to_one_canonical_spelling(text, canonical, family, precision):
@@ -44,6 +49,7 @@ def test_what_each_engine_runs_and_needs():
     assert parse_engine("ort-cuda").needs_cuda and parse_engine("ort-trt").needs_cuda
     assert parse_engine("trt").artefact == "engine" and parse_engine("trt").needs_cuda
     assert parse_engine("eager-graph").cuda_graph and parse_engine("eager-graph").needs_cuda
+    assert parse_engine("ov-int8").artefact == "onnx" and not parse_engine("ov-bf16").needs_cuda
 
 
 @pytest.mark.parametrize(
@@ -58,6 +64,10 @@ def test_what_each_engine_runs_and_needs():
         ("trt-compile", "apply to eager only"),
         ("ort-bf16", "runs fp32 or fp16, not bf16"),
         ("trt-bf16", "runs fp32 or fp16, not bf16"),
+        ("ort-int8", "runs fp32 or fp16, not int8"),
+        ("ov-cuda", "unknown engine"),
+        ("ov-cl", "apply to eager only"),
+        ("ov-bf16-int8", "two precisions"),
         ("", "unknown engine"),
     ],
 )

@@ -1,6 +1,7 @@
 """Parity: the metrics are right, a good export passes, a corrupted one fails and is named,
 and ONNX files that do not fit the checkpoint are refused with one clear line."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -230,3 +231,32 @@ def test_parity_on_a_digits_trained_model_and_its_test_images(digits_model, cli,
     assert ort["samples"] == 360 and ort["max_abs"] < 1e-4 * max(1.0, ort["scale"]) and ort["top1_agreement"] == 1.0
     assert fp16["top1_agreement"] >= 0.99 and fp16["min_cosine"] >= 0.999
     assert abs(fp16["accuracy_delta"]) <= 0.01 and ort["accuracy"] == ort["reference_accuracy"]
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
+def test_openvino_parity_on_the_digits_test_images(digits_model, cli, tmp_path):
+    # ov is judged as fp32, ov-bf16 as bf16 (where the CPU has bf16 units), ov-int8 as int8, on
+    # real images; the int8 file is calibrated on training images, as `rtk export --calib` does.
+    from conftest import make_qdq_onnx
+    from engines.openvino import cpu_capabilities
+    from toolkit.artefacts import onnx_path_for
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.data import resolve_data
+    from toolkit.runtime import open_engine
+
+    ckpt = load_checkpoint(digits_model)
+    with open_engine(digits_model, "ov") as ov:  # exports the fp32 ONNX next to the checkpoint
+        fp32_onnx = ov.path
+    calibration, _ = resolve_data("digits", input_size=8).dataset("train", preprocess=ckpt.preprocess).arrays(limit=64)
+    make_qdq_onnx(fp32_onnx, onnx_path_for(digits_model, "int8"), calibration)
+    names = ["ov", "ov-int8"] + (["ov-bf16"] if "BF16" in cpu_capabilities() else [])
+    report_path = tmp_path / "ov.json"
+    result = cli("parity", digits_model, "--engines", ",".join(names), "--data", "digits", "--json", report_path)
+    assert result.exit_code == 0, result.output
+    by_name = {e["engine"]: e for e in json.loads(report_path.read_text())["engines"]}
+    expected = {"ov": "fp32", "ov-int8": "int8", "ov-bf16": "bf16"}
+    assert {name: by_name[name]["precision"] for name in names} == {name: expected[name] for name in names}
+    ov = by_name["ov"]["data"]
+    assert ov["samples"] == 360 and ov["top1_agreement"] == 1.0 and ov["accuracy"] == ov["reference_accuracy"]
+    int8 = by_name["ov-int8"]["data"]
+    assert int8["min_cosine"] >= 0.98 and abs(int8["accuracy_delta"]) <= 0.02

@@ -19,6 +19,7 @@ INSTALL_HINTS = {
     "tensorrt": "pip install 'rtk[trt]'",
     "onnxruntime": "pip install 'rtk[cpu]' (or 'rtk[gpu]' on an NVIDIA GPU)",
     "tritonclient": "pip install 'rtk[triton]'",
+    "openvino": "pip install 'rtk[openvino]'",
 }
 
 

@@ -48,7 +48,7 @@ class ParityOptions:
         engines: engine names (:mod:`engines.names`), as a tuple or one comma-separated string;
             eager variants run the checkpoint itself, the others the artefacts next to it (made
             when missing) or the ones named below.
-        onnx: the ONNX file the fp32 ONNX Runtime engines (and ``ort-trt``) run.
+        onnx: the ONNX file the fp32 ONNX Runtime engines (and ``ort-trt``, and OpenVINO but ``ov-int8``) run.
         onnx_fp16: the ONNX file the fp16 ONNX Runtime engines run.
         trt_engine: the TensorRT engine ``trt`` runs.
         data: a dataset name or image folder whose labelled images (test split) are compared too.
@@ -94,6 +94,8 @@ class ParityOptions:
             return self.trt_engine
         if name.runtime == "ort":
             return self.onnx_fp16 if name.provider != "trt" and name.precision == "fp16" else self.onnx
+        if name.runtime == "ov" and name.precision != "int8":  # OpenVINO lowers the fp32 graph itself
+            return self.onnx
         return None
 
 

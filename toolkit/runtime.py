@@ -40,7 +40,7 @@ def open_engine(
         device: ``cpu`` or ``cuda[:N]``: where eager runs, and which GPU the GPU engines use (they
             run on the first GPU when ``cpu`` is given, since their name asks for a GPU).
         precision: applies when the engine name gives none.
-        threads: intra-op threads for ONNX Runtime (torch's are process-wide).
+        threads: intra-op threads for ONNX Runtime and OpenVINO (torch's are process-wide).
         max_batch: the largest batch ONNX Runtime's TensorRT provider, or a TensorRT engine built
             here, is made for.
         meta: spec and preprocess for a foreign ONNX file that carries none.

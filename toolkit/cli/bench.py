@@ -55,7 +55,7 @@ def bench(
     ] = None,
     iters: Annotated[Optional[int], typer.Option("--iters", help="Exactly N timed iterations instead of a time budget (in total, split over --rounds).")] = None,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Intra-op threads for torch and ONNX Runtime (default: all usable cores).")
+        Optional[int], typer.Option("--threads", help="Intra-op threads for torch, ONNX Runtime and OpenVINO (default: all usable cores).")
     ] = None,
     io: Annotated[
         Optional[Io],
