@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
 from toolkit.artefacts import artefact_kind
+from toolkit.errors import RtkError
 
 
 def prepare(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from toolkit.artefacts import engine_path_for, sha256_file
+from toolkit.artefacts import engine_path_for
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
