@@ -4,7 +4,8 @@ A name is ``RUNTIME[-PROVIDER][-PRECISION][-FLAG…]``:
 
 - runtime: ``eager`` (PyTorch), ``ort`` (ONNX Runtime) or ``trt`` (TensorRT);
 - provider, ONNX Runtime only: ``cuda`` or ``trt`` (its execution providers; the CPU when absent);
-- precision: ``fp32``, ``fp16`` or ``bf16``; absent means the runtime's default, which
+- precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (a calibrated QDQ ONNX, ``MODEL.int8.onnx``);
+  absent means the runtime's default, which
   :data:`DEFAULT_PRECISION` lists (fp16 for TensorRT, fp32 elsewhere), or for an ONNX file named
   directly, the precision it was exported at;
 - flags, eager only: ``cl`` (channels-last), ``compile`` (``torch.compile``), ``graph`` (CUDA graph
@@ -23,7 +24,7 @@ from toolkit.errors import RtkError
 
 RUNTIMES = ("eager", "ort", "trt")
 ORT_PROVIDERS = ("cpu", "cuda", "trt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 EAGER_FLAGS = ("cl", "compile", "graph")
 #: The precision a runtime runs at when its name gives none (TensorRT builds fp16 engines and
 #: ONNX Runtime's TensorRT provider adds fp16 kernels; the others run the model as it is).
@@ -31,12 +32,13 @@ DEFAULT_PRECISION = {"eager": "fp32", "ort": "fp32", "ort-cuda": "fp32", "ort-tr
 #: Precisions each runtime can run.
 SUPPORTED_PRECISIONS = {
     "eager": ("fp32", "fp16", "bf16"),
-    "ort": ("fp32", "fp16"),
-    "ort-cuda": ("fp32", "fp16"),
-    "ort-trt": ("fp32", "fp16"),
-    "trt": ("fp32", "fp16"),
+    "ort": ("fp32", "fp16", "int8"),
+    "ort-cuda": ("fp32", "fp16", "int8"),
+    "ort-trt": ("fp32", "fp16", "int8"),
+    "trt": ("fp32", "fp16", "int8"),
 }
-#: What ``all`` stands for: one engine of every kind.
+#: What ``all`` stands for: one engine of every kind. The int8 engines are not in it: their ONNX
+#: needs calibration data, so it is never exported on demand (``rtk export --precision int8 --calib``).
 ALL_ENGINES = (
     "eager", "eager-fp16", "eager-bf16", "eager-cl", "eager-compile", "eager-graph",
     "ort", "ort-fp16", "ort-cuda", "ort-trt", "trt",
@@ -45,8 +47,8 @@ ALL_ENGINES = (
 DEFAULT_ENGINE = {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}
 #: One line for ``--help`` texts.
 ENGINE_HELP = (
-    "eager, ort or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16) "
-    "and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-cuda-fp16, trt-fp32"
+    "eager, ort or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16, -int8) "
+    "and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-int8, ort-cuda-fp16, trt-fp32"
 )
 
 
@@ -57,7 +59,7 @@ class EngineName:
     Attributes:
         runtime: ``eager``, ``ort`` or ``trt``.
         provider: ONNX Runtime's execution provider (``cpu``, ``cuda``, ``trt``); ``None`` otherwise.
-        precision: ``fp32``, ``fp16``, ``bf16``, or ``None`` for the default (see :attr:`resolved_precision`).
+        precision: ``fp32``, ``fp16``, ``bf16``, ``int8``, or ``None`` for the default (see :attr:`resolved_precision`).
         channels_last, compile, cuda_graph: eager flags.
     """
 

@@ -3,6 +3,8 @@
 ``eager`` runs the checkpoint itself. ONNX Runtime runs ``MODEL.onnx`` (or ``MODEL.fp16.onnx``
 for fp16 on its CPU and CUDA providers; its TensorRT provider makes fp16 kernels from the fp32
 graph). TensorRT runs ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``, built from the ONNX.
+int8 on either runtime runs ``MODEL.int8.onnx`` (or ``MODEL.int8.engine`` built from it), which
+is only found, never made here: calibrating it needs data (``rtk export --precision int8 --calib``).
 An artefact is fresh while the hash it records of its source matches the source's: the ONNX
 file's ``checkpoint_sha256``, the engine sidecar's ``onnx_sha256``.
 """
@@ -42,12 +44,12 @@ def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None,
         return path  # as given; the loader says what is wrong with an engine file on ONNX Runtime, say
     if name.runtime == "ort":
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
-        onnx_precision = "fp32" if name.provider == "trt" else name.resolved_precision
+        onnx_precision = "fp32" if name.provider == "trt" and name.resolved_precision == "fp16" else name.resolved_precision
         return _onnx_for(path, onnx_precision)
     require("tensorrt", "the trt engine")
     from exporters.trt import ensure_engine
 
-    onnx = path if kind == "onnx" else _onnx_for(path, "fp32")
+    onnx = path if kind == "onnx" else _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32")
     return ensure_engine(onnx, name.resolved_precision)
 
 
