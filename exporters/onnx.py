@@ -157,6 +157,11 @@ def export_onnx(
     outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
     for path in outputs.values():
         _check_writable(path)
+    calib = None
+    if "int8" in options.precisions:  # before the check's images: a bad --calib is the likelier mistake
+        from exporters.int8 import calibration_images
+
+        calib = calibration_images(ckpt, options.calib)
     inputs = _check_inputs(ckpt, options) if options.check else None
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
@@ -164,7 +169,7 @@ def export_onnx(
     with contextlib.ExitStack() as stack:
         for prec, path in outputs.items():
             tmp = stack.enter_context(staged(path))
-            checked.append((path, prec, _export_one(model, ckpt, prec, tmp, path, options, inputs)))
+            checked.append((path, prec, _export_one(model, ckpt, prec, tmp, path, options, inputs, calib)))
     if on_checked is not None:
         for path, prec, metrics in checked:
             on_checked(path, prec, metrics)
@@ -233,16 +238,16 @@ def _export_record(path: Path) -> dict[str, Any] | None:
 
 
 def _export_one(
-    model: "nn.Module", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs
+    model: "nn.Module", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs, calib=None
 ) -> "ParityMetrics | None":
     """Export, validate and check one precision into ``tmp``, the staged file that becomes ``path``."""
     module = half_module(model) if precision == "fp16" else model
     proto = trace_to_onnx(module, ckpt, options)
     extra = None
     if precision == "int8":
-        from exporters.int8 import calibration_images, quantize_qdq
+        from exporters.int8 import quantize_qdq
 
-        proto, record = quantize_qdq(proto, calibration_images(ckpt, options.calib), options.calib, options.static_batch, options.progress)
+        proto, record = quantize_qdq(proto, calib, options.calib, options.static_batch, options.progress)
         extra = {"calibration": record}
     _add_metadata(proto, ckpt, precision, options, extra)
     proto = _validate(proto, path)
