@@ -165,11 +165,17 @@ def test_calibration_data_without_the_models_classes_needs_data_for_the_check(cl
     assert not (tmp_path / "m.int8.onnx").exists()
 
 
-def test_unknown_keep_float_layer_is_refused_and_nothing_is_written(int8_model, cli, tmp_path):
-    ckpt = shutil.copy(int8_model[0], tmp_path / "k.pth")
-    result = cli("export", ckpt, "--precision", "int8", "--calib", "digits", "--calib-samples", "16", "--keep-float", "first-conv,layer9", "--no-check")
-    assert result.exit_code == 1 and "--keep-float 'layer9' is neither first-conv nor classifier nor a node of the graph" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pth"]
+def test_keep_float_names_groups_and_nodes_and_refuses_unknown_ones(int8_model):
+    import onnx
+
+    from exporters.int8 import keep_float_nodes
+
+    graph = onnx.load(str(int8_model[1]))
+    convs = [n.name for n in graph.graph.node if n.op_type == "Conv"]
+    (fc,) = [n.name for n in graph.graph.node if n.op_type == "Gemm"]
+    assert keep_float_nodes(graph, ["first-conv", "classifier", convs[1], "classifier"]) == [convs[0], fc, convs[1]]
+    with pytest.raises(RtkError, match="--keep-float 'layer9' is neither first-conv nor classifier nor a node of the graph"):
+        keep_float_nodes(graph, ["first-conv", "layer9"])
 
 
 def test_a_missing_or_stale_int8_file_is_refused_with_the_command_that_makes_it(int8_model, tmp_path):
