@@ -140,7 +140,8 @@ def parse_engine(name: "str | EngineName", precision: str | None = None) -> Engi
 def _validated(parsed: EngineName, given: str) -> EngineName:
     supported = SUPPORTED_PRECISIONS[parsed.family]
     if parsed.precision is not None and parsed.precision not in supported:
-        raise RtkError(f"the {parsed.family} engine runs {' or '.join(supported)}, not {parsed.precision} (asked for {given})")
+        listed = f"{', '.join(supported[:-1])} or {supported[-1]}" if len(supported) > 1 else supported[0]
+        raise RtkError(f"the {parsed.family} engine runs {listed}, not {parsed.precision} (asked for {given})")
     return parsed
 
 

@@ -251,7 +251,7 @@ def test_loader_opens_only_what_exists(artefacts):
         engines.load(artefacts["onnx16"], engine="ort-fp32")
     with pytest.raises(RtkError, match="unknown engine"):
         engines.load(artefacts["onnx"], engine="tvm")
-    with pytest.raises(RtkError, match="eager engine runs fp32 or fp16 or bf16, not int8"):
+    with pytest.raises(RtkError, match="eager engine runs fp32, fp16 or bf16, not int8"):
         engines.load(artefacts["ckpt"], precision="int8")
 
 

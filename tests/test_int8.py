@@ -99,7 +99,7 @@ def test_the_grammar_has_int8_for_onnx_runtime_and_tensorrt_only():
     assert str(parse_engine("ort-int8")) == "ort-int8" and parse_engine("ort", "int8").precision == "int8"
     assert str(parse_engine("ORT-CUDA-INT8")) == "ort-cuda-int8" and str(parse_engine("trt-int8")) == "trt-int8"
     assert parse_engine("ort-trt-int8").resolved_precision == "int8"
-    with pytest.raises(RtkError, match="the eager engine runs fp32 or fp16 or bf16, not int8"):
+    with pytest.raises(RtkError, match="the eager engine runs fp32, fp16 or bf16, not int8"):
         parse_engine("eager-int8")
     assert not any("int8" in name for name in ALL_ENGINES)  # `all` never needs calibration data
 
@@ -206,6 +206,34 @@ def test_parity_refuses_int8_without_labelled_data(int8_model, cli):
     result = cli("parity", int8_model[0], "--engines", "eager,ort-int8")
     assert result.exit_code == 1
     assert "ort-int8 is judged on real labelled images, not random ones; add --data DATA" in result.stderr
+
+
+# --- TensorRT ------------------------------------------------------------------------------
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_builds_the_qdq_file_as_an_int8_engine(int8_model, cli, tmp_path):
+    import tensorrt as trt
+
+    from toolkit.runtime import open_engine
+    from toolkit.sidecar import read_sidecar
+
+    ckpt, path = int8_model
+    onnx = shutil.copy(path, tmp_path / "m.int8.onnx")
+    result = cli("build", onnx, "--min-batch", "1", "--opt-batch", "4", "--max-batch", "16")  # int8: the graph is QDQ
+    assert result.exit_code == 0, result.output
+    engine_path = tmp_path / "m.int8.engine"
+    sidecar = read_sidecar(engine_path)
+    assert sidecar.precision == "int8"
+    assert sidecar.build["route"] == ("qdq-int8-flag" if hasattr(trt.BuilderFlag, "INT8") else "qdq-strongly-typed")
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8), dtype=np.float32)
+    with open_engine(engine_path, "trt-int8") as engine, open_engine(onnx, "ort-int8") as ort:
+        assert engine.name == "trt-int8"
+        got, want = engine(x), ort(x)
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert got.shape == (8, 10) and cosine.min() > 0.98  # the same scales; only kernel rounding differs
+    result = cli("build", onnx, "--precision", "fp16")
+    assert result.exit_code == 1 and "builds an int8 engine, not fp16" in result.stderr
 
 
 # --- a trained model on the real digits ------------------------------------------------------

@@ -163,6 +163,19 @@ def test_fp32_needs_the_fp32_onnx(flags):
         choose_route("fp32", "fp16", flags)
 
 
+def test_int8_route_sets_the_int8_flag_on_tensorrt_10_and_is_strongly_typed_on_11():
+    # TensorRT 10 builds explicit quantization (a QDQ graph) only with BuilderFlag.INT8, plus FP16 for
+    # the layers left in float; TensorRT 11 has neither flag and takes the QDQ graph strongly typed.
+    route = choose_route("int8", "int8", TRT10_FLAGS)
+    assert (route.name, route.int8_flag, route.fp16_flag, route.strongly_typed) == ("qdq-int8-flag", True, True, False)
+    route = choose_route("int8", "int8", TRT11_FLAGS)
+    assert (route.name, route.int8_flag, route.fp16_flag, route.strongly_typed) == ("qdq-strongly-typed", False, False, True)
+    with pytest.raises(RtkError, match="an int8 engine is built from a calibrated QDQ ONNX, not an fp32 one"):
+        choose_route("int8", "fp32", TRT10_FLAGS)
+    with pytest.raises(RtkError, match="quantized .QDQ., so it builds an int8 engine, not fp16; build it with --precision int8"):
+        choose_route("fp16", "int8", TRT11_FLAGS)
+
+
 def test_onnx_weight_precision_reads_the_initializers(tmp_path):
     assert onnx_weight_precision(tiny_onnx(tmp_path / "m.onnx")) == "fp32"
     assert onnx_weight_precision(tiny_onnx(tmp_path / "m.fp16.onnx", TensorProto.FLOAT16)) == "fp16"
