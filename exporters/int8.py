@@ -34,9 +34,12 @@ CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percen
 #: Layer groups ``--keep-float`` understands besides plain node names.
 KEEP_FLOAT_GROUPS = ("first-conv", "classifier")
 DEFAULT_CALIB_SAMPLES = 256
-#: Images per calibration batch: enough to keep ONNX Runtime busy, few enough to keep the
-#: intermediate outputs it stores per batch small.
-CALIB_BATCH = 16
+#: Images per calibration batch. Calibration keeps every activation of a batch (for ResNet-50 at
+#: 224 px about 100 MB an image); minmax merges ranges every :data:`_HELD_BATCHES` batches, while
+#: entropy and percentile build their histograms from all the batches at once, so their memory
+#: grows with ``--calib-samples``.
+CALIB_BATCH = 8
+_HELD_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class CalibOptions:
     Attributes:
         data: anything ``--data`` accepts: ``digits``, an image folder, a torchvision dataset name.
         samples: how many images to calibrate on (fewer when the split has fewer).
-        method: ``minmax``, ``entropy`` or ``percentile`` (see :data:`CALIB_METHODS`).
+        method: ``minmax``, ``entropy`` or ``percentile`` (see :data:`CALIB_METHODS`); the last two
+            hold every calibration activation in memory (see :data:`CALIB_BATCH`).
         keep_float: layers left in float: ``first-conv``, ``classifier`` and/or node names.
         seed: which images are drawn from the split.
     """
@@ -203,7 +207,7 @@ def quantize_qdq(
                     nodes_to_exclude=excluded,
                     calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[options.method]),
                     calibration_providers=["CPUExecutionProvider"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": 8},
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": _HELD_BATCHES},
                 )
             except (RuntimeError, ValueError) as exc:  # onnxruntime's own failures while calibrating
                 raise RtkError(f"onnxruntime could not quantize the graph: {first_line(exc)}") from None

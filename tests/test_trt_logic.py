@@ -126,7 +126,7 @@ def test_build_options_accept_a_single_batch_profile():
     [
         ({"builder_optimization_level": 6}, "0 to 5"),
         ({"builder_optimization_level": -1}, "0 to 5"),
-        ({"precision": "int8"}, "precision"),
+        ({"precision": "bf16"}, "precision"),
         ({"workspace": 0}, "workspace"),
         ({"profiling_verbosity": "verbose"}, "profiling verbosity"),
     ],
@@ -235,7 +235,7 @@ def test_missing_sidecar_is_a_clear_error(tmp_path):
         (lambda d: {**d, "version": 99}, "sidecar version 99"),
         (lambda d: {k: v for k, v in d.items() if k != "tensorrt_version"}, "missing the field 'tensorrt_version'"),
         (lambda d: {**d, "profile": {"min": 8, "opt": 4, "max": 2}}, "batch profile"),
-        (lambda d: {**d, "precision": "int8"}, "precision"),
+        (lambda d: {**d, "precision": "bf16"}, "precision"),
         (lambda d: {**d, "spec": {**d["spec"], "arch": "vgg16"}}, "unknown architecture"),
     ],
 )
