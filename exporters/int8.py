@@ -34,12 +34,13 @@ CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percen
 #: Layer groups ``--keep-float`` understands besides plain node names.
 KEEP_FLOAT_GROUPS = ("first-conv", "classifier")
 DEFAULT_CALIB_SAMPLES = 256
-#: Images per calibration batch. Calibration keeps every activation of a batch (for ResNet-50 at
-#: 224 px about 100 MB an image); minmax merges ranges every :data:`_HELD_BATCHES` batches, while
-#: entropy and percentile build their histograms from all the batches at once, so their memory
-#: grows with ``--calib-samples``.
+#: Images per calibration batch. Calibration keeps every activation of the batches it has run
+#: (for ResNet-50 at 224 px about 100 MB an image) until it folds them into its ranges or
+#: histograms; rtk has it fold after every batch (onnxruntime's ``CalibStridedMinMax`` with a
+#: stride of one batch, which all three methods honour), so memory does not grow with
+#: ``--calib-samples``. (``CalibMaxIntermediateOutputs`` is not used: onnxruntime 1.32 drops the
+#: held batches at that limit instead of folding them in.)
 CALIB_BATCH = 8
-_HELD_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,7 @@ class CalibOptions:
     Attributes:
         data: anything ``--data`` accepts: ``digits``, an image folder, a torchvision dataset name.
         samples: how many images to calibrate on (fewer when the split has fewer).
-        method: ``minmax``, ``entropy`` or ``percentile`` (see :data:`CALIB_METHODS`); the last two
-            hold every calibration activation in memory (see :data:`CALIB_BATCH`).
+        method: ``minmax``, ``entropy`` or ``percentile`` (see :data:`CALIB_METHODS`).
         keep_float: layers left in float: ``first-conv``, ``classifier`` and/or node names.
         seed: which images are drawn from the split.
     """
@@ -138,24 +138,32 @@ def keep_float_nodes(model: "onnx.ModelProto", wanted: Iterable[str]) -> list[st
 
 
 class _Reader:
-    """Feeds the calibration images to onnxruntime in batches, advancing a progress bar."""
+    """Feeds the calibration images to onnxruntime in batches, advancing a progress bar.
+
+    ``__len__`` and ``set_range`` are what onnxruntime's strided calibration asks of a reader:
+    it runs the batches of one range, folds them into its ranges, then asks for the next.
+    """
 
     def __init__(self, input_name: str, images: np.ndarray, batch: int, whole_batches: bool):
         self.input_name, self.progress = input_name, None
         usable = len(images) // batch * batch if whole_batches else len(images)  # a static graph takes whole batches only
         self.batches = [images[i : i + batch] for i in range(0, usable, batch)]
-        self.index = 0
+        self.index, self.end = 0, len(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.index, self.end = start_index, min(end_index, len(self.batches))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.index >= len(self.batches):
+        if self.index >= self.end:
             return None
         batch = self.batches[self.index]
         self.index += 1
-        self.progress.advance()
+        if self.progress is not None:
+            self.progress.advance()
         return {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self.index = 0
 
 
 def quantize_qdq(
@@ -207,7 +215,7 @@ def quantize_qdq(
                     nodes_to_exclude=excluded,
                     calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[options.method]),
                     calibration_providers=["CPUExecutionProvider"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": _HELD_BATCHES},
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
                 )
             except (RuntimeError, ValueError) as exc:  # onnxruntime's own failures while calibrating
                 raise RtkError(f"onnxruntime could not quantize the graph: {first_line(exc)}") from None

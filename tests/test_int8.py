@@ -57,6 +57,26 @@ def test_classifier_kept_in_float_has_no_int8_weights(int8_model):
     assert any(n.op_type == "Conv" and n.input[1] in dq_outputs for n in model.graph.node)
 
 
+def test_every_calibration_batch_sets_the_ranges(int8_model):
+    # The input's scale is max|x| / 127 over all calibration images: an outlier in the first of
+    # five batches must still set it (onnxruntime folds each batch into the ranges, drops none).
+    import onnx
+    from onnx import numpy_helper
+
+    from exporters.int8 import CALIB_BATCH, CalibOptions, CalibrationSet, quantize_qdq
+    from exporters.onnx import ensure_onnx
+
+    ckpt, _ = int8_model
+    images = np.random.default_rng(0).uniform(-1, 1, (5 * CALIB_BATCH, 1, 8, 8)).astype(np.float32)
+    images[0, 0, 0, 0] = 10.0
+    model, record = quantize_qdq(onnx.load(str(ensure_onnx(ckpt))), CalibrationSet(images, "test"), CalibOptions("digits"), progress=False)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    assert float(weights[q.input[1]]) == pytest.approx(10.0 / 127, rel=1e-3)
+    assert weights[q.input[2]].dtype == np.int8 and int(weights[q.input[2]]) == 0  # signed, symmetric
+    assert record["samples"] == 5 * CALIB_BATCH
+
+
 def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path):
     from exporters.onnx import ensure_onnx
     from toolkit.onnx_graph import load_onnx_graph, onnx_precision
