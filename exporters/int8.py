@@ -200,8 +200,8 @@ def quantize_qdq(
         source, prepared, quantized = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(fp32, str(source))
         # Shape inference and ONNX Runtime's basic graph optimisation first, as onnxruntime's
-        # quantization guide recommends: the quantizer needs every activation's shape, and folds
-        # fewer Q/DQ pairs around ops the optimiser has already removed.
+        # quantization guide recommends: the quantizer needs every activation's shape, and what
+        # the optimiser folds away (constant subgraphs) gets no Q/DQ pairs of its own.
         quant_pre_process(str(source), str(prepared))
         excluded = keep_float_nodes(onnx.load(str(prepared)), options.keep_float)
         reader = _Reader(fp32.graph.input[0].name, calib.images, batch, whole_batches=static_batch is not None)
