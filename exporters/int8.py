@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 #: Layer groups ``--keep-float`` understands besides plain node names.
 KEEP_FLOAT_GROUPS = ("first-conv", "classifier")
+#: Activation types: ``int8`` (symmetric: what TensorRT requires, and runs everywhere) or
+#: ``uint8`` (asymmetric: ONNX Runtime's fastest CPU kernels on x86, u8×s8; TensorRT refuses it).
+ACTIVATIONS = ("int8", "uint8")
 DEFAULT_CALIB_SAMPLES = 256
 #: Images per calibration batch. Calibration keeps every activation of the batches it has run
 #: (for ResNet-50 at 224 px about 100 MB an image) until it folds them into its ranges or
@@ -53,6 +56,7 @@ class CalibOptions:
         method: ``minmax``, ``entropy`` or ``percentile`` (see :data:`CALIB_METHODS`).
         keep_float: layers left in float: ``first-conv``, ``classifier`` and/or node names.
         seed: which images are drawn from the split.
+        activations: ``int8`` (symmetric, the portable default) or ``uint8`` (see :data:`ACTIVATIONS`).
     """
 
     data: str
@@ -60,6 +64,7 @@ class CalibOptions:
     method: str = "minmax"
     keep_float: tuple[str, ...] = ()
     seed: int = 0
+    activations: str = "int8"
 
     def __post_init__(self) -> None:
         if not str(self.data).strip():
@@ -68,6 +73,8 @@ class CalibOptions:
             raise RtkError(f"--calib-samples must be at least 1, got {self.samples}")
         if self.method not in CALIB_METHODS:
             raise RtkError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {self.method!r}")
+        if self.activations not in ACTIVATIONS:
+            raise RtkError(f"--activations must be one of {', '.join(ACTIVATIONS)}, got {self.activations!r}")
         object.__setattr__(self, "keep_float", parse_keep_float(self.keep_float))
 
 
@@ -194,6 +201,7 @@ def quantize_qdq(
     from toolkit.console import ProgressBar
 
     batch = static_batch or CALIB_BATCH
+    signed = options.activations == "int8"
     if static_batch and len(calib.images) < static_batch:
         raise RtkError(f"the static batch is {static_batch} but only {len(calib.images)} calibration images were drawn; raise --calib-samples")
     with tempfile.TemporaryDirectory(prefix="rtk-int8-") as tmp:
@@ -211,11 +219,11 @@ def quantize_qdq(
                 quantize_static(
                     str(prepared), str(quantized), reader,
                     quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QInt8 if signed else QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=excluded,
                     calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[options.method]),
                     calibration_providers=["CPUExecutionProvider"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
+                    extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True, "CalibStridedMinMax": 1},
                 )
             except (RuntimeError, ValueError) as exc:  # onnxruntime's own failures while calibrating
                 raise RtkError(f"onnxruntime could not quantize the graph: {first_line(exc)}") from None
@@ -224,7 +232,7 @@ def quantize_qdq(
         "format": "QDQ",
         "quantizer": f"onnxruntime {ort.__version__} quantize_static",
         "weights": "int8, symmetric, per output channel",
-        "activations": "int8, symmetric, per tensor",
+        "activations": "int8, symmetric, per tensor" if signed else "uint8, asymmetric, per tensor (not for TensorRT)",
         "data": str(options.data),
         "source": calib.source,
         "samples": int(sum(len(b) for b in reader.batches)),

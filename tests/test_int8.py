@@ -77,6 +77,25 @@ def test_every_calibration_batch_sets_the_ranges(int8_model):
     assert record["samples"] == 5 * CALIB_BATCH
 
 
+def test_uint8_activations_are_asymmetric_for_onnx_runtimes_cpu_kernels(int8_model):
+    import onnx
+    from onnx import numpy_helper
+
+    from exporters.int8 import CALIB_BATCH, CalibOptions, CalibrationSet, quantize_qdq
+    from exporters.onnx import ensure_onnx
+
+    ckpt, _ = int8_model
+    images = np.random.default_rng(0).uniform(0, 1, (CALIB_BATCH, 1, 8, 8)).astype(np.float32)
+    options = CalibOptions("digits", activations="uint8")
+    model, record = quantize_qdq(onnx.load(str(ensure_onnx(ckpt))), CalibrationSet(images, "test"), options, progress=False)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    assert weights[q.input[2]].dtype == np.uint8 and int(weights[q.input[2]]) == 0  # inputs in [0, 1]: zero point at 0
+    assert record["activations"].startswith("uint8, asymmetric")
+    with pytest.raises(RtkError, match="--activations must be one of int8, uint8"):
+        CalibOptions("digits", activations="int4")
+
+
 def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path):
     from exporters.onnx import ensure_onnx
     from toolkit.onnx_graph import load_onnx_graph, onnx_precision

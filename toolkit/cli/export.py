@@ -24,6 +24,11 @@ class CalibMethod(str, Enum):
     percentile = "percentile"
 
 
+class Activations(str, Enum):
+    int8 = "int8"
+    uint8 = "uint8"
+
+
 class Exporter(str, Enum):
     dynamo = "dynamo"
     torchscript = "torchscript"
@@ -56,6 +61,10 @@ def export(
         Optional[str],
         typer.Option(help="int8: layers left in float, comma-separated: first-conv, classifier and/or ONNX node names."),
     ] = None,
+    activations: Annotated[
+        Activations,
+        typer.Option(help="int8: activation type. int8 (symmetric) runs on ONNX Runtime, TensorRT and OpenVINO; uint8 (asymmetric) gives ONNX Runtime's fastest x86 CPU kernels but TensorRT refuses it."),
+    ] = Activations.int8,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with eager PyTorch before accepting the file.")] = True,
     exporter: Annotated[Exporter, typer.Option(help="torch exporter: dynamo (default) or the older torchscript one (needed for opset 17).")] = Exporter.dynamo,
     trt: Annotated[bool, typer.Option("--trt", help="Then build the fp16 TensorRT engine (MODEL.engine), as `rtk build` does with its defaults.")] = False,
@@ -69,7 +78,7 @@ def export(
     from exporters.onnx import ExportOptions, export_onnx
     from toolkit.console import console, info
 
-    calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float) if calib is not None else None
+    calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float, activations=activations.value) if calib is not None else None
     options = ExportOptions(precision.value, opset, static_batch, data, check, exporter.value, calib=calib_options)
 
     def report(path: Path, prec: str, metrics) -> None:
