@@ -132,6 +132,16 @@ def test_ort_int8_refuses_a_float_graph_and_a_float_name_refuses_the_int8_graph(
         load(path, "ort-fp16")
 
 
+def test_cpu_time_benchmark_times_each_file(int8_model, capsys):
+    from benchmarks.cpu_time import main
+    from exporters.onnx import ensure_onnx
+
+    ckpt, path = int8_model
+    assert main([str(ensure_onnx(ckpt)), str(path), "-b", "2", "--calls", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" 1.00x") and all("CPU ms per call" in line for line in lines)
+
+
 def test_the_grammar_has_int8_for_onnx_runtime_and_tensorrt_only():
     from engines.names import ALL_ENGINES, parse_engine
 
