@@ -4,7 +4,8 @@ A name is ``RUNTIME[-PROVIDER][-PRECISION][-FLAG…]``:
 
 - runtime: ``eager`` (PyTorch), ``ort`` (ONNX Runtime), ``ov`` (OpenVINO, CPU) or ``trt`` (TensorRT);
 - provider, ONNX Runtime only: ``cuda`` or ``trt`` (its execution providers; the CPU when absent);
-- precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (``ov-int8``: the QDQ ONNX); absent means the runtime's default, which
+- precision: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (a calibrated QDQ ONNX, ``MODEL.int8.onnx``);
+  absent means the runtime's default, which
   :data:`DEFAULT_PRECISION` lists (fp16 for TensorRT, fp32 elsewhere), or for an ONNX file named
   directly, the precision it was exported at;
 - flags, eager only: ``cl`` (channels-last), ``compile`` (``torch.compile``), ``graph`` (CUDA graph
@@ -31,24 +32,25 @@ DEFAULT_PRECISION = {"eager": "fp32", "ort": "fp32", "ort-cuda": "fp32", "ort-tr
 #: Precisions each runtime can run.
 SUPPORTED_PRECISIONS = {
     "eager": ("fp32", "fp16", "bf16"),
-    "ort": ("fp32", "fp16"),
-    "ort-cuda": ("fp32", "fp16"),
-    "ort-trt": ("fp32", "fp16"),
+    "ort": ("fp32", "fp16", "int8"),
+    "ort-cuda": ("fp32", "fp16", "int8"),
+    "ort-trt": ("fp32", "fp16", "int8"),
     # OpenVINO reduces precision at run time (fp16/bf16 where the CPU has the units) and runs QDQ files as int8.
     "ov": ("fp32", "fp16", "bf16", "int8"),
-    "trt": ("fp32", "fp16"),
+    "trt": ("fp32", "fp16", "int8"),
 }
-#: What ``all`` stands for: one engine of every kind.
+#: What ``all`` stands for: one engine of every kind. The int8 engines are not in it: their ONNX
+#: needs calibration data, so it is never exported on demand (``rtk export --precision int8 --calib``).
 ALL_ENGINES = (
     "eager", "eager-fp16", "eager-bf16", "eager-cl", "eager-compile", "eager-graph",
-    "ort", "ort-fp16", "ort-cuda", "ort-trt", "ov", "ov-fp16", "ov-bf16", "ov-int8", "trt",
+    "ort", "ort-fp16", "ort-cuda", "ort-trt", "ov", "ov-fp16", "ov-bf16", "trt",
 )
 #: The runtime an artefact gets when no engine is named.
 DEFAULT_ENGINE = {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}
 #: One line for ``--help`` texts.
 ENGINE_HELP = (
     "eager, ort, ov or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16, "
-    "-int8) and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-cuda-fp16, ov-int8, trt-fp32"
+    "-int8) and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-int8, ort-cuda-fp16, ov-int8, trt-fp32"
 )
 
 
@@ -140,7 +142,8 @@ def parse_engine(name: "str | EngineName", precision: str | None = None) -> Engi
 def _validated(parsed: EngineName, given: str) -> EngineName:
     supported = SUPPORTED_PRECISIONS[parsed.family]
     if parsed.precision is not None and parsed.precision not in supported:
-        raise RtkError(f"the {parsed.family} engine runs {' or '.join(supported)}, not {parsed.precision} (asked for {given})")
+        listed = f"{', '.join(supported[:-1])} or {supported[-1]}" if len(supported) > 1 else supported[0]
+        raise RtkError(f"the {parsed.family} engine runs {listed}, not {parsed.precision} (asked for {given})")
     return parsed
 
 

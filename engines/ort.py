@@ -60,7 +60,19 @@ class _Graph:
 
 
 def _precision(graph: _Graph, provider: str, asked: str | None, path: Path) -> str:
-    """The precision the session runs at: the graph's, or fp16 kernels from TensorRT on an fp32 graph."""
+    """The precision the session runs at: the graph's, or fp16 kernels from TensorRT on an fp32 graph.
+
+    int8 is always the graph's own (a calibrated QDQ file): no provider makes it from float weights here.
+    """
+    if asked == "int8" and graph.precision != "int8":
+        raise RtkError(
+            f"{path.name} holds {graph.precision} weights, not a calibrated int8 (QDQ) graph; make one with "
+            "`rtk export CHECKPOINT --precision int8 --calib DATA` and run MODEL.int8.onnx, or pass the checkpoint"
+        )
+    if graph.precision == "int8":
+        if asked not in (None, "int8"):
+            raise RtkError(f"{path.name} is an int8 (QDQ) graph and runs at int8, not {asked}; give the {asked} ONNX instead")
+        return "int8"
     if provider == "trt":
         asked = asked or "fp16"
         if graph.precision == "fp16" or asked == graph.precision:
@@ -76,11 +88,13 @@ def _precision(graph: _Graph, provider: str, asked: str | None, path: Path) -> s
     return graph.precision
 
 
-def _provider_options(provider: str, path: Path, graph: _Graph, device_id: int, fp16: bool, max_batch: int) -> dict[str, Any]:
+def _provider_options(provider: str, path: Path, graph: _Graph, device_id: int, precision: str, max_batch: int) -> dict[str, Any]:
     """The key options of each execution provider.
 
     TensorRT gets explicit profile shapes so its engine cache is built once for the whole batch
-    range and reused, instead of being rebuilt whenever a new batch size shows up.
+    range and reused, instead of being rebuilt whenever a new batch size shows up. A QDQ graph
+    needs its INT8 mode on (TensorRT 10 builds explicit quantization only with that flag; no
+    calibration table is read, the scales are the graph's), and fp16 for the layers left in float.
     """
     if provider == "cuda":
         return _cuda_options(device_id)
@@ -94,7 +108,8 @@ def _provider_options(provider: str, path: Path, graph: _Graph, device_id: int, 
         shape = lambda n: f"{graph.input_name}:{n}x{c}x{h}x{w}"  # noqa: E731
         return {
             "device_id": device_id,
-            "trt_fp16_enable": fp16,
+            "trt_fp16_enable": precision in ("fp16", "int8"),
+            "trt_int8_enable": precision == "int8",
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True,
@@ -110,9 +125,9 @@ def _cuda_options(device_id: int) -> dict[str, Any]:
     return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
 
 
-def _provider_list(ort, provider: str, path: Path, graph: _Graph, device_id: int, fp16: bool, max_batch: int) -> list[Any]:
+def _provider_list(ort, provider: str, path: Path, graph: _Graph, device_id: int, precision: str, max_batch: int) -> list[Any]:
     """The providers to ask the session for, most wanted first, with the ones that take what it leaves."""
-    providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, graph, device_id, fp16, max_batch))]
+    providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, graph, device_id, precision, max_batch))]
     if provider == "trt" and PROVIDERS["cuda"] in ort.get_available_providers():
         providers.append((PROVIDERS["cuda"], _cuda_options(device_id)))  # for what TensorRT does not take
     if provider != "cpu":
@@ -225,7 +240,7 @@ class OrtEngine(Engine):
                 why = f"ONNX Runtime here has no {PROVIDERS[requested]} (available: {', '.join(available)})"
                 _warn_fallback(path, requested, why, provider, trt_problem)
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        self.session = _session(ort, path, _provider_list(ort, provider, path, graph, device_id, precision == "fp16", max_batch), threads, graph_optimization)
+        self.session = _session(ort, path, _provider_list(ort, provider, path, graph, device_id, precision, max_batch), threads, graph_optimization)
         running = _SHORT.get(self.session.get_providers()[0], "cpu")
         if running != provider:
             # onnxruntime-gpu lists a provider whose libraries are missing: the session starts on the

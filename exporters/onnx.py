@@ -1,4 +1,4 @@
-"""PyTorch checkpoint → ONNX (fp32 and fp16), checked before it is allowed to exist.
+"""PyTorch checkpoint → ONNX (fp32, fp16 and calibrated int8 QDQ), checked before it is allowed to exist.
 
 Every export runs in eval mode with a dummy batch of at least 2 (a batch-1 dummy gets
 specialised into the graph) and a dynamic batch axis unless a static batch is asked for. The
@@ -14,6 +14,9 @@ The default exporter is torch's dynamo exporter (``torch.export`` + onnxscript):
 comes out with BatchNorm folded into the convolutions and no leftover Identity nodes, and it
 is the one torch keeps developing. The TorchScript exporter stays available
 (``exporter="torchscript"``), also the way to opset 17, below what the dynamo exporter writes.
+
+int8 (``MODEL.int8.onnx``) is the fp32 graph quantized to QDQ and calibrated on real images
+(:mod:`exporters.int8`); its check is judged on real labelled images, which it always has.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from toolkit.checkpoint import Checkpoint
+    from exporters.int8 import CalibOptions
     from toolkit.compare import ParityMetrics
 
-PRECISIONS = ("fp32", "fp16", "all")
+PRECISIONS = ("fp32", "fp16", "int8", "all")
 EXPORTERS = ("dynamo", "torchscript")
 #: The dynamo exporter's own opset (it refuses to write older ones).
 DEFAULT_OPSET = 18
@@ -56,13 +60,17 @@ class ExportOptions:
     """How to export.
 
     Attributes:
-        precision: ``fp32`` (``MODEL.onnx``), ``fp16`` (``MODEL.fp16.onnx``) or ``all`` (both).
+        precision: ``fp32`` (``MODEL.onnx``), ``fp16`` (``MODEL.fp16.onnx``), ``int8``
+            (``MODEL.int8.onnx``, needs ``calib``) or ``all`` (fp32 and fp16, and int8 with ``calib``).
         opset: ONNX opset to pin.
         static_batch: fix the batch axis to this size; ``None`` keeps it dynamic.
         data: a dataset name or folder whose labelled images join the parity check.
         check: run the parity check (eager vs ONNX Runtime) before accepting the file.
         exporter: ``dynamo`` or ``torchscript``.
         max_samples: at most this many real images in the parity check.
+        calib: how the int8 file is calibrated (:class:`exporters.int8.CalibOptions`); its data
+            also gives the check its labelled images when ``data`` is not given.
+        progress: show progress bars (int8 calibration).
     """
 
     precision: str = "fp32"
@@ -72,6 +80,8 @@ class ExportOptions:
     check: bool = True
     exporter: str = "dynamo"
     max_samples: int = 256
+    calib: "CalibOptions | None" = None
+    progress: bool = True
 
     def __post_init__(self) -> None:
         onnx = require("onnx", "ONNX export")
@@ -86,10 +96,23 @@ class ExportOptions:
             raise RtkError(f"the {self.exporter} exporter writes opsets {lowest}..{newest}, not {self.opset}{hint}")
         if self.static_batch is not None and self.static_batch < 1:
             raise RtkError(f"--static-batch must be a positive batch size, got {self.static_batch}")
+        if self.precision == "int8" and self.calib is None:
+            raise RtkError("--precision int8 needs images to calibrate on: add --calib DATA (digits, an image folder or a dataset name)")
+        if self.calib is not None and self.precision not in ("int8", "all"):
+            raise RtkError(f"--calib calibrates the int8 export; add --precision int8 (or all), not {self.precision}")
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        return ("fp32", "fp16") if self.precision == "all" else (self.precision,)
+        if self.precision == "all":
+            return ("fp32", "fp16", "int8") if self.calib is not None else ("fp32", "fp16")
+        return (self.precision,)
+
+    @property
+    def check_data(self) -> str | None:
+        """The labelled images of the check: ``data``, else for int8 the calibration data's held-out split."""
+        if self.data is None and "int8" in self.precisions:
+            return self.calib.data
+        return self.data
 
 
 def _output_paths(checkpoint_path: Path, output: Path | None, precisions: Sequence[str]) -> dict[str, Path]:
@@ -100,9 +123,9 @@ def _output_paths(checkpoint_path: Path, output: Path | None, precisions: Sequen
         return {p: onnx_path_for(output / checkpoint_path.name, p) for p in precisions}
     if len(precisions) == 1:
         return {precisions[0]: output}
-    # -o X.onnx with both precisions: X.onnx and X.fp16.onnx.
+    # -o X.onnx with several precisions: X.onnx, X.fp16.onnx (and X.int8.onnx).
     base = output.with_suffix("") if output.suffix == ".onnx" else output
-    return {"fp32": base.with_name(base.name + ".onnx"), "fp16": base.with_name(base.name + ".fp16.onnx")}
+    return {p: onnx_path_for(base.with_name(base.name + ".pth"), p) for p in precisions}
 
 
 def export_onnx(
@@ -135,6 +158,11 @@ def export_onnx(
     model, ckpt = load_model(checkpoint_path)
     for path in outputs.values():
         _check_writable(path)
+    calib = None
+    if "int8" in options.precisions:  # before the check's images: a bad --calib is the likelier mistake
+        from exporters.int8 import calibration_images
+
+        calib = calibration_images(ckpt, options.calib)
     inputs = _check_inputs(ckpt, options) if options.check else None
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
@@ -142,7 +170,7 @@ def export_onnx(
     with contextlib.ExitStack() as stack:
         for prec, path in outputs.items():
             tmp = stack.enter_context(staged(path))
-            checked.append((path, prec, _export_one(model, ckpt, prec, tmp, path, options, inputs)))
+            checked.append((path, prec, _export_one(model, ckpt, prec, tmp, path, options, inputs, calib)))
     if on_checked is not None:
         for path, prec, metrics in checked:
             on_checked(path, prec, metrics)
@@ -156,18 +184,22 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
     touching or copying a checkpoint costs nothing and retraining it re-exports. A file under
     that name that rtk did not export is never overwritten.
 
+    An int8 file is never exported here, since calibrating needs data: a missing or stale
+    ``MODEL.int8.onnx`` is refused with the ``rtk export`` command that makes it.
+
     Args:
         checkpoint_path: the ``.pth``/``.pt`` file.
-        precision: ``fp32`` (``MODEL.onnx``) or ``fp16`` (``MODEL.fp16.onnx``).
+        precision: ``fp32`` (``MODEL.onnx``), ``fp16`` (``MODEL.fp16.onnx``) or ``int8`` (``MODEL.int8.onnx``).
 
     Returns:
         The ONNX file's path.
 
     Raises:
-        RtkError: the checkpoint is missing, or a foreign file sits where the ONNX would go.
+        RtkError: the checkpoint is missing, a foreign file sits where the ONNX would go, or the
+            int8 file is missing or stale.
     """
-    if precision not in ("fp32", "fp16"):
-        raise RtkError(f"ONNX files are fp32 or fp16, not {precision!r}")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise RtkError(f"ONNX files are fp32, fp16 or int8, not {precision!r}")
     checkpoint_path = Path(checkpoint_path)
     path = onnx_path_for(checkpoint_path, precision)
     if not checkpoint_path.exists():
@@ -181,6 +213,12 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
             )
         if record.get("checkpoint_sha256") == sha256_file(checkpoint_path) and record.get("precision") == precision:
             return path
+    if precision == "int8":
+        from exporters.int8 import export_hint
+
+        calib = (record or {}).get("calibration", {}).get("data") if path.exists() else None
+        state = "was made from other weights" if path.exists() else "does not exist"
+        raise RtkError(f"{path} {state}, and an int8 file cannot be made without calibration images; run {export_hint(checkpoint_path, calib)}")
     from toolkit.console import info
 
     info(f"exporting {checkpoint_path.name} → {path.name} ({precision})")
@@ -201,12 +239,18 @@ def _export_record(path: Path) -> dict[str, Any] | None:
 
 
 def _export_one(
-    model: "nn.Module", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs
+    model: "nn.Module", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs, calib=None
 ) -> "ParityMetrics | None":
     """Export, validate and check one precision into ``tmp``, the staged file that becomes ``path``."""
     module = half_module(model) if precision == "fp16" else model
     proto = trace_to_onnx(module, ckpt, options)
-    _add_metadata(proto, ckpt, precision, options)
+    extra = None
+    if precision == "int8":
+        from exporters.int8 import quantize_qdq
+
+        proto, record = quantize_qdq(proto, calib, options.calib, options.static_batch, options.progress)
+        extra = {"calibration": record}
+    _add_metadata(proto, ckpt, precision, options, extra)
     proto = _validate(proto, path)
     if precision == "fp16":
         from exporters.fp16 import check_fp16_compute
@@ -279,7 +323,7 @@ def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOption
         raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.arch}: {first_line(exc)}; try --exporter {other}") from None
 
 
-def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, options: ExportOptions) -> None:
+def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, options: ExportOptions, extra: dict[str, Any] | None = None) -> None:
     import torch
 
     from toolkit import __version__
@@ -294,6 +338,7 @@ def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, 
         "checkpoint": ckpt.path.name if ckpt.path else None,
         "checkpoint_sha256": sha256_file(ckpt.path) if ckpt.path else None,
         "checkpoint_source": ckpt.source,
+        **(extra or {}),
     }
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
@@ -349,14 +394,14 @@ class _CheckInputs:
 def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
     """The inputs of the export check and the eager fp32 reference logits, computed once for all precisions."""
     from engines.eager import EagerEngine
-    from toolkit.compare import labelled_images, random_batches, run_engine
+    from toolkit.compare import random_batches, run_engine
 
     spec, pre = ckpt.spec, ckpt.preprocess
     sizes = (options.static_batch,) * 2 if options.static_batch else CHECK_BATCH_SIZES
     batches = random_batches((spec.in_chans, *pre.input_size), pre.mean, pre.std, sizes, seed=0)
     images = labels = None
-    if options.data is not None:
-        images, labels, _ = labelled_images(ckpt, options.data, options.max_samples)
+    if options.check_data is not None:
+        images, labels, _ = _check_images(ckpt, options)
         chunk = options.static_batch or 32
         if options.static_batch:  # a static graph takes only whole batches
             keep = len(images) // chunk * chunk
@@ -366,6 +411,18 @@ def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
         ref = run_engine(reference, batches)
         image_ref = run_engine(reference, images) if images else None
     return _CheckInputs(batches, ref, images or None, labels if images else None, image_ref)
+
+
+def _check_images(ckpt: "Checkpoint", options: ExportOptions):
+    from toolkit.compare import labelled_images
+
+    try:
+        return labelled_images(ckpt, options.check_data, options.max_samples)
+    except RtkError as exc:
+        if options.data is not None:
+            raise
+        # The calibration data need not be labelled with the model's classes; the check does.
+        raise RtkError(f"the int8 check runs on labelled images of the model's classes, which --calib {options.check_data} does not give ({exc}); add --data DATA, or --no-check") from None
 
 
 def _parity_check(tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path) -> "ParityMetrics":
@@ -380,9 +437,12 @@ def _parity_check(tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckI
             checks.append(compare(inputs.image_reference, run_engine(engine, inputs.images), precision, labels=inputs.labels))
     for what, metrics in zip(("random inputs", "real images"), checks):
         if not metrics.passed:
+            hint = ""
+            if precision == "int8":
+                hint = "; try --calib-method entropy or percentile, more --calib-samples, or --keep-float first-conv,classifier"
             raise RtkError(
                 f"{final.name} was not written: ONNX Runtime differs from eager PyTorch on {what}: {'; '.join(metrics.failures)} "
                 f"(worst: sample {metrics.worst_sample}, class {ckpt.spec.class_name(metrics.worst_class)}: "
-                f"eager {metrics.worst_reference:.6g} vs ort {metrics.worst_candidate:.6g})"
+                f"eager {metrics.worst_reference:.6g} vs ort {metrics.worst_candidate:.6g}){hint}"
             )
     return checks[-1]

@@ -2,9 +2,10 @@
 
 ``eager`` runs the checkpoint itself. ONNX Runtime runs ``MODEL.onnx`` (or ``MODEL.fp16.onnx``
 for fp16 on its CPU and CUDA providers; its TensorRT provider makes fp16 kernels from the fp32
-graph). OpenVINO runs ``MODEL.onnx`` at every float precision, and ``MODEL.int8.onnx`` as ``ov-int8``
-(made by ``rtk export --precision int8``, never on demand: it needs calibration images). TensorRT
-runs ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``, built from the ONNX.
+graph). OpenVINO runs ``MODEL.onnx`` at every float precision. TensorRT runs ``MODEL.engine``
+(fp16) or ``MODEL.fp32.engine``, built from the ONNX. int8 on any runtime runs ``MODEL.int8.onnx``
+(or ``MODEL.int8.engine`` built from it), which is only found, never made here: calibrating it
+needs data (``rtk export --precision int8 --calib``).
 An artefact is fresh while the hash it records of its source matches the source's: the ONNX
 file's ``checkpoint_sha256``, the engine sidecar's ``onnx_sha256``.
 """
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
 from toolkit.artefacts import artefact_kind
-from toolkit.errors import RtkError
 
 
 def prepare(
@@ -53,38 +53,19 @@ def prepare(
         return path  # as given; the loader says what is wrong with an engine file on ONNX Runtime, say
     if name.runtime == "ort":
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
-        onnx_precision = "fp32" if name.provider == "trt" else name.resolved_precision
+        onnx_precision = "fp32" if name.provider == "trt" and name.resolved_precision == "fp16" else name.resolved_precision
         return _onnx_for(path, onnx_precision)
     if name.runtime == "ov":
         # OpenVINO lowers precision itself: every float engine runs the fp32 graph.
-        return _int8_onnx_for(path) if name.resolved_precision == "int8" else _onnx_for(path, "fp32")
+        return _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32")
     from toolkit.trt_runtime import import_tensorrt
 
     import_tensorrt("the trt engine")
     from exporters.trt import ensure_engine
 
-    onnx = path if kind == "onnx" else _onnx_for(path, "fp32")
+    onnx = path if kind == "onnx" else _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32")
     gpu = device if device is not None and str(device).startswith("cuda") else None
     return ensure_engine(onnx, name.resolved_precision, device=gpu, max_batch=max_batch)
-
-
-def _int8_onnx_for(checkpoint: Path) -> Path:
-    """``MODEL.int8.onnx`` next to the checkpoint, which must exist and come from these weights.
-
-    Raises:
-        RtkError: it is missing, or it records another checkpoint's sha256; the message gives the command.
-    """
-    from exporters.onnx import _export_record
-    from toolkit.artefacts import onnx_path_for, sha256_file
-
-    path = onnx_path_for(checkpoint, "int8")
-    command = f"rtk export {checkpoint} --precision int8 --calib DATA"
-    if not path.exists():
-        raise RtkError(f"ov-int8 runs {path.name}, which does not exist; make it from calibration images with `{command}`")
-    recorded = (_export_record(path) or {}).get("checkpoint_sha256")
-    if recorded is not None and recorded != sha256_file(checkpoint):
-        raise RtkError(f"{path.name} was made from other weights than {checkpoint.name}; make it again with `{command}`")
-    return path
 
 
 def _onnx_for(checkpoint: Path, precision: str) -> Path:

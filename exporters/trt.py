@@ -6,6 +6,11 @@ from the fp16 ONNX (``MODEL.fp16.onnx``: fp16 weights and compute, fp32 I/O). Wh
 is installed is detected with ``hasattr(trt.BuilderFlag, "FP16")``, never from the version
 number alone.
 
+An int8 engine is built from the calibrated QDQ ONNX (``MODEL.int8.onnx``), whose Q/DQ nodes
+carry every scale: TensorRT 10 takes explicit quantization only with ``BuilderFlag.INT8`` set
+(plus ``FP16`` for the layers left in float); TensorRT 11 has no such flag and builds the QDQ
+graph strongly typed, as it is.
+
 Every build writes ``MODEL.engine`` and ``MODEL.engine.json`` (see :mod:`toolkit.sidecar`)
 atomically: a failed or interrupted build leaves neither behind.
 """
@@ -166,12 +171,14 @@ class BuildRoute:
         strongly_typed: create the network with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
         fp16_flag: set ``BuilderFlag.FP16``.
         needs_fp16_onnx: the given ONNX is fp32 and its fp16 sibling must be used instead.
+        int8_flag: set ``BuilderFlag.INT8`` (TensorRT 10, a QDQ graph).
     """
 
     name: str
     strongly_typed: bool
     fp16_flag: bool
     needs_fp16_onnx: bool = False
+    int8_flag: bool = False
 
 
 def choose_route(precision: str, onnx_precision: str, builder_flags: Any) -> BuildRoute:
@@ -187,8 +194,11 @@ def choose_route(precision: str, onnx_precision: str, builder_flags: Any) -> Bui
         The route.
 
     Raises:
-        RtkError: an fp32 engine was asked for from an fp16 ONNX.
+        RtkError: an fp32 engine was asked for from an fp16 ONNX; int8 from a float ONNX or a
+            float engine from a QDQ one.
     """
+    if "int8" in (precision, onnx_precision):
+        return _int8_route(precision, onnx_precision, builder_flags)
     if onnx_precision not in PRECISIONS:
         raise RtkError(f"TensorRT engines are built from fp32 or fp16 ONNX files, not {onnx_precision}")
     if precision == "fp32":
@@ -201,6 +211,19 @@ def choose_route(precision: str, onnx_precision: str, builder_flags: Any) -> Bui
     if hasattr(builder_flags, "FP16"):
         return BuildRoute("builder-flag", strongly_typed=False, fp16_flag=True)
     return BuildRoute("fp16-onnx", strongly_typed=True, fp16_flag=False, needs_fp16_onnx=True)
+
+
+def _int8_route(precision: str, onnx_precision: str, builder_flags: Any) -> BuildRoute:
+    if onnx_precision != "int8":
+        raise RtkError(
+            f"an int8 engine is built from a calibrated QDQ ONNX, not an {onnx_precision} one: make it with "
+            "`rtk export CHECKPOINT --precision int8 --calib DATA` and build MODEL.int8.onnx"
+        )
+    if precision != "int8":
+        raise RtkError(f"this ONNX is quantized (QDQ), so it builds an int8 engine, not {precision}; build it with --precision int8")
+    if hasattr(builder_flags, "INT8"):
+        return BuildRoute("qdq-int8-flag", strongly_typed=False, fp16_flag=hasattr(builder_flags, "FP16"), int8_flag=True)
+    return BuildRoute("qdq-strongly-typed", strongly_typed=True, fp16_flag=False)
 
 
 def onnx_weight_precision(path: str | os.PathLike) -> str:
@@ -394,6 +417,8 @@ def _build_plan(trt, log, source: Path, meta, route: BuildRoute, options: BuildO
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace)
     if route.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if route.int8_flag:
+        config.set_flag(trt.BuilderFlag.INT8)
     if not options.tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
     config.builder_optimization_level = options.builder_optimization_level

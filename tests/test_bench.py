@@ -265,7 +265,7 @@ def test_bad_batch_sizes_fail_with_one_line(cli, small_checkpoint, value, flag):
     "args, message",
     [
         (["-e", "tensorflow"], "unknown engine 'tensorflow'"),
-        (["-e", "eager,trt-bf16"], "runs fp32 or fp16, not bf16"),
+        (["-e", "eager,trt-bf16"], "runs fp32, fp16 or int8, not bf16"),
         (["--device", "gpu"], "is not a device"),
         (["--duration", "2", "--iters", "5"], "not both"),
         (["--iters", "0"], "iters must be at least 1"),

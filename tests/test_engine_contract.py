@@ -192,18 +192,21 @@ def test_ort_tensorrt_provider_options(tmp_path):
     from toolkit.spec import ArtefactMeta
 
     graph = _Graph(ArtefactMeta(SPEC, PRE), "images", "fp32", None)
-    options = _provider_options("trt", tmp_path / "m.onnx", graph, 1, True, 64)
+    options = _provider_options("trt", tmp_path / "m.onnx", graph, 1, "fp16", 64)
     cache = tmp_path / "m.ort-trt-cache"
     assert cache.is_dir() and options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
-    assert options["trt_fp16_enable"] is True and options["device_id"] == 1
+    assert options["trt_fp16_enable"] is True and options["trt_int8_enable"] is False and options["device_id"] == 1
     assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) == (
         "images:1x3x32x32", "images:32x3x32x32", "images:64x3x32x32",
     )
-    assert _provider_options("cuda", tmp_path / "m.onnx", graph, 0, False, 64)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    # A QDQ graph: TensorRT's INT8 mode on (its scales come from the graph), fp16 for the float layers.
+    int8 = _provider_options("trt", tmp_path / "m.onnx", graph, 0, "int8", 64)
+    assert int8["trt_int8_enable"] is True and int8["trt_fp16_enable"] is True
+    assert _provider_options("cuda", tmp_path / "m.onnx", graph, 0, "fp32", 64)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / "m.ort-trt-cache").write_text("a file where the cache folder goes")
     with pytest.raises(RtkError, match="cannot create the TensorRT provider's cache folder"):
-        _provider_options("trt", tmp_path / "ro" / "m.onnx", graph, 0, True, 64)
+        _provider_options("trt", tmp_path / "ro" / "m.onnx", graph, 0, "fp16", 64)
 
 
 def test_prepare_exports_next_to_the_checkpoint_and_reuses_it_while_the_hash_matches(tmp_path):
@@ -282,7 +285,7 @@ def test_loader_opens_only_what_exists(artefacts):
         engines.load(artefacts["onnx16"], engine="ort-fp32")
     with pytest.raises(RtkError, match="unknown engine"):
         engines.load(artefacts["onnx"], engine="tvm")
-    with pytest.raises(RtkError, match="eager engine runs fp32 or fp16 or bf16, not int8"):
+    with pytest.raises(RtkError, match="eager engine runs fp32, fp16 or bf16, not int8"):
         engines.load(artefacts["ckpt"], precision="int8")
 
 

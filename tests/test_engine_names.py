@@ -62,9 +62,8 @@ def test_what_each_engine_runs_and_needs():
         ("eager-fp16-bf16", "two precisions"),
         ("ort-cl", "apply to eager only"),
         ("trt-compile", "apply to eager only"),
-        ("ort-bf16", "runs fp32 or fp16, not bf16"),
-        ("trt-bf16", "runs fp32 or fp16, not bf16"),
-        ("ort-int8", "runs fp32 or fp16, not int8"),
+        ("ort-bf16", "runs fp32, fp16 or int8, not bf16"),
+        ("trt-bf16", "runs fp32, fp16 or int8, not bf16"),
         ("ov-cuda", "unknown engine"),
         ("ov-cl", "apply to eager only"),
         ("ov-bf16-int8", "two precisions"),
@@ -77,7 +76,7 @@ def test_names_outside_the_grammar_are_refused_with_the_reason(bad, message):
 
 
 def test_a_precision_option_the_runtime_lacks_is_refused():
-    with pytest.raises(RtkError, match="ort engine runs fp32 or fp16, not bf16"):
+    with pytest.raises(RtkError, match="ort engine runs fp32, fp16 or int8, not bf16"):
         parse_engine("ort", "bf16")
 
 

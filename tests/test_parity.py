@@ -175,7 +175,7 @@ def test_parity_rejects_bad_options(model_dir, cli, args, message):
     "args, message",
     [
         (["--engines", "ort,tvm"], "unknown engine 'tvm'"),
-        (["-e", "ort-bf16"], "runs fp32 or fp16, not bf16"),
+        (["-e", "ort-bf16"], "runs fp32, fp16 or int8, not bf16"),
         (["--batch-sizes", "1,x"], "--batch-size takes comma-separated positive integers"),
         (["-b", "0"], "--batch-size takes comma-separated positive integers"),
         (["--device", "gpu"], "is not a device"),

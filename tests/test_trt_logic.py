@@ -126,7 +126,7 @@ def test_build_options_accept_a_single_batch_profile():
     [
         ({"builder_optimization_level": 6}, "0 to 5"),
         ({"builder_optimization_level": -1}, "0 to 5"),
-        ({"precision": "int8"}, "precision"),
+        ({"precision": "bf16"}, "precision"),
         ({"workspace": 0}, "workspace"),
         ({"profiling_verbosity": "verbose"}, "profiling verbosity"),
     ],
@@ -161,6 +161,19 @@ def test_fp32_needs_the_fp32_onnx(flags):
     assert route.name == "fp32" and not route.fp16_flag
     with pytest.raises(RtkError, match="fp32 engine needs the fp32 ONNX"):
         choose_route("fp32", "fp16", flags)
+
+
+def test_int8_route_sets_the_int8_flag_on_tensorrt_10_and_is_strongly_typed_on_11():
+    # TensorRT 10 builds explicit quantization (a QDQ graph) only with BuilderFlag.INT8, plus FP16 for
+    # the layers left in float; TensorRT 11 has neither flag and takes the QDQ graph strongly typed.
+    route = choose_route("int8", "int8", TRT10_FLAGS)
+    assert (route.name, route.int8_flag, route.fp16_flag, route.strongly_typed) == ("qdq-int8-flag", True, True, False)
+    route = choose_route("int8", "int8", TRT11_FLAGS)
+    assert (route.name, route.int8_flag, route.fp16_flag, route.strongly_typed) == ("qdq-strongly-typed", False, False, True)
+    with pytest.raises(RtkError, match="an int8 engine is built from a calibrated QDQ ONNX, not an fp32 one"):
+        choose_route("int8", "fp32", TRT10_FLAGS)
+    with pytest.raises(RtkError, match="quantized .QDQ., so it builds an int8 engine, not fp16; build it with --precision int8"):
+        choose_route("fp16", "int8", TRT11_FLAGS)
 
 
 def test_onnx_weight_precision_reads_the_initializers(tmp_path):
@@ -222,7 +235,7 @@ def test_missing_sidecar_is_a_clear_error(tmp_path):
         (lambda d: {**d, "version": 99}, "sidecar version 99"),
         (lambda d: {k: v for k, v in d.items() if k != "tensorrt_version"}, "missing the field 'tensorrt_version'"),
         (lambda d: {**d, "profile": {"min": 8, "opt": 4, "max": 2}}, "batch profile"),
-        (lambda d: {**d, "precision": "int8"}, "precision"),
+        (lambda d: {**d, "precision": "bf16"}, "precision"),
         (lambda d: {**d, "spec": {**d["spec"], "arch": "vgg16"}}, "unknown architecture"),
     ],
 )

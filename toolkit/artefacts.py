@@ -48,7 +48,7 @@ def artefact_stem(path: str | os.PathLike) -> str:
 
 
 def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """Where the ONNX of a checkpoint lives: ``MODEL.onnx`` or ``MODEL.fp16.onnx`` next to it."""
+    """Where the ONNX of a checkpoint lives: ``MODEL.onnx``, ``MODEL.fp16.onnx`` or ``MODEL.int8.onnx`` next to it."""
     path = Path(checkpoint_path)
     return path.with_name(artefact_stem(path) + (".onnx" if precision == "fp32" else f".{precision}.onnx"))
 
@@ -57,11 +57,12 @@ def engine_path_for(onnx_path: str | os.PathLike, precision: str = "fp16") -> Pa
     """Where ``rtk build`` puts an engine by default.
 
     ``MODEL.onnx`` and ``MODEL.fp16.onnx`` both give ``MODEL.engine`` for fp16 (the default
-    precision) and ``MODEL.fp32.engine`` for fp32, so the two engines never overwrite each other.
+    precision) and ``MODEL.fp32.engine`` for fp32, so the two engines never overwrite each other;
+    ``MODEL.int8.onnx`` gives ``MODEL.int8.engine``.
     """
     onnx_path = Path(onnx_path)
     base = onnx_path.name[: -len(onnx_path.suffix)] if onnx_path.suffix else onnx_path.name
-    for tag in (".fp16", ".fp32"):
+    for tag in (".fp16", ".fp32", ".int8"):
         if base.endswith(tag):
             base = base[: -len(tag)]
     return onnx_path.with_name(base + (".engine" if precision == "fp16" else f".{precision}.engine"))

@@ -103,8 +103,23 @@ def read_onnx_meta(path: str | os.PathLike) -> ArtefactMeta:
     return ArtefactMeta.from_dict(data)
 
 
+#: The ops that mark an explicitly quantized (QDQ) graph.
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def is_qdq(model: "onnx.ModelProto") -> bool:
+    """Whether the graph is explicitly quantized: it holds QuantizeLinear/DequantizeLinear nodes."""
+    return any(node.op_type in QDQ_OPS for node in model.graph.node)
+
+
 def onnx_precision(model: "onnx.ModelProto") -> str:
-    """``"fp16"`` when the floating-point weights are float16, else ``"fp32"``."""
+    """The precision the graph computes in, read from the graph itself (never from the file name).
+
+    ``"int8"`` for a QDQ graph (QuantizeLinear/DequantizeLinear nodes), ``"fp16"`` or ``"bf16"``
+    when every floating-point weight has that type, else ``"fp32"``.
+    """
+    if is_qdq(model):
+        return "int8"
     float_types = [t.data_type for t in model.graph.initializer if t.data_type in (1, 10, 16)]
     if float_types and all(t == 10 for t in float_types):
         return "fp16"

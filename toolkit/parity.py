@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.compare import (
     DEFAULT_TOLERANCES,
+    NEEDS_LABELLED_DATA,
     ParityMetrics,
     Tolerance,
     chunks,
@@ -50,17 +51,20 @@ class ParityOptions:
             when missing) or the ones named below.
         onnx: the ONNX file the fp32 ONNX Runtime engines (and ``ort-trt``, and OpenVINO but ``ov-int8``) run.
         onnx_fp16: the ONNX file the fp16 ONNX Runtime engines run.
+        onnx_int8: the QDQ ONNX file the int8 ONNX Runtime engines run (default ``MODEL.int8.onnx``,
+            never exported on demand: it needs calibration data).
         trt_engine: the TensorRT engine ``trt`` runs.
         data: a dataset name or image folder whose labelled images (test split) are compared too.
         max_samples: at most this many real images.
         batch_sizes: sizes of the random batches, seeded with ``seed``.
         device: ``cpu`` or ``cuda[:N]``: where eager runs and which GPU the GPU engines use.
-        atol, rtol, min_cosine, min_top1: override the per-precision tolerances.
+        atol, rtol, min_cosine, min_top1, max_accuracy_drop: override the per-precision tolerances.
     """
 
     engines: "tuple[EngineName, ...] | str" = ("eager", "ort")
     onnx: Path | None = None
     onnx_fp16: Path | None = None
+    onnx_int8: Path | None = None
     trt_engine: Path | None = None
     data: str | None = None
     max_samples: int | None = 500
@@ -71,6 +75,7 @@ class ParityOptions:
     rtol: float | None = None
     min_cosine: float | None = None
     min_top1: float | None = None
+    max_accuracy_drop: float | None = None
 
     def __post_init__(self) -> None:
         from engines.names import parse_engines
@@ -83,16 +88,24 @@ class ParityOptions:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise RtkError(f"device must be cpu or cuda[:N], got {self.device!r}")
         self.tolerance("fp32")  # the overrides are checked once, up front
+        unjudged = [str(e) for e in self.engines if e.precision in NEEDS_LABELLED_DATA]
+        if unjudged and self.data is None:
+            raise RtkError(
+                f"{', '.join(unjudged)} is judged on real labelled images, not random ones; add --data DATA "
+                "(e.g. the data it was calibrated on, whose test split it never saw)"
+            )
 
     def tolerance(self, precision: str) -> Tolerance:
         """The tolerance of ``precision`` with this run's overrides."""
-        return tolerance_for(precision, self.atol, self.rtol, self.min_cosine, self.min_top1)
+        return tolerance_for(precision, self.atol, self.rtol, self.min_cosine, self.min_top1, self.max_accuracy_drop)
 
     def artefact_for(self, name: "EngineName") -> Path | None:
         """The artefact named for this engine, or ``None`` for the one next to the checkpoint."""
         if name.runtime == "trt":
             return self.trt_engine
         if name.runtime == "ort":
+            if name.precision == "int8":
+                return self.onnx_int8
             return self.onnx_fp16 if name.provider != "trt" and name.precision == "fp16" else self.onnx
         if name.runtime == "ov" and name.precision != "int8":  # OpenVINO lowers the fp32 graph itself
             return self.onnx

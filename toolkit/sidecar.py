@@ -25,7 +25,7 @@ from toolkit.spec import ModelSpec, Preprocess
 
 FORMAT = "rtk.engine"
 VERSION = 1
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
 DEFAULT_PROFILE = (1, 32, 128)
 
 

@@ -12,6 +12,7 @@ import typer
 class Precision(str, Enum):
     fp16 = "fp16"
     fp32 = "fp32"
+    int8 = "int8"
 
 
 class ProfilingVerbosity(str, Enum):
@@ -21,15 +22,18 @@ class ProfilingVerbosity(str, Enum):
 
 
 def build(
-    onnx: Annotated[Path, typer.Argument(help="An ONNX file exported by `rtk export` (fp32 or fp16).")],
+    onnx: Annotated[Path, typer.Argument(help="An ONNX file exported by `rtk export` (fp32, fp16, or int8 QDQ: MODEL.int8.onnx).")],
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Engine path [default: MODEL.engine for fp16, MODEL.fp32.engine for fp32]."),
     ] = None,
     precision: Annotated[
-        Precision,
-        typer.Option(help="Engine precision. fp16 uses BuilderFlag.FP16 on TensorRT 10 and the fp16 ONNX on TensorRT 11."),
-    ] = Precision.fp16,
+        Optional[Precision],
+        typer.Option(
+            help="Engine precision. fp16 uses BuilderFlag.FP16 on TensorRT 10 and the fp16 ONNX on TensorRT 11; "
+            "int8 builds the QDQ ONNX (BuilderFlag.INT8 on TensorRT 10, strongly typed on 11) and is the default for it."
+        ),
+    ] = None,
     min_batch: Annotated[int, typer.Option(help="Smallest batch the engine accepts.")] = 1,
     opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes its kernels for.")] = 32,
     max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts.")] = 128,
@@ -54,7 +58,7 @@ def build(
     ] = None,
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
-    from exporters.trt import BuildOptions, build_engine, parse_workspace
+    from exporters.trt import BuildOptions, build_engine, onnx_weight_precision, parse_workspace
     from toolkit.files import Output, check_outputs
     from toolkit.sidecar import sidecar_path
 
@@ -66,8 +70,12 @@ def build(
         ],
         [onnx],
     )
+    if precision is None:  # a QDQ graph can only build int8; anything else defaults to fp16
+        chosen = "int8" if onnx_weight_precision(onnx) == "int8" else "fp16"
+    else:
+        chosen = precision.value
     options = BuildOptions(
-        precision=precision.value,
+        precision=chosen,
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,

@@ -19,8 +19,9 @@ def parity(
     ] = "eager,ort",
     onnx: Annotated[Optional[Path], typer.Option(help="ONNX file for the fp32 ONNX Runtime engines and ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing or stale).")] = None,
     onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16 and ort-cuda-fp16. Default: MODEL.fp16.onnx (exported when missing or stale).")] = None,
+    onnx_int8: Annotated[Optional[Path], typer.Option(help="QDQ ONNX file for ort-int8. Default: MODEL.int8.onnx next to the checkpoint (made by rtk export --precision int8 --calib DATA).")] = None,
     trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or stale.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Dataset name (digits) or image folder: its labelled test images are compared too, with accuracy.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Dataset name (digits) or image folder: its labelled test images are compared too, with accuracy (int8 engines are judged on them alone).")] = None,
     max_samples: Annotated[int, typer.Option(help="At most this many real images from --data.")] = 500,
     batch_size: Annotated[
         str, typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help="Sizes of the random input batches, comma-separated.")
@@ -29,8 +30,9 @@ def parity(
     device: Annotated[str, typer.Option(callback=check_device, help=f"Where eager runs and which GPU the GPU engines use: {DEVICE_HELP}.")] = "cpu",
     atol: Annotated[Optional[float], typer.Option(callback=check_finite, help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
     rtol: Annotated[Optional[float], typer.Option(callback=check_finite, help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
-    min_cosine: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99).")] = None,
-    min_top1: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest top-1 agreement (fp32 0.99; fp16 0.95 and bf16 0.90, judged on real images).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99; int8 reported, not judged).")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest top-1 agreement (fp32 0.99; fp16 0.95, bf16 0.90 and int8 0.99, judged on real images).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(callback=check_finite, help="Most the accuracy on --data may fall below eager fp32's, as a fraction (int8 0.01, one point; not judged otherwise).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
 ) -> None:
     """Compare engines with eager PyTorch fp32 on identical inputs; exit 1 if any is outside tolerance.
@@ -43,15 +45,15 @@ def parity(
     from toolkit.parity import ParityOptions, run_parity
 
     options = ParityOptions(
-        engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, trt_engine=trt_engine, data=data, max_samples=max_samples,
+        engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, onnx_int8=onnx_int8, trt_engine=trt_engine, data=data, max_samples=max_samples,
         batch_sizes=int_list(batch_size, "--batch-size"), seed=seed, device=device,
-        atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1,
+        atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1, max_accuracy_drop=max_accuracy_drop,
     )
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
         from toolkit.files import Output, check_outputs
 
-        check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, trt_engine, data])
+        check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, onnx_int8, trt_engine, data])
     if not to_stdout:
         info(f"parity of {', '.join(map(str, options.engines))} against eager fp32 of {checkpoint}")
     report = run_parity(checkpoint, options)
