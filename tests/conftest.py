@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 
@@ -12,7 +13,7 @@ import torch
 
 from toolkit.checkpoint import save_checkpoint
 from toolkit.models import create_model
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.spec import METADATA_KEY, ModelSpec, Preprocess
 
 torch.set_num_threads(2)
 
@@ -149,4 +150,12 @@ def make_qdq_onnx(onnx_path, out_path, calibration: np.ndarray):
         str(onnx_path), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )
+    # The rtk record of the fp32 file, now saying int8, as `rtk export --precision int8` writes it:
+    # the checkpoint hash it carries keeps the file fresh for prepare().
+    model = onnx.load(str(out_path))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            record = json.loads(prop.value)
+            prop.value = json.dumps({**record, "precision": "int8"})
+    onnx.save(model, str(out_path))
     return out_path
