@@ -20,7 +20,12 @@ from toolkit.spec import ARCHS, ModelSpec, Preprocess
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 
 
-@pytest.mark.parametrize("arch", ARCHS)  # wide_resnet101_2 too: about 4 s, like resnet101
+# One architecture of each family by default (basic, bottleneck, ResNeXt, wide); the deeper
+# ones (4 s each on two cores, mostly initialising 45-127 M parameters) run with -m slow.
+FAMILIES = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
+
+
+@pytest.mark.parametrize("arch", [a if a in FAMILIES else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
 def test_torchvision_state_dict_loads_into_identical_model(tmp_path, arch):
     torch.manual_seed(0)
     reference = getattr(tvm, arch)(weights=None, num_classes=5).eval()

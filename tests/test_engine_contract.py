@@ -1,6 +1,7 @@
 """One contract, every engine this machine can run: shapes, dtypes, batch sizes 1..N, bad input."""
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,13 @@ def artefacts(tmp_path_factory):
     calibration = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
     int8 = make_qdq_onnx(onnx, folder / "m.int8.onnx", calibration)
     return {"ckpt": ckpt, "onnx": onnx, "onnx16": onnx16, "int8": int8}
+
+
+def _copy(artefacts, folder, *keys):
+    """Copies of the module's artefacts in ``folder``, under their own names."""
+    import shutil
+
+    return [Path(shutil.copy2(artefacts[k], folder / artefacts[k].name)) for k in keys]
 
 
 @pytest.fixture(scope="module")
@@ -227,13 +235,13 @@ def test_prepare_exports_next_to_the_checkpoint_and_reuses_it_while_the_hash_mat
     assert prepare(ckpt, "ort") == onnx and onnx.stat().st_mtime_ns != stamp
 
 
-def test_prepare_never_overwrites_a_file_it_did_not_export(tmp_path):
+def test_prepare_never_overwrites_a_file_it_did_not_export(artefacts, tmp_path):
     import onnx
 
     from exporters.prepare import prepare
 
-    ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
-    mine = prepare(ckpt, "ort")
+    ckpt, mine = _copy(artefacts, tmp_path, "ckpt", "onnx")
+    assert prepare(ckpt, "ort") == mine  # rtk's own export, fresh: used as it is
     model = onnx.load(str(mine))
     del model.metadata_props[:]
     onnx.save(model, str(mine))
@@ -243,10 +251,10 @@ def test_prepare_never_overwrites_a_file_it_did_not_export(tmp_path):
     assert mine.read_bytes() == before
 
 
-def test_open_engine_runs_a_checkpoint_on_any_engine_the_same_way(tmp_path):
+def test_open_engine_runs_a_checkpoint_on_any_engine_the_same_way(artefacts, tmp_path):
     from toolkit.runtime import open_engine
 
-    ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
+    ckpt, *_ = _copy(artefacts, tmp_path, "ckpt", "onnx", "onnx16")  # the exports next to it are fresh
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
     with open_engine(ckpt) as eager:
         expected = eager(x)

@@ -212,11 +212,12 @@ def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    """A resnet18 trained for 3 epochs on the digits data (about 95% test accuracy)."""
+    """A resnet18 trained for 3 epochs on the digits data at their own 8×8 size (96% test accuracy):
+    a sixteenth of the work of training at 32 px, for the same judgement on real images."""
     from toolkit.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("digits")
-    result = train(TrainOptions(data="digits", arch="resnet18", epochs=3, out=out, progress=False, device="cpu"))
+    result = train(TrainOptions(data="digits", arch="resnet18", epochs=3, input_size=8, out=out, progress=False, device="cpu"))
     assert result.test_acc > 0.9
     return result.best
 
