@@ -393,7 +393,7 @@ def test_build_missing_onnx_exits_1(cli, tmp_path, monkeypatch):
 def test_build_refuses_an_output_that_is_not_an_engine(cli, tmp_path):
     onnx_path = tiny_onnx(tmp_path / "model.onnx")
     result = cli("build", onnx_path, "--output", tmp_path / "model.onnx2")
-    assert result.exit_code == 1 and "must end in one of .engine" in result.stderr
+    assert result.exit_code == 1 and "whose files end in .engine or .plan, not .onnx2" in result.stderr
 
 
 def test_inspect_engine_from_its_sidecar(cli, tmp_path):
