@@ -12,12 +12,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
 from toolkit.artefacts import artefact_kind
 from toolkit.errors import RtkError, require
 
+if TYPE_CHECKING:
+    from toolkit.checkpoint import CheckpointOptions
 
-def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None, precision: str | None = None) -> Path:
+
+def prepare(
+    source: str | os.PathLike,
+    engine: "str | EngineName | None" = None,
+    precision: str | None = None,
+    checkpoint_options: "CheckpointOptions | None" = None,
+) -> Path:
     """The artefact ``engine`` runs for ``source``, exported or built next to it when missing or stale.
 
     An ONNX file or engine named directly is returned as it is; whether it suits the engine
@@ -27,6 +37,8 @@ def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None,
         source: a checkpoint, ONNX file or TensorRT engine.
         engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
         precision: applies when the name gives none.
+        checkpoint_options: which of a checkpoint's weights to export (EMA or raw), and whether
+            to trust a pickle.
 
     Returns:
         The path to load with :func:`engines.load`.
@@ -43,15 +55,15 @@ def prepare(source: str | os.PathLike, engine: "str | EngineName | None" = None,
     if name.runtime == "ort":
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
         onnx_precision = "fp32" if name.provider == "trt" else name.resolved_precision
-        return _onnx_for(path, onnx_precision)
+        return _onnx_for(path, onnx_precision, checkpoint_options)
     require("tensorrt", "the trt engine")
     from exporters.trt import ensure_engine
 
-    onnx = path if kind == "onnx" else _onnx_for(path, "fp32")
+    onnx = path if kind == "onnx" else _onnx_for(path, "fp32", checkpoint_options)
     return ensure_engine(onnx, name.resolved_precision)
 
 
-def _onnx_for(checkpoint: Path, precision: str) -> Path:
+def _onnx_for(checkpoint: Path, precision: str, checkpoint_options: "CheckpointOptions | None") -> Path:
     from exporters.onnx import ensure_onnx
 
-    return Path(ensure_onnx(checkpoint, precision))
+    return Path(ensure_onnx(checkpoint, precision, checkpoint_options))

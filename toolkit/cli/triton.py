@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import int_list
+from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options, int_list
 
 
 class Platform(str, Enum):
@@ -38,6 +38,8 @@ def triton(
     ort_trt_workspace_mib: Annotated[int, typer.Option(help="TensorRT workspace for --ort-trt, in MiB.")] = 1024,
     ort_trt_cache: Annotated[Optional[str], typer.Option(metavar="SERVER_DIR", help="With --ort-trt: keep TensorRT engines and timing cache in this folder on the server (absolute path as the server sees it), so restarts skip the build.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the version folder if it exists.")] = False,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Write MODEL into a Triton Inference Server model repository.
 
@@ -63,6 +65,7 @@ def triton(
         ort_trt_workspace_bytes=ort_trt_workspace_mib * (1 << 20),
         ort_trt_cache=ort_trt_cache,
         force=force,
+        checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
     result = export_triton(model, repo, options)
     action = "replaced" if result.replaced else "wrote"
