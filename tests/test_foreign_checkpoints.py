@@ -327,6 +327,18 @@ def test_the_one_prefix_of_a_resnet_is_found_wherever_it_is(tmp_path, wrap, resn
     assert ckpt.spec == ModelSpec("resnet18", 3)
 
 
+def test_imagenet_example_checkpoint_shows_its_record(tmp_path, cli, resnet18):
+    # PyTorch's examples/imagenet/main.py: save_checkpoint({...}, is_best) -> model_best.pth.tar
+    state = {f"module.{k}": v for k, v in resnet18.state_dict().items()}
+    torch.save(
+        {"epoch": 90, "arch": "resnet18", "state_dict": state, "best_acc1": torch.tensor(69.76), "optimizer": {"state": {}, "param_groups": []}},
+        tmp_path / "model_best.pth.tar",
+    )
+    report = json.loads(cli("inspect", tmp_path / "model_best.pth.tar", "--json").output)
+    assert report["train"] == {"arch": "resnet18", "epoch": 90, "best_acc1": pytest.approx(69.76)}
+    assert report["weights"] == "raw (['state_dict'] under module.)"
+
+
 def test_two_different_resnets_are_named_not_guessed(tmp_path, resnet18):
     a = resnet18.state_dict()
     b = {k: v + 1 if v.is_floating_point() else v for k, v in a.items()}

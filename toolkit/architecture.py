@@ -32,9 +32,7 @@ def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) ->
     """
     where = f"{path}" if path else "the checkpoint"
     if ANCHOR_KEY not in state:
-        family = guess_family(state)
-        what = f"it looks like {family}" if family else f"no conv1/layer1 weights (keys start {', '.join(list(state)[:4])})"
-        raise RtkError(f"{where} is not a ResNet/ResNeXt state_dict: {what}")
+        raise not_a_resnet(state, where)
     stem, in_chans = _infer_stem(state, where)
 
     # Every ResNet block has a conv2; its shape is what tells groups and width apart below.
@@ -164,10 +162,9 @@ _FAMILIES = (
 )
 
 
-def guess_family(state: Mapping[str, Any]) -> str | None:
-    """The model family whose tensor names these are, when it is a known non-ResNet one."""
+def not_a_resnet(state: Mapping[str, Any], where: str) -> RtkError:
+    """The sentence for tensors that hold no ResNet, naming the model family when it is a known other one."""
     names = [k for k in state if isinstance(k, str)]
-    for marker, family in _FAMILIES:
-        if any(k.startswith(marker) or f".{marker}" in k for k in names):
-            return family
-    return None
+    family = next((family for marker, family in _FAMILIES if any(k.startswith(marker) or f".{marker}" in k for k in names)), None)
+    what = f"it looks like {family}" if family else f"no conv1/layer1 weights (keys start {', '.join(names[:4])})"
+    return RtkError(f"{where} is not a ResNet/ResNeXt state_dict: {what}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from toolkit.architecture import ANCHOR_KEY, guess_family, infer_spec
+from toolkit.architecture import ANCHOR_KEY, infer_spec, not_a_resnet
 from toolkit.checkpoint_file import SAFETENSORS_METADATA, read_checkpoint_file, read_torch_file
 from toolkit.errors import RtkError
 from toolkit.models import create_model
@@ -42,7 +42,7 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 WEIGHTS = ("ema", "raw")
 
 __all__ = [
-    "Checkpoint", "CheckpointOptions", "FoundWeights", "chosen_weights", "extract_state_dict", "find_weights",
+    "Checkpoint", "CheckpointOptions", "FoundWeights", "chosen_weights", "find_weights",
     "foreign_record", "infer_spec", "load_checkpoint", "load_model", "read_torch_file", "save_checkpoint",
 ]
 
@@ -356,11 +356,6 @@ def find_weights(obj: Any, path: Path | None = None, weights: str = "ema") -> Fo
     return FoundWeights(found.state_dict, kind, found.location, available, beside)
 
 
-def extract_state_dict(obj: Any, path: Path | None = None, weights: str = "ema") -> dict[str, "torch.Tensor"]:
-    """The network's tensors in a loaded object (see :func:`find_weights`), names relative to it."""
-    return find_weights(obj, path, weights).state_dict
-
-
 def _as_mapping(obj: Any) -> Mapping | None:
     """A mapping as it is; a module (from a trusted pickle) as its state_dict; anything else ``None``."""
     if isinstance(obj, Mapping):
@@ -405,9 +400,7 @@ def _no_resnet(obj: Mapping, where: str) -> RtkError:
     odd = next((k for k in tensors if not isinstance(k, str)), None)
     if odd is not None:
         return RtkError(f"{where} is not a state_dict: its tensors must be named by strings, but one is keyed {odd!r} ({type(odd).__name__})")
-    family = guess_family(tensors)
-    what = f"it looks like {family}" if family else f"no conv1/layer1 weights (keys start {', '.join(list(tensors)[:4])})"
-    return RtkError(f"{where} is not a ResNet/ResNeXt state_dict: {what}")
+    return not_a_resnet(tensors, where)
 
 
 # --- what else a foreign file says about itself -------------------------------------------------

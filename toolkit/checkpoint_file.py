@@ -78,12 +78,10 @@ def _has_safetensors_header(path: Path) -> bool:
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """The tensors of a safetensors file, with its metadata under :data:`SAFETENSORS_METADATA` when it has any."""
     safetensors = require("safetensors", "reading .safetensors files")
-    from safetensors.torch import load_file
-
     path = _existing_file(path)
     try:
-        tensors: dict[str, Any] = load_file(str(path), device="cpu")
-        with safetensors.safe_open(str(path), framework="pt") as fh:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as fh:
+            tensors: dict[str, Any] = {name: fh.get_tensor(name) for name in fh.keys()}
             metadata = fh.metadata()
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise RtkError(f"{path} is not a readable safetensors file ({first_line(exc, 200)})") from None
