@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engines.names import EngineName, parse_engine, parse_engines
+from toolkit.checkpoint import CheckpointOptions
 from toolkit.errors import RtkError, first_line
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -57,6 +58,8 @@ class BenchOptions:
             spreads slow drifts on a shared machine over every engine alike.
         baseline: add eager fp32 to the run (when the model is a checkpoint) so every engine
             gets a speed-up figure.
+        checkpoint_options: which of a checkpoint's weights to run (EMA or raw), and whether to
+            trust a pickle.
     """
 
     engines: tuple[str, ...] = ("eager",)
@@ -70,6 +73,7 @@ class BenchOptions:
     io: str = "host"
     rounds: int = 1
     baseline: bool = True
+    checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
@@ -249,6 +253,7 @@ def open_engine(model: Path, choice: EngineName, options: BenchOptions):
         model, choice, device=options.device, threads=options.threads,
         # trt and ort-trt get the same profile for the batches timed (toolkit.sidecar.profile_for).
         max_batch=max(options.batch_sizes) if "trt" in (choice.runtime, choice.provider) else None,
+        checkpoint_options=options.checkpoint_options,
     )
     if engine.fallback_from is not None:
         # A runtime that fell back to another provider; timing it under the name asked for would mislead.
@@ -578,7 +583,7 @@ def _model_info(model: Path, kind: str, loaded: list[tuple[EngineName, Any]]) ->
     info: dict[str, Any] = {"path": str(model), "name": model.name, "kind": kind}
     if loaded:
         engine = loaded[0][1]
-        info.update(arch=engine.spec.arch, num_classes=engine.spec.num_classes, input_shape=list(engine.input_shape))
+        info.update(arch=engine.spec.name, num_classes=engine.spec.num_classes, input_shape=list(engine.input_shape))
     else:
         info.update(arch=None, num_classes=None, input_shape=None)
     return info

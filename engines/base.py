@@ -142,7 +142,7 @@ class Engine(abc.ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {self.spec.arch} on {self.device}>"
+        return f"<{type(self).__name__} {self.name} {self.spec.name} on {self.device}>"
 
 
 def _is_torch_tensor(x: Any) -> bool:

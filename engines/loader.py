@@ -17,11 +17,11 @@ from toolkit.errors import RtkError
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.checkpoint import Checkpoint
+    from toolkit.checkpoint import Checkpoint, CheckpointOptions
     from toolkit.spec import ArtefactMeta
 
 #: What each artefact kind is called in messages.
-_KIND_WORDS = {"checkpoint": "checkpoints (.pth/.pt)", "onnx": "ONNX files", "engine": "TensorRT engines (.engine/.plan)"}
+_KIND_WORDS = {"checkpoint": "checkpoints (.pth/.pt/.safetensors)", "onnx": "ONNX files", "engine": "TensorRT engines (.engine/.plan)"}
 
 
 def load(
@@ -33,6 +33,7 @@ def load(
     threads: int | None = None,
     max_batch: int | None = None,
     meta: "ArtefactMeta | None" = None,
+    checkpoint_options: "CheckpointOptions | None" = None,
 ) -> "Engine":
     """Open an artefact as an engine.
 
@@ -47,6 +48,8 @@ def load(
         threads: intra-op threads (ONNX Runtime, OpenVINO; ``None`` = their default).
         max_batch: the largest batch ONNX Runtime's TensorRT provider is built for.
         meta: spec and preprocess for a foreign ONNX file that carries none.
+        checkpoint_options: which of a checkpoint's weights eager runs (EMA or raw), and whether
+            to trust a pickle.
 
     Returns:
         The engine; use it as a context manager or call ``close()``.
@@ -73,7 +76,7 @@ def load(
     if name.runtime == "eager":
         from engines.eager import EagerEngine
 
-        ckpt = ckpt or load_checkpoint(path)
+        ckpt = ckpt or load_checkpoint(path, options=checkpoint_options)
         return EagerEngine(
             ckpt.build_model(), ckpt.spec, ckpt.preprocess, device, name.resolved_precision,
             channels_last=name.channels_last, compile=name.compile,

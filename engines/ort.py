@@ -39,7 +39,9 @@ class _Graph:
 
     @classmethod
     def read(cls, path: Path, fallback_meta: ArtefactMeta | None) -> "_Graph":
-        from toolkit.onnx_graph import check_classifier_io, graph_io, load_onnx_graph, metadata_dict, onnx_precision
+        from toolkit.onnx_graph import (
+            check_classifier_io, foreign_onnx_error, graph_io, load_onnx_graph, metadata_dict, onnx_precision,
+        )
 
         graph = load_onnx_graph(path)
         stored = metadata_dict(graph)
@@ -48,11 +50,7 @@ class _Graph:
         elif fallback_meta is not None:
             meta = fallback_meta
         else:
-            raise RtkError(
-                f"{path} carries no rtk metadata, so its classes and preprocessing are unknown; export it with "
-                "`rtk export CHECKPOINT`, or run the checkpoint it came from on ONNX Runtime "
-                "(--model CHECKPOINT --engine ort), which exports one that does"
-            )
+            raise foreign_onnx_error(path)
         inputs, outputs = graph_io(graph)
         check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
         batch = inputs[0].shape[0]

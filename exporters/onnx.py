@@ -28,11 +28,12 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from toolkit.artefacts import onnx_path_for, sha256_file
+from toolkit.checkpoint import CheckpointOptions, chosen_weights
 from toolkit.errors import RtkError, first_line, require
 from toolkit.files import Output, check_outputs, staged
 from toolkit.spec import METADATA_KEY
@@ -71,6 +72,8 @@ class ExportOptions:
         calib: how the int8 file is calibrated (:class:`exporters.int8.CalibOptions`); its data
             also gives the check its labelled images when ``data`` is not given.
         progress: show progress bars (int8 calibration).
+        checkpoint_options: which of the checkpoint's weights to export (EMA or raw), and
+            whether to trust a pickle.
     """
 
     precision: str = "fp32"
@@ -82,6 +85,7 @@ class ExportOptions:
     max_samples: int = 256
     calib: "CalibOptions | None" = None
     progress: bool = True
+    checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def __post_init__(self) -> None:
         onnx = require("onnx", "ONNX export")
@@ -155,7 +159,7 @@ def export_onnx(
     checkpoint_path = Path(checkpoint_path)
     outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
     check_outputs([Output(p, "--output", (".onnx",), "ONNX") for p in outputs.values()], [checkpoint_path, options.data])
-    model, ckpt = load_model(checkpoint_path)
+    model, ckpt = load_model(checkpoint_path, options=options.checkpoint_options)
     for path in outputs.values():
         _check_writable(path)
     calib = None
@@ -177,12 +181,15 @@ def export_onnx(
     return [path for path, _, _ in checked]
 
 
-def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
+def ensure_onnx(
+    checkpoint_path: str | os.PathLike, precision: str = "fp32", checkpoint_options: CheckpointOptions | None = None
+) -> Path:
     """The ONNX next to a checkpoint, exported (and checked) when missing or made from other weights.
 
-    ``MODEL.onnx`` is fresh while the checkpoint sha256 it records is the checkpoint's own, so
-    touching or copying a checkpoint costs nothing and retraining it re-exports. A file under
-    that name that rtk did not export is never overwritten.
+    ``MODEL.onnx`` is fresh while the checkpoint sha256 it records is the checkpoint's own and it
+    holds the weights ``checkpoint_options`` choose (EMA or raw), so touching or copying a
+    checkpoint costs nothing, while retraining it or switching ``--weights`` re-exports. A file
+    under that name that rtk did not export is never overwritten.
 
     An int8 file is never exported here, since calibrating needs data: a missing or stale
     ``MODEL.int8.onnx`` is refused with the ``rtk export`` command that makes it.
@@ -190,6 +197,7 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
     Args:
         checkpoint_path: the ``.pth``/``.pt`` file.
         precision: ``fp32`` (``MODEL.onnx``), ``fp16`` (``MODEL.fp16.onnx``) or ``int8`` (``MODEL.int8.onnx``).
+        checkpoint_options: which weights to export, and whether to trust a pickle.
 
     Returns:
         The ONNX file's path.
@@ -200,6 +208,7 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
     """
     if precision not in ("fp32", "fp16", "int8"):
         raise RtkError(f"ONNX files are fp32, fp16 or int8, not {precision!r}")
+    checkpoint_options = checkpoint_options or CheckpointOptions()
     checkpoint_path = Path(checkpoint_path)
     path = onnx_path_for(checkpoint_path, precision)
     if not checkpoint_path.exists():
@@ -211,7 +220,12 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
                 f"{path} exists but was not exported by rtk, so it is not overwritten; move it away, "
                 f"or pass {path.name} itself in place of {checkpoint_path.name}"
             )
-        if record.get("checkpoint_sha256") == sha256_file(checkpoint_path) and record.get("precision") == precision:
+        wanted = chosen_weights(checkpoint_options.weights, record.get("weights_available") or ())
+        if (
+            record.get("checkpoint_sha256") == sha256_file(checkpoint_path)
+            and record.get("precision") == precision
+            and record.get("weights") == wanted
+        ):
             return path
     if precision == "int8":
         from exporters.int8 import export_hint
@@ -222,7 +236,18 @@ def ensure_onnx(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> 
     from toolkit.console import info
 
     info(f"exporting {checkpoint_path.name} → {path.name} ({precision})")
-    return export_onnx(checkpoint_path, options=ExportOptions(precision=precision))[0]
+    return export_onnx(checkpoint_path, options=ExportOptions(precision=precision, checkpoint_options=checkpoint_options))[0]
+
+
+def checkpoint_options_of(onnx_path: str | os.PathLike, checkpoint_path: str | os.PathLike) -> CheckpointOptions:
+    """The options an rtk ONNX file was exported with, to export its sibling (the fp16 one) alike.
+
+    The weights choice is the one it records. Trust in a pickled checkpoint carries over only to
+    the very file that was trusted: its sha256 must still be the recorded one.
+    """
+    record = _export_record(Path(onnx_path)) or {}
+    trusted = bool(record.get("checkpoint_pickle_trusted")) and record.get("checkpoint_sha256") == sha256_file(checkpoint_path)
+    return CheckpointOptions(weights=record.get("weights") or "ema", trust_pickle=trusted)
 
 
 def _export_record(path: Path) -> dict[str, Any] | None:
@@ -320,7 +345,7 @@ def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOption
         raise
     except Exception as exc:  # the exporters raise many types; the first line says what broke
         other = "torchscript" if options.exporter == "dynamo" else "dynamo"
-        raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.arch}: {first_line(exc)}; try --exporter {other}") from None
+        raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.name}: {first_line(exc)}; try --exporter {other}") from None
 
 
 def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, options: ExportOptions, extra: dict[str, Any] | None = None) -> None:
@@ -339,14 +364,18 @@ def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, 
         "checkpoint_sha256": sha256_file(ckpt.path) if ckpt.path else None,
         "checkpoint_source": ckpt.source,
         **(extra or {}),
+        "weights": ckpt.weights,
+        "weights_available": list(ckpt.weights_available),
     }
+    if options.checkpoint_options.trust_pickle:
+        record["checkpoint_pickle_trusted"] = True
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(record, sort_keys=True)
     proto.producer_name, proto.producer_version = "rtk", __version__
-    proto.doc_string = f"{ckpt.spec.arch}, {ckpt.spec.num_classes} classes, {precision}"
+    proto.doc_string = f"{ckpt.spec.name}, {ckpt.spec.num_classes} classes, {precision}"
 
 
 def _validate(proto: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":

@@ -15,8 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
 from toolkit.artefacts import artefact_kind
+
+if TYPE_CHECKING:
+    from toolkit.checkpoint import CheckpointOptions
 
 
 def prepare(
@@ -26,6 +31,7 @@ def prepare(
     *,
     device: str | None = None,
     max_batch: int | None = None,
+    checkpoint_options: "CheckpointOptions | None" = None,
 ) -> Path:
     """The artefact ``engine`` runs for ``source``, exported or built next to it when missing or stale.
 
@@ -38,6 +44,8 @@ def prepare(
         precision: applies when the name gives none.
         device: the GPU a TensorRT engine is built on and for (``cuda:N``).
         max_batch: the largest batch a TensorRT engine must take (its profile is widened to it).
+        checkpoint_options: which of a checkpoint's weights to export (EMA or raw), and whether
+            to trust a pickle.
 
     Returns:
         The path to load with :func:`engines.load`.
@@ -54,21 +62,21 @@ def prepare(
     if name.runtime == "ort":
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
         onnx_precision = "fp32" if name.provider == "trt" and name.resolved_precision == "fp16" else name.resolved_precision
-        return _onnx_for(path, onnx_precision)
+        return _onnx_for(path, onnx_precision, checkpoint_options)
     if name.runtime == "ov":
         # OpenVINO lowers precision itself: every float engine runs the fp32 graph.
-        return _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32")
+        return _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32", checkpoint_options)
     from toolkit.trt_runtime import import_tensorrt
 
     import_tensorrt("the trt engine")
     from exporters.trt import ensure_engine
 
-    onnx = path if kind == "onnx" else _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32")
+    onnx = path if kind == "onnx" else _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32", checkpoint_options)
     gpu = device if device is not None and str(device).startswith("cuda") else None
     return ensure_engine(onnx, name.resolved_precision, device=gpu, max_batch=max_batch)
 
 
-def _onnx_for(checkpoint: Path, precision: str) -> Path:
+def _onnx_for(checkpoint: Path, precision: str, checkpoint_options: "CheckpointOptions | None") -> Path:
     from exporters.onnx import ensure_onnx
 
-    return Path(ensure_onnx(checkpoint, precision))
+    return Path(ensure_onnx(checkpoint, precision, checkpoint_options))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from toolkit.sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
 from toolkit.artefacts import artefact_kind
+from toolkit.checkpoint import CheckpointOptions
 from toolkit.errors import RtkError, require
 from toolkit.files import is_inside
 from toolkit.spec import ArtefactMeta
@@ -130,6 +131,8 @@ class TritonOptions:
             parameters from 24.04 on (older servers refuse the whole model), the engine cache
             from 21.09: for an older release those parameters are left out.
         force: replace an existing version folder.
+        checkpoint_options: which of a checkpoint's weights to export (EMA or raw), and whether
+            to trust a pickle.
     """
 
     name: str | None = None
@@ -147,6 +150,7 @@ class TritonOptions:
     ort_trt_cache: str | None = None
     triton_release: str = ORT_TRT_PROFILE_RELEASE
     force: bool = False
+    checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
@@ -238,7 +242,12 @@ def check_model_name(name: str) -> str:
 # --------------------------------------------------------------------------- artefacts
 
 
-def resolve_artefact(model: str | os.PathLike, platform: str | None = None, precision: str | None = None) -> ServedArtefact:
+def resolve_artefact(
+    model: str | os.PathLike,
+    platform: str | None = None,
+    precision: str | None = None,
+    checkpoint_options: CheckpointOptions | None = None,
+) -> ServedArtefact:
     """The file Triton will serve for ``model``, exporting or building it when needed.
 
     Args:
@@ -246,6 +255,7 @@ def resolve_artefact(model: str | os.PathLike, platform: str | None = None, prec
         platform: ``"onnx"`` or ``"tensorrt"``; ``None`` = what ``model`` already is.
         precision: ``"fp32"`` or ``"fp16"``: the ONNX exported from a checkpoint, or the plan
             built for ``platform="tensorrt"`` (default fp32 for ONNX, fp16 for plans).
+        checkpoint_options: which of a checkpoint's weights to export, and whether to trust a pickle.
 
     Returns:
         The artefact with its metadata and I/O.
@@ -268,7 +278,7 @@ def resolve_artefact(model: str | os.PathLike, platform: str | None = None, prec
     if kind == "checkpoint":
         from exporters.onnx import ensure_onnx
 
-        path = ensure_onnx(path, precision)
+        path = ensure_onnx(path, precision, checkpoint_options)
     if platform == "tensorrt":
         from exporters.trt import ensure_engine
 
@@ -283,7 +293,7 @@ def onnx_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the file is not readable ONNX, carries no rtk metadata, or is not a single
             NCHW-input, single-output classifier.
     """
-    from toolkit.onnx_graph import check_classifier_io, graph_io, load_onnx_graph, read_onnx_meta
+    from toolkit.onnx_graph import check_classifier_io, external_data_files, graph_io, load_onnx_graph, read_onnx_meta
 
     path = Path(path)
     meta = read_onnx_meta(path)
@@ -299,7 +309,7 @@ def onnx_artefact(path: str | os.PathLike) -> ServedArtefact:
         meta=meta,
         input=inp,
         output=out,
-        extra_files=_external_data_files(proto, path),
+        extra_files=external_data_files(proto, path),
     )
 
 
@@ -353,22 +363,6 @@ def _single_io(path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo]) 
         if tensor.dtype not in TRITON_DTYPES:
             raise RtkError(f"{path.name}: {tensor.name!r} has dtype {tensor.dtype}, which Triton does not support")
     return inp, out
-
-
-def _external_data_files(proto, path: Path) -> tuple[str, ...]:
-    import onnx
-
-    locations = set()
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entry = {e.key: e.value for e in tensor.external_data}
-            location = entry.get("location", "")
-            if not location or Path(location).is_absolute() or ".." in Path(location).parts:
-                raise RtkError(f"{path.name} keeps weights at {location!r}, outside its own folder; re-export it")
-            if not (path.parent / location).is_file():
-                raise RtkError(f"{path.name} keeps its weights in {location}, which is missing next to it")
-            locations.add(location)
-    return tuple(sorted(locations))
 
 
 # --------------------------------------------------------------------------- config
@@ -522,7 +516,7 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, options: Tr
         RtkError: bad options, an artefact the options cannot serve, an existing version
             without ``force``, or versions whose interface would break under the new config.
     """
-    artefact = resolve_artefact(model, options.platform, options.precision)
+    artefact = resolve_artefact(model, options.platform, options.precision, options.checkpoint_options)
     name = options.name or check_model_name(_default_name(Path(model)))
     config = build_config(artefact, name, options)
     repo = Path(repo)

@@ -241,7 +241,8 @@ def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11"
     """The fp16 ONNX to build from when only the fp32 one was given (TensorRT 11).
 
     A checkpoint beside the ONNX (``MODEL.pth``) is the source of truth: the fp16 ONNX is
-    exported or refreshed from it. Without one, an existing ``MODEL.fp16.onnx`` is used.
+    exported or refreshed from it, with the same weights (EMA or raw) as the fp32 one. Without
+    one, an existing ``MODEL.fp16.onnx`` is used.
 
     Raises:
         RtkError: neither exists; the message says how to make the fp16 ONNX.
@@ -252,9 +253,9 @@ def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11"
     for suffix in CHECKPOINT_SUFFIXES:
         checkpoint = onnx_path.with_name(base + suffix)
         if checkpoint.exists():
-            from exporters.onnx import ensure_onnx
+            from exporters.onnx import checkpoint_options_of, ensure_onnx
 
-            return Path(ensure_onnx(checkpoint, "fp16"))
+            return Path(ensure_onnx(checkpoint, "fp16", checkpoint_options_of(onnx_path, checkpoint)))
     candidate = onnx_path.with_name(base + ".fp16.onnx")
     if candidate.exists():
         if candidate.stat().st_mtime < onnx_path.stat().st_mtime:

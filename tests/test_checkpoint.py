@@ -47,6 +47,8 @@ def test_torchvision_state_dict_loads_into_identical_model(tmp_path, arch):
         ModelSpec("resnext50_32x4d", 4, in_chans=1, stem="small"),
         ModelSpec("wide_resnet50_2", 2, stem="small", head="mlp1024"),
         ModelSpec("resnet18", 1000, in_chans=1),
+        ModelSpec("resnet18", 4, in_chans=1, stem="deep_tiered", downsample="avg", attention="se", head="dropout-fc"),
+        ModelSpec("resnet34", 6, stem="deep", head="mlp256-dropout"),
     ],
 )
 def test_inference_recovers_head_stem_and_channels(spec):

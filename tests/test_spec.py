@@ -3,7 +3,7 @@ import json
 import pytest
 
 from toolkit.errors import RtkError
-from toolkit.spec import ArtefactMeta, ModelSpec, Preprocess
+from toolkit.spec import ArtefactMeta, HeadLayout, ModelSpec, Preprocess
 
 
 def test_spec_round_trips_through_json():
@@ -26,6 +26,9 @@ def test_spec_round_trips_through_json():
         ({"arch": "resnet18", "num_classes": 2, "head": "mlp"}, "unknown head"),
         ({"arch": "resnet18", "num_classes": 2, "in_chans": 4}, "in_chans must be 1 or 3"),
         ({"arch": "resnet18", "num_classes": 2, "stem": "tiny"}, "unknown stem"),
+        ({"arch": "resnet18", "num_classes": 2, "head": "mlp0"}, "unknown head"),
+        ({"arch": "resnet18", "num_classes": 2, "downsample": "max"}, "unknown downsample"),
+        ({"arch": "resnet18", "num_classes": 2, "attention": "eca"}, "unknown attention"),
     ],
 )
 def test_spec_validation_names_the_problem(kwargs, message):
@@ -61,3 +64,24 @@ def test_preprocess_matching_adapts_channels():
     spec = ModelSpec("resnet18", 2, in_chans=1)
     pre = Preprocess.imagenet(64).matching(spec)
     assert pre.channels == "gray" and len(pre.mean) == 1 and pre.input_size == (64, 64)
+
+
+def test_variants_round_trip_and_plain_specs_keep_their_old_fields():
+    spec = ModelSpec("resnext50_32x4d", 5, head="mlp512-dropout", stem="deep", downsample="avg", attention="se")
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.name == "seresnext50d_32x4d"
+    # A plain ResNet's dict has only the fields rtk has always written, so older versions read it.
+    assert set(ModelSpec("resnet50", 2).to_dict()) == {"arch", "num_classes", "class_names", "head", "in_chans", "stem"}
+
+
+@pytest.mark.parametrize(
+    "head, layout, keys",
+    [
+        ("fc", HeadLayout(), ("fc",)),
+        ("dropout-fc", HeadLayout(dropout=True), ("fc.1",)),
+        ("mlp1024", HeadLayout(1024), ("fc.0", "fc.2")),
+        ("mlp256-dropout", HeadLayout(256, dropout=True), ("fc.0", "fc.3")),
+    ],
+)
+def test_head_names_describe_their_layers(head, layout, keys):
+    assert HeadLayout.parse(head) == layout and layout.name == head and layout.linear_keys == keys

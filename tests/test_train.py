@@ -250,7 +250,7 @@ def test_pretrained_torchvision_state_dict_fine_tunes_with_a_new_head(tmp_path, 
                  "--max-samples", "32", "--epochs", "1", "--device", "cpu", "--no-progress", "--out", tmp_path / "ft")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "head replaced: fc with 7 outputs → new fc with 10 outputs" in result.stderr
-    assert "torchvision-style checkpoint" in result.stderr
+    assert "(resnet18, foreign checkpoint, raw weights)" in result.stderr
     best = load_checkpoint(tmp_path / "ft" / "best.pth")
     assert best.spec == ModelSpec("resnet18", 10, tuple("0123456789"), "fc", 3, "imagenet")
     assert best.preprocess.channels == "rgb" and best.preprocess.input_size == (32, 32)

@@ -1,30 +1,34 @@
-"""Checkpoints: the rtk format, foreign torchvision-style files, and architecture inference.
+"""Checkpoints: the rtk format, and the foreign files users have, with their weights found and recognised.
 
 An rtk checkpoint is a plain dict of builtins and tensors::
 
     {"format": "rtk.checkpoint", "version": 1, "spec": {...}, "preprocess": {...},
      "state_dict": {...}, "train": {...}}
 
-so ``torch.load(..., weights_only=True)`` always reads it. Foreign checkpoints (a bare
-``state_dict``, one wrapped under ``state_dict``/``model``/``model_state_dict``, keys prefixed
-``module.``) load too: their architecture is inferred from tensor shapes.
+so ``torch.load(..., weights_only=True)`` always reads it. Foreign checkpoints load too (files
+are read by :mod:`toolkit.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file; one
+wrapped under any keys (``state_dict``, ``model``, Lightning's and timm's layouts) and under any
+one prefix (``module.``, ``model.``, ``net.``, ``_orig_mod.``…); with EMA weights beside the raw
+ones. Their architecture is inferred from tensor shapes (:mod:`toolkit.architecture`) and what
+else they record (epoch, best metric, arch name, timm's arguments) is kept for ``rtk inspect``.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import math
 import os
-import pickle
 import re
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from toolkit.errors import RtkError, first_sentence
-from toolkit.files import USER_ERRNOS, not_regular, os_error, os_reason
-from toolkit.models import ARCH_INFO, MLP_HIDDEN, create_model
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.architecture import ANCHOR_KEY, infer_spec, not_a_resnet
+from toolkit.checkpoint_file import SAFETENSORS_METADATA, read_checkpoint_file, read_torch_file
+from toolkit.errors import RtkError
+from toolkit.models import create_model
+from toolkit.spec import INTERPOLATIONS, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -32,8 +36,35 @@ if TYPE_CHECKING:
 
 FORMAT = "rtk.checkpoint"
 VERSION = 1
+#: The usual wrappers of a state_dict, named when a file holds no weights at all.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
-PREFIXES = ("module.", "_orig_mod.", "model.")
+#: The choices of :attr:`CheckpointOptions.weights`.
+WEIGHTS = ("ema", "raw")
+
+__all__ = [
+    "Checkpoint", "CheckpointOptions", "FoundWeights", "chosen_weights", "find_weights",
+    "foreign_record", "infer_spec", "load_checkpoint", "load_model", "read_torch_file", "save_checkpoint",
+]
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """How to read a checkpoint; the same two choices on every command that reads one.
+
+    Attributes:
+        weights: ``"ema"`` takes a file's EMA weights when it holds them beside the raw ones (as
+            timm does when it evaluates), otherwise its only weights; ``"raw"`` takes the trained
+            weights themselves.
+        trust_pickle: load a file that pickles Python objects (a whole ``torch.save(model)``) by
+            running the code it names. Only for files from a trusted source.
+    """
+
+    weights: str = "ema"
+    trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHTS:
+            raise RtkError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
 
 
 @dataclass
@@ -44,9 +75,13 @@ class Checkpoint:
         spec: the network it holds (stored, or inferred from tensor shapes).
         preprocess: how inputs must be prepared (stored, or ImageNet's default).
         state_dict: weights with torchvision key names.
-        train: training record (epoch, metrics, optimizer state…); empty for foreign files.
+        train: training record (epoch, metrics, optimizer state…); for a foreign file, what it
+            records of its training (epoch, best metric, arch name…, see :func:`foreign_record`).
         source: ``"rtk"`` or ``"foreign"`` (spec inferred).
         path: the file it came from, if any.
+        weights: ``"ema"`` or ``"raw"``: which of the file's weights these are.
+        weights_location: where in the file they were found.
+        weights_available: the kinds of weights the file holds (``("ema", "raw")`` for timm with EMA).
     """
 
     spec: ModelSpec
@@ -55,6 +90,9 @@ class Checkpoint:
     train: dict[str, Any] = field(default_factory=dict)
     source: str = "rtk"
     path: Path | None = None
+    weights: str = "raw"
+    weights_location: str = "the top level"
+    weights_available: tuple[str, ...] = ("raw",)
 
     def build_model(self) -> "nn.Module":
         """The network with these weights loaded, in eval mode.
@@ -114,11 +152,11 @@ class Checkpoint:
             key = wrong[0]
             more = f" ({len(wrong) - 1} more tensor(s) differ)" if len(wrong) > 1 else ""
             problems.append(
-                f"{key} is {tuple(self.state_dict[key].shape)} in the checkpoint but {self.spec.arch} needs "
+                f"{key} is {tuple(self.state_dict[key].shape)} in the checkpoint but {self.spec.name} needs "
                 f"{tuple(expected[key].shape)}{more}"
             )
         if problems:
-            raise RtkError(f"{self.path or 'the checkpoint'} does not fit its architecture {self.spec.arch}: {'; '.join(problems)}")
+            raise RtkError(f"{self.path or 'the checkpoint'} does not fit its architecture {self.spec.name}: {'; '.join(problems)}")
 
 
 def save_checkpoint(
@@ -177,144 +215,15 @@ def unwrap_model(model: "nn.Module") -> "nn.Module":
         model = inner
 
 
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` a file safely (``weights_only=True``), turning every failure into one sentence."""
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise RtkError(f"{path} does not exist")
-    if path.is_dir():
-        raise RtkError(f"{path} is a folder, not a checkpoint file")
-    if not_regular(path):  # a named pipe would block torch.load, /dev/zero would never end
-        raise RtkError(f"{path} is {not_regular(path)}, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise RtkError(f"{path} is empty (0 bytes), not a checkpoint")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol N" on foreign pickles
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _unpickling_error(path, str(exc)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:  # no permission, an I/O error…
-            raise os_error(exc, path, "read") from None
-        # torch reports a cut-off zip as an OSError (EINVAL, from seeking past the end) or a
-        # RuntimeError with advice after the first sentence; only that first sentence is quoted.
-        text = f"reading it fails: {os_reason(exc)}" if type(exc) is OSError else _first_line(str(exc))
-        if zipfile.is_zipfile(path) or _head(path) == b"PK\x03\x04" or "zip" in text.lower() or isinstance(exc, EOFError):
-            raise RtkError(f"{path} is truncated or corrupt: it cannot be read as a checkpoint ({text})") from None
-        raise RtkError(f"{path} is not a PyTorch checkpoint ({text})") from None
-    except (IndexError, KeyError, TypeError, UnicodeDecodeError):
-        # The weights-only unpickler trips over arbitrary bytes in these ways ("KeyError: 101"
-        # for a text file): what the bytes are says more than the exception.
-        what = "it holds text" if _is_text(_head(path, 512)) else "neither the zip archive nor the pickle torch.save writes"
-        raise RtkError(f"{path} is not a PyTorch checkpoint ({what})") from None
-
-
-def _head(path: Path, size: int = 4) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(size)
-
-
-def _is_text(head: bytes) -> bool:
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return b"\x00" not in head
-
-
-def _unpickling_error(path: Path, text: str) -> RtkError:
-    """Tell a pickle that references code apart from a file that is no pickle at all.
-
-    torch's weights-only reader fails on both alike ("Unsupported operand …" for random bytes,
-    a ``.npy`` file, or any pickle of protocol 4 and up), so its message alone cannot decide:
-    the refusal is kept for files that really do name a Python global outside torch's allowlist.
-    """
-    import torch
-
-    named = _GLOBAL_IN_MESSAGE.search(text)
-    if named:
-        unsafe = [named.group(1)]
-    elif zipfile.is_zipfile(path):
-        find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch 2.5 and later
-        try:
-            unsafe = find(path) if find else []
-        except (ValueError, RuntimeError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile):
-            unsafe = []
-    else:
-        unsafe = _pickle_globals(path)
-        if unsafe is None:
-            head = _head(path, 512)
-            what = "it is a NumPy .npy array" if head.startswith(b"\x93NUMPY") else "it holds text" if _is_text(head) else "neither the zip archive nor the pickle torch.save writes"
-            return RtkError(f"{path} is not a PyTorch checkpoint ({what})")
-        if not unsafe:
-            return RtkError(f"{path} is a plain Python pickle, not a PyTorch checkpoint; save the weights with torch.save(model.state_dict(), …)")
-    if not unsafe:
-        reason = next((line.strip() for line in text.splitlines() if line.strip().startswith(("Unsupported", "Trying"))), _first_line(text))
-        return RtkError(f"{path} is not a PyTorch checkpoint rtk can read ({first_sentence(reason)})")
-    # Unfamiliar names first: they are the ones worth a look.
-    names = sorted(dict.fromkeys(unsafe), key=lambda g: g.startswith(_TRUSTED_MODULES))
-    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-    return RtkError(
-        f"refusing to load {path}: it holds pickled Python objects beyond plain tensors and containers "
-        f"(it references {shown}), which could run code when loaded; only weights-only checkpoints are read"
-    )
-
-
-# torch names the global it refused, e.g. "Unsupported global: GLOBAL posix.system was not an
-# allowed global…" or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
-_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
-# Modules whose globals ordinary checkpoints name; a refusal lists the other ones first.
-_TRUSTED_MODULES = ("torch.", "collections.", "builtins.", "_codecs.", "numpy.")
-_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
-
-
-def _pickle_globals(path: Path) -> list[str] | None:
-    """The globals (``module.name``) the first pickle in a file names, or ``None`` if it is no complete pickle.
-
-    The opcodes are only parsed (``pickletools.genops``), never executed. ``STACK_GLOBAL`` takes
-    its two names from the strings pushed just before it, possibly through the memo.
-    """
-    import pickletools
-
-    found: list[str] = []
-    strings: list[str | None] = []  # strings pushed so far; the last two name a STACK_GLOBAL
-    memo: dict[int, str | None] = {}
-    previous = None
-    try:
-        with open(path, "rb") as fh:
-            for op, arg, _ in pickletools.genops(fh):
-                if op.name in ("GLOBAL", "INST"):
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL":
-                    found.append(".".join(str(s) for s in strings[-2:]))
-                elif op.name in _STRING_OPS:
-                    strings.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None)
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    strings.append(memo.get(int(arg)))
-                elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                    key = len(memo) if op.name == "MEMOIZE" else int(arg)
-                    memo[key] = strings[-1] if previous in _STRING_OPS | {"GET", "BINGET", "LONG_BINGET"} and strings else None
-                previous = op.name
-                if op.name == "STOP":
-                    return found
-    except (ValueError, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _first_line(text: str) -> str:
-    return first_sentence(text) if text.strip() else "unreadable"
-
-
-def load_checkpoint(path: str | os.PathLike, spec_override: ModelSpec | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, spec_override: ModelSpec | None = None, options: CheckpointOptions | None = None
+) -> Checkpoint:
     """Load an rtk or foreign checkpoint.
 
     Args:
-        path: ``.pth``/``.pt`` file.
+        path: a torch file (``.pth``, ``.pt``, ``.ckpt``, ``.bin``, ``.pth.tar``) or ``.safetensors``.
         spec_override: use this spec instead of the stored or inferred one (class names, say).
+        options: which weights to take (EMA or raw) and whether to trust a pickle.
 
     Returns:
         The checkpoint with its spec, preprocess and weights.
@@ -323,17 +232,25 @@ def load_checkpoint(path: str | os.PathLike, spec_override: ModelSpec | None = N
         RtkError: the file is missing, truncated, not a checkpoint, unsafe to unpickle, or of an
             architecture that cannot be recognised.
     """
+    options = options or CheckpointOptions()
     path = Path(path)
-    obj = read_torch_file(path)
+    obj = read_checkpoint_file(path, options.trust_pickle)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        return _from_rtk(obj, path, spec_override)
-    state = extract_state_dict(obj, path)
-    spec = spec_override or infer_spec(state, path)
-    pre = Preprocess.imagenet().matching(spec)
-    return Checkpoint(spec, pre, state, {}, "foreign", path)
+        return _from_rtk(obj, path, spec_override, options)
+    found = find_weights(obj, path, options.weights)
+    try:
+        spec = spec_override or infer_spec(found.state_dict, path)
+    except RtkError as exc:
+        if not found.beside:
+            raise
+        shown = ", ".join(found.beside[:3]) + (", …" if len(found.beside) > 3 else "")
+        raise RtkError(f"{exc}; beside the ResNet at {found.location} the file holds {shown}") from None
+    record = foreign_record(obj)
+    pre = preprocess_from_record(record, spec) or Preprocess.imagenet().matching(spec)
+    return Checkpoint(spec, pre, found.state_dict, record, "foreign", path, found.weights, found.location, found.available)
 
 
-def _from_rtk(obj: Mapping[str, Any], path: Path, spec_override: ModelSpec | None) -> Checkpoint:
+def _from_rtk(obj: Mapping[str, Any], path: Path, spec_override: ModelSpec | None, options: CheckpointOptions) -> Checkpoint:
     version = obj.get("version")
     if version != VERSION:
         raise RtkError(f"{path} is an rtk checkpoint of version {version}; this rtk reads version {VERSION}")
@@ -344,120 +261,253 @@ def _from_rtk(obj: Mapping[str, Any], path: Path, spec_override: ModelSpec | Non
         pre = Preprocess.from_dict(obj.get("preprocess", {}))
     except RtkError as exc:  # the message names the field, not the file
         raise RtkError(f"{path} is a damaged rtk checkpoint: {exc}") from None
-    state = extract_state_dict(obj["state_dict"], path)
-    return Checkpoint(spec, pre, state, dict(obj.get("train") or {}), "rtk", path)
+    found = find_weights(obj, path, options.weights)
+    return Checkpoint(spec, pre, found.state_dict, dict(obj.get("train") or {}), "rtk", path, found.weights, found.location, found.available)
 
 
-def extract_state_dict(obj: Any, path: Path | None = None) -> dict[str, "torch.Tensor"]:
-    """Find the weights in a loaded object: a bare state_dict or one wrapped under a known key.
+# --- finding the network's weights in whatever the file holds ------------------------------------
 
-    Prefixes added by DataParallel/DDP (``module.``), ``torch.compile`` (``_orig_mod.``) or a
-    wrapper module (``model.``) are stripped.
+
+@dataclass(frozen=True)
+class FoundWeights:
+    """The network's weights as found in a loaded file.
+
+    Attributes:
+        state_dict: the tensors, their names relative to the network (prefix removed).
+        weights: ``"ema"`` or ``"raw"``.
+        location: where they sit, e.g. ``['state_dict_ema']`` or ``['state_dict'] under net.``.
+        available: the kinds of weights the file holds, EMA first.
+        beside: names of the tensors next to the network that belong to it no more (a head
+            registered outside the backbone, say): they explain a missing head.
     """
-    import torch
 
-    where = f"{path}" if path else "the checkpoint"
-    if not isinstance(obj, Mapping):
-        raise RtkError(f"{where} holds a {type(obj).__name__}, not a state_dict of named tensors")
-    for _ in range(3):  # wrappers can nest: {"model": {"state_dict": ...}}
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        keys = ", ".join(map(str, list(obj)[:6])) or "nothing"
-        raise RtkError(f"{where} holds no weights: found keys {keys}, expected tensors or one of {', '.join(WRAPPER_KEYS)}")
-    odd = next((k for k in tensors if not isinstance(k, str)), None)
-    if odd is not None:
-        raise RtkError(f"{where} is not a state_dict: its tensors must be named by strings, but one is keyed {odd!r} ({type(odd).__name__})")
-    for prefix in PREFIXES:
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
+    state_dict: dict[str, "torch.Tensor"]
+    weights: str
+    location: str
+    available: tuple[str, ...]
+    beside: tuple[str, ...] = ()
 
 
-def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) -> ModelSpec:
-    """Recognise a torchvision ResNet/ResNeXt from the shapes of its tensors.
+@dataclass(frozen=True)
+class _Candidate:
+    """One place a ResNet state_dict was found: the wrapper keys down to its mapping and the prefix in it."""
 
-    Blocks per stage give the depth, ``conv3`` marks bottleneck blocks, the first stage's
-    3×3 conv gives groups and width per group (ResNeXt, wide), ``conv1`` gives stem and input
-    channels, and the head's weights give its kind and the number of classes.
+    keys: tuple[str, ...]
+    prefix: str
+    tensors: Mapping[str, "torch.Tensor"]
+
+    @property
+    def state_dict(self) -> dict[str, "torch.Tensor"]:
+        n = len(self.prefix)
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(self.prefix)}
+
+    @property
+    def weights(self) -> str:
+        return "ema" if any(_EMA_NAME.search(part.lower()) for part in (*self.keys, self.prefix)) else "raw"
+
+    @property
+    def location(self) -> str:
+        text = "".join(f"[{k!r}]" for k in self.keys) or "the top level"
+        return f"{text} under {self.prefix}" if self.prefix else text
+
+    def same_tensors(self, other: "_Candidate") -> bool:
+        import torch
+
+        a, b = self.state_dict, other.state_dict
+        return a.keys() == b.keys() and all(a[k] is b[k] or (a[k].shape == b[k].shape and torch.equal(a[k], b[k])) for k in a)
+
+
+# EMA weights as timm, Lightning callbacks and the EMA libraries name them: state_dict_ema,
+# model_ema, ema, ema_state_dict, ema_model, an ``ema.`` prefix…
+_EMA_NAME = re.compile(r"(?:^|[._])ema(?:$|[._])")
+#: How deep wrappers may nest: {"model": {"state_dict": {...}}} is two.
+_MAX_DEPTH = 4
+
+
+def chosen_weights(requested: str, available: Sequence[str]) -> str:
+    """The weights ``requested`` takes from a file holding ``available``: EMA when asked for and present, else raw."""
+    return "ema" if requested == "ema" and "ema" in available else "raw"
+
+
+def find_weights(obj: Any, path: Path | None = None, weights: str = "ema") -> FoundWeights:
+    """Find the ResNet in a loaded object, wherever it sits.
+
+    Every mapping is searched (wrappers nest: ``{"model": {"state_dict": …}}``) for the one prefix
+    under which a ResNet's tensors are named (``module.``, ``model.``, ``net.``, ``_orig_mod.``,
+    ``module._orig_mod.``…). Weights under an EMA name (``state_dict_ema``, ``model_ema``, ``ema.``)
+    are the EMA set; the others the raw set.
+
+    Args:
+        obj: what the file holds (a trusted pickle's modules count by their ``state_dict``).
+        path: the file, for messages.
+        weights: ``"ema"`` takes the EMA weights when present; ``"raw"`` the raw ones.
 
     Raises:
-        RtkError: naming what was found when it matches no known architecture.
+        RtkError: no ResNet in the file (naming what is there), several different ones of the
+            kind asked for, or only EMA weights when raw ones were asked for.
     """
     where = f"{path}" if path else "the checkpoint"
-    sample = ", ".join(list(state)[:4])
-    conv1 = state.get("conv1.weight")
-    if conv1 is None or "layer1.0.conv1.weight" not in state:
-        raise RtkError(f"{where} is not a ResNet/ResNeXt state_dict: no conv1/layer1 weights (keys start {sample})")
-    if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7) or conv1.shape[0] != 64:
-        raise RtkError(f"{where} has a conv1 of shape {tuple(conv1.shape)}; expected 64 filters of 7×7 or 3×3")
-    stem = "imagenet" if conv1.shape[-1] == 7 else "small"
-    in_chans = int(conv1.shape[1])
-
-    # Every ResNet block has a conv2; its shape is what tells groups and width apart below.
-    conv2 = state.get("layer1.0.conv2.weight")
-    if conv2 is None or conv2.ndim != 4:
-        found = "no layer1.0.conv2.weight" if conv2 is None else f"a layer1.0.conv2.weight of shape {tuple(conv2.shape)}"
-        raise RtkError(f"{where} holds an unknown ResNet layout: it has conv1 and layer1.0.conv1 but {found}")
-    layers = tuple(_count_blocks(state, i) for i in range(1, 5))
-    bottleneck = "layer1.0.conv3.weight" in state
-    width, per_group = int(conv2.shape[0]), int(conv2.shape[1])
-    groups = width // per_group if per_group else 0
-    width_per_group = width // groups if bottleneck and groups else 64
-
-    arch = next(
-        (
-            info.name
-            for info in ARCH_INFO.values()
-            if info.layers == layers
-            and info.bottleneck == bottleneck
-            and (not bottleneck or (info.groups == groups and info.width_per_group == width_per_group))
-        ),
-        None,
-    )
-    if arch is None:
-        kind = "bottleneck" if bottleneck else "basic"
+    mapping = _as_mapping(obj)
+    if mapping is None:
+        raise RtkError(f"{where} holds a {type(obj).__name__}, not a state_dict of named tensors")
+    candidates = _candidates(mapping)
+    if not candidates:
+        raise _no_resnet(mapping, where)
+    groups: dict[str, list[_Candidate]] = {"ema": [], "raw": []}
+    for c in candidates:
+        group = groups[c.weights]
+        if not any(c.same_tensors(other) for other in group):
+            group.append(c)
+    available = tuple(kind for kind, group in groups.items() if group)
+    kind = chosen_weights(weights, available)
+    if not groups[kind]:
+        raise RtkError(f"{where} holds only EMA weights ({groups['ema'][0].location}); use --weights ema")
+    if len(groups[kind]) > 1:
+        places = ", ".join(c.location for c in groups[kind])
         raise RtkError(
-            f"{where} holds an unknown ResNet layout: {kind} blocks {list(layers)}, groups {groups}, "
-            f"width per group {width_per_group}; known: {', '.join(ARCH_INFO)}"
+            f"{where} holds {len(groups[kind])} different ResNets ({places}), and rtk cannot tell which is the model; "
+            "save the one you want on its own with torch.save(its state_dict(), …)"
         )
-    head, num_classes = _infer_head(state, ARCH_INFO[arch].feature_dim, where)
-    return ModelSpec(arch=arch, num_classes=num_classes, head=head, in_chans=in_chans, stem=stem)
+    found = groups[kind][0]
+    beside = tuple(k for k, v in found.tensors.items() if not k.startswith(found.prefix) and v.ndim == 2)
+    return FoundWeights(found.state_dict, kind, found.location, available, beside)
 
 
-def _count_blocks(state: Mapping[str, Any], stage: int) -> int:
-    prefix = f"layer{stage}."
-    indices = {int(k.split(".")[1]) for k in state if k.startswith(prefix) and k.split(".")[1].isdigit()}
-    return len(indices)
+def _as_mapping(obj: Any) -> Mapping | None:
+    """A mapping as it is; a module (from a trusted pickle) as its state_dict; anything else ``None``."""
+    if isinstance(obj, Mapping):
+        return obj
+    import torch.nn as nn
+
+    return obj.state_dict() if isinstance(obj, nn.Module) else None
 
 
-def _infer_head(state: Mapping[str, "torch.Tensor"], feature_dim: int, where: str) -> tuple[str, int]:
-    fc = state.get("fc.weight")
-    if fc is not None and fc.ndim == 2 and fc.shape[1] == feature_dim:
-        return "fc", int(fc.shape[0])
-    first, last = state.get("fc.0.weight"), state.get("fc.2.weight")
-    if (
-        first is not None
-        and last is not None
-        and tuple(first.shape) == (MLP_HIDDEN, feature_dim)
-        and last.ndim == 2
-        and last.shape[1] == MLP_HIDDEN
-    ):
-        return "mlp1024", int(last.shape[0])
-    found = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.items() if k.startswith("fc")) or "none"
-    raise RtkError(
-        f"{where} has an unknown classification head (found {found}); expected fc ({feature_dim} inputs) "
-        f"or fc.0/fc.2 ({feature_dim}→{MLP_HIDDEN}→classes)"
-    )
+def _candidates(obj: Mapping, keys: tuple[str, ...] = ()) -> list[_Candidate]:
+    import torch
+
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    found = [
+        _Candidate(keys, name[: -len(ANCHOR_KEY)], tensors)
+        for name in tensors
+        if name == ANCHOR_KEY or name.endswith("." + ANCHOR_KEY)
+    ]
+    if len(keys) < _MAX_DEPTH:
+        for key, value in obj.items():
+            if not isinstance(value, torch.Tensor) and (inner := _as_mapping(value)) is not None:
+                found += _candidates(inner, (*keys, str(key)))
+    return found
 
 
-def load_model(path: str | os.PathLike, spec_override: ModelSpec | None = None) -> tuple["nn.Module", Checkpoint]:
-    """Load a checkpoint and build its network in eval mode.
+def _no_resnet(obj: Mapping, where: str) -> RtkError:
+    """The sentence for a file with no ResNet in it, naming what it does hold."""
+    import torch
+
+    def tensor_maps(m: Mapping, depth: int = 0):
+        yield m
+        if depth < _MAX_DEPTH:
+            for v in m.values():
+                if isinstance(v, Mapping):
+                    yield from tensor_maps(v, depth + 1)
+
+    largest = max(tensor_maps(obj), key=lambda m: sum(isinstance(v, torch.Tensor) for v in m.values()))
+    tensors = {k: v for k, v in largest.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(map(str, list(obj)[:6])) or "nothing"
+        return RtkError(f"{where} holds no weights: found keys {keys}, expected tensors or one of {', '.join(WRAPPER_KEYS)}")
+    odd = next((k for k in tensors if not isinstance(k, str)), None)
+    if odd is not None:
+        return RtkError(f"{where} is not a state_dict: its tensors must be named by strings, but one is keyed {odd!r} ({type(odd).__name__})")
+    return not_a_resnet(tensors, where)
+
+
+# --- what else a foreign file says about itself -------------------------------------------------
+
+#: Top-level entries worth showing: timm's saver and PyTorch's ImageNet example (epoch, arch,
+#: best_acc1, metric), Lightning (epoch, global_step, its version), and the like.
+_RECORD_KEYS = (
+    "arch", "epoch", "global_step", "step", "best_acc1", "best_acc5", "best_acc", "best_metric", "best_epoch",
+    "metric", "acc", "accuracy", "val_acc", "pytorch-lightning_version",
+)
+#: Entries of timm's train.py arguments that describe the model and its input.
+_ARG_KEYS = (
+    "model", "num_classes", "img_size", "input_size", "crop_pct", "mean", "std", "interpolation",
+    "dataset", "epochs", "batch_size", "lr", "opt", "model_ema", "model_ema_decay",
+)
+
+
+def foreign_record(obj: Any) -> dict[str, Any]:
+    """What a foreign file records beside its weights, as plain JSON values.
+
+    The epoch, architecture name and best metric (timm, PyTorch's ImageNet example, Lightning's
+    ``ModelCheckpoint``), timm's train.py arguments, Lightning's hyper-parameters and a
+    safetensors header's metadata. Entries that are not plain values are left out.
+    """
+    if not isinstance(obj, Mapping):
+        return {}
+    record = {k: _plain(obj[k]) for k in _RECORD_KEYS if _plain(obj.get(k)) is not None}
+    saver = obj.get("saver")  # timm's CheckpointSaver bookkeeping
+    if isinstance(saver, Mapping):
+        for key in ("best_metric", "best_epoch"):
+            if _plain(saver.get(key)) is not None:
+                record.setdefault(key, _plain(saver[key]))
+    args = obj.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    if isinstance(args, Mapping):
+        record["args"] = {k: _plain(args[k]) for k in _ARG_KEYS if _plain(args.get(k)) is not None}
+    callbacks = obj.get("callbacks")
+    if isinstance(callbacks, Mapping):  # Lightning: ModelCheckpoint{...} -> {"monitor": …, "best_model_score": …}
+        for name, state in callbacks.items():
+            if str(name).startswith("ModelCheckpoint") and isinstance(state, Mapping) and state.get("monitor"):
+                record["best"] = {str(state["monitor"]): _plain(state.get("best_model_score"))}
+    for key, limit in (("hyper_parameters", 16), (SAFETENSORS_METADATA, 16)):
+        entries = obj.get(key)
+        if isinstance(entries, Mapping):
+            plain = {str(k): _plain(v) for k, v in list(entries.items())[:limit] if _plain(v) is not None}
+            if plain:
+                record["metadata" if key == SAFETENSORS_METADATA else key] = plain
+    return record
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar, short list, or ``None`` for anything else (one-element tensors become numbers)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return None
+
+
+def preprocess_from_record(record: Mapping[str, Any], spec: ModelSpec) -> Preprocess | None:
+    """The input pipeline timm's train.py arguments describe (size, crop, mean, std, interpolation), if they do.
+
+    Entries left at ``None`` by timm fall back to ImageNet's evaluation defaults (224 px, crop 0.875).
+    """
+    args = record.get("args") or {}
+    input_size, img_size = args.get("input_size"), args.get("img_size")
+    size = tuple(input_size[1:]) if isinstance(input_size, list) and len(input_size) == 3 else (img_size, img_size) if isinstance(img_size, int) else None
+    given = {k: args[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in args}
+    if size is None and not given:
+        return None
+    height, width = size or (224, 224)
+    crop_pct = given.get("crop_pct", 0.875)
+    changes: dict[str, Any] = {"input_size": (height, width), "resize": math.floor(max(height, width) / crop_pct)}
+    changes.update({k: tuple(given[k]) for k in ("mean", "std") if isinstance(given.get(k), list) and len(given[k]) == 3})
+    if given.get("interpolation") in INTERPOLATIONS:
+        changes["interpolation"] = given["interpolation"]
+    try:
+        return dataclasses.replace(Preprocess.imagenet(), **changes).matching(spec)
+    except RtkError:  # arguments that make no valid pipeline: ImageNet's default instead
+        return None
+
+
+def load_model(
+    path: str | os.PathLike, spec_override: ModelSpec | None = None, options: CheckpointOptions | None = None
+) -> tuple["nn.Module", Checkpoint]:
+    """Load a checkpoint (see :func:`load_checkpoint`) and build its network in eval mode.
 
     Returns:
         ``(model, checkpoint)``.
@@ -465,5 +515,5 @@ def load_model(path: str | os.PathLike, spec_override: ModelSpec | None = None) 
     Raises:
         RtkError: as :func:`load_checkpoint`, or the weights do not fit the architecture.
     """
-    ckpt = load_checkpoint(path, spec_override)
+    ckpt = load_checkpoint(path, spec_override, options)
     return ckpt.build_model(), ckpt

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from toolkit.checkpoint import CheckpointOptions
 from toolkit.console import ProgressBar
 from toolkit.errors import RtkError
 from toolkit.files import Output, check_outputs
@@ -119,6 +120,8 @@ class EvalOptions:
         device: ``cpu`` or ``cuda[:N]``.
         confusion: where to write the confusion-matrix PNG; next to the model when omitted.
         data_root, download, val_split, seed, max_samples: as for :func:`toolkit.data.resolve_data`.
+        checkpoint_options: which of a checkpoint's weights to evaluate (EMA or raw), and whether
+            to trust a pickle.
     """
 
     model: Path
@@ -134,6 +137,7 @@ class EvalOptions:
     seed: int = 0
     max_samples: int | None = None
     progress: bool = True
+    checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     split = options.split or ("test" if source.has("test") else "val")
     if not source.has(split):
         raise RtkError(f"{source.name} has no {split} split; it has {', '.join(source.splits)}")
-    with open_engine(options.model, options.engine, device=options.device) as engine:
+    with open_engine(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
         dataset = source.dataset(split, preprocess=engine.preprocess)
         report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)

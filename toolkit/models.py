@@ -1,22 +1,20 @@
-"""The model zoo: torchvision's ResNet/ResNeXt builders adapted to a :class:`ModelSpec`.
+"""The model zoo: torchvision's ResNet/ResNeXt adapted to a :class:`ModelSpec`.
 
-Networks always come from torchvision's own builders; only the stem and the head are
-swapped to match the spec. ``create_model(spec)`` is the one entry point.
+The body is always torchvision's ``ResNet`` with its own blocks; the stem, the shortcuts, the
+blocks' squeeze-and-excitation and the head are shaped to match the spec (timm's ResNet-D and
+SE-ResNet layouts included). ``create_model(spec)`` is the one entry point.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from toolkit.errors import RtkError
-from toolkit.spec import ARCHS, ModelSpec
+from toolkit.spec import ARCHS, HeadLayout, ModelSpec
 
 if TYPE_CHECKING:
     import torch.nn as nn
-
-#: Hidden width of the ``mlp1024`` head.
-MLP_HIDDEN = 1024
 
 
 @dataclass(frozen=True)
@@ -60,59 +58,117 @@ ARCH_INFO: dict[str, ArchInfo] = {
 assert tuple(ARCH_INFO) == ARCHS
 
 
-def _builder(arch: str) -> Callable[..., "nn.Module"]:
-    import torchvision.models as tvm
-
-    return getattr(tvm, arch)
+#: Filters of the three convolutions of the ResNet-D stems (timm's ``stem_type``, ``stem_width=32``).
+DEEP_STEM_WIDTHS = {"deep": (32, 32, 64), "deep_tiered": (24, 32, 64)}
 
 
 def create_model(spec: ModelSpec) -> "nn.Module":
     """Build the network a spec describes, with freshly initialised weights.
 
+    The body is torchvision's ``ResNet`` with the spec's blocks, exactly as torchvision's builders
+    make it; the stem, the shortcut downsampling, the blocks' attention and the head are then
+    shaped to the spec, with timm's layer names and layouts for the ResNet-D and SE variants.
+
     Args:
-        spec: architecture, classes, head, input channels and stem.
+        spec: architecture, classes, head, input channels, stem, downsample, attention.
 
     Returns:
-        A torchvision ResNet in training mode whose ``state_dict`` keys follow torchvision's
-        naming (``conv1``, ``layer1.0.conv1``, …, ``fc`` or ``fc.0``/``fc.2``).
+        A ResNet in training mode whose ``state_dict`` keys follow torchvision's naming
+        (``conv1``, ``layer1.0.conv1``, …, ``fc`` or ``fc.0``/``fc.2``) and timm's for the variants
+        (``conv1.0``/``conv1.3``/``conv1.6``, ``downsample.1``, ``se.fc1``).
     """
     import torch.nn as nn
+    from torchvision.models.resnet import ResNet
 
     if spec.arch not in ARCH_INFO:
         raise RtkError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHS)}")
-    model = _builder(spec.arch)(weights=None, num_classes=spec.num_classes)
+    info = ARCH_INFO[spec.arch]
+    model = ResNet(
+        _block(info.bottleneck, spec.attention), list(info.layers), num_classes=spec.num_classes,
+        groups=info.groups, width_per_group=info.width_per_group,
+    )
     if spec.stem == "small":
         model.conv1 = nn.Conv2d(spec.in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
+    elif spec.stem in DEEP_STEM_WIDTHS:
+        model.conv1 = _deep_stem(spec.in_chans, DEEP_STEM_WIDTHS[spec.stem])
     elif spec.in_chans != 3:
         model.conv1 = nn.Conv2d(spec.in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    if spec.head == "mlp1024":
+    shortcuts = _average_pool_shortcuts(model) if spec.downsample == "avg" else []
+    if spec.head != "fc":
         model.fc = make_head(spec.head, model.fc.in_features, spec.num_classes)
-    _reinit_stem(model)
+    _reinit_convs([model.conv1, *shortcuts])
     return model
 
 
 def make_head(head: str, in_features: int, num_classes: int) -> "nn.Module":
-    """A classification head: ``fc`` is one Linear, ``mlp1024`` is Linear→1024, ReLU, Linear."""
+    """A classification head (:class:`~toolkit.spec.HeadLayout`): ``fc`` is one Linear, ``mlp1024`` is
+    Linear→1024, ReLU, Linear, ``mlp512-dropout`` is Linear→512, ReLU, Dropout, Linear."""
     import torch.nn as nn
 
-    if head == "fc":
-        return nn.Linear(in_features, num_classes)
-    if head == "mlp1024":
-        return nn.Sequential(nn.Linear(in_features, MLP_HIDDEN), nn.ReLU(inplace=True), nn.Linear(MLP_HIDDEN, num_classes))
-    raise RtkError(f"unknown head {head!r}")
+    layout = HeadLayout.parse(head)
+    if layout.hidden is None:
+        linear = nn.Linear(in_features, num_classes)
+        return nn.Sequential(nn.Dropout(), linear) if layout.dropout else linear
+    hidden = layout.hidden
+    middle = [nn.Dropout()] if layout.dropout else []
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), *middle, nn.Linear(hidden, num_classes))
 
 
-def head_module(model: "nn.Module") -> "nn.Module":
-    """The classification head of a zoo model (replaced in transfer learning)."""
-    return model.fc
-
-
-def _reinit_stem(model: "nn.Module") -> None:
-    # A replaced conv1 gets torchvision's own initialisation (kaiming normal, fan_out).
+def _deep_stem(in_chans: int, widths: tuple[int, int, int]) -> "nn.Module":
+    """timm's deep stem: three 3×3 convs (the first of stride 2) with BatchNorm and ReLU between;
+    the model's own ``bn1``, ReLU and max-pool follow, as after the 7×7 conv it replaces."""
     import torch.nn as nn
 
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    a, b, out = widths
+    return nn.Sequential(
+        nn.Conv2d(in_chans, a, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
+        nn.Conv2d(a, b, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
+        nn.Conv2d(b, out, 3, stride=1, padding=1, bias=False),
+    )
+
+
+def _average_pool_shortcuts(model: "nn.Module") -> list["nn.Module"]:
+    """ResNet-D shortcuts: a 2×2 average pool does the striding, then a stride-1 1×1 conv
+    (timm's ``downsample_avg``: ``downsample.0`` pool, ``.1`` conv, ``.2`` BatchNorm).
+
+    Returns:
+        The new shortcut modules.
+    """
+    import torch.nn as nn
+
+    replaced = []
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            if block.downsample is None:
+                continue
+            conv, norm = block.downsample
+            stride = conv.stride[0]
+            pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+            block.downsample = nn.Sequential(pool, nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False), norm)
+            replaced.append(block.downsample)
+    return replaced
+
+
+def _block(bottleneck: bool, attention: str | None) -> type:
+    """torchvision's block class, or its squeeze-and-excitation subclass (:mod:`toolkit.blocks`)."""
+    if attention is None:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        return Bottleneck if bottleneck else BasicBlock
+    from toolkit.blocks import SEBasicBlock, SEBottleneck
+
+    return SEBottleneck if bottleneck else SEBasicBlock
+
+
+def _reinit_convs(modules: "list[nn.Module]") -> None:
+    # Replaced convolutions get torchvision's own initialisation (kaiming normal, fan_out), as
+    # every conv the ResNet built itself already has.
+    import torch.nn as nn
+
+    for module in (m for root in modules for m in root.modules()):
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
 
 def count_parameters(model: "nn.Module") -> tuple[int, int]:

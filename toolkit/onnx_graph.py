@@ -96,10 +96,7 @@ def read_onnx_meta(path: str | os.PathLike) -> ArtefactMeta:
     """
     data = metadata_dict(load_onnx_graph(path))
     if data is None:
-        raise RtkError(
-            f"{path} carries no rtk metadata (metadata_props[{METADATA_KEY!r}]), so its classes and preprocessing "
-            "are unknown; export it with `rtk export`, or pass the checkpoint it came from"
-        )
+        raise foreign_onnx_error(path)
     return ArtefactMeta.from_dict(data)
 
 
@@ -110,6 +107,15 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 def is_qdq(model: "onnx.ModelProto") -> bool:
     """Whether the graph is explicitly quantized: it holds QuantizeLinear/DequantizeLinear nodes."""
     return any(node.op_type in QDQ_OPS for node in model.graph.node)
+
+
+def foreign_onnx_error(path: str | os.PathLike) -> RtkError:
+    """The one sentence for an ONNX file without rtk metadata: how to get one that has it."""
+    return RtkError(
+        f"{path} carries no rtk metadata (metadata_props[{METADATA_KEY!r}]), so its classes and preprocessing are "
+        "unknown; name the checkpoint it came from instead (rtk predict DIR --model CHECKPOINT --engine ort exports "
+        "one that has it and runs it), or export it with `rtk export CHECKPOINT`"
+    )
 
 
 def onnx_precision(model: "onnx.ModelProto") -> str:
@@ -161,8 +167,29 @@ def check_classifier_io(
         raise RtkError(f"{where} produces {classes} classes but the model has {spec.num_classes}")
 
 
+def external_data_files(model: "onnx.ModelProto", path: str | os.PathLike) -> tuple[str, ...]:
+    """The files beside an ONNX file that hold its external weights (``MODEL.onnx.data``…), relative to its folder.
+
+    Raises:
+        RtkError: a weight file lies outside the model's folder, or is missing.
+    """
+    onnx = require("onnx", "reading ONNX files")
+    path = Path(path)
+    locations = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entry = {e.key: e.value for e in tensor.external_data}
+            location = entry.get("location", "")
+            if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+                raise RtkError(f"{path.name} keeps weights at {location!r}, outside its own folder; re-export it")
+            if not (path.parent / location).is_file():
+                raise RtkError(f"{path.name} keeps its weights in {location}, which is missing next to it")
+            locations.add(location)
+    return tuple(sorted(locations))
+
+
 def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
-    """What an ONNX file holds, for ``rtk inspect``: opset, I/O, precision, spec, size.
+    """What an ONNX file holds, for ``rtk inspect``: opset, I/O, precision, spec, size (external weight files included).
 
     Args:
         path: the ``.onnx`` file.
@@ -185,10 +212,12 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     extra = {k: v for k, v in (data or {}).items() if k not in ("spec", "preprocess")}
+    external = external_data_files(model, path)
     return {
         "kind": "onnx",
         "path": str(path),
-        "size_bytes": path.stat().st_size,
+        "size_bytes": path.stat().st_size + sum((path.parent / name).stat().st_size for name in external),
+        "external_data": list(external) or None,
         "opset": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
@@ -199,7 +228,7 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
         "weights": params,
         "source": "rtk" if meta else "foreign (no rtk metadata)",
-        "arch": meta.spec.arch if meta else None,
+        "arch": meta.spec.name if meta else None,
         "num_classes": meta.spec.num_classes if meta else None,
         "spec": meta.spec.to_dict() if meta else None,
         "preprocess": meta.preprocess.to_dict() if meta else None,

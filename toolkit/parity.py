@@ -7,6 +7,7 @@ images) to every engine asked for and to the eager fp32 reference, measures each
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from toolkit.compare import (
     run_engine,
     tolerance_for,
 )
+from toolkit.checkpoint import CheckpointOptions
 from toolkit.errors import RtkError
 from toolkit.spec import ArtefactMeta
 
@@ -59,6 +61,8 @@ class ParityOptions:
         batch_sizes: sizes of the random batches, seeded with ``seed``.
         device: ``cpu`` or ``cuda[:N]``: where eager runs and which GPU the GPU engines use.
         atol, rtol, min_cosine, min_top1, max_accuracy_drop: override the per-precision tolerances.
+        checkpoint_options: which of the checkpoint's weights are the reference (EMA or raw), and
+            whether to trust a pickle; the artefacts made from it hold the same weights.
     """
 
     engines: "tuple[EngineName, ...] | str" = ("eager", "ort")
@@ -76,6 +80,7 @@ class ParityOptions:
     min_cosine: float | None = None
     min_top1: float | None = None
     max_accuracy_drop: float | None = None
+    checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def __post_init__(self) -> None:
         from engines.names import parse_engines
@@ -126,7 +131,11 @@ def open_parity_engine(ckpt: "Checkpoint", name: "EngineName", options: ParityOp
     given = options.artefact_for(name)
     if given is None and ckpt.path is None and name.runtime != "eager":
         raise RtkError(f"an in-memory checkpoint has no artefacts next to it; pass the file {name} runs explicitly")
-    engine = open_engine(given or ckpt, name, device=options.device, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess))
+    # The artefacts made from the checkpoint hold the very weights loaded as the reference.
+    reading = dataclasses.replace(options.checkpoint_options, weights=ckpt.weights)
+    engine = open_engine(
+        given or ckpt, name, device=options.device, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess), checkpoint_options=reading,
+    )
     try:
         _check_matches(ckpt, ArtefactMeta(engine.spec, engine.preprocess), given or ckpt.path)
     except RtkError:
@@ -269,7 +278,7 @@ def run_parity(
     from toolkit.checkpoint import Checkpoint, load_checkpoint
 
     options = options or ParityOptions()
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, options=options.checkpoint_options)
     inputs, reference_name = _reference_inputs(ckpt, options)
     results = []
     for name in options.engines:

@@ -18,7 +18,7 @@ from toolkit.artefacts import artefact_kind
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.checkpoint import Checkpoint
+    from toolkit.checkpoint import Checkpoint, CheckpointOptions
     from toolkit.spec import ArtefactMeta
 
 
@@ -31,6 +31,7 @@ def open_engine(
     threads: int | None = None,
     max_batch: int | None = None,
     meta: "ArtefactMeta | None" = None,
+    checkpoint_options: "CheckpointOptions | None" = None,
 ) -> "Engine":
     """Open ``engine`` on ``model``, exporting or building what it runs when the model is a checkpoint.
 
@@ -44,6 +45,8 @@ def open_engine(
         max_batch: the largest batch ONNX Runtime's TensorRT provider, or a TensorRT engine built
             here, is made for.
         meta: spec and preprocess for a foreign ONNX file that carries none.
+        checkpoint_options: which of a checkpoint's weights to run or export (EMA or raw), and
+            whether to trust a pickle.
 
     Raises:
         RtkError: an unknown engine or artefact, an engine that cannot run this artefact, a
@@ -57,6 +60,7 @@ def open_engine(
     name = parse_engine(engine or DEFAULT_ENGINE[kind], precision)
     if name.needs_cuda and not device.startswith("cuda"):
         device = "cuda"
+    opened = dict(threads=threads, max_batch=max_batch, meta=meta, checkpoint_options=checkpoint_options)
     if loaded is not None and (name.runtime == "eager" or path is None):
-        return load(loaded, name, device, threads=threads, max_batch=max_batch, meta=meta)
-    return load(prepare(path, name, device=device, max_batch=max_batch), name, device, threads=threads, max_batch=max_batch, meta=meta)
+        return load(loaded, name, device, **opened)
+    return load(prepare(path, name, device=device, max_batch=max_batch, checkpoint_options=checkpoint_options), name, device, **opened)

@@ -402,7 +402,7 @@ def describe_engine(path: str | os.PathLike) -> dict[str, Any]:
     layers = data.pop("layers")
     report: dict[str, Any] = {"kind": "engine", "path": str(path), "size_bytes": path.stat().st_size}
     report.update({k: v for k, v in data.items() if k not in ("format", "version")})
-    report["arch"] = sidecar.spec.arch
+    report["arch"] = sidecar.spec.name
     report["num_classes"] = sidecar.spec.num_classes
     report["this_machine"] = _compatibility_here(sidecar, path)
     if layers is None:

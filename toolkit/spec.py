@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -29,8 +30,12 @@ ARCHS = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
-HEADS = ("fc", "mlp1024")
-STEMS = ("imagenet", "small")
+#: Classification heads by name. ``mlp1024`` stands for the family ``mlpN`` (any hidden width N);
+#: see :func:`head_layers`.
+HEADS = ("fc", "dropout-fc", "mlp1024", "mlp1024-dropout")
+STEMS = ("imagenet", "small", "deep", "deep_tiered")
+DOWNSAMPLES = ("conv", "avg")
+ATTENTIONS = ("se",)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 CHANNELS = ("rgb", "gray")
 
@@ -57,6 +62,53 @@ def _from_mapping(cls, data: Mapping[str, Any], what: str):
 
 
 @dataclass(frozen=True)
+class HeadLayout:
+    """A head name taken apart.
+
+    ``fc`` is one Linear; ``dropout-fc`` is Dropout then Linear; ``mlpN`` is Linear→N, ReLU, Linear;
+    ``mlpN-dropout`` is Linear→N, ReLU, Dropout, Linear (the transfer-learning tutorials' head).
+    Dropout holds no weights, so it only shifts the index of the Linear that follows it.
+
+    Attributes:
+        hidden: width of the MLP's hidden layer; ``None`` for a single Linear.
+        dropout: a Dropout layer stands before the last Linear.
+    """
+
+    hidden: int | None = None
+    dropout: bool = False
+
+    @classmethod
+    def parse(cls, head: str) -> "HeadLayout":
+        """The layout a head name describes.
+
+        Raises:
+            RtkError: a name outside ``fc``, ``dropout-fc``, ``mlpN``, ``mlpN-dropout``.
+        """
+        match = _HEAD_NAME.fullmatch(head) if isinstance(head, str) else None
+        if match is None:
+            raise RtkError(f"unknown head {head!r}; choose {', '.join(HEADS[:2])}, mlpN or mlpN-dropout (N hidden units, e.g. {HEADS[2]})")
+        if match.group(1) is None:
+            return cls(None, head.startswith("dropout"))
+        return cls(int(match.group(1)), match.group(2) is not None)
+
+    @property
+    def name(self) -> str:
+        if self.hidden is None:
+            return "dropout-fc" if self.dropout else "fc"
+        return f"mlp{self.hidden}" + ("-dropout" if self.dropout else "")
+
+    @property
+    def linear_keys(self) -> tuple[str, ...]:
+        """The state_dict prefixes of the head's Linear layers, first to last (``fc``, ``fc.0``/``fc.3``…)."""
+        if self.hidden is None:
+            return ("fc.1",) if self.dropout else ("fc",)
+        return ("fc.0", "fc.3" if self.dropout else "fc.2")
+
+
+_HEAD_NAME = re.compile(r"dropout-fc|fc|mlp([1-9][0-9]*)(-dropout)?")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What network an artefact holds.
 
@@ -64,9 +116,15 @@ class ModelSpec:
         arch: torchvision architecture name, one of :data:`ARCHS`.
         num_classes: number of output logits.
         class_names: one name per class, or ``None`` (indices are used then).
-        head: ``"fc"`` (one linear layer) or ``"mlp1024"`` (Linear→1024, ReLU, Linear→n).
+        head: ``"fc"`` (one linear layer), ``"mlp1024"`` (Linear→1024, ReLU, Linear→n) or another
+            :class:`HeadLayout` name.
         in_chans: input channels, 1 or 3.
-        stem: ``"imagenet"`` (7×7/2 conv + max-pool) or ``"small"`` (3×3/1 conv, no pool).
+        stem: ``"imagenet"`` (7×7/2 conv + max-pool), ``"small"`` (3×3/1 conv, no pool), or the
+            ResNet-D stems ``"deep"`` (three 3×3 convs of 32, 32, 64 filters + max-pool) and
+            ``"deep_tiered"`` (24, 32, 64), as timm builds them.
+        downsample: the shortcut of a block that changes shape: ``"conv"`` (strided 1×1 conv, as
+            torchvision) or ``"avg"`` (2×2 average pool, then 1×1 conv: ResNet-D).
+        attention: ``"se"`` for squeeze-and-excitation in every block (timm's SE-ResNet), or ``None``.
     """
 
     arch: str
@@ -75,6 +133,8 @@ class ModelSpec:
     head: str = "fc"
     in_chans: int = 3
     stem: str = "imagenet"
+    downsample: str = "conv"
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if self.class_names is not None and not isinstance(self.class_names, tuple):
@@ -91,9 +151,22 @@ class ModelSpec:
             )
             _check(all(isinstance(n, str) for n in self.class_names), "class names must be strings")
             _check(len(set(self.class_names)) == len(self.class_names), "class names must be unique")
-        _check(self.head in HEADS, f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        HeadLayout.parse(self.head)
         _check(self.in_chans in (1, 3), f"in_chans must be 1 or 3, got {self.in_chans!r}")
         _check(self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        _check(self.downsample in DOWNSAMPLES, f"unknown downsample {self.downsample!r}; choose one of {', '.join(DOWNSAMPLES)}")
+        _check(
+            self.attention is None or self.attention in ATTENTIONS,
+            f"unknown attention {self.attention!r}; choose {', '.join(ATTENTIONS)} or none",
+        )
+
+    @property
+    def name(self) -> str:
+        """The architecture as timm names it: ``resnet50d`` (deep stem, average-pool downsample),
+        ``resnet50c`` (deep stem), ``resnet26t`` (tiered stem), ``seresnext50_32x4d`` (SE blocks)."""
+        name = ("se" if self.attention == "se" else "") + self.arch
+        letter = {"deep": "d" if self.downsample == "avg" else "c", "deep_tiered": "t"}.get(self.stem, "")
+        return re.sub(r"(\d+)", lambda m: m.group(1) + letter, name, count=1)
 
     def class_name(self, index: int) -> str:
         """The name of class ``index``, or the index itself as text when names are absent."""
@@ -102,11 +175,18 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class_names"] = list(self.class_names) if self.class_names is not None else None
+        # Left out at their defaults, so plain ResNets stay readable by rtk versions before them.
+        for name in ("downsample", "attention"):
+            if d[name] == _SPEC_DEFAULTS[name]:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
         return _from_mapping(cls, data, "model spec")
+
+
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
 
 
 @dataclass(frozen=True)

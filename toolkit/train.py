@@ -10,6 +10,7 @@ DistributedDataParallel and only rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.checkpoint import CheckpointOptions
 from toolkit.console import ProgressBar, info, warn
 from toolkit.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
 from toolkit.errors import RtkError
@@ -64,7 +66,7 @@ class TrainOptions:
             Not negative (NumPy's generators, which split image folders, refuse negative seeds).
         out: output folder; ``runs/<arch>-<data>`` by default.
         resume: continue from ``out/last.pth``.
-        pretrained: checkpoint to start from (rtk or torchvision); a head of the wrong size is replaced.
+        pretrained: checkpoint to start from (rtk or foreign); a head of the wrong size is replaced.
         freeze: ``backbone`` trains only the head; ``none`` trains everything.
         head: ``fc`` or ``mlp1024`` (Linear→1024, ReLU, Linear).
         stem: ``small`` or ``imagenet``; chosen from the input size when omitted.
@@ -108,6 +110,7 @@ class TrainOptions:
     channels_last: bool = True
     workers: int | None = None
     progress: bool = True
+    checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def output_dir(self, arch: str | None = None) -> Path:
         """``out``, or ``runs/<arch>-<data>`` (``arch``: the architecture actually trained)."""
@@ -221,7 +224,7 @@ class _Run:
         resume = self._resume_checkpoint() if self.o.resume else None
         pretrained = self._pretrained_checkpoint() if self.o.pretrained else None
         if pretrained:
-            self.out = self.o.output_dir(pretrained.spec.arch)
+            self.out = self.o.output_dir(pretrained.spec.name)
         source, spec, pre = self._data_and_spec(resume, pretrained)
         model, device, memory_format = self._model(spec, pre, source, resume, pretrained)
         optimizer, scaler, (start_epoch, history, best) = self._optimizer_state(model, device, resume)
@@ -269,7 +272,7 @@ class _Run:
                 param.requires_grad = name.startswith("fc.")
         trainable, total = count_parameters(model)
         self.trainable, self.total = trainable, total
-        self.say(f"{spec.arch} ({spec.stem} stem, {spec.head} head, {spec.in_chans}-channel {pre.input_size[0]}×{pre.input_size[1]} input) "
+        self.say(f"{spec.name} ({spec.stem} stem, {spec.head} head, {spec.in_chans}-channel {pre.input_size[0]}×{pre.input_size[1]} input) "
                  f"on {source.name}: {source.num_classes} classes, "
                  + ", ".join(f"{len(s)} {k}" for k, s in source.splits.items()))
         self.say(f"trainable parameters: {trainable:,} of {total:,} ({format_share(trainable, total)})")
@@ -350,7 +353,7 @@ class _Run:
     def _pretrained_checkpoint(self) -> "Checkpoint":
         from toolkit.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(self.o.pretrained)
+        ckpt = load_checkpoint(self.o.pretrained, options=self.o.checkpoint_options)
         if self.o.arch and self.o.arch != ckpt.spec.arch:
             raise RtkError(
                 f"{self.o.pretrained} holds a {ckpt.spec.arch}, but --arch {self.o.arch} was asked; "
@@ -362,21 +365,19 @@ class _Run:
 
     def _spec(self, source: "DataSource", pretrained: "Checkpoint | None") -> ModelSpec:
         o = self.o
-        if pretrained:
-            arch, stem = pretrained.spec.arch, pretrained.spec.stem
-            in_chans = o.in_chans or pretrained.spec.in_chans
-        else:
-            arch = o.arch or "resnet18"
-            stem = o.stem or ("small" if max(source.preprocess.input_size) <= SMALL_STEM_MAX else "imagenet")
-            in_chans = o.in_chans or source.preprocess.num_channels
-        return ModelSpec(arch=arch, num_classes=source.num_classes, class_names=source.class_names, head=o.head, in_chans=in_chans, stem=stem)
+        classes = dict(num_classes=source.num_classes, class_names=source.class_names, head=o.head)
+        if pretrained:  # the backbone as it is (a ResNet-D or SE-ResNet stays one), with the new head
+            return dataclasses.replace(pretrained.spec, **classes, in_chans=o.in_chans or pretrained.spec.in_chans)
+        stem = o.stem or ("small" if max(source.preprocess.input_size) <= SMALL_STEM_MAX else "imagenet")
+        in_chans = o.in_chans or source.preprocess.num_channels
+        return ModelSpec(arch=o.arch or "resnet18", **classes, in_chans=in_chans, stem=stem)
 
     def _transfer(self, model: "nn.Module", pretrained: "Checkpoint", spec: ModelSpec) -> None:
         replaced = transfer_weights(model, pretrained.state_dict, pretrained.path)
         old = pretrained.spec
         if replaced:
             self.say(f"head replaced: {old.head} with {old.num_classes} outputs → new {spec.head} with {spec.num_classes} outputs")
-        self.say(f"started from {pretrained.path} ({old.arch}, {'rtk' if pretrained.source == 'rtk' else 'torchvision-style'} checkpoint)")
+        self.say(f"started from {pretrained.path} ({old.name}, {pretrained.source} checkpoint, {pretrained.weights} weights)")
 
     def _optimizer(self, params: list) -> "torch.optim.Optimizer":
         import torch
@@ -625,7 +626,7 @@ class _Loop:
             state["scaler"] = self.scaler.state_dict()
         self.job.save("last.pth", self.model, self.spec, self.pre, {**record, **state})
         self.job.write_history(history, best)
-        save_curves(history, self.job.out / "curves.png", title=f"{self.spec.arch} on {Path(self.source_name).name}")
+        save_curves(history, self.job.out / "curves.png", title=f"{self.spec.name} on {Path(self.source_name).name}")
 
 
 def transfer_weights(model: "nn.Module", state: dict[str, "torch.Tensor"], source: Path | str | None = None) -> bool:

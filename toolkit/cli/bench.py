@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from engines.names import parse_engines
-from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, check_finite, check_positive, int_list
+from toolkit.cli.options import (
+    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_batch_sizes, check_device, check_engines,
+    check_finite, check_positive, checkpoint_options, int_list,
+)
 from toolkit.errors import RtkError
 
 
@@ -30,7 +33,7 @@ DEFAULT_BATCH_SIZES = {"cpu": "1,8", "cuda": "1,8,32,128"}
 
 
 def bench(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors…), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     engine: Annotated[
         str,
         typer.Option(
@@ -65,6 +68,8 @@ def bench(
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Add eager fp32 (checkpoints only) so every engine gets a speed-up.")] = True,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write NAME.json, NAME.csv and NAME.png (plot) into this folder.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="File stem for --out (default: model and device, e.g. resnet50-cpu-amd-epyc-2c).")] = None,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Benchmark engines on a model: images/s, latency mean/p50/p90/p99/min/max, speed-up over eager fp32.
 
@@ -96,6 +101,7 @@ def bench(
         io=io.value if io else ("both" if cuda else "host"),
         rounds=rounds,
         baseline=baseline,
+        checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
     report = run_benchmark(model, options, progress=lambda row: info(progress_line(row))).to_dict()
     if not console.is_terminal:  # piped output gets the whole table, not rich's 80-column default

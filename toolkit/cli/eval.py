@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_device, check_engine
+from toolkit.cli.options import (
+    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_device, check_engine, checkpoint_options,
+)
 
 
 class SplitName(str, Enum):
@@ -19,7 +21,7 @@ class SplitName(str, Enum):
 
 
 def eval_command(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors…), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder.")] = "digits",
     split: Annotated[Optional[SplitName], typer.Option(help="Which split [default: test when the data has one, else val].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per engine call.")] = 256,
@@ -36,6 +38,8 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of that hold-out split (as in training).")] = 0,
     max_samples: Annotated[Optional[int], typer.Option(help="Use at most N images (quick checks).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Measure accuracy, per-class accuracy and the confusion matrix of a model on a labelled dataset.
 
@@ -47,7 +51,7 @@ def eval_command(
     options = EvalOptions(
         model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
         device=device, confusion=confusion, data_root=data_root, download=download, val_split=val_split,
-        seed=seed, max_samples=max_samples, progress=not as_json,
+        seed=seed, max_samples=max_samples, progress=not as_json, checkpoint_options=checkpoint_options(weights, trust_pickle),
     )  # fmt: skip
     result = evaluate_artefact(options)
     if as_json:

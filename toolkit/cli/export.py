@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from exporters.int8 import DEFAULT_CALIB_SAMPLES
+from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options
 
 
 class ExportPrecision(str, Enum):
@@ -35,7 +36,7 @@ class Exporter(str, Enum):
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export: an rtk .pth or a foreign torchvision state_dict.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, .safetensors…).")],
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Destination file or folder. Default: MODEL.onnx (and MODEL.fp16.onnx) next to the checkpoint.")
     ] = None,
@@ -68,6 +69,8 @@ def export(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with eager PyTorch before accepting the file.")] = True,
     exporter: Annotated[Exporter, typer.Option(help="torch exporter: dynamo (default) or the older torchscript one (needed for opset 17).")] = Exporter.dynamo,
     trt: Annotated[bool, typer.Option("--trt", help="Then build the fp16 TensorRT engine (MODEL.engine), as `rtk build` does with its defaults.")] = False,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Export a checkpoint to ONNX, checked by the ONNX checker and by a parity run against eager PyTorch.
 
@@ -79,7 +82,10 @@ def export(
     from toolkit.console import console, info
 
     calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float, activations=activations.value) if calib is not None else None
-    options = ExportOptions(precision.value, opset, static_batch, data, check, exporter.value, calib=calib_options)
+    options = ExportOptions(
+        precision.value, opset, static_batch, data, check, exporter.value, calib=calib_options,
+        checkpoint_options=checkpoint_options(weights, trust_pickle),
+    )
 
     def report(path: Path, prec: str, metrics) -> None:
         size = path.stat().st_size / 1e6

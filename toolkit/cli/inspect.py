@@ -8,16 +8,24 @@ from typing import Annotated
 
 import typer
 
+from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options
+
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
-    """Show what an artefact holds: architecture, classes, parameters, preprocessing, training metrics."""
+    """Show what an artefact holds: architecture, classes, parameters, which weights, preprocessing, training record.
+
+    For a foreign checkpoint the training record is what the file keeps of one: epoch, best
+    metric, arch name, timm's arguments, Lightning's hyper-parameters.
+    """
     from toolkit.artefacts import describe
     from toolkit.console import console
 
-    report = describe(path)
+    report = describe(path, checkpoint_options(weights, trust_pickle))
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
         return

@@ -7,14 +7,50 @@ checked before the command does any work.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 
 import typer
 
 from engines.names import ENGINE_HELP, EngineName, parse_engine, parse_engines
 from toolkit.errors import RtkError
 
+if TYPE_CHECKING:
+    from toolkit.checkpoint import CheckpointOptions
+
 DEVICE_HELP = "cpu or cuda[:N]"
+
+
+class Weights(str, Enum):
+    ema = "ema"
+    raw = "raw"
+
+
+#: ``--weights``, on every command that reads a checkpoint.
+WeightsOption = Annotated[
+    Weights,
+    typer.Option(
+        "--weights",
+        help="Which weights of a checkpoint that holds two sets: ema, its exponential moving average (timm's "
+        "state_dict_ema), taken when present; or raw, the trained weights themselves.",
+    ),
+]
+#: ``--trust-pickle``, on every command that reads a checkpoint.
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Load a checkpoint that pickles Python objects (a whole model saved with torch.save(model)) by RUNNING "
+        "THE CODE IT NAMES. Only for a file from a source you trust; better, save model.state_dict() instead.",
+    ),
+]
+
+
+def checkpoint_options(weights: Weights, trust_pickle: bool) -> "CheckpointOptions":
+    """The :class:`~toolkit.checkpoint.CheckpointOptions` of ``--weights`` and ``--trust-pickle``."""
+    from toolkit.checkpoint import CheckpointOptions
+
+    return CheckpointOptions(weights=weights.value, trust_pickle=trust_pickle)
 
 
 def int_list(values: "str | Sequence[str] | None", flag: str, minimum: int = 1) -> tuple[int, ...]:
@@ -90,6 +126,6 @@ def check_batch_sizes(value: Optional[str]) -> Optional[str]:
 
 
 __all__ = [
-    "DEVICE_HELP", "ENGINE_HELP", "EngineName", "check_batch_sizes", "check_device", "check_engine", "check_engines", "check_finite",
-    "check_positive", "int_list",
+    "DEVICE_HELP", "ENGINE_HELP", "EngineName", "TrustPickleOption", "Weights", "WeightsOption", "check_batch_sizes",
+    "check_device", "check_engine", "check_engines", "check_finite", "check_positive", "checkpoint_options", "int_list",
 ]

@@ -8,11 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_batch_sizes, check_device, check_engines, check_finite, int_list
+from toolkit.cli.options import (
+    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_batch_sizes, check_device, check_engines,
+    check_finite, checkpoint_options, int_list,
+)
 
 
 def parity(
-    checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth); eager fp32 on it is the truth.")],
+    checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth, .safetensors…); eager fp32 on it is the truth.")],
     engine: Annotated[
         str,
         typer.Option("--engine", "--engines", "-e", callback=check_engines, help=f"Comma-separated engines to check: {ENGINE_HELP}; or all."),
@@ -34,6 +37,8 @@ def parity(
     min_top1: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest top-1 agreement (fp32 0.99; fp16 0.95, bf16 0.90 and int8 0.99, judged on real images).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(callback=check_finite, help="Most the accuracy on --data may fall below eager fp32's, as a fraction (int8 0.01, one point; not judged otherwise).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Compare engines with eager PyTorch fp32 on identical inputs; exit 1 if any is outside tolerance.
 
@@ -48,6 +53,7 @@ def parity(
         engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, onnx_int8=onnx_int8, trt_engine=trt_engine, data=data, max_samples=max_samples,
         batch_sizes=int_list(batch_size, "--batch-size"), seed=seed, device=device,
         atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1, max_accuracy_drop=max_accuracy_drop,
+        checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import DEVICE_HELP, ENGINE_HELP, check_device, check_engine
+from toolkit.cli.options import (
+    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_device, check_engine, checkpoint_options,
+)
 from toolkit.console import ProgressBar
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ def predict(
     confusion_png: Annotated[
         Optional[Path], typer.Option(help="For a labelled folder (<class>/image), save the confusion matrix as this PNG.")
     ] = None,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Classify a folder of images, or one image, with any engine.
 
@@ -99,7 +103,7 @@ def predict(
         ],
         [path, model_path],
     )
-    with open_engine(model_path, engine, device=device) as loaded:
+    with open_engine(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle)) as loaded:
         with _Progress() as progress:
             result = run(path, loaded, options, progress)
     for p in result.failures:

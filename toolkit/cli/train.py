@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import check_finite, check_positive
+from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, check_finite, check_positive, checkpoint_options
 from toolkit.spec import ARCHS
 
 Arch = Enum("Arch", {name: name for name in ARCHS}, type=str)
@@ -55,7 +55,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for weights, shuffling, augmentation and the hold-out split.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: runs/<arch>-<data>].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pth.")] = False,
-    pretrained: Annotated[Optional[Path], typer.Option(help="Start from this rtk or torchvision checkpoint; a head of the wrong size is replaced.")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(help="Start from this rtk or foreign checkpoint (torchvision, timm, Lightning, .safetensors…); a head of the wrong size is replaced.")] = None,
     freeze: Annotated[Freeze, typer.Option(help="backbone: train only the head (needs --pretrained).")] = Freeze.none,
     head: Annotated[Head, typer.Option(help="fc (one linear layer) or mlp1024 (Linear→1024, ReLU, Linear).")] = Head.fc,
     stem: Annotated[Optional[Stem], typer.Option(help="small (3×3/1, no max-pool) or imagenet (7×7/2 + max-pool) [default: small up to 64 px].", show_default=False)] = None,
@@ -70,6 +70,8 @@ def train(
     channels_last: Annotated[bool, typer.Option(help="Channels-last memory format on CUDA.")] = True,
     workers: Annotated[Optional[int], typer.Option(help="Data-loading processes [default: 0 on CPU, 4 on CUDA].", show_default=False)] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Train a classifier and write best.pth, last.pth, history.json and curves.png.
 
@@ -88,7 +90,7 @@ def train(
         freeze=freeze.value, head=head.value, stem=stem.value if stem else None, in_chans=in_chans,
         input_size=input_size, val_split=val_split, data_root=data_root, download=download,
         max_samples=max_samples, device=device, amp=amp, channels_last=channels_last, workers=workers,
-        progress=progress,
+        progress=progress, checkpoint_options=checkpoint_options(weights, trust_pickle),
     )  # fmt: skip
     try:
         result = run_training(options)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import int_list
+from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options, int_list
 
 
 class Platform(str, Enum):
@@ -39,6 +39,8 @@ def triton(
     ort_trt_cache: Annotated[Optional[str], typer.Option(metavar="SERVER_DIR", help="With --ort-trt: keep TensorRT engines and timing cache in this folder on the server (absolute path as the server sees it), so restarts skip the build.")] = None,
     triton_release: Annotated[str, typer.Option(metavar="YY.MM", help="Oldest Triton release the config must load on; before 24.04 --ort-trt leaves out the TensorRT profile and timing-cache parameters those servers refuse.")] = "24.04",
     force: Annotated[bool, typer.Option("--force", help="Replace the version folder if it exists.")] = False,
+    weights: WeightsOption = Weights.ema,
+    trust_pickle: TrustPickleOption = False,
 ) -> None:
     """Write MODEL into a Triton Inference Server model repository.
 
@@ -65,6 +67,7 @@ def triton(
         ort_trt_cache=ort_trt_cache,
         triton_release=triton_release,
         force=force,
+        checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
     result = export_triton(model, repo, options)
     action = "replaced" if result.replaced else "wrote"
