@@ -47,6 +47,7 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
     stale = out / "samples" / "stale.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
+    (out / toolkit.demo.DEMO_MARKER).touch()  # that earlier run was a demo's: its folders are replaced
     keep = out / "notes.txt"
     keep.write_text("mine")
     # The real run_demo, recorded, so the test sees the DemoResult the command printed its summary from.
