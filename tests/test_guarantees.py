@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import make_checkpoint
+from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
 SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small")
@@ -315,3 +316,14 @@ def test_a_full_disk_during_export_leaves_no_onnx(work, cli, tmp_path, monkeypat
     out = tmp_path / "full" / "x.onnx"
     _refused(cli("export", work / "m.pth", "-o", out, "--no-check"), f"cannot write {out}: no space left on device")
     assert list((tmp_path / "full").iterdir()) == []
+
+
+def test_a_named_pipe_named_like_an_onnx_file_is_refused_without_blocking(tmp_path):
+    # Reading a FIFO would wait forever for a writer; the ONNX reader refuses it as the
+    # checkpoint and image readers do.
+    from toolkit.onnx_graph import load_onnx_graph
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(RtkError, match="is a named pipe, not an ONNX file"):
+        load_onnx_graph(fifo)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from toolkit.errors import RtkError, first_line, first_sentence, require
-from toolkit.files import USER_ERRNOS, not_regular, os_error, os_reason
+from toolkit.files import USER_ERRNOS, os_error, os_reason, readable_file
 
 #: Classes a weights-only load may build besides torch's own allowlist: plain attribute bags
 #: that run no code when unpickled.
@@ -57,16 +57,7 @@ def read_checkpoint_file(path: str | os.PathLike, trust_pickle: bool = False) ->
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise RtkError(f"{path} does not exist")
-    if path.is_dir():
-        raise RtkError(f"{path} is a folder, not a checkpoint file")
-    if not_regular(path):  # a named pipe would block torch.load, /dev/zero would never end
-        raise RtkError(f"{path} is {not_regular(path)}, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise RtkError(f"{path} is empty (0 bytes), not a checkpoint")
-    return path
+    return readable_file(path, "a checkpoint file")
 
 
 def _has_safetensors_header(path: Path) -> bool:

@@ -61,6 +61,28 @@ def not_regular(path: str | os.PathLike) -> str | None:
     return next((kind for test, kind in kinds if test(mode)), None)
 
 
+def readable_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a :class:`Path`, once it is known to be a non-empty regular file.
+
+    Args:
+        path: the file a command is about to read.
+        what: what it should be, for the message (``"a checkpoint file"``, ``"an ONNX file"``).
+
+    Raises:
+        RtkError: missing, a folder, a pipe or device (reading would block or never end), or empty.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RtkError(f"{path} does not exist")
+    if path.is_dir():
+        raise RtkError(f"{path} is a folder, not {what}")
+    if not_regular(path):
+        raise RtkError(f"{path} is {not_regular(path)}, not {what}")
+    if path.stat().st_size == 0:
+        raise RtkError(f"{path} is empty (0 bytes), not {what}")
+    return path
+
+
 @dataclass(frozen=True)
 class Output:
     """A file a command is about to write, as :func:`check_outputs` checks it.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import RtkError, first_line, require
+from toolkit.files import readable_file
 from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
@@ -45,13 +46,7 @@ class TensorInfo:
 def load_onnx_graph(path: str | os.PathLike) -> "onnx.ModelProto":
     """Parse an ONNX file without its external weights; every failure becomes one sentence."""
     onnx = require("onnx", "reading ONNX files")
-    path = Path(path)
-    if not path.exists():
-        raise RtkError(f"{path} does not exist")
-    if path.is_dir():
-        raise RtkError(f"{path} is a folder, not an ONNX file")
-    if path.stat().st_size == 0:
-        raise RtkError(f"{path} is empty (0 bytes), not an ONNX file")
+    path = readable_file(path, "an ONNX file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
