@@ -84,7 +84,8 @@ def _isolate_rng():
     random.setstate(py_state)
 
 
-TINY_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"c{i}" for i in range(10)), stem="small")
+# Narrow (a quarter of resnet18's channels): the same graph, a sixteenth of the weights and compute.
+TINY_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"c{i}" for i in range(10)), stem="small", width=16)
 TINY_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
@@ -103,9 +104,50 @@ def make_checkpoint(path, spec: ModelSpec = TINY_SPEC, pre: Preprocess = TINY_PR
     return path
 
 
+class ExportedModels:
+    """Real checkpoints and their ONNX exports, each made once per session and copied on request.
+
+    Tracing a ResNet-18 takes seconds, so the tests whose subject is not the export itself share
+    these files. A copy sits next to its checkpoint under the names ``prepare()`` looks for, and
+    is fresh for it: the checkpoint's bytes, and so the sha256 the ONNX records, are the same.
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.sources = {}
+
+    def __call__(self, folder, spec: ModelSpec = TINY_SPEC, pre: Preprocess = TINY_PRE, precisions=("fp32",), name: str = "m.pth"):
+        """Copy the checkpoint of ``spec``/``pre`` (seed 0) as ``folder/name``, with its ONNX file
+        of each precision beside it. Returns ``{"ckpt": path, "fp32": path, "fp16": path, …}``."""
+        import shutil
+        from pathlib import Path
+
+        from exporters.onnx import ExportOptions, export_onnx
+        from toolkit.artefacts import onnx_path_for
+
+        source = self.sources.get((spec, pre))
+        if source is None:
+            source = self.sources[(spec, pre)] = make_checkpoint(self.root / f"model{len(self.sources)}" / "m.pth", spec, pre)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        copies = {"ckpt": Path(shutil.copy2(source, folder / name))}
+        for precision in precisions:
+            exported = onnx_path_for(source, precision)
+            if not exported.exists():
+                export_onnx(source, options=ExportOptions(precision=precision, check=False))
+            copies[precision] = Path(shutil.copy2(exported, onnx_path_for(copies["ckpt"], precision)))
+        return copies
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory):
+    """:class:`ExportedModels` for the session."""
+    return ExportedModels(tmp_path_factory.mktemp("exported"))
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    """A resnet18 (small stem, 10 classes, 32×32 RGB) rtk checkpoint on disk."""
+    """A narrow resnet18 (width 16, small stem, 10 classes, 32×32 RGB) rtk checkpoint on disk."""
     return make_checkpoint(tmp_path / "tiny.pth")
 
 

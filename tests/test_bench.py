@@ -24,7 +24,6 @@ from engines.eager import EagerEngine
 from engines.names import parse_engine
 from conftest import TINY_SPEC, make_checkpoint
 from toolkit.checkpoint import load_model
-from toolkit.errors import RtkError
 from toolkit.spec import Preprocess
 
 # 16 px keeps every engine call a few milliseconds on a busy 2-core machine.
@@ -93,8 +92,8 @@ def test_every_engine_batch_and_io_gets_a_row_with_every_field(report):
 
 def test_speedup_is_throughput_over_eager_at_the_same_batch_and_io(report):
     rows = {(r["engine"], r["batch_size"], r["io"]): r for r in report["results"] if r["status"] == "ok"}
-    for (engine, b, io), r in rows.items():
-        assert r["speedup_vs_eager"] == pytest.approx(r["throughput_ips"] / rows[("eager", b, io)]["throughput_ips"])
+    for (engine, b, kind), r in rows.items():
+        assert r["speedup_vs_eager"] == pytest.approx(r["throughput_ips"] / rows[("eager", b, kind)]["throughput_ips"])
 
 
 def test_an_engine_that_cannot_run_here_is_one_skipped_row_with_the_reason(report):
@@ -111,7 +110,7 @@ def test_environment_records_machine_and_versions(report):
     assert versions["torch"] == torch.__version__.split("+")[0]
     assert versions["onnxruntime"] and versions["rtk"]
     assert "tensorrt" in versions  # recorded, even as None where it is not installed
-    assert report["model"]["arch"] == "resnet18" and report["model"]["input_shape"] == [3, 16, 16]
+    assert report["model"]["arch"] == "resnet18-w16" and report["model"]["input_shape"] == [3, 16, 16]
 
 
 def test_time_calls_times_each_call_and_syncs_around_it():
@@ -236,7 +235,7 @@ def test_cli_runs_and_writes_outputs(cli, small_checkpoint, tmp_path):
     result = cli("bench", small_checkpoint, "-e", "eager", "-b", "1,2", "--iters", "2", "--warmup", "0", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     (path,) = tmp_path.glob("*.json")
-    assert path.name.startswith("resnet18-cpu")
+    assert path.name.startswith("resnet18-w16-cpu")
     data = json.loads(path.read_text())
     validate(data)
     assert [(r["engine"], r["batch_size"]) for r in data["results"]] == [("eager", 1), ("eager", 2)]

@@ -4,7 +4,6 @@ import os
 import pickle
 import random
 import re
-import zipfile
 
 import numpy as np
 
@@ -15,7 +14,7 @@ import torchvision.models as tvm
 from toolkit.checkpoint import infer_spec, load_checkpoint, load_model, save_checkpoint
 from toolkit.errors import RtkError
 from toolkit.models import create_model
-from toolkit.spec import ARCHS, ModelSpec, Preprocess
+from toolkit.spec import ARCHS, ModelSpec
 
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 
@@ -49,10 +48,29 @@ def test_torchvision_state_dict_loads_into_identical_model(tmp_path, arch):
         ModelSpec("resnet18", 1000, in_chans=1),
         ModelSpec("resnet18", 4, in_chans=1, stem="deep_tiered", downsample="avg", attention="se", head="dropout-fc"),
         ModelSpec("resnet34", 6, stem="deep", head="mlp256-dropout"),
+        ModelSpec("resnet18", 3, stem="small", width=16),
+        ModelSpec("resnext50_32x4d", 3, width=32, head="mlp64"),
+        ModelSpec("wide_resnet50_2", 2, width=16, stem="deep", downsample="avg", attention="se"),
     ],
 )
 def test_inference_recovers_head_stem_and_channels(spec):
     assert infer_spec(create_model(spec).state_dict()) == spec
+
+
+def test_a_narrow_network_is_torchvisions_with_fewer_channels_and_the_same_init_at_width_64():
+    from torchvision.models.resnet import BasicBlock
+
+    narrow = create_model(ModelSpec("resnet18", 5, width=16))
+    assert [stage[0].conv1.out_channels for stage in (narrow.layer1, narrow.layer2, narrow.layer3, narrow.layer4)] == [16, 32, 64, 128]
+    assert isinstance(narrow.layer1[0], BasicBlock) and narrow.fc.in_features == 128
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in tvm.resnet18(num_classes=5).parameters()) / 15
+    # At width 64 the network is torchvision's, tensor for tensor, from the same seed.
+    torch.manual_seed(3)
+    ours = create_model(ModelSpec("resnext50_32x4d", 5)).state_dict()
+    torch.manual_seed(3)
+    theirs = tvm.resnext50_32x4d(num_classes=5).state_dict()
+    assert ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("conv1"))  # conv1 is re-initialised
 
 
 @pytest.mark.parametrize("wrap", ["state_dict", "model", "model_state_dict", "module_prefix", "nested"])

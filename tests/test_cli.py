@@ -33,8 +33,8 @@ def test_inspect_checkpoint_json(cli, tiny_checkpoint):
     result = cli("inspect", tiny_checkpoint, "--json")
     assert result.exit_code == 0
     report = json.loads(result.output)
-    assert report["arch"] == "resnet18" and report["num_classes"] == 10
-    assert report["parameters"] == 11_173_962
+    assert report["arch"] == "resnet18-w16" and report["num_classes"] == 10
+    assert report["parameters"] == 701_466  # resnet18 at width 16, small stem, 10 classes
     assert report["preprocess"]["input_size"] == [32, 32]
     assert report["train"]["metrics"]["val_acc"] == 0.5
 

@@ -9,11 +9,10 @@ import torch
 
 import engines
 from conftest import make_checkpoint, make_qdq_onnx
-from exporters.onnx import ExportOptions, export_onnx
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
-SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"))
+SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"), width=16)
 PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
 
 
@@ -68,10 +67,10 @@ ENGINES = [
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory):
+def artefacts(tmp_path_factory, exported_models):
     folder = tmp_path_factory.mktemp("contract")
-    ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
-    onnx, onnx16 = export_onnx(ckpt, options=ExportOptions(precision="all", check=False))
+    files = exported_models(folder, SPEC, PRE, ("fp32", "fp16"))
+    ckpt, onnx, onnx16 = files["ckpt"], files["fp32"], files["fp16"]
     calibration = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
     int8 = make_qdq_onnx(onnx, folder / "m.int8.onnx", calibration)
     return {"ckpt": ckpt, "onnx": onnx, "onnx16": onnx16, "int8": int8}
@@ -217,10 +216,12 @@ def test_ort_tensorrt_provider_options(tmp_path):
         _provider_options("trt", tmp_path / "ro" / "m.onnx", graph, 0, "fp16", 64)
 
 
-def test_prepare_exports_next_to_the_checkpoint_and_reuses_it_while_the_hash_matches(tmp_path):
+def test_prepare_exports_next_to_the_checkpoint_and_reuses_it_while_the_hash_matches(tmp_path, exported_models):
     from exporters.prepare import prepare
 
-    ckpt = make_checkpoint(tmp_path / "m.pth", SPEC, PRE)
+    # A checkpoint with its fp16 ONNX beside it, and no fp32 one yet.
+    ckpt = exported_models(tmp_path, SPEC, PRE, ("fp16",))["ckpt"]
+    fp16_stamp = (tmp_path / "m.fp16.onnx").stat().st_mtime_ns
     assert prepare(ckpt) == ckpt and prepare(ckpt, "eager-fp16") == ckpt
     onnx = prepare(ckpt, "ort")
     assert onnx == tmp_path / "m.onnx" and onnx.exists()
@@ -228,7 +229,7 @@ def test_prepare_exports_next_to_the_checkpoint_and_reuses_it_while_the_hash_mat
     assert prepare(ckpt, "ort-cuda") == onnx and onnx.stat().st_mtime_ns == stamp  # cached, not re-exported
     ckpt.touch()  # a newer file with the same weights is not a reason to export again
     assert prepare(ckpt, "ort-trt-fp32") == onnx and onnx.stat().st_mtime_ns == stamp
-    assert prepare(ckpt, "ort-fp16") == tmp_path / "m.fp16.onnx"
+    assert prepare(ckpt, "ort-fp16") == tmp_path / "m.fp16.onnx" and (tmp_path / "m.fp16.onnx").stat().st_mtime_ns == fp16_stamp
     assert prepare(ckpt, "ort", "fp16") == prepare(ckpt, "ort-cuda-fp16") == tmp_path / "m.fp16.onnx"
     assert prepare(onnx, "ort") == onnx  # an ONNX runs as given
     make_checkpoint(ckpt, SPEC, PRE, seed=1)  # other weights under the same name: exported again

@@ -15,7 +15,7 @@ from toolkit.data import resolve_data, write_digit_images
 from toolkit.spec import ModelSpec
 from toolkit.train import TrainOptions, train
 
-TINY = TrainOptions(data="digits", input_size=8, max_samples=64, epochs=1, batch_size=32, device="cpu", progress=False)
+TINY = TrainOptions(data="digits", input_size=8, max_samples=64, epochs=1, batch_size=32, width=16, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_cli_eval_table(cli, trained):
 def test_eval_prepares_images_with_the_artefacts_preprocess(cli, tmp_path):
     # A 32×32 RGB model evaluated on the 8×8 gray digits: the images are prepared the way the
     # checkpoint says, with no flag to repeat.
-    spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), stem="small")
+    spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), stem="small", width=16)
     path = make_checkpoint(tmp_path / "rgb32.pth", spec, TINY_PRE)
     result = cli("eval", path, "--max-samples", "16", "--json")
     assert result.exit_code == 0, result.output

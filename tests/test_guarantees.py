@@ -17,7 +17,7 @@ from conftest import make_checkpoint
 from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
-SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small")
+SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small", width=16)
 PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 

@@ -13,7 +13,7 @@ from toolkit.errors import RtkError
 from toolkit.spec import ModelSpec, Preprocess
 
 # Shaped like the digits (8×8 gray, classes 0-9), so the real digits calibrate and check it.
-DIGIT_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small")
+DIGIT_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small", width=16)
 DIGIT_PRE = Preprocess(input_size=(8, 8), resize=8, crop=False, mean=(0.5,), std=(0.5,), channels="gray")
 
 

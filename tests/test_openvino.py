@@ -15,24 +15,22 @@ from toolkit.spec import ModelSpec, Preprocess
 
 pytestmark = pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
 
-SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"))
+SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"), width=16)
 PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tmp_path_factory, exported_models):
     """A checkpoint, its fp32 ONNX and a QDQ int8 ONNX next to it, and eager's logits on a batch."""
-    from exporters.onnx import ExportOptions, export_onnx
-
     folder = tmp_path_factory.mktemp("ov")
-    ckpt = make_checkpoint(folder / "m.pth", SPEC, PRE)
-    (onnx,) = export_onnx(ckpt, options=ExportOptions(check=False))  # m.onnx, as open_engine would export it
+    files = exported_models(folder, SPEC, PRE, ("fp32", "fp16"))  # m.onnx, as open_engine would export it
+    ckpt, onnx = files["ckpt"], files["fp32"]
     calibration = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
     int8 = make_qdq_onnx(onnx, folder / "m.int8.onnx", calibration)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
     with engines.load(ckpt) as eager:
         expected = eager(x)
-    return {"ckpt": ckpt, "onnx": onnx, "int8": int8, "x": x, "expected": expected}
+    return {"ckpt": ckpt, "onnx": onnx, "fp16": files["fp16"], "int8": int8, "x": x, "expected": expected}
 
 
 def test_a_checkpoint_runs_on_ov_from_its_fp32_onnx_and_on_ov_int8_from_its_int8_onnx(model):
@@ -74,15 +72,13 @@ def test_ov_int8_from_a_checkpoint_needs_its_int8_onnx_made_from_the_same_weight
 
 def test_precisions_a_file_or_this_cpu_cannot_run_are_refused(model):
     from engines.openvino import cpu_capabilities
-    from exporters.onnx import ExportOptions, export_onnx
 
     with pytest.raises(RtkError, match="m.onnx holds no quantized ops, so ov-int8 cannot run it; make the int8 ONNX with `rtk export"):
         engines.load(model["onnx"], "ov-int8")
     with pytest.raises(RtkError, match="is a quantized \\(QDQ\\) ONNX, so OpenVINO runs it at int8, not bf16"):
         engines.load(model["int8"], "ov-bf16")
-    (fp16,) = export_onnx(model["ckpt"], options=ExportOptions(precision="fp16", check=False))
     with pytest.raises(RtkError, match="holds fp16 weights; OpenVINO reduces precision itself, so give it the fp32 ONNX"):
-        engines.load(fp16, "ov")
+        engines.load(model["fp16"], "ov")
     missing = [p for p, unit in (("fp16", "FP16"), ("bf16", "BF16")) if unit not in cpu_capabilities()]
     if not missing:
         pytest.skip("this CPU has both bf16 and fp16 units; there is nothing to refuse")

@@ -29,6 +29,9 @@ def test_spec_round_trips_through_json():
         ({"arch": "resnet18", "num_classes": 2, "head": "mlp0"}, "unknown head"),
         ({"arch": "resnet18", "num_classes": 2, "downsample": "max"}, "unknown downsample"),
         ({"arch": "resnet18", "num_classes": 2, "attention": "eca"}, "unknown attention"),
+        ({"arch": "resnet18", "num_classes": 2, "width": 24}, "width must be 16, 32, 48 or 64"),
+        ({"arch": "resnet18", "num_classes": 2, "width": 0}, "width must be 16, 32, 48 or 64"),
+        ({"arch": "resnet18", "num_classes": 2, "width": 32.0}, "width must be 16, 32, 48 or 64"),
     ],
 )
 def test_spec_validation_names_the_problem(kwargs, message):
@@ -70,6 +73,9 @@ def test_variants_round_trip_and_plain_specs_keep_their_old_fields():
     spec = ModelSpec("resnext50_32x4d", 5, head="mlp512-dropout", stem="deep", downsample="avg", attention="se")
     assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec.name == "seresnext50d_32x4d"
+    narrow = ModelSpec("resnet18", 3, stem="small", width=16)
+    assert ModelSpec.from_dict(json.loads(json.dumps(narrow.to_dict()))) == narrow and narrow.to_dict()["width"] == 16
+    assert narrow.name == "resnet18-w16"
     # A plain ResNet's dict has only the fields rtk has always written, so older versions read it.
     assert set(ModelSpec("resnet50", 2).to_dict()) == {"arch", "num_classes", "class_names", "head", "in_chans", "stem"}
 

@@ -20,7 +20,7 @@ from toolkit.spec import ModelSpec
 from toolkit.train import TrainOptions, format_share, train
 
 # Tiny but real: 8×8 digits, 32 images per split, one epoch; seconds on a CPU.
-TINY = TrainOptions(data="digits", input_size=8, max_samples=32, epochs=1, batch_size=32, device="cpu", progress=False)
+TINY = TrainOptions(data="digits", input_size=8, max_samples=32, epochs=1, batch_size=32, width=16, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +65,11 @@ def test_fine_tune_frozen_backbone_changes_only_the_head(tiny_run, tmp_path, cap
     assert after.preprocess.input_size == (8, 8) and after.preprocess.channels == "gray"
     changed = {k for k in before if not k.startswith("fc.") and not torch.equal(before[k], after.state_dict[k])}
     assert changed == set()  # weights and BatchNorm statistics of the backbone are untouched
-    assert tuple(after.state_dict["fc.weight"].shape) == (3, 512)
-    assert result.trainable == 512 * 3 + 3 and result.total > 11_000_000
+    assert tuple(after.state_dict["fc.weight"].shape) == (3, 128)  # resnet18 at width 16: 128 features
+    assert result.trainable == 128 * 3 + 3 and result.total > 690_000
     err = capsys.readouterr().err
-    assert "head replaced" in err and "trainable parameters: 1,539" in err
-    assert "(0.014%)" in err  # 1,539 of 11 million: not "0.0%"
+    assert "head replaced" in err and "trainable parameters: 387" in err
+    assert f"({format_share(387, result.total)})" in err
 
 
 def test_share_of_parameters_never_reads_zero_when_it_is_not():
@@ -164,11 +164,20 @@ def test_cli_pretrained_of_another_architecture(cli, tiny_run, tmp_path):
     )
 
 
+def test_cli_width_is_checked_and_must_match_a_pretrained_checkpoint(cli, tiny_run, tmp_path):
+    _fails(cli("train", "--width", "24", "--out", tmp_path / "a"), "--width must be 16, 32, 48 or 64 (every published ResNet's), got 24")
+    _fails(
+        cli("train", "--width", "64", "--pretrained", tiny_run.best, "--out", tmp_path / "b"),
+        "has width 16, but --width 64 was asked; drop --width to fine-tune it",
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_pretrained_that_does_not_fit_names_the_tensor(tiny_run, tmp_path):
     from toolkit.errors import RtkError
 
     # The digits backbone is 1-channel; forcing 3 input channels cannot reuse its conv1.
-    with pytest.raises(RtkError, match=r"conv1.weight is \(64, 1, 3, 3\) there but \(64, 3, 3, 3\) here"):
+    with pytest.raises(RtkError, match=r"conv1.weight is \(16, 1, 3, 3\) there but \(16, 3, 3, 3\) here"):
         train(replace(TINY, pretrained=tiny_run.best, in_chans=3, out=tmp_path / "o"))
 
 
@@ -263,7 +272,7 @@ def test_pretrained_torchvision_state_dict_fine_tunes_with_a_new_head(tmp_path, 
 def test_grayscale_digits_train_an_rgb_backbone(tmp_path):
     result = train(replace(TINY, in_chans=3, out=tmp_path / "rgb"))
     best = load_checkpoint(result.best)
-    assert best.spec.in_chans == 3 and tuple(best.state_dict["conv1.weight"].shape) == (64, 3, 3, 3)
+    assert best.spec.in_chans == 3 and tuple(best.state_dict["conv1.weight"].shape) == (16, 3, 3, 3)
     assert best.preprocess.channels == "rgb" and len(best.preprocess.mean) == 3
     assert best.preprocess.mean[0] == best.preprocess.mean[1] == best.preprocess.mean[2]  # the gray statistics, repeated
     assert result.test_acc is not None

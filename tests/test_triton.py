@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
+from conftest import TINY_PRE, TINY_SPEC
 from toolkit.spec import ArtefactMeta, ModelSpec
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (pip install 'rtk[dev]')")
@@ -40,16 +40,16 @@ def onnx_io(path: Path):
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory):
-    """A checkpoint and the fp32 ONNX that `rtk triton` finds up to date next to it (exported once).
+def onnx_model(tmp_path_factory, exported_models):
+    """A checkpoint and the fp32 ONNX that `rtk triton` finds up to date next to it.
 
     The exporter's own parity check is skipped here (the exporter's tests own it); the file is
     the one `ensure_onnx` would otherwise write.
     """
-    from exporters.onnx import ExportOptions, ensure_onnx, export_onnx
+    from exporters.onnx import ensure_onnx
 
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth")
-    (exported,) = export_onnx(ckpt, options=ExportOptions(precision="fp32", check=False))
+    files = exported_models(tmp_path_factory.mktemp("model"), name="tiny.pth")
+    ckpt, exported = files["ckpt"], files["fp32"]
     assert ensure_onnx(ckpt, "fp32") == exported
     return ckpt, exported
 
@@ -149,11 +149,8 @@ def test_onnx_input_cpu_instances_and_defaults(cli, onnx_model, tmp_path):
     assert (model_dir / "1" / "model.onnx").is_file()
 
 
-@pytest.mark.slow  # a second export: ~30 s on two busy cores
-def test_fp16_onnx_keeps_fp32_io(cli, tmp_path):
-    from exporters.onnx import ExportOptions, export_onnx
-
-    (fp16,) = export_onnx(make_checkpoint(tmp_path / "net.pth"), options=ExportOptions(precision="fp16", check=False))
+def test_fp16_onnx_keeps_fp32_io(cli, tmp_path, exported_models):
+    fp16 = exported_models(tmp_path, precisions=("fp16",), name="net.pth")["fp16"]
     repo = tmp_path / "repo"
     assert cli("triton", fp16, "--repo", repo).exit_code == 0
     config = parse_config(repo / "net_fp16")
@@ -314,7 +311,7 @@ def test_plan_repository_every_field(cli, tmp_path):
 def test_new_version_with_other_classes_is_refused(cli, tmp_path):
     repo = tmp_path / "repo"
     assert cli("triton", write_plan(tmp_path), "--repo", repo, "--name", "clf").exit_code == 0
-    other_spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"k{i}" for i in range(10)), stem="small")
+    other_spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"k{i}" for i in range(10)), stem="small", width=16)
     other = write_plan(tmp_path, name="other.engine", spec=other_spec)
     before = (repo / "clf" / "config.pbtxt").read_text()
     result = cli("triton", other, "--repo", repo, "--name", "clf")

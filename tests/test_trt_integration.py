@@ -202,7 +202,7 @@ def test_parity_refuses_an_engine_of_another_model(artefacts, tmp_path, cli):
     from exporters.trt import BuildOptions, build_engine
     from toolkit.spec import ModelSpec
 
-    other = make_checkpoint(tmp_path / "five.pth", ModelSpec(arch="resnet18", num_classes=5, stem="small"))
+    other = make_checkpoint(tmp_path / "five.pth", ModelSpec(arch="resnet18", num_classes=5, stem="small", width=16))
     (onnx_path,) = export_onnx(other, options=ExportOptions(check=False))
     engine = build_engine(onnx_path, options=BuildOptions(min_batch=1, opt_batch=2, max_batch=4), show_progress=False)
     result = cli("parity", artefacts["checkpoint"], "--engines", "eager,trt", "--trt-engine", engine)

@@ -338,7 +338,7 @@ def test_describe_engine_reads_the_sidecar_without_tensorrt(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     engine = write_engine(tmp_path)
     report = describe_engine(engine)
-    assert report["kind"] == "engine" and report["arch"] == "resnet18" and report["precision"] == "fp16"
+    assert report["kind"] == "engine" and report["arch"] == "resnet18-w16" and report["precision"] == "fp16"
     assert report["profile"] == {"min": 1, "opt": 32, "max": 128} and report["layer_count"] == 2
     assert report["layer_types"] == {"CaskConvolution": 1, "CaskGemm": 1}
     assert report["this_machine"].startswith("unknown")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from toolkit.errors import RtkError
 from toolkit.models import ARCH_INFO, DEEP_STEM_WIDTHS
-from toolkit.spec import HeadLayout, ModelSpec
+from toolkit.spec import WIDTHS, HeadLayout, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +33,11 @@ def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) ->
     where = f"{path}" if path else "the checkpoint"
     if ANCHOR_KEY not in state:
         raise not_a_resnet(state, where)
-    stem, in_chans = _infer_stem(state, where)
+    # The stem's output channels are the network's width (64 unless narrowed); the first block reads them.
+    stem, in_chans, base = _infer_stem(state, where)
+    anchor = state[ANCHOR_KEY]
+    if anchor.ndim != 4 or anchor.shape[1] != base:
+        raise RtkError(f"{where} holds an unknown ResNet layout: its stem gives {base} channels but {ANCHOR_KEY} has shape {tuple(anchor.shape)}")
 
     # Every ResNet block has a conv2; its shape is what tells groups and width apart below.
     conv2 = state.get("layer1.0.conv2.weight")
@@ -42,9 +46,9 @@ def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) ->
         raise RtkError(f"{where} holds an unknown ResNet layout: it has conv1 and layer1.0.conv1 but {found}")
     layers = tuple(_count_blocks(state, i) for i in range(1, 5))
     bottleneck = "layer1.0.conv3.weight" in state
-    width, per_group = int(conv2.shape[0]), int(conv2.shape[1])
-    groups = width // per_group if per_group else 0
-    width_per_group = width // groups if bottleneck and groups else 64
+    inner, per_group = int(conv2.shape[0]), int(conv2.shape[1])
+    groups = inner // per_group if per_group else 0
+    width_per_group = inner // groups * 64 // base if bottleneck and groups else 64
 
     arch = next(
         (
@@ -62,31 +66,34 @@ def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) ->
             f"{where} holds an unknown ResNet layout: {kind} blocks {list(layers)}, groups {groups}, "
             f"width per group {width_per_group}; known: {', '.join(ARCH_INFO)}"
         )
-    head, num_classes = _infer_head(state, ARCH_INFO[arch].feature_dim, where)
+    head, num_classes = _infer_head(state, ARCH_INFO[arch].feature_dim(base), where)
     return ModelSpec(
         arch=arch, num_classes=num_classes, head=head, in_chans=in_chans, stem=stem,
-        downsample=_infer_downsample(state, where), attention=_infer_attention(state, where),
+        downsample=_infer_downsample(state, where), attention=_infer_attention(state, where), width=base,
     )
 
 
-def _infer_stem(state: Mapping[str, "torch.Tensor"], where: str) -> tuple[str, int]:
-    """``(stem, in_chans)``: one 7×7 or 3×3 conv, or ResNet-D's three 3×3 convs (``conv1.0``/``.3``/``.6``)."""
+def _infer_stem(state: Mapping[str, "torch.Tensor"], where: str) -> tuple[str, int, int]:
+    """``(stem, in_chans, width)``: one 7×7 or 3×3 conv, or ResNet-D's three 3×3 convs
+    (``conv1.0``/``.3``/``.6``); ``width`` is the filters of the last, one of :data:`WIDTHS`."""
     conv1 = state.get("conv1.weight")
     if conv1 is not None:
-        if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7) or conv1.shape[0] != 64:
-            raise RtkError(f"{where} has a conv1 of shape {tuple(conv1.shape)}; expected 64 filters of 7×7 or 3×3")
-        return ("imagenet" if conv1.shape[-1] == 7 else "small"), int(conv1.shape[1])
+        if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7) or conv1.shape[0] not in WIDTHS:
+            raise RtkError(f"{where} has a conv1 of shape {tuple(conv1.shape)}; expected 64 filters of 7×7 or 3×3 (or 16, 32, 48: a narrowed network)")
+        return ("imagenet" if conv1.shape[-1] == 7 else "small"), int(conv1.shape[1]), int(conv1.shape[0])
     deep = [state.get(f"conv1.{i}.weight") for i in (0, 3, 6)]
     if all(t is not None and t.ndim == 4 for t in deep):
         widths = tuple(int(t.shape[0]) for t in deep)
-        stem = next((name for name, known in DEEP_STEM_WIDTHS.items() if known == widths), None)
+        width = widths[-1] if widths[-1] in WIDTHS else 64
+        scaled = {name: tuple(w * width // 64 for w in known) for name, known in DEEP_STEM_WIDTHS.items()}
+        stem = next((name for name, known in scaled.items() if known == widths), None)
         if stem is None:
-            known = " or ".join(str(w) for w in DEEP_STEM_WIDTHS.values())
+            known = " or ".join(str(w) for w in scaled.values())
             raise RtkError(
                 f"{where} has a ResNet-D deep stem of {widths} filters (conv1.0/conv1.3/conv1.6); rtk builds the "
                 f"stems of timm's stem_width 32, {known}, not wider ones such as resnet50s"
             )
-        return stem, int(deep[0].shape[1])
+        return stem, int(deep[0].shape[1]), width
     if "layer0.conv1.weight" in state:
         raise RtkError(
             f"{where} is a legacy SENet/SE-ResNet (layer0.*, se_module.*: Cadene's pretrainedmodels, timm's legacy_* "

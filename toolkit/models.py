@@ -7,6 +7,7 @@ SE-ResNet layouts included). ``create_model(spec)`` is the one entry point.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,9 +36,9 @@ class ArchInfo:
     groups: int = 1
     width_per_group: int = 64
 
-    @property
-    def feature_dim(self) -> int:
-        return 2048 if self.bottleneck else 512
+    def feature_dim(self, width: int = 64) -> int:
+        """Channels of the last stage, which the head reads: 8 × ``width``, × 4 after a bottleneck."""
+        return 8 * width * (4 if self.bottleneck else 1)
 
 
 ARCH_INFO: dict[str, ArchInfo] = {
@@ -78,27 +79,56 @@ def create_model(spec: ModelSpec) -> "nn.Module":
         (``conv1.0``/``conv1.3``/``conv1.6``, ``downsample.1``, ``se.fc1``).
     """
     import torch.nn as nn
-    from torchvision.models.resnet import ResNet
 
     if spec.arch not in ARCH_INFO:
         raise RtkError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHS)}")
     info = ARCH_INFO[spec.arch]
-    model = ResNet(
+    model = _resnet_class()(
         _block(info.bottleneck, spec.attention), list(info.layers), num_classes=spec.num_classes,
-        groups=info.groups, width_per_group=info.width_per_group,
+        groups=info.groups, width_per_group=info.width_per_group, width=spec.width,
     )
+    width = spec.width
     if spec.stem == "small":
-        model.conv1 = nn.Conv2d(spec.in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(spec.in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     elif spec.stem in DEEP_STEM_WIDTHS:
-        model.conv1 = _deep_stem(spec.in_chans, DEEP_STEM_WIDTHS[spec.stem])
-    elif spec.in_chans != 3:
-        model.conv1 = nn.Conv2d(spec.in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        model.conv1 = _deep_stem(spec.in_chans, tuple(w * width // 64 for w in DEEP_STEM_WIDTHS[spec.stem]))
+    elif spec.in_chans != 3 or width != 64:
+        model.conv1 = nn.Conv2d(spec.in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
     shortcuts = _average_pool_shortcuts(model) if spec.downsample == "avg" else []
     if spec.head != "fc":
         model.fc = make_head(spec.head, model.fc.in_features, spec.num_classes)
     _reinit_convs([model.conv1, *shortcuts])
     return model
+
+
+@functools.cache
+def _resnet_class() -> type:
+    """torchvision's ``ResNet`` with every stage ``width / 64`` as wide; at width 64 it is torchvision's own.
+
+    torchvision builds stages of 64, 128, 256 and 512 planes; the subclass scales the planes it
+    asks each stage for, so its blocks, shortcuts, grouped widths and initialisation stay
+    torchvision's. The stem's conv is reshaped by :func:`create_model`; ``bn1`` and ``fc`` here.
+    """
+    import torch.nn as nn
+    from torchvision.models.resnet import ResNet
+
+    class ScaledResNet(ResNet):
+        def __init__(self, block, layers, *, width: int, **kwargs):
+            object.__setattr__(self, "_width", width)
+            object.__setattr__(self, "_stages_built", 0)
+            super().__init__(block, layers, **kwargs)
+            if width != 64:
+                self.bn1 = nn.BatchNorm2d(width)
+                self.fc = nn.Linear(self.fc.in_features * width // 64, self.fc.out_features)
+
+        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+            if self._stages_built == 0:
+                self.inplanes = self._width  # the stem's output
+            object.__setattr__(self, "_stages_built", self._stages_built + 1)
+            return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+    return ScaledResNet
 
 
 def make_head(head: str, in_features: int, num_classes: int) -> "nn.Module":

@@ -34,6 +34,8 @@ ARCHS = (
 #: see :func:`head_layers`.
 HEADS = ("fc", "dropout-fc", "mlp1024", "mlp1024-dropout")
 STEMS = ("imagenet", "small", "deep", "deep_tiered")
+#: Channels of the first stage: 64 is every published ResNet's; the others narrow the network.
+WIDTHS = (16, 32, 48, 64)
 DOWNSAMPLES = ("conv", "avg")
 ATTENTIONS = ("se",)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -125,6 +127,10 @@ class ModelSpec:
         downsample: the shortcut of a block that changes shape: ``"conv"`` (strided 1×1 conv, as
             torchvision) or ``"avg"`` (2×2 average pool, then 1×1 conv: ResNet-D).
         attention: ``"se"`` for squeeze-and-excitation in every block (timm's SE-ResNet), or ``None``.
+        width: channels of the first stage, one of :data:`WIDTHS`; the four stages have 1, 2, 4 and
+            8 times as many (times 4 after a bottleneck's expansion). 64 in every published ResNet;
+            a narrower network (16, 32) trains and runs several times faster on small images and
+            small data sets.
     """
 
     arch: str
@@ -135,6 +141,7 @@ class ModelSpec:
     stem: str = "imagenet"
     downsample: str = "conv"
     attention: str | None = None
+    width: int = 64
 
     def __post_init__(self) -> None:
         if self.class_names is not None and not isinstance(self.class_names, tuple):
@@ -159,14 +166,20 @@ class ModelSpec:
             self.attention is None or self.attention in ATTENTIONS,
             f"unknown attention {self.attention!r}; choose {', '.join(ATTENTIONS)} or none",
         )
+        _check(
+            isinstance(self.width, int) and not isinstance(self.width, bool) and self.width in WIDTHS,
+            f"width must be 16, 32, 48 or 64 (every published ResNet's), got {self.width!r}",
+        )
 
     @property
     def name(self) -> str:
         """The architecture as timm names it: ``resnet50d`` (deep stem, average-pool downsample),
-        ``resnet50c`` (deep stem), ``resnet26t`` (tiered stem), ``seresnext50_32x4d`` (SE blocks)."""
+        ``resnet50c`` (deep stem), ``resnet26t`` (tiered stem), ``seresnext50_32x4d`` (SE blocks);
+        a width other than 64 follows as ``-w16``."""
         name = ("se" if self.attention == "se" else "") + self.arch
         letter = {"deep": "d" if self.downsample == "avg" else "c", "deep_tiered": "t"}.get(self.stem, "")
-        return re.sub(r"(\d+)", lambda m: m.group(1) + letter, name, count=1)
+        name = re.sub(r"(\d+)", lambda m: m.group(1) + letter, name, count=1)
+        return name if self.width == 64 else f"{name}-w{self.width}"
 
     def class_name(self, index: int) -> str:
         """The name of class ``index``, or the index itself as text when names are absent."""
@@ -176,7 +189,7 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         d["class_names"] = list(self.class_names) if self.class_names is not None else None
         # Left out at their defaults, so plain ResNets stay readable by rtk versions before them.
-        for name in ("downsample", "attention"):
+        for name in ("downsample", "attention", "width"):
             if d[name] == _SPEC_DEFAULTS[name]:
                 del d[name]
         return d
