@@ -22,7 +22,6 @@ int8 (``MODEL.int8.onnx``) is the fp32 graph quantized to QDQ and calibrated on 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -168,13 +167,14 @@ def export_onnx(
 
         calib = calibration_images(ckpt, options.calib)
     inputs = _check_inputs(ckpt, options) if options.check else None
+    traced = trace_to_onnx(model, ckpt, options)  # once: fp16 and int8 are made from the fp32 graph
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
     # not leave the fp32 file behind either.
     with contextlib.ExitStack() as stack:
         for prec, path in outputs.items():
             tmp = stack.enter_context(staged(path))
-            checked.append((path, prec, _export_one(model, ckpt, prec, tmp, path, options, inputs, calib)))
+            checked.append((path, prec, _export_one(traced, ckpt, prec, tmp, path, options, inputs, calib)))
     if on_checked is not None:
         for path, prec, metrics in checked:
             on_checked(path, prec, metrics)
@@ -264,13 +264,20 @@ def _export_record(path: Path) -> dict[str, Any] | None:
 
 
 def _export_one(
-    model: "nn.Module", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs, calib=None
+    traced: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs, calib=None
 ) -> "ParityMetrics | None":
-    """Export, validate and check one precision into ``tmp``, the staged file that becomes ``path``."""
-    module = half_module(model) if precision == "fp16" else model
-    proto = trace_to_onnx(module, ckpt, options)
+    """Make one precision from the traced fp32 graph (left as it is), validate and check it into
+    ``tmp``, the staged file that becomes ``path``."""
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(traced)
     extra = None
-    if precision == "int8":
+    if precision == "fp16":
+        from exporters.fp16 import to_fp16
+
+        proto = to_fp16(proto)
+    elif precision == "int8":
         from exporters.int8 import quantize_qdq
 
         proto, record = quantize_qdq(proto, calib, options.calib, options.static_batch, options.progress)
@@ -283,12 +290,6 @@ def _export_one(
         check_fp16_compute(proto)
     _save(proto, tmp)
     return _parity_check(tmp, ckpt, precision, inputs, path) if inputs is not None else None
-
-
-def half_module(model: "nn.Module") -> "nn.Module":
-    from exporters.fp16 import half_precision
-
-    return half_precision(copy.deepcopy(model))
 
 
 @contextlib.contextmanager
@@ -312,7 +313,7 @@ def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOption
     """Export a module (already in eval mode) to an in-memory ONNX model.
 
     Args:
-        module: the network, fp32 or wrapped by :func:`exporters.fp16.half_precision`.
+        module: the fp32 network.
         ckpt: the checkpoint it came from (input size and channels).
         options: opset, static batch, exporter.
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 import engines
-from conftest import make_checkpoint, make_qdq_onnx
+from conftest import TINY_PRE, TINY_SPEC, make_checkpoint, make_qdq_onnx
 from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
 
-SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"), width=16)
-PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
+# The suite's tiny model, whose exports the session makes once (conftest.ExportedModels).
+SPEC, PRE = TINY_SPEC, TINY_PRE
 
 
 def _ort_has(provider: str) -> bool:
@@ -111,12 +110,12 @@ def _check_contract(name, open_engine, tol, reference):
         assert engine.spec == SPEC and engine.preprocess == PRE and engine.input_shape == (3, 32, 32)
         for n in range(1, len(x) + 1):  # batch sizes 1..N
             out = engine(x[:n])
-            assert out.shape == (n, 6) and out.dtype == np.float32
+            assert out.shape == (n, 10) and out.dtype == np.float32
             np.testing.assert_allclose(out, expected[:n], atol=tol[0], rtol=tol[1])
         device_out = engine(torch.from_numpy(x[:2]))  # a torch tensor goes through run_device
-        assert device_out.shape == (2, 6) and device_out.dtype == np.float32
+        assert device_out.shape == (2, 10) and device_out.dtype == np.float32
         on_device = engine.run_device(torch.from_numpy(x[:3]))
-        assert tuple(on_device.shape) == (3, 6)
+        assert tuple(on_device.shape) == (3, 10)
         np.testing.assert_allclose(on_device.float().cpu().numpy(), expected[:3], atol=tol[0], rtol=tol[1])
         for bad, message in [
             (torch.zeros(1, 3, 16, 16), "expects inputs of shape"),
@@ -187,7 +186,7 @@ def test_a_gpu_provider_that_fails_to_start_is_not_passed_off_as_gpu(artefacts, 
         engine = engines.load(artefacts["onnx"], engine="ort-cuda", device="cuda")
     with engine:
         assert engine.name == "ort(fallback from ort-cuda)" and engine.device == "cpu" and engine.fallback_from == "ort-cuda"
-        assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 6)
+        assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
     err = capsys.readouterr().err
     assert "CUDAExecutionProvider failed to start" in err and "running m.onnx on the CPU instead" in err
 
@@ -312,4 +311,4 @@ def test_foreign_onnx_needs_the_spec_from_its_checkpoint(artefacts, tmp_path):
         engines.load(bare)
     ckpt = load_checkpoint(artefacts["ckpt"])
     with engines.load(bare, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
-        assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 6)
+        assert engine(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)

@@ -19,7 +19,7 @@ from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 # The imagenet stem at 32 px keeps every architecture's activations tiny, so the cost is tracing.
 ZOO_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
 # Basic blocks, and bottleneck blocks with grouped convolutions (ResNeXt): every layer type of the
-# family. The rest are these graphs deeper or wider (15-30 s each to trace on two cores): -m slow.
+# family. The rest are these graphs deeper or wider (15-30 s each to trace on two cores).
 FAMILIES = ["resnet18", "resnext50_32x4d"]
 BIG = ["resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 
@@ -40,17 +40,23 @@ def _eager_logits(ckpt_path, x):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """The tiny checkpoint exported once at both precisions: (checkpoint, fp32 onnx, fp16 onnx)."""
-    folder = tmp_path_factory.mktemp("export")
-    ckpt = make_checkpoint(folder / "tiny.pth")
-    fp32, fp16 = export_onnx(ckpt, options=ExportOptions(precision="all"))
-    return ckpt, fp32, fp16
+def exported(tmp_path_factory, exported_models):
+    """The tiny checkpoint exported at both precisions: (checkpoint, fp32 onnx, fp16 onnx).
+    Its parity check is the subject of test_cli_export_reports_the_check."""
+    files = exported_models(tmp_path_factory.mktemp("export"), precisions=("fp32", "fp16"), name="tiny.pth")
+    return files["ckpt"], files["fp32"], files["fp16"]
 
 
-@pytest.mark.parametrize("arch", FAMILIES + [pytest.param(a, marks=pytest.mark.slow) for a in BIG])
-def test_every_architecture_matches_eager_in_fp32_and_keeps_direction_in_fp16(tmp_path, arch):
-    spec = ModelSpec(arch=arch, num_classes=7)
+# The default suite traces each family at width 16, the same graph with a sixteenth of the
+# weights; -m slow traces every architecture at its published width.
+ZOO = [pytest.param(a, 16, id=f"{a}-w16") for a in FAMILIES] + [
+    pytest.param(a, 64, id=a, marks=pytest.mark.slow) for a in FAMILIES + BIG
+]
+
+
+@pytest.mark.parametrize("arch, width", ZOO)
+def test_every_architecture_matches_eager_in_fp32_and_keeps_direction_in_fp16(tmp_path, arch, width):
+    spec = ModelSpec(arch=arch, num_classes=7, width=width)
     ckpt = make_checkpoint(tmp_path / f"{arch}.pth", spec, ZOO_PRE)
     fp32, fp16 = export_onnx(ckpt, options=ExportOptions(precision="all", check=False))  # the test itself is the check
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32), dtype=np.float32)
@@ -96,6 +102,36 @@ def test_fp16_onnx_holds_fp16_weights_and_compute_behind_fp32_io(exported):
     assert os.path.getsize(fp16) < 0.6 * os.path.getsize(fp32)
     with pytest.raises(RtkError, match="float32 weight"):
         check_fp16_compute(onnx.load(str(fp32)))
+
+
+def test_fp16_conversion_halves_constants_and_inner_casts_and_keeps_float32_io():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.fp16 import check_fp16_compute, to_fp16
+
+    weight = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
+    nodes = [
+        helper.make_node("Constant", [], ["scale"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+        helper.make_node("Mul", ["input", "scale"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["as_float", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])], [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    half = to_fp16(model)
+    onnx.checker.check_model(half, full_check=True)
+    check_fp16_compute(half)
+    assert [n.op_type for n in half.graph.node] == ["Cast", "Constant", "Mul", "Cast", "MatMul", "Cast"]
+    assert model.graph.initializer[0].data_type == TensorProto.FLOAT  # the fp32 graph is left as it was
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((3, 4), dtype=np.float32)
+    (out,) = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (x * 0.5) @ weight, atol=1e-2)
 
 
 def test_onnx_reference_evaluator_agrees_with_eager_and_ort(tmp_path):

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 import engines
-from conftest import make_checkpoint, make_qdq_onnx
+from conftest import TINY_PRE, TINY_SPEC, make_checkpoint, make_qdq_onnx
 from toolkit.compare import compare
 from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
 
 pytestmark = pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
 
-SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"), width=16)
-PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
+# The suite's tiny model, whose exports the session makes once (conftest.ExportedModels).
+SPEC, PRE = TINY_SPEC, TINY_PRE
 
 
 @pytest.fixture(scope="module")

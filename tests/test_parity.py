@@ -9,13 +9,13 @@ import onnx
 import pytest
 import torch
 
-from conftest import make_checkpoint
+from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 from exporters.onnx import ExportOptions, export_onnx
 from toolkit.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
 from toolkit.spec import ModelSpec, Preprocess
 
-SPEC = ModelSpec(arch="resnet18", num_classes=6, class_names=tuple("abcdef"), width=16)
-PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
+# The suite's tiny model, whose exports the session makes once (conftest.ExportedModels).
+SPEC, PRE = TINY_SPEC, TINY_PRE
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_pat
     model = onnx.load(str(path))
     del model.metadata_props[:]  # without metadata the graph's own output size gives it away
     onnx.save(model, str(path))
-    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "produces 4 classes but the model has 6")
+    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "produces 4 classes but the model has 10")
 
 
 @pytest.mark.parametrize(

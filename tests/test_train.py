@@ -104,7 +104,7 @@ def test_resume_equals_an_uninterrupted_run_with_the_same_seed(tmp_path):
 
 def test_ctrl_c_leaves_a_usable_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "toolkit", "train", "--input-size", "8", "--max-samples", "32", "--batch-size", "16",
+    cmd = [sys.executable, "-m", "toolkit", "train", "--input-size", "8", "--max-samples", "32", "--batch-size", "16", "--width", "16",
            "--epochs", "500", "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -125,10 +125,10 @@ def test_ctrl_c_leaves_a_usable_last_checkpoint(tmp_path):
 
 
 def test_cli_train_prints_best_checkpoint(cli, tmp_path):
-    result = cli("train", "--input-size", "8", "--max-samples", "32", "--epochs", "1", "--device", "cpu",
+    result = cli("train", "--input-size", "8", "--max-samples", "32", "--epochs", "1", "--device", "cpu", "--width", "16",
                  "--no-progress", "--out", tmp_path / "cli")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip().endswith("best.pth")
+    assert result.stdout.strip().endswith("best.pth") and "resnet18-w16" in result.stderr
     assert "test accuracy" in result.stderr and "trainable parameters" in result.stderr
 
 
