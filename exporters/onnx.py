@@ -167,7 +167,7 @@ def export_onnx(
 
         calib = calibration_images(ckpt, options.calib)
     inputs = _check_inputs(ckpt, options) if options.check else None
-    traced = trace_to_onnx(model, ckpt, options)  # once: fp16 and int8 are made from the fp32 graph
+    traced = _trace_once(model, ckpt, checkpoint_path, options)  # fp16 and int8 are made from the fp32 graph
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
     # not leave the fp32 file behind either.
@@ -258,6 +258,21 @@ def _export_record(path: Path) -> dict[str, Any] | None:
         return metadata_dict(load_onnx_graph(path))
     except RtkError:
         return None
+
+
+#: The last trace, reused while the same weights are exported with the same settings in one
+#: process (parity preparing ort and then ort-fp16, the demo's int8 after its fp32 and fp16):
+#: tracing is most of an export's time. One entry, so no second network's graph is kept.
+_LAST_TRACE: dict[tuple, "onnx.ModelProto"] = {}
+
+
+def _trace_once(model: "nn.Module", ckpt: "Checkpoint", checkpoint_path: Path, options: ExportOptions) -> "onnx.ModelProto":
+    """:func:`trace_to_onnx`, or the graph it gave for these bytes and settings last time (never modified)."""
+    key = (sha256_file(checkpoint_path), options.checkpoint_options, options.exporter, options.opset, options.static_batch)
+    if key not in _LAST_TRACE:
+        _LAST_TRACE.clear()
+        _LAST_TRACE[key] = trace_to_onnx(model, ckpt, options)
+    return _LAST_TRACE[key]
 
 
 # --- one file ------------------------------------------------------------------------------

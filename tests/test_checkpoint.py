@@ -21,7 +21,8 @@ from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 
 # One architecture of each family by default (basic, bottleneck, ResNeXt, wide); the deeper
 # ones (4 s each on two cores, mostly initialising 45-127 M parameters) run with -m slow.
-FAMILIES = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
+# The wide ResNets' layout (128 channels per group) is recognised in test_inference_recovers_head_stem_and_channels.
+FAMILIES = ("resnet18", "resnet50", "resnext50_32x4d")
 
 
 @pytest.mark.parametrize("arch", [a if a in FAMILIES else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
