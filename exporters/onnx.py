@@ -15,8 +15,11 @@ comes out with BatchNorm folded into the convolutions and no leftover Identity n
 is the one torch keeps developing. The TorchScript exporter stays available
 (``exporter="torchscript"``), also the way to opset 17, below what the dynamo exporter writes.
 
-int8 (``MODEL.int8.onnx``) is the fp32 graph quantized to QDQ and calibrated on real images
-(:mod:`exporters.int8`); its check is judged on real labelled images, which it always has.
+The network is traced once per export (and the last trace is reused for the same checkpoint
+bytes and settings); every precision is made from that fp32 graph. fp16 (``MODEL.fp16.onnx``) is
+it converted to float16 behind float32 input and output (:func:`exporters.fp16.to_fp16`); int8
+(``MODEL.int8.onnx``) is it quantized to QDQ and calibrated on real images
+(:mod:`exporters.int8`), its check judged on real labelled images, which it always has.
 """
 
 from __future__ import annotations
