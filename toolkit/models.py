@@ -115,17 +115,15 @@ def _resnet_class() -> type:
 
     class ScaledResNet(ResNet):
         def __init__(self, block, layers, *, width: int, **kwargs):
-            object.__setattr__(self, "_width", width)
-            object.__setattr__(self, "_stages_built", 0)
+            object.__setattr__(self, "_width", width)  # before Module.__init__, which _make_layer runs within
             super().__init__(block, layers, **kwargs)
             if width != 64:
                 self.bn1 = nn.BatchNorm2d(width)
                 self.fc = nn.Linear(self.fc.in_features * width // 64, self.fc.out_features)
 
         def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-            if self._stages_built == 0:
-                self.inplanes = self._width  # the stem's output
-            object.__setattr__(self, "_stages_built", self._stages_built + 1)
+            if planes == 64:  # the first stage, which reads the stem's output
+                self.inplanes = self._width
             return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
 
     return ScaledResNet
