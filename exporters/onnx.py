@@ -170,14 +170,15 @@ def export_onnx(
 
         calib = calibration_images(ckpt, options.calib)
     inputs = _check_inputs(ckpt, options) if options.check else None
-    traced = _trace_once(model, ckpt, checkpoint_path, options)  # fp16 and int8 are made from the fp32 graph
+    digest = sha256_file(checkpoint_path)  # recorded in every file, and the key of the trace kept for reuse
+    traced = _trace_once(model, ckpt, digest, options)  # fp16 and int8 are made from the fp32 graph
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
     # not leave the fp32 file behind either.
     with contextlib.ExitStack() as stack:
         for prec, path in outputs.items():
             tmp = stack.enter_context(staged(path))
-            checked.append((path, prec, _export_one(traced, ckpt, prec, tmp, path, options, inputs, calib)))
+            checked.append((path, prec, _export_one(traced, digest, ckpt, prec, tmp, path, options, inputs, calib)))
     if on_checked is not None:
         for path, prec, metrics in checked:
             on_checked(path, prec, metrics)
@@ -269,9 +270,10 @@ def _export_record(path: Path) -> dict[str, Any] | None:
 _LAST_TRACE: dict[tuple, "onnx.ModelProto"] = {}
 
 
-def _trace_once(model: "nn.Module", ckpt: "Checkpoint", checkpoint_path: Path, options: ExportOptions) -> "onnx.ModelProto":
-    """:func:`trace_to_onnx`, or the graph it gave for these bytes and settings last time (never modified)."""
-    key = (sha256_file(checkpoint_path), options.checkpoint_options, options.exporter, options.opset, options.static_batch)
+def _trace_once(model: "nn.Module", ckpt: "Checkpoint", digest: str, options: ExportOptions) -> "onnx.ModelProto":
+    """:func:`trace_to_onnx`, or the graph it gave for the checkpoint bytes of sha256 ``digest`` and
+    these settings last time (never modified)."""
+    key = (digest, options.checkpoint_options, options.exporter, options.opset, options.static_batch)
     if key not in _LAST_TRACE:
         _LAST_TRACE.clear()
         _LAST_TRACE[key] = trace_to_onnx(model, ckpt, options)
@@ -282,7 +284,7 @@ def _trace_once(model: "nn.Module", ckpt: "Checkpoint", checkpoint_path: Path, o
 
 
 def _export_one(
-    traced: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs, calib=None
+    traced: "onnx.ModelProto", digest: str, ckpt: "Checkpoint", precision: str, tmp: Path, path: Path, options: ExportOptions, inputs, calib=None
 ) -> "ParityMetrics | None":
     """Make one precision from the traced fp32 graph (left as it is), validate and check it into
     ``tmp``, the staged file that becomes ``path``."""
@@ -300,7 +302,7 @@ def _export_one(
 
         proto, record = quantize_qdq(proto, calib, options.calib, options.static_batch, options.progress)
         extra = {"calibration": record}
-    _add_metadata(proto, ckpt, precision, options, extra)
+    _add_metadata(proto, ckpt, digest, precision, options, extra)
     proto = _validate(proto, path)
     if precision == "fp16":
         from exporters.fp16 import check_fp16_compute
@@ -367,7 +369,9 @@ def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOption
         raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.name}: {first_line(exc)}; try --exporter {other}") from None
 
 
-def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, options: ExportOptions, extra: dict[str, Any] | None = None) -> None:
+def _add_metadata(
+    proto: "onnx.ModelProto", ckpt: "Checkpoint", digest: str, precision: str, options: ExportOptions, extra: dict[str, Any] | None = None
+) -> None:
     import torch
 
     from toolkit import __version__
@@ -380,7 +384,7 @@ def _add_metadata(proto: "onnx.ModelProto", ckpt: "Checkpoint", precision: str, 
         "opset": options.opset,
         "static_batch": options.static_batch,
         "checkpoint": ckpt.path.name if ckpt.path else None,
-        "checkpoint_sha256": sha256_file(ckpt.path) if ckpt.path else None,
+        "checkpoint_sha256": digest,
         "checkpoint_source": ckpt.source,
         **(extra or {}),
         "weights": ckpt.weights,
