@@ -28,8 +28,8 @@ def _open_all(checkpoint: Path, options: Any) -> tuple[list[tuple[Any, Any]], li
     from engines.names import parse_engine
     from engines.openvino import OvEngine
     from engines.ort import OrtEngine
-    from toolkit.artefacts import onnx_path_for
-    from toolkit.errors import RtkError
+    from toolkit.core.artefacts import onnx_path_for
+    from toolkit.core.errors import RtkError
 
     loaded, skipped = [], []
     for text in ENGINES:
@@ -58,7 +58,7 @@ def run(checkpoint: Path, options: Any) -> dict[str, Any]:
     from benchmarks.environment import collect_environment
     from benchmarks.harness import BenchReport, _fill_speedups, _model_info, _sweep
     from benchmarks.report import progress_line
-    from toolkit.console import info
+    from toolkit.core.console import info
 
     saved = torch.get_num_threads()
     if options.threads is not None:
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.harness import BenchOptions
     from benchmarks.report import check_out_dir, render_table, write_report
-    from toolkit.artefacts import artefact_kind
-    from toolkit.errors import RtkError
+    from toolkit.core.artefacts import artefact_kind
+    from toolkit.core.errors import RtkError
 
     try:
         if artefact_kind(args.checkpoint) != "checkpoint":

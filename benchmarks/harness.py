@@ -23,8 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from engines.names import EngineName, parse_engine, parse_engines
-from toolkit.checkpoint import CheckpointOptions
-from toolkit.errors import RtkError, first_line
+from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.errors import RtkError, first_line
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 IO_MODES = ("host", "device", "both")
@@ -245,13 +245,13 @@ def open_engine(model: Path, choice: EngineName, options: BenchOptions):
     Raises:
         RtkError: this engine cannot run here or on this artefact; the message says why.
     """
-    from toolkit.runtime import open_engine as open_runtime
+    from toolkit.usecases.opening import open_engine as open_runtime
 
     if choice.needs_cuda and not options.device.startswith("cuda"):
         raise RtkError(f"{choice} needs a CUDA GPU; run with --device cuda on a machine that has one")
     engine = open_runtime(
         model, choice, device=options.device, threads=options.threads,
-        # trt and ort-trt get the same profile for the batches timed (toolkit.sidecar.profile_for).
+        # trt and ort-trt get the same profile for the batches timed (toolkit.core.trt.sidecar.profile_for).
         max_batch=max(options.batch_sizes) if "trt" in (choice.runtime, choice.provider) else None,
         checkpoint_options=options.checkpoint_options,
     )
@@ -449,7 +449,7 @@ def run_benchmark(
     import torch
 
     from benchmarks.environment import collect_environment
-    from toolkit.artefacts import artefact_kind
+    from toolkit.core.artefacts import artefact_kind
 
     model = Path(model)
     kind = artefact_kind(model)

@@ -61,9 +61,9 @@ def make_model(workdir: Path, arch: str, size: int) -> tuple[Path, Path]:
     import torch
 
     from exporters.onnx import ensure_onnx
-    from toolkit.checkpoint import save_checkpoint
-    from toolkit.models import create_model
-    from toolkit.spec import ModelSpec, Preprocess
+    from toolkit.core.checkpoint import save_checkpoint
+    from toolkit.core.models import create_model
+    from toolkit.core.spec import ModelSpec, Preprocess
 
     checkpoint = workdir / f"{arch}-{size}px-random.pth"
     if not checkpoint.exists():
@@ -96,7 +96,7 @@ def measure_overhead(
     import torch
 
     import engines
-    from toolkit.checkpoint import load_model
+    from toolkit.core.checkpoint import load_model
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -167,7 +167,7 @@ def fixed_cost_us(checkpoint: Path, batch_size: int = 1, iters: int = 2000) -> d
     import torch
 
     from engines.eager import EagerEngine
-    from toolkit.checkpoint import load_checkpoint
+    from toolkit.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     x = np.zeros((batch_size, ckpt.spec.in_chans, *ckpt.preprocess.input_size), dtype=np.float32)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks.environment import collect_environment
-    from toolkit.errors import RtkError
+    from toolkit.core.errors import RtkError
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"ort speed-up over eager: bare {result['ort_over_eager_bare']:.2f}x, rtk {result['ort_over_eager_rtk']:.2f}x")
     if args.out is not None:
-        from toolkit.files import write_atomic
+        from toolkit.core.files import write_atomic
 
         path = write_atomic(args.out / f"overhead-{args.arch}-b{args.batch_size}.json", json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")

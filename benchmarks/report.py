@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.errors import RtkError
-from toolkit.files import write_atomic
+from toolkit.core.errors import RtkError
+from toolkit.core.files import write_atomic
 
 if TYPE_CHECKING:
     from benchmarks.harness import BenchResult
@@ -139,7 +139,7 @@ def to_csv(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any]):
     """A figure: throughput vs batch size per engine, and p50/p90/p99 latency per engine and batch size."""
-    from toolkit.plots import pyplot
+    from toolkit.core.plots import pyplot
 
     plt = pyplot()
 
@@ -217,7 +217,7 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str |
     Returns:
         The paths written.
     """
-    from toolkit.plots import save_figure
+    from toolkit.core.plots import save_figure
 
     out = Path(out_dir)
     stem = name or report_name(report)

@@ -3,7 +3,7 @@
 ``engines.load(artefact, engine=..., device=...)`` opens an artefact that exists: a checkpoint
 (``.pth/.pt``) on eager PyTorch, an ``.onnx`` on ONNX Runtime, an ``.engine/.plan`` on TensorRT,
 or with an explicit engine name from :mod:`engines.names`. Nothing here exports or builds; for a
-checkpoint on any runtime use :func:`toolkit.runtime.open_engine`. Heavy optional packages are
+checkpoint on any runtime use :func:`toolkit.usecases.opening.open_engine`. Heavy optional packages are
 imported on first use.
 """
 

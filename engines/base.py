@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec, Preprocess
 
 
 class Engine(abc.ABC):

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines.base import Engine
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import torch.nn as nn

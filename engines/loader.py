@@ -1,7 +1,7 @@
 """``engines.load``: from an artefact that exists (or a loaded checkpoint) to a ready :class:`~engines.base.Engine`.
 
 Nothing is exported or built here: an engine opens the artefact its runtime runs. To run a
-checkpoint on ONNX Runtime or TensorRT, :func:`toolkit.runtime.open_engine` makes the ONNX file
+checkpoint on ONNX Runtime or TensorRT, :func:`toolkit.usecases.opening.open_engine` makes the ONNX file
 or engine first (``exporters.prepare``) and then calls :func:`load`.
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
-from toolkit.artefacts import artefact_kind
-from toolkit.errors import RtkError
+from toolkit.core.artefacts import artefact_kind
+from toolkit.core.errors import RtkError
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.checkpoint import Checkpoint, CheckpointOptions
-    from toolkit.spec import ArtefactMeta
+    from toolkit.core.checkpoint import Checkpoint, CheckpointOptions
+    from toolkit.core.spec import ArtefactMeta
 
 #: What each artefact kind is called in messages.
 _KIND_WORDS = {"checkpoint": "checkpoints (.pth/.pt/.safetensors)", "onnx": "ONNX files", "engine": "TensorRT engines (.engine/.plan)"}
@@ -39,7 +39,7 @@ def load(
 
     Args:
         source: a checkpoint, ONNX file or TensorRT engine path; or a loaded
-            :class:`toolkit.checkpoint.Checkpoint`.
+            :class:`toolkit.core.checkpoint.Checkpoint`.
         engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
         device: ``"cpu"`` or ``"cuda[:N]"``.
         precision: applies when the name gives none. An ONNX file runs at the precision it holds
@@ -58,7 +58,7 @@ def load(
         RtkError: an unknown engine, an artefact this runtime does not run, another precision
             than the artefact holds, a missing optional package.
     """
-    from toolkit.checkpoint import Checkpoint, load_checkpoint
+    from toolkit.core.checkpoint import Checkpoint, load_checkpoint
 
     if isinstance(source, Checkpoint):
         ckpt, kind, path = source, "checkpoint", source.path

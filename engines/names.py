@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 RUNTIMES = ("eager", "ort", "ov", "trt")
 ORT_PROVIDERS = ("cpu", "cuda", "trt")

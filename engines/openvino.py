@@ -26,8 +26,8 @@ import numpy as np
 from engines.base import Engine
 from engines.names import EngineName
 from engines.ort import _Graph
-from toolkit.errors import RtkError, first_line, require
-from toolkit.spec import ArtefactMeta
+from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.spec import ArtefactMeta
 
 #: OpenVINO's element type for each precision rtk names (int8 files keep f32 outside their quantized ops).
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}

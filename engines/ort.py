@@ -14,9 +14,9 @@ import numpy as np
 
 from engines.base import Engine
 from engines.names import EngineName
-from toolkit.errors import RtkError, first_line, require
-from toolkit.sidecar import profile_for
-from toolkit.spec import ArtefactMeta
+from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.trt.sidecar import profile_for
+from toolkit.core.spec import ArtefactMeta
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 #: Execution providers by the short name used in engine names (``ort-cuda``, ``ort-trt``).
@@ -39,7 +39,7 @@ class _Graph:
 
     @classmethod
     def read(cls, path: Path, fallback_meta: ArtefactMeta | None) -> "_Graph":
-        from toolkit.onnx_graph import (
+        from toolkit.core.onnx_graph import (
             check_classifier_io, foreign_onnx_error, graph_io, load_onnx_graph, metadata_dict, onnx_precision,
         )
 
@@ -147,7 +147,7 @@ def _load_gpu_libraries(ort, provider: str) -> str | None:
         ort.preload_dlls()
     if provider != "trt" or importlib.util.find_spec("tensorrt") is None:
         return None
-    from toolkit.trt_runtime import import_tensorrt, major_version
+    from toolkit.core.trt.library import import_tensorrt, major_version
 
     try:
         trt = import_tensorrt("ONNX Runtime's TensorRT provider")
@@ -337,7 +337,7 @@ def gpu_install_hint() -> str:
 
 
 def _warn_fallback(path: Path, requested: str, why: str, running: str = "cpu", trt_problem: str | None = None) -> None:
-    from toolkit.console import warn
+    from toolkit.core.console import warn
 
     where = "the CPU" if running == "cpu" else f"ONNX Runtime's {PROVIDERS[running]}"
     conflict = ort_conflict()

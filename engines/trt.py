@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
-from toolkit import trt_runtime
-from toolkit.errors import RtkError
-from toolkit.sidecar import (
+from toolkit.core.trt import library as trt_library
+from toolkit.core.errors import RtkError
+from toolkit.core.trt.sidecar import (
     RuntimeInfo,
     check_engine_file,
     check_engine_tensors,
@@ -26,7 +26,7 @@ from toolkit.sidecar import (
     read_sidecar,
     rebuild_command,
 )
-from toolkit.trt_runtime import engine_memory_bytes, engine_profile, engine_tensors
+from toolkit.core.trt.library import engine_memory_bytes, engine_profile, engine_tensors
 
 
 class TrtEngine(Engine):
@@ -42,28 +42,28 @@ class TrtEngine(Engine):
     """
 
     def __init__(self, path: str | os.PathLike, device: str | None = "cuda"):
-        trt = trt_runtime.import_tensorrt("the trt engine")
+        trt = trt_library.import_tensorrt("the trt engine")
         import torch
 
         path = Path(path)
         if not path.is_file():
             raise RtkError(f"{path} does not exist")
-        dev = trt_runtime.open_device(device)
+        dev = trt_library.open_device(device)
         sidecar = read_sidecar(path)
         runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
         check_runtime(sidecar, runtime, path)
         warning = gpu_name_warning(sidecar, runtime)
         if warning:
-            from toolkit.console import warn
+            from toolkit.core.console import warn
 
             warn(warning)
         data = path.read_bytes()
         check_engine_file(sidecar, path, data)
-        log = trt_runtime.logger(trt)
+        log = trt_library.logger(trt)
         self._log = log
         with dev.activate():
             since = log.mark()
-            self._engine = trt_runtime.runtime(trt, dev).deserialize_cuda_engine(data)
+            self._engine = trt_library.runtime(trt, dev).deserialize_cuda_engine(data)
             if self._engine is None:
                 raise RtkError(
                     f"TensorRT cannot load {path}: {log.last_error(since)}; "
@@ -129,7 +129,7 @@ class TrtEngine(Engine):
         dev.wait(self._stream, caller)
         # TensorRT runs on the device it deserialised the engine on, which need not be the current one.
         with dev.activate(), dev.use_stream(self._stream):
-            x = trt_runtime.on_device(batch, dev, self._input_dtype)
+            x = trt_library.on_device(batch, dev, self._input_dtype)
             since = self._log.mark()
             if not context.set_input_shape(self._input, tuple(x.shape)):
                 raise RtkError(f"TensorRT refused input shape {tuple(x.shape)} for {self.path.name}: {self._log.last_error(since)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 if TYPE_CHECKING:
     import onnx

@@ -3,7 +3,7 @@
 Every export runs in eval mode with a dummy batch of at least 2 (a batch-1 dummy gets
 specialised into the graph) and a dynamic batch axis unless a static batch is asked for. The
 input is ``input`` (NCHW float32), the output ``logits``. The checkpoint's spec and
-preprocess travel in ``metadata_props`` under :data:`~toolkit.spec.METADATA_KEY`.
+preprocess travel in ``metadata_props`` under :data:`~toolkit.core.spec.METADATA_KEY`.
 
 Before a file appears under its final name it passes ``onnx.checker`` (full check), strict
 shape inference and a parity run of ONNX Runtime against eager PyTorch on the same inputs;
@@ -34,19 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from toolkit.artefacts import onnx_path_for, sha256_file
-from toolkit.checkpoint import CheckpointOptions, chosen_weights
-from toolkit.errors import RtkError, first_line, require
-from toolkit.files import Output, check_outputs, staged
-from toolkit.spec import METADATA_KEY
+from toolkit.core.artefacts import onnx_path_for, sha256_file
+from toolkit.core.checkpoint import CheckpointOptions, chosen_weights
+from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.files import Output, check_outputs, staged
+from toolkit.core.spec import METADATA_KEY
 
 if TYPE_CHECKING:
     import onnx
     import torch.nn as nn
 
-    from toolkit.checkpoint import Checkpoint
+    from toolkit.core.checkpoint import Checkpoint
     from exporters.int8 import CalibOptions
-    from toolkit.compare import ParityMetrics
+    from toolkit.core.compare import ParityMetrics
 
 PRECISIONS = ("fp32", "fp16", "int8", "all")
 EXPORTERS = ("dynamo", "torchscript")
@@ -155,7 +155,7 @@ def export_onnx(
         RtkError: unreadable checkpoint, unwritable destination, a graph that fails the checker,
             or a parity check outside tolerance (nothing is written then).
     """
-    from toolkit.checkpoint import load_model
+    from toolkit.core.checkpoint import load_model
 
     options = options or ExportOptions()
     checkpoint_path = Path(checkpoint_path)
@@ -237,7 +237,7 @@ def ensure_onnx(
         calib = (record or {}).get("calibration", {}).get("data") if path.exists() else None
         state = "was made from other weights" if path.exists() else "does not exist"
         raise RtkError(f"{path} {state}, and an int8 file cannot be made without calibration images; run {export_hint(checkpoint_path, calib)}")
-    from toolkit.console import info
+    from toolkit.core.console import info
 
     info(f"exporting {checkpoint_path.name} → {path.name} ({precision})")
     return export_onnx(checkpoint_path, options=ExportOptions(precision=precision, checkpoint_options=checkpoint_options))[0]
@@ -256,7 +256,7 @@ def checkpoint_options_of(onnx_path: str | os.PathLike, checkpoint_path: str | o
 
 def _export_record(path: Path) -> dict[str, Any] | None:
     """The rtk metadata of an ONNX file, or ``None`` when it has none or cannot be read."""
-    from toolkit.onnx_graph import load_onnx_graph, metadata_dict
+    from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
 
     try:
         return metadata_dict(load_onnx_graph(path))
@@ -446,7 +446,7 @@ class _CheckInputs:
 def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
     """The inputs of the export check and the eager fp32 reference logits, computed once for all precisions."""
     from engines.eager import EagerEngine
-    from toolkit.compare import random_batches, run_engine
+    from toolkit.core.compare import random_batches, run_engine
 
     spec, pre = ckpt.spec, ckpt.preprocess
     sizes = (options.static_batch,) * 2 if options.static_batch else CHECK_BATCH_SIZES
@@ -466,7 +466,7 @@ def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
 
 
 def _check_images(ckpt: "Checkpoint", options: ExportOptions):
-    from toolkit.compare import labelled_images
+    from toolkit.core.compare import labelled_images
 
     try:
         return labelled_images(ckpt, options.check_data, options.max_samples)
@@ -479,8 +479,8 @@ def _check_images(ckpt: "Checkpoint", options: ExportOptions):
 
 def _parity_check(tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path) -> "ParityMetrics":
     from engines.ort import OrtEngine
-    from toolkit.compare import compare, judge_random_top1, run_engine
-    from toolkit.spec import ArtefactMeta
+    from toolkit.core.compare import compare, judge_random_top1, run_engine
+    from toolkit.core.spec import ArtefactMeta
 
     with OrtEngine(tmp, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
         random_logits = run_engine(engine, inputs.batches)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
-from toolkit.artefacts import artefact_kind
+from toolkit.core.artefacts import artefact_kind
 
 if TYPE_CHECKING:
-    from toolkit.checkpoint import CheckpointOptions
+    from toolkit.core.checkpoint import CheckpointOptions
 
 
 def prepare(
@@ -66,7 +66,7 @@ def prepare(
     if name.runtime == "ov":
         # OpenVINO lowers precision itself: every float engine runs the fp32 graph.
         return _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32", checkpoint_options)
-    from toolkit.trt_runtime import import_tensorrt
+    from toolkit.core.trt.library import import_tensorrt
 
     import_tensorrt("the trt engine")
     from exporters.trt import ensure_engine

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from toolkit.sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
-from toolkit.artefacts import artefact_kind
-from toolkit.checkpoint import CheckpointOptions
-from toolkit.errors import RtkError, require
-from toolkit.files import is_inside
-from toolkit.spec import ArtefactMeta
+from toolkit.core.trt.sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
+from toolkit.core.artefacts import artefact_kind
+from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.errors import RtkError, require
+from toolkit.core.files import is_inside
+from toolkit.core.spec import ArtefactMeta
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -293,7 +293,7 @@ def onnx_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the file is not readable ONNX, carries no rtk metadata, or is not a single
             NCHW-input, single-output classifier.
     """
-    from toolkit.onnx_graph import check_classifier_io, external_data_files, graph_io, load_onnx_graph, read_onnx_meta
+    from toolkit.core.onnx_graph import check_classifier_io, external_data_files, graph_io, load_onnx_graph, read_onnx_meta
 
     path = Path(path)
     meta = read_onnx_meta(path)
@@ -320,8 +320,8 @@ def plan_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the sidecar is missing or invalid, the plan is not the file it describes, or
             the plan has more than one input/output.
     """
-    from toolkit.artefacts import sha256_file
-    from toolkit.sidecar import read_sidecar
+    from toolkit.core.artefacts import sha256_file
+    from toolkit.core.trt.sidecar import read_sidecar
 
     path = Path(path)
     sidecar = read_sidecar(path)

@@ -11,7 +11,7 @@ carry every scale: TensorRT 10 takes explicit quantization only with ``BuilderFl
 (plus ``FP16`` for the layers left in float); TensorRT 11 has no such flag and builds the QDQ
 graph strongly typed, as it is.
 
-Every build writes ``MODEL.engine`` and ``MODEL.engine.json`` (see :mod:`toolkit.sidecar`)
+Every build writes ``MODEL.engine`` and ``MODEL.engine.json`` (see :mod:`toolkit.core.trt.sidecar`)
 atomically: a failed or interrupted build leaves neither behind.
 """
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit import trt_runtime
-from toolkit.sidecar import (
+from toolkit.core.trt import library as trt_library
+from toolkit.core.trt.sidecar import (
     DEFAULT_PROFILE,
     PRECISIONS,
     EngineSidecar,
@@ -41,9 +41,9 @@ from toolkit.sidecar import (
     validate_profile,
     write_sidecar,
 )
-from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
-from toolkit.errors import RtkError
-from toolkit.files import write_atomic
+from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
+from toolkit.core.errors import RtkError
+from toolkit.core.files import write_atomic
 
 __all__ = [
     "BuildOptions",
@@ -232,7 +232,7 @@ def onnx_weight_precision(path: str | os.PathLike) -> str:
     Raises:
         RtkError: the file is not a readable ONNX model.
     """
-    from toolkit.onnx_graph import load_onnx_graph, onnx_precision
+    from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision
 
     return onnx_precision(load_onnx_graph(path))
 
@@ -259,7 +259,7 @@ def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11"
     candidate = onnx_path.with_name(base + ".fp16.onnx")
     if candidate.exists():
         if candidate.stat().st_mtime < onnx_path.stat().st_mtime:
-            from toolkit.console import warn
+            from toolkit.core.console import warn
 
             warn(f"{candidate.name} is older than {onnx_path.name}; re-export it if the model changed")
         return candidate
@@ -300,30 +300,30 @@ def build_engine(
     output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
-    trt = trt_runtime.import_tensorrt("building a TensorRT engine")
-    dev = trt_runtime.open_device(device)
+    trt = trt_library.import_tensorrt("building a TensorRT engine")
+    dev = trt_library.open_device(device)
     runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
     route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
     source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
-    from toolkit.onnx_graph import read_onnx_meta
+    from toolkit.core.onnx_graph import read_onnx_meta
 
     meta = read_onnx_meta(source)
-    log = trt_runtime.logger(trt)
+    log = trt_library.logger(trt)
     with dev.activate():  # TensorRT builds for, and deserialises on, the current CUDA device
         started = time.perf_counter()
         plan, config = _build_plan(trt, log, source, meta, route, options, show_progress)
         seconds = time.perf_counter() - started
         # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
         since = log.mark()
-        engine = trt_runtime.runtime(trt, dev).deserialize_cuda_engine(plan)
+        engine = trt_library.runtime(trt, dev).deserialize_cuda_engine(plan)
         if engine is None:
             raise RtkError(f"TensorRT built {output.name} but cannot load it: {log.last_error(since)}")
-        inputs, outputs = trt_runtime.engine_tensors(trt, engine)
+        inputs, outputs = trt_library.engine_tensors(trt, engine)
         layers = None
         if options.profiling_verbosity != "none":
             inspector = engine.create_engine_inspector()
             layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-        profile = trt_runtime.engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3
+        profile = trt_library.engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3
         del engine
     data = memoryview(plan)
     sidecar = EngineSidecar(
@@ -368,7 +368,7 @@ def ensure_engine(
         precision: ``"fp16"`` or ``"fp32"``.
         device: the GPU to build on and check against (``"cuda:N"``).
         max_batch: the largest batch the engine must take; a new engine gets
-            :func:`toolkit.sidecar.profile_for` (``max_batch``), the default profile otherwise.
+            :func:`toolkit.core.trt.sidecar.profile_for` (``max_batch``), the default profile otherwise.
 
     Returns:
         ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``.
@@ -385,7 +385,7 @@ def ensure_engine(
             options = BuildOptions.from_sidecar(sidecar)
             source = source_onnx_path(sidecar, output)
             fresh = (
-                runtime_mismatch(sidecar, trt_runtime.current_runtime(device)) is None
+                runtime_mismatch(sidecar, trt_library.current_runtime(device)) is None
                 and source.exists()
                 and sha256_file(source) == sidecar.onnx_sha256
                 and onnx_path.stat().st_mtime <= output.stat().st_mtime
@@ -472,7 +472,7 @@ def _add_profile(builder, network, config, source: Path, meta, options: BuildOpt
 
 def _set_timing_cache(config, path: Path | None) -> None:
     """Start from the timing cache file when there is one; a cache from another GPU/TensorRT is replaced."""
-    from toolkit.console import warn
+    from toolkit.core.console import warn
 
     data = path.read_bytes() if path is not None and path.exists() else b""
     cache = config.create_timing_cache(data)
@@ -485,7 +485,7 @@ def _run_builder(trt, builder, network, config, show_progress: bool):
     """``build_serialized_network`` with TensorRT's build phases shown as progress bars on stderr."""
     if not show_progress:
         return builder.build_serialized_network(network, config)
-    from toolkit.console import err_console
+    from toolkit.core.console import err_console
 
     if not hasattr(trt, "IProgressMonitor"):
         with err_console.status("building the TensorRT engine (minutes for large models)…"):

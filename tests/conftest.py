@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.checkpoint import save_checkpoint
-from toolkit.models import create_model
-from toolkit.spec import METADATA_KEY, ModelSpec, Preprocess
+from toolkit.core.checkpoint import save_checkpoint
+from toolkit.core.models import create_model
+from toolkit.core.spec import METADATA_KEY, ModelSpec, Preprocess
 
 torch.set_num_threads(2)
 
@@ -56,7 +56,7 @@ def fake_trt(request, monkeypatch):
     memory playing the GPU's. It tests rtk's TensorRT logic; it verifies nothing about TensorRT."""
     from fake_tensorrt import CpuDevice, make_tensorrt
 
-    from toolkit import trt_runtime
+    from toolkit.core.trt import library as trt_library
 
     trt = make_tensorrt(request.param)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -66,7 +66,7 @@ def fake_trt(request, monkeypatch):
         devices.append(CpuDevice(device))
         return devices[-1]
 
-    monkeypatch.setattr(trt_runtime, "open_device", open_device)
+    monkeypatch.setattr(trt_library, "open_device", open_device)
     trt._fake.devices = devices
     return trt
 
@@ -123,7 +123,7 @@ class ExportedModels:
         from pathlib import Path
 
         from exporters.onnx import ExportOptions, export_onnx
-        from toolkit.artefacts import onnx_path_for
+        from toolkit.core.artefacts import onnx_path_for
 
         source = self.sources.get((spec, pre))
         if source is None:

@@ -454,7 +454,7 @@ def _write(address: int, values: np.ndarray) -> None:
 
 
 class CpuDevice:
-    """Stands in for :class:`toolkit.trt_runtime.CudaDevice` on a CPU: torch CPU tensors play device
+    """Stands in for :class:`toolkit.core.trt.library.CudaDevice` on a CPU: torch CPU tensors play device
     memory, aligned as the CUDA caching allocator aligns blocks; streams are synchronous."""
 
     class _Stream:

@@ -23,8 +23,8 @@ from benchmarks.report import CSV_COLUMNS, load_schema, render_table, to_csv, wr
 from engines.eager import EagerEngine
 from engines.names import parse_engine
 from conftest import TINY_SPEC, make_checkpoint
-from toolkit.checkpoint import load_model
-from toolkit.spec import Preprocess
+from toolkit.core.checkpoint import load_model
+from toolkit.core.spec import Preprocess
 
 # 16 px keeps every engine call a few milliseconds on a busy 2-core machine.
 SMALL_PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from toolkit.checkpoint import infer_spec, load_checkpoint, load_model, save_checkpoint
-from toolkit.errors import RtkError
-from toolkit.models import create_model
-from toolkit.spec import ARCHS, ModelSpec
+from toolkit.core.checkpoint import infer_spec, load_checkpoint, load_model, save_checkpoint
+from toolkit.core.errors import RtkError
+from toolkit.core.models import create_model
+from toolkit.core.spec import ARCHS, ModelSpec
 
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 

@@ -46,7 +46,7 @@ def test_inspect_unknown_suffix_is_a_clear_error(cli, tmp_path):
 
 
 def test_status_lines_print_paths_with_brackets_as_they_are(capsys):
-    from toolkit.console import info, warn
+    from toolkit.core.console import info, warn
 
     info("wrote runs/[exp 1]/best.pth")
     warn("pip install 'rtk[trt]'")

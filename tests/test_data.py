@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.data import DIGITS_INPUT_SIZE, digits_split_indices, resolve_data, write_digit_images
-from toolkit.errors import RtkError
+from toolkit.core.data import DIGITS_INPUT_SIZE, digits_split_indices, resolve_data, write_digit_images
+from toolkit.core.errors import RtkError
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():
@@ -33,8 +33,8 @@ def test_digits_defaults_are_gray_small_and_not_flipped():
 def test_digit_png_through_predict_pipeline_equals_training_input(tmp_path):
     # What `rtk predict` does with a user's PNG of a digit: load the file, apply the checkpoint's
     # Preprocess. It must give exactly the tensor the model was trained and evaluated on.
-    from toolkit.images import load_image
-    from toolkit.transforms import image_to_array
+    from toolkit.core.images import load_image
+    from toolkit.core.transforms import image_to_array
 
     paths = write_digit_images(tmp_path, split="test", per_class=1)
     source = resolve_data("digits")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from toolkit.checkpoint import load_checkpoint
+from toolkit.core.checkpoint import load_checkpoint
 
 
 def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):

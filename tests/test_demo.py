@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 import engines
-import toolkit.demo
-from toolkit.checkpoint import load_checkpoint
-from toolkit.images import find_images, load_image
+import toolkit.usecases.demo
+from toolkit.core.checkpoint import load_checkpoint
+from toolkit.core.images import find_images, load_image
 
 
 def check_artefact(what: str, path) -> None:
@@ -47,18 +47,18 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
     stale = out / "samples" / "stale.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
-    (out / toolkit.demo.DEMO_MARKER).touch()  # that earlier run was a demo's: its folders are replaced
+    (out / toolkit.usecases.demo.DEMO_MARKER).touch()  # that earlier run was a demo's: its folders are replaced
     keep = out / "notes.txt"
     keep.write_text("mine")
     # The real run_demo, recorded, so the test sees the DemoResult the command printed its summary from.
     results = []
-    real_run_demo = toolkit.demo.run_demo
+    real_run_demo = toolkit.usecases.demo.run_demo
 
     def recorded_run_demo(*args, **kwargs):
         results.append(real_run_demo(*args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr(toolkit.demo, "run_demo", recorded_run_demo)
+    monkeypatch.setattr(toolkit.usecases.demo, "run_demo", recorded_run_demo)
 
     result = cli("demo", "--out", out, "--epochs", "1", "--max-samples", "40", "--bench-seconds", "0.05", "--no-progress")
     assert result.exit_code == 0, result.output + result.stderr

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from toolkit.doctor import engine_families
+from toolkit.usecases.doctor import engine_families
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA reports")
 

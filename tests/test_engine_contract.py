@@ -9,7 +9,7 @@ import torch
 
 import engines
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint, make_qdq_onnx
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 # The suite's tiny model, whose exports the session makes once (conftest.ExportedModels).
 SPEC, PRE = TINY_SPEC, TINY_PRE
@@ -195,7 +195,7 @@ def test_ort_tensorrt_provider_options(tmp_path):
     # The TensorRT provider's profile names the graph's own input and spans the batch range, and
     # its engine and timing caches live in one folder beside the model, so they are reused.
     from engines.ort import _Graph, _provider_options
-    from toolkit.spec import ArtefactMeta
+    from toolkit.core.spec import ArtefactMeta
 
     graph = _Graph(ArtefactMeta(SPEC, PRE), "images", "fp32", None)
     options = _provider_options("trt", tmp_path / "m.onnx", graph, 1, "fp16", 64)
@@ -252,7 +252,7 @@ def test_prepare_never_overwrites_a_file_it_did_not_export(artefacts, tmp_path):
 
 
 def test_open_engine_runs_a_checkpoint_on_any_engine_the_same_way(artefacts, tmp_path):
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     ckpt, *_ = _copy(artefacts, tmp_path, "ckpt", "onnx", "onnx16")  # the exports next to it are fresh
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
@@ -267,7 +267,7 @@ def test_open_engine_runs_a_checkpoint_on_any_engine_the_same_way(artefacts, tmp
 
 
 def test_engines_refuse_what_they_cannot_run(artefacts, tmp_path):
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     with pytest.raises(RtkError, match="the eager engine runs checkpoints"):
         open_engine(artefacts["onnx"], "eager")
@@ -300,8 +300,8 @@ def test_loader_opens_only_what_exists(artefacts):
 def test_foreign_onnx_needs_the_spec_from_its_checkpoint(artefacts, tmp_path):
     import onnx
 
-    from toolkit.checkpoint import load_checkpoint
-    from toolkit.spec import ArtefactMeta
+    from toolkit.core.checkpoint import load_checkpoint
+    from toolkit.core.spec import ArtefactMeta
 
     model = onnx.load(str(artefacts["onnx"]))
     del model.metadata_props[:]

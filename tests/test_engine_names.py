@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines.names import ALL_ENGINES, EngineName, parse_engine, parse_engines
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 
 @pytest.mark.parametrize(

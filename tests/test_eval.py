@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import TINY_PRE, make_checkpoint
-from toolkit.data import resolve_data, write_digit_images
-from toolkit.spec import ModelSpec
-from toolkit.train import TrainOptions, train
+from toolkit.core.data import resolve_data, write_digit_images
+from toolkit.core.spec import ModelSpec
+from toolkit.usecases.train import TrainOptions, train
 
 TINY = TrainOptions(data="digits", input_size=8, max_samples=64, epochs=1, batch_size=32, width=16, device="cpu", progress=False)
 
@@ -25,8 +25,8 @@ def trained(tmp_path_factory):
 
 def test_evaluate_matches_a_direct_forward_pass(trained):
     import engines
-    from toolkit.checkpoint import load_model
-    from toolkit.evaluate import evaluate
+    from toolkit.core.checkpoint import load_model
+    from toolkit.usecases.evaluate import evaluate
 
     source = resolve_data("digits", max_samples=64)
     with engines.load(trained.best) as engine:

@@ -11,10 +11,10 @@ import torch
 
 from conftest import make_checkpoint
 from exporters.onnx import ExportOptions, export_onnx
-from toolkit.artefacts import onnx_path_for
-from toolkit.errors import RtkError
-from toolkit.compare import compare
-from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
+from toolkit.core.artefacts import onnx_path_for
+from toolkit.core.errors import RtkError
+from toolkit.core.compare import compare
+from toolkit.core.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 
 # The imagenet stem at 32 px keeps every architecture's activations tiny, so the cost is tracing.
 ZOO_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False)
@@ -32,7 +32,7 @@ def _ort_logits(path, x):
 
 
 def _eager_logits(ckpt_path, x):
-    from toolkit.checkpoint import load_model
+    from toolkit.core.checkpoint import load_model
 
     model, _ = load_model(ckpt_path)
     with torch.no_grad():
@@ -207,8 +207,8 @@ def test_torchscript_exporter_reaches_opset_17_and_dynamo_refuses_it(tmp_path):
 
 def test_nan_weights_leave_no_file(tmp_path):
     # NaN weights would make every logit non-finite: they are refused before anything is exported.
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
-    from toolkit.models import create_model
+    from toolkit.core.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.core.models import create_model
 
     good = load_checkpoint(make_checkpoint(tmp_path / "good.pth", ModelSpec(arch="resnet18", num_classes=4, width=16), ZOO_PRE))
     model = create_model(good.spec)
@@ -223,8 +223,8 @@ def test_nan_weights_leave_no_file(tmp_path):
 
 def test_precision_all_writes_neither_file_when_only_fp16_fails(tmp_path):
     # A bias far beyond float16's range (65504) is exact enough in fp32 and infinite in fp16.
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
-    from toolkit.models import create_model
+    from toolkit.core.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.core.models import create_model
 
     good = load_checkpoint(make_checkpoint(tmp_path / "good.pth", ModelSpec(arch="resnet18", num_classes=4, width=16), ZOO_PRE))
     model = create_model(good.spec)

@@ -6,8 +6,8 @@ import stat
 import pytest
 
 from conftest import make_checkpoint
-from toolkit.errors import RtkError
-from toolkit.files import staged, write_atomic
+from toolkit.core.errors import RtkError
+from toolkit.core.files import staged, write_atomic
 
 
 def _mode(path) -> int:
@@ -49,7 +49,7 @@ def test_checkpoints_and_plots_are_readable_by_others(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from toolkit.plots import save_figure
+    from toolkit.core.plots import save_figure
 
     old = os.umask(0o022)
     try:

@@ -17,10 +17,10 @@ import torchvision.models as tvm
 from PIL import Image
 
 from exporters.onnx import ensure_onnx
-from toolkit.artefacts import onnx_path_for
-from toolkit.checkpoint import CheckpointOptions, load_checkpoint, load_model
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec
+from toolkit.core.artefacts import onnx_path_for
+from toolkit.core.checkpoint import CheckpointOptions, load_checkpoint, load_model
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec
 
 timm = pytest.importorskip("timm", reason="timm writes the checkpoints under test (pip install 'rtk[dev]')")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -286,7 +286,7 @@ def test_whole_pickled_model_is_refused_with_advice_and_loads_when_trusted(tmp_p
 
 def test_trust_in_a_pickle_carries_over_to_the_sibling_export_only_for_the_same_file(tmp_path, monkeypatch):
     from exporters import onnx as onnx_exporter
-    from toolkit.artefacts import sha256_file
+    from toolkit.core.artefacts import sha256_file
 
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"the trusted file")

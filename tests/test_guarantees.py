@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import make_checkpoint
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec, Preprocess
 
 SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small", width=16)
 PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -97,8 +97,8 @@ def test_an_output_that_would_destroy_an_input_is_refused_and_every_byte_stays(w
 
 
 def test_a_device_is_never_replaced_by_a_renamed_file(tmp_path):
-    from toolkit.errors import RtkError
-    from toolkit.files import write_atomic
+    from toolkit.core.errors import RtkError
+    from toolkit.core.files import write_atomic
 
     pipe = tmp_path / "report.json"
     os.mkfifo(pipe)
@@ -137,9 +137,9 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_file(work, cli, tmp_path, mon
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES])
 def test_every_write_turns_os_errors_into_the_path_and_the_reason(tmp_path, monkeypatch, code):
-    from toolkit.checkpoint import atomic_torch_save
-    from toolkit.errors import RtkError
-    from toolkit.files import write_atomic
+    from toolkit.core.checkpoint import atomic_torch_save
+    from toolkit.core.errors import RtkError
+    from toolkit.core.files import write_atomic
 
     (tmp_path / "kept.json").write_text("old")
     _failing_fsync(monkeypatch, code)
@@ -267,7 +267,7 @@ def test_pipes_and_devices_named_like_inputs_are_not_regular_files(work, cli, tm
 
 
 def test_first_line_never_cuts_a_sentence():
-    from toolkit.errors import first_line, first_sentence
+    from toolkit.core.errors import first_line, first_sentence
 
     text = "PytorchStreamReader failed reading zip archive: failed finding central directory. " + "More advice follows here. " * 20
     line = first_line(text, 120)
@@ -280,8 +280,8 @@ def test_first_line_never_cuts_a_sentence():
 def test_an_image_above_pillows_bomb_limit_is_one_line(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from toolkit.errors import RtkError
-    from toolkit.images import load_image
+    from toolkit.core.errors import RtkError
+    from toolkit.core.images import load_image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     Image.new("RGB", (12, 12)).save(tmp_path / "big.png")  # 144 pixels: above the limit, below twice it
@@ -321,7 +321,7 @@ def test_a_full_disk_during_export_leaves_no_onnx(work, cli, tmp_path, monkeypat
 def test_a_named_pipe_named_like_an_onnx_file_is_refused_without_blocking(tmp_path):
     # Reading a FIFO would wait forever for a writer; the ONNX reader refuses it as the
     # checkpoint and image readers do.
-    from toolkit.onnx_graph import load_onnx_graph
+    from toolkit.core.onnx_graph import load_onnx_graph
 
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.errors import RtkError
-from toolkit.images import describe_ignored, find_images, load_image, scan_folder
-from toolkit.spec import Preprocess
-from toolkit.transforms import image_to_array, to_channels
+from toolkit.core.errors import RtkError
+from toolkit.core.images import describe_ignored, find_images, load_image, scan_folder
+from toolkit.core.spec import Preprocess
+from toolkit.core.transforms import image_to_array, to_channels
 
 ORIENTATION = 0x0112
 

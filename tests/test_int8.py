@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import make_checkpoint
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec, Preprocess
 
 # Shaped like the digits (8×8 gray, classes 0-9), so the real digits calibrate and check it.
 DIGIT_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small", width=16)
@@ -32,7 +32,7 @@ def int8_model(tmp_path_factory):
 
 
 def test_the_int8_file_is_qdq_and_records_its_calibration(int8_model):
-    from toolkit.onnx_graph import describe_onnx
+    from toolkit.core.onnx_graph import describe_onnx
 
     ckpt, path = int8_model
     assert path.name == "m.int8.onnx"
@@ -99,7 +99,7 @@ def test_uint8_activations_are_asymmetric_for_onnx_runtimes_cpu_kernels(int8_mod
 
 def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path):
     from exporters.onnx import ensure_onnx
-    from toolkit.onnx_graph import load_onnx_graph, onnx_precision
+    from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision
 
     ckpt, path = int8_model
     plain = shutil.copy(path, tmp_path / "plain.onnx")
@@ -109,7 +109,7 @@ def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path
 
 
 def test_ort_int8_runs_the_file_and_names_itself(int8_model):
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     ckpt, path = int8_model
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8), dtype=np.float32)
@@ -155,14 +155,14 @@ def test_the_grammar_has_int8_for_onnx_runtime_and_tensorrt_only():
 
 
 def test_engine_path_of_the_int8_onnx(tmp_path):
-    from toolkit.artefacts import engine_path_for, onnx_path_for
+    from toolkit.core.artefacts import engine_path_for, onnx_path_for
 
     assert onnx_path_for(tmp_path / "m.pth", "int8") == tmp_path / "m.int8.onnx"
     assert engine_path_for(tmp_path / "m.int8.onnx", "int8") == tmp_path / "m.int8.engine"
 
 
 def test_accuracy_drop_is_judged_and_cosine_is_not_at_int8():
-    from toolkit.compare import compare, tolerance_for
+    from toolkit.core.compare import compare, tolerance_for
 
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((200, 10))
@@ -205,7 +205,7 @@ def test_export_int8_without_calib_or_calib_without_int8_is_one_line(cli, tmp_pa
 
 
 def test_calibration_data_without_the_models_classes_needs_data_for_the_check(cli, tmp_path):
-    from toolkit.data import write_digit_images
+    from toolkit.core.data import write_digit_images
 
     ckpt = make_checkpoint(tmp_path / "m.pth", DIGIT_SPEC, DIGIT_PRE)
     folder = tmp_path / "three"
@@ -229,8 +229,8 @@ def test_keep_float_names_groups_and_nodes_and_refuses_unknown_ones(int8_model):
 
 
 def test_a_missing_or_stale_int8_file_is_refused_with_the_command_that_makes_it(int8_model, tmp_path):
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
-    from toolkit.runtime import open_engine
+    from toolkit.core.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.usecases.opening import open_engine
 
     src, path = int8_model
     ckpt = shutil.copy(src, tmp_path / "m.pth")
@@ -265,8 +265,8 @@ def test_parity_refuses_int8_without_labelled_data(int8_model, cli):
 def test_tensorrt_builds_the_qdq_file_as_an_int8_engine(int8_model, cli, tmp_path):
     import tensorrt as trt
 
-    from toolkit.runtime import open_engine
-    from toolkit.sidecar import read_sidecar
+    from toolkit.usecases.opening import open_engine
+    from toolkit.core.trt.sidecar import read_sidecar
 
     ckpt, path = int8_model
     onnx = shutil.copy(path, tmp_path / "m.int8.onnx")
@@ -292,7 +292,7 @@ def test_tensorrt_builds_the_qdq_file_as_an_int8_engine(int8_model, cli, tmp_pat
 @pytest.mark.slow  # trains for 3 epochs, exports and calibrates: about a minute on two busy cores
 def test_digits_resnet18_int8_keeps_accuracy_and_decisions(cli, tmp_path):
     """The issue's bar: int8 accuracy within 1 point of fp32, top-1 agreement >= 99%, on the 360 test digits."""
-    from toolkit.train import TrainOptions, train
+    from toolkit.usecases.train import TrainOptions, train
 
     result = train(TrainOptions(data="digits", arch="resnet18", epochs=3, out=tmp_path, progress=False, device="cpu"))
     model = result.best

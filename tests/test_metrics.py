@@ -1,6 +1,6 @@
 from PIL import Image
 
-from toolkit.metrics import ClassificationReport
+from toolkit.core.metrics import ClassificationReport
 
 
 def test_report_counts_and_png(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 
 import engines
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint, make_qdq_onnx
-from toolkit.compare import compare
-from toolkit.errors import RtkError
+from toolkit.core.compare import compare
+from toolkit.core.errors import RtkError
 
 pytestmark = pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
 
@@ -34,7 +34,7 @@ def model(tmp_path_factory, exported_models):
 
 def test_a_checkpoint_runs_on_ov_from_its_fp32_onnx_and_on_ov_int8_from_its_int8_onnx(model):
     from exporters.prepare import prepare
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     assert prepare(model["ckpt"], "ov") == prepare(model["ckpt"], "ov-bf16") == model["onnx"]
     assert prepare(model["ckpt"], "ov-int8") == prepare(model["ckpt"], "ov", "int8") == model["int8"]
@@ -58,7 +58,7 @@ def test_a_checkpoint_runs_on_ov_from_its_fp32_onnx_and_on_ov_int8_from_its_int8
 def test_ov_int8_from_a_checkpoint_needs_its_int8_onnx_made_from_the_same_weights(tmp_path, model):
     import shutil
 
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     ckpt = make_checkpoint(tmp_path / "fresh.pth", SPEC, PRE, seed=1)
     with pytest.raises(RtkError, match=rf"fresh.int8.onnx does not exist, and an int8 file cannot be made without calibration images; run rtk export {ckpt} --precision int8 --calib"):
@@ -87,7 +87,7 @@ def test_precisions_a_file_or_this_cpu_cannot_run_are_refused(model):
 
 
 def test_threads_reach_openvino_and_the_compiled_model_is_cached_next_to_the_onnx(model):
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     with open_engine(model["onnx"], "ov", threads=1) as one:
         assert one.threads == 1
@@ -173,7 +173,7 @@ def test_the_cpu_engines_benchmark_times_every_cpu_engine_in_one_run(model, tmp_
 def test_predict_classifies_real_images_on_ov_int8_like_on_ov(model, cli, tmp_path):
     import json
 
-    from toolkit.data import write_digit_images
+    from toolkit.core.data import write_digit_images
 
     write_digit_images(tmp_path / "digits", per_class=1)
     rows = {}

@@ -11,8 +11,8 @@ import torch
 
 from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 from exporters.onnx import ExportOptions, export_onnx
-from toolkit.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.usecases.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
+from toolkit.core.spec import ModelSpec, Preprocess
 
 # The suite's tiny model, whose exports the session makes once (conftest.ExportedModels).
 SPEC, PRE = TINY_SPEC, TINY_PRE
@@ -131,7 +131,7 @@ def _assert_clean_failure(result, message):
 
 @pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript")
 def test_parity_refuses_an_nhwc_onnx(model_dir, cli, tmp_path):
-    from toolkit.checkpoint import load_model
+    from toolkit.core.checkpoint import load_model
 
     net, _ = load_model(model_dir / "m.pth")
 
@@ -191,9 +191,9 @@ def test_parity_of_a_missing_checkpoint_fails_cleanly(cli, tmp_path):
 
 
 def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
-    from toolkit.checkpoint import load_checkpoint
-    from toolkit.data import write_digit_images
-    from toolkit.parity import labelled_images
+    from toolkit.core.checkpoint import load_checkpoint
+    from toolkit.core.data import write_digit_images
+    from toolkit.usecases.parity import labelled_images
 
     spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small", width=16)
     pre = Preprocess(input_size=(8, 8), resize=8, crop=False, mean=(0.5,), std=(0.5,), channels="gray")
@@ -214,7 +214,7 @@ def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
 def digits_model(tmp_path_factory):
     """A half-width resnet18 trained for 3 epochs on the digits at their own 8×8 size (94% test
     accuracy, in a few seconds): real decisions on real images for parity to judge."""
-    from toolkit.train import TrainOptions, train
+    from toolkit.usecases.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("digits")
     result = train(TrainOptions(data="digits", arch="resnet18", width=32, epochs=3, input_size=8, out=out, progress=False, device="cpu"))
@@ -240,10 +240,10 @@ def test_openvino_parity_on_the_digits_test_images(digits_model, cli, tmp_path):
     # real images; the int8 file is calibrated on training images, as `rtk export --calib` does.
     from conftest import make_qdq_onnx
     from engines.openvino import cpu_capabilities
-    from toolkit.artefacts import onnx_path_for
-    from toolkit.checkpoint import load_checkpoint
-    from toolkit.data import resolve_data
-    from toolkit.runtime import open_engine
+    from toolkit.core.artefacts import onnx_path_for
+    from toolkit.core.checkpoint import load_checkpoint
+    from toolkit.core.data import resolve_data
+    from toolkit.usecases.opening import open_engine
 
     ckpt = load_checkpoint(digits_model)
     with open_engine(digits_model, "ov") as ov:  # exports the fp32 ONNX next to the checkpoint

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_checkpoint
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec, Preprocess
 
 GOOD = (
     "photo.jpg", "UPPER.JPEG", "gray.png", "palette.png", "rgba.png", "deep16.png",
@@ -251,7 +251,7 @@ def test_table_output_lists_predictions_and_errors(cli, model, messy):
 
 def test_batching_and_parallel_decoding_do_not_change_results(model, messy):
     import engines
-    from toolkit.predict import PredictOptions, predict
+    from toolkit.usecases.predict import PredictOptions, predict
 
     with engines.load(model) as engine:
         serial = predict(messy, engine, PredictOptions(batch_size=3, workers=0, recursive=True))
@@ -265,7 +265,7 @@ def test_batching_and_parallel_decoding_do_not_change_results(model, messy):
 def test_exif_orientation_changes_the_prediction_input(model, tmp_path):
     """A tagged sideways photo is classified exactly like the upright one, not like its raw pixels."""
     import engines
-    from toolkit.predict import PredictOptions, predict
+    from toolkit.usecases.predict import PredictOptions, predict
 
     arr = np.random.default_rng(3).integers(0, 256, (30, 60, 3), dtype=np.uint8)
     exif = Image.Exif()
@@ -324,7 +324,7 @@ def test_gray_model_reads_colour_files(cli, tmp_path, messy):
 
 
 def test_model_from_env_config_or_working_directory(cli, model, messy, tmp_path, monkeypatch):
-    from toolkit.predict import resolve_model
+    from toolkit.usecases.predict import resolve_model
 
     work = tmp_path / "work"
     work.mkdir()

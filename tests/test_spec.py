@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from toolkit.errors import RtkError
-from toolkit.spec import ArtefactMeta, HeadLayout, ModelSpec, Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ArtefactMeta, HeadLayout, ModelSpec, Preprocess
 
 
 def test_spec_round_trips_through_json():

@@ -12,12 +12,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from toolkit.checkpoint import load_checkpoint, read_torch_file
-from toolkit.data import write_digit_images
-from toolkit.models import create_model
-from toolkit.schedule import lr_factor
-from toolkit.spec import ModelSpec
-from toolkit.train import TrainOptions, format_share, train
+from toolkit.core.checkpoint import load_checkpoint, read_torch_file
+from toolkit.core.data import write_digit_images
+from toolkit.core.models import create_model
+from toolkit.core.schedule import lr_factor
+from toolkit.core.spec import ModelSpec
+from toolkit.usecases.train import TrainOptions, format_share, train
 
 # Tiny but real: 8×8 digits, 32 images per split, one epoch; seconds on a CPU.
 TINY = TrainOptions(data="digits", input_size=8, max_samples=32, epochs=1, batch_size=32, width=16, device="cpu", progress=False)
@@ -174,7 +174,7 @@ def test_cli_width_is_checked_and_must_match_a_pretrained_checkpoint(cli, tiny_r
 
 
 def test_pretrained_that_does_not_fit_names_the_tensor(tiny_run, tmp_path):
-    from toolkit.errors import RtkError
+    from toolkit.core.errors import RtkError
 
     # The digits backbone is 1-channel; forcing 3 input channels cannot reuse its conv1.
     with pytest.raises(RtkError, match=r"conv1.weight is \(16, 1, 3, 3\) there but \(16, 3, 3, 3\) here"):
@@ -292,7 +292,7 @@ def test_first_ctrl_c_is_deferred_to_a_step_boundary_and_the_second_is_immediate
     # process holds whatever earlier tests' libraries installed.
     script = """
 import signal
-from toolkit.train import _stop_on_interrupt
+from toolkit.usecases.train import _stop_on_interrupt
 before = signal.getsignal(signal.SIGINT)
 with _stop_on_interrupt() as stop:
     signal.raise_signal(signal.SIGINT)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_PRE, TINY_SPEC
-from toolkit.spec import ArtefactMeta, ModelSpec
+from toolkit.core.spec import ArtefactMeta, ModelSpec
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (pip install 'rtk[dev]')")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -263,8 +263,8 @@ def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
 
 def write_plan(folder: Path, profile=(1, 8, 16), name="tiny.engine", spec: ModelSpec = TINY_SPEC) -> Path:
     """A plan file with a real sidecar from rtk's sidecar writer (Triton never needs rtk to open the plan)."""
-    from toolkit.artefacts import sha256_file
-    from toolkit.sidecar import EngineSidecar, TensorInfo, write_sidecar
+    from toolkit.core.artefacts import sha256_file
+    from toolkit.core.trt.sidecar import EngineSidecar, TensorInfo, write_sidecar
 
     plan = folder / name
     plan.write_bytes(b"opaque serialized TensorRT engine bytes")
@@ -389,8 +389,8 @@ def test_rtk_json_builds_the_request_a_triton_client_sends(cli, tmp_path):
     import tritonclient.grpc as grpcclient
     from PIL import Image
 
-    from toolkit.images import load_image
-    from toolkit.transforms import image_to_array
+    from toolkit.core.images import load_image
+    from toolkit.core.transforms import image_to_array
 
     repo = tmp_path / "repo"
     assert cli("triton", write_plan(tmp_path), "--repo", repo).exit_code == 0

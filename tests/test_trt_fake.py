@@ -21,9 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import TINY_PRE, TINY_SPEC
 from exporters.trt import BuildOptions, build_engine, ensure_engine
-from toolkit.errors import RtkError
-from toolkit.sidecar import read_sidecar, rebuild_command
-from toolkit.spec import METADATA_KEY, ArtefactMeta
+from toolkit.core.errors import RtkError
+from toolkit.core.trt.sidecar import read_sidecar, rebuild_command
+from toolkit.core.spec import METADATA_KEY, ArtefactMeta
 
 API_NAMES = Path(__file__).parent / "data" / "tensorrt_api"
 PROFILE = (1, 4, 8)
@@ -227,7 +227,7 @@ def test_build_uses_the_gpu_asked_for(fake_trt, onnx_files):
 
 def test_one_logger_for_the_process_and_errors_of_this_operation_only(fake_trt, onnx_files):
     from engines.trt import TrtEngine
-    from toolkit import trt_runtime
+    from toolkit.core.trt import library as trt_library
 
     fake = fake_trt._fake
     fake.fail.add("build")
@@ -239,7 +239,7 @@ def test_one_logger_for_the_process_and_errors_of_this_operation_only(fake_trt, 
     with pytest.raises(RtkError) as caught:
         TrtEngine(engine)
     assert "magic tag does not match" in str(caught.value) and "no kernel fits" not in str(caught.value)
-    assert fake.loggers_offered >= 3 and fake.logger is trt_runtime.logger(fake_trt).ilogger
+    assert fake.loggers_offered >= 3 and fake.logger is trt_library.logger(fake_trt).ilogger
 
 
 # --- load and run -------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_loader_keeps_the_precision_asked_for(fake_trt, onnx_files):
 
 
 def test_open_engine_from_onnx_builds_the_precision_and_profile_asked_for(fake_trt, onnx_files):
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     with open_engine(onnx_files[0], "trt", precision="fp32", device="cuda:1", max_batch=16) as trt:
         assert (trt.precision, trt.device, trt.max_batch) == ("fp32", "cuda:1", 16)
@@ -368,7 +368,7 @@ def test_ensure_engine_widens_a_profile_too_small_for_the_batches_asked(fake_trt
 
 def test_trt_and_ort_trt_tune_for_the_same_batch(onnx_files):
     from engines.ort import _Graph, _provider_options
-    from toolkit.sidecar import profile_for
+    from toolkit.core.trt.sidecar import profile_for
 
     graph = _Graph.read(onnx_files[0], None)
     options = _provider_options("trt", onnx_files[0], graph, 0, True, 32)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_PRE, make_checkpoint
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 pytestmark = pytest.mark.tensorrt
 
@@ -64,7 +64,7 @@ def _eager(checkpoint, batch: np.ndarray) -> np.ndarray:
 def test_fp16_engine_and_sidecar(artefacts):
     import tensorrt as trt
 
-    from toolkit.sidecar import read_sidecar
+    from toolkit.core.trt.sidecar import read_sidecar
 
     sidecar = read_sidecar(artefacts["engine"])
     assert artefacts["engine"].name == "tiny.engine"
@@ -77,7 +77,7 @@ def test_fp16_engine_and_sidecar(artefacts):
 
 def test_runs_at_batch_1_and_max_and_matches_eager(artefacts):
     from engines.trt import TrtEngine
-    from toolkit.compare import compare
+    from toolkit.core.compare import compare
 
     batch = _inputs(64)
     with TrtEngine(artefacts["engine"]) as engine:
@@ -126,7 +126,7 @@ def test_batch_above_the_profile_is_rejected(artefacts):
 )
 def test_tampered_sidecar_is_rejected(artefacts, tmp_path, edit, message):
     from engines.trt import TrtEngine
-    from toolkit.sidecar import read_sidecar, sidecar_path, source_onnx_path
+    from toolkit.core.trt.sidecar import read_sidecar, sidecar_path, source_onnx_path
 
     engine = tmp_path / "copy.engine"
     engine.write_bytes(artefacts["engine"].read_bytes())
@@ -140,7 +140,7 @@ def test_tampered_sidecar_is_rejected(artefacts, tmp_path, edit, message):
 
 def test_cli_build_fp32_with_timing_cache_and_layer_details(artefacts, cli, tmp_path):
     from engines.trt import TrtEngine
-    from toolkit.compare import compare
+    from toolkit.core.compare import compare
 
     cache = tmp_path / "timing.cache"
     output = tmp_path / "tiny.fp32.engine"
@@ -181,7 +181,7 @@ def test_parser_errors_are_all_reported(tmp_path, cli):
     import onnx
     from onnx import TensorProto, helper
 
-    from toolkit.spec import METADATA_KEY, ArtefactMeta
+    from toolkit.core.spec import METADATA_KEY, ArtefactMeta
     from conftest import TINY_SPEC
 
     # A node type no parser knows: TensorRT must say which node and why, not just "failed".
@@ -200,7 +200,7 @@ def test_parser_errors_are_all_reported(tmp_path, cli):
 def test_parity_refuses_an_engine_of_another_model(artefacts, tmp_path, cli):
     from exporters.onnx import ExportOptions, export_onnx
     from exporters.trt import BuildOptions, build_engine
-    from toolkit.spec import ModelSpec
+    from toolkit.core.spec import ModelSpec
 
     other = make_checkpoint(tmp_path / "five.pth", ModelSpec(arch="resnet18", num_classes=5, stem="small", width=16))
     (onnx_path,) = export_onnx(other, options=ExportOptions(check=False))

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit.artefacts import engine_path_for
-from toolkit.sidecar import (
+from toolkit.core.artefacts import engine_path_for
+from toolkit.core.trt.sidecar import (
     EngineSidecar,
     RuntimeInfo,
     TensorInfo,
@@ -33,7 +33,7 @@ from toolkit.sidecar import (
 )
 from exporters.trt import BuildOptions, choose_route, onnx_weight_precision, parse_workspace, resolve_fp16_onnx
 from conftest import TINY_PRE, TINY_SPEC
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 # BuilderFlag members as the real bindings define them (from the 10.13.0.35 and 11.4.0.106 wheels):
 # TensorRT 11 dropped FP16/BF16/INT8/FP8/INT4/FP4 and the precision-constraint flags.
@@ -418,7 +418,7 @@ def test_loading_an_engine_without_tensorrt_exits_with_the_hint(tmp_path, monkey
 
 @pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
 def test_trt_engine_from_onnx_or_checkpoint_without_tensorrt_exits_with_the_hint(tmp_path, monkeypatch, kind, tiny_checkpoint):
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     source = tiny_onnx(tmp_path / "model.onnx") if kind == "onnx" else tiny_checkpoint

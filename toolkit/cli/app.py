@@ -1,9 +1,9 @@
 """The ``rtk`` typer application and its single error boundary.
 
 Every command lives in its own module under ``toolkit.cli`` and registers itself on
-:data:`app`. A :class:`~toolkit.errors.RtkError` raised anywhere below a command becomes one
+:data:`app`. A :class:`~toolkit.core.errors.RtkError` raised anywhere below a command becomes one
 red line on stderr and exit status 1, and so does an operating-system error about the user's
-files (:data:`toolkit.files.USER_ERRNOS`); a usage error (unknown option, bad choice, missing
+files (:data:`toolkit.core.files.USER_ERRNOS`); a usage error (unknown option, bad choice, missing
 argument) is one line too, with exit status :data:`EXIT_USAGE`; any other exception is a bug
 and keeps its traceback.
 """
@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from toolkit import __version__
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 # Command modules in the order of the pipeline, which is the order ``rtk --help`` lists them;
 # each defines a ``register(app)`` function.
@@ -52,7 +52,7 @@ def print_error(message: str) -> None:
     """One red ``error:`` line on stderr."""
     from rich.markup import escape
 
-    from toolkit.console import err_console
+    from toolkit.core.console import err_console
 
     # Escaped: messages hold text like pip install 'rtk[trt]' that rich would eat as markup.
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
@@ -90,7 +90,7 @@ class _ErrorBoundary(TyperGroup):
         except OSError as exc:
             # A path the system refuses (name too long, disk full, read-only, no permission) is the
             # user's to fix, wherever below the command it surfaced; other OS errors are bugs.
-            from toolkit.files import USER_ERRNOS, os_error
+            from toolkit.core.files import USER_ERRNOS, os_error
 
             if exc.errno not in USER_ERRNOS:
                 raise

@@ -13,7 +13,7 @@ from toolkit.cli.options import (
     DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_batch_sizes, check_device, check_engines,
     check_finite, check_positive, checkpoint_options, int_list,
 )
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 
 class Precision(str, Enum):
@@ -80,7 +80,7 @@ def bench(
     """
     from benchmarks.harness import BenchOptions, run_benchmark
     from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
-    from toolkit.console import console, info
+    from toolkit.core.console import console, info
 
     if duration is not None and iters is not None:
         raise RtkError("give --duration or --iters, not both")
@@ -119,15 +119,15 @@ def bench(
 
 def _check_report_files(out: Path, name: str, model: Path) -> None:
     """NAME.json/.csv/.png must not be the model or its engine sidecar (``--name MODEL.engine`` would be)."""
-    from toolkit.files import Output, check_outputs
-    from toolkit.sidecar import sidecar_path
+    from toolkit.core.files import Output, check_outputs
+    from toolkit.core.trt.sidecar import sidecar_path
 
     check_outputs([Output(out / f"{name}{suffix}", "--out/--name") for suffix in (".json", ".csv", ".png")], [model, sidecar_path(model)])
 
 
 def _native_engine(model: Path) -> str:
     from engines.names import DEFAULT_ENGINE
-    from toolkit.artefacts import artefact_kind
+    from toolkit.core.artefacts import artefact_kind
 
     return DEFAULT_ENGINE[artefact_kind(model)]
 

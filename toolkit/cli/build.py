@@ -59,8 +59,8 @@ def build(
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
     from exporters.trt import BuildOptions, build_engine, onnx_weight_precision, parse_workspace
-    from toolkit.files import Output, check_outputs
-    from toolkit.sidecar import sidecar_path
+    from toolkit.core.files import Output, check_outputs
+    from toolkit.core.trt.sidecar import sidecar_path
 
     check_outputs(
         [
@@ -90,8 +90,8 @@ def build(
 
 def print_built(path: Path) -> None:
     """One line on stdout about a freshly built engine, from its sidecar."""
-    from toolkit.sidecar import read_sidecar, sidecar_path
-    from toolkit.console import console
+    from toolkit.core.trt.sidecar import read_sidecar, sidecar_path
+    from toolkit.core.console import console
 
     sidecar = read_sidecar(path)
     lo, opt, hi = sidecar.profile

@@ -25,7 +25,7 @@ def demo(
     classifies a folder of sample images, and prints accuracy, parity and images/s per engine
     with the path of every file written. Exits 1 when a parity check fails.
     """
-    from toolkit.demo import DemoOptions, run_demo
+    from toolkit.usecases.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         out=out, arch=arch, epochs=epochs, device=device, bench_seconds=bench_seconds, max_samples=max_samples, progress=progress
@@ -40,7 +40,7 @@ def _log(line: str) -> None:
     """Step headings (``▶ …``) in bold cyan, everything else as plain status lines."""
     from rich.text import Text
 
-    from toolkit.console import err_console, info
+    from toolkit.core.console import err_console, info
 
     if line.startswith("▶"):
         err_console.print(Text(line, style="bold cyan"), soft_wrap=True)
@@ -52,7 +52,7 @@ def _print_summary(result) -> None:
     from rich import box
     from rich.table import Table
 
-    from toolkit.console import console
+    from toolkit.core.console import console
 
     rows = result.summary_rows()
     batch_keys = sorted({k for r in rows for k in r if k.startswith("images_per_s@")}, key=lambda k: int(k.split("@")[1]))

@@ -31,8 +31,8 @@ def doctor(
     engine that can run, writes one JSON report, and exits 1 if any of them fails. Run it first
     on a new GPU machine.
     """
-    from toolkit.doctor import diagnose, run_check, write_report
-    from toolkit.errors import RtkError
+    from toolkit.usecases.doctor import diagnose, run_check, write_report
+    from toolkit.core.errors import RtkError
 
     if not check and (engines is not None or device is not None or output != DEFAULT_REPORT):
         raise RtkError("--engines, --device and --output apply with --check")
@@ -54,7 +54,7 @@ def doctor(
         return
     if not as_json:
         _print_diagnosis(diagnosis)
-    from toolkit.console import err_console
+    from toolkit.core.console import err_console
 
     def progress(result) -> None:
         if not as_json:
@@ -75,7 +75,7 @@ def _print_diagnosis(diagnosis) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from toolkit.console import console
+    from toolkit.core.console import console
 
     env, torch_info, ort, trt = diagnosis.environment, diagnosis.torch, diagnosis.onnxruntime, diagnosis.tensorrt
     lines = [
@@ -114,7 +114,7 @@ def _print_check(report, path: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from toolkit.console import console
+    from toolkit.core.console import console
 
     table = Table(title=f"rtk doctor --check on {report.model['device']}", title_justify="left")
     for column in ("engine", "result", "max abs err", "top-1 agree", "images/s (batch 1 / 4)", "why"):

@@ -46,7 +46,7 @@ def eval_command(
     Images are prepared with the artefact's own preprocessing (stored in it), and classes are
     matched to the model's by name.
     """
-    from toolkit.evaluate import EvalOptions, evaluate_artefact
+    from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact
 
     options = EvalOptions(
         model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
@@ -63,7 +63,7 @@ def eval_command(
 def _print_tables(result) -> None:
     from rich.table import Table
 
-    from toolkit.console import console
+    from toolkit.core.console import console
 
     report = result.report
     console.print(

@@ -79,7 +79,7 @@ def export(
     """
     from exporters.int8 import CalibOptions
     from exporters.onnx import ExportOptions, export_onnx
-    from toolkit.console import console, info
+    from toolkit.core.console import console, info
 
     calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float, activations=activations.value) if calib is not None else None
     options = ExportOptions(
@@ -101,7 +101,7 @@ def export(
         console.print(line, highlight=False)
 
     if trt:  # fail before a long export, not after it
-        from toolkit.errors import require
+        from toolkit.core.errors import require
 
         require("tensorrt", "--trt")
     info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")

@@ -22,8 +22,8 @@ def inspect(
     For a foreign checkpoint the training record is what the file keeps of one: epoch, best
     metric, arch name, timm's arguments, Lightning's hyper-parameters.
     """
-    from toolkit.artefacts import describe
-    from toolkit.console import console
+    from toolkit.core.artefacts import describe
+    from toolkit.core.console import console
 
     report = describe(path, checkpoint_options(weights, trust_pickle))
     if as_json:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 import typer
 
 from engines.names import ENGINE_HELP, EngineName, parse_engine, parse_engines
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 if TYPE_CHECKING:
-    from toolkit.checkpoint import CheckpointOptions
+    from toolkit.core.checkpoint import CheckpointOptions
 
 DEVICE_HELP = "cpu or cuda[:N]"
 
@@ -47,8 +47,8 @@ TrustPickleOption = Annotated[
 
 
 def checkpoint_options(weights: Weights, trust_pickle: bool) -> "CheckpointOptions":
-    """The :class:`~toolkit.checkpoint.CheckpointOptions` of ``--weights`` and ``--trust-pickle``."""
-    from toolkit.checkpoint import CheckpointOptions
+    """The :class:`~toolkit.core.checkpoint.CheckpointOptions` of ``--weights`` and ``--trust-pickle``."""
+    from toolkit.core.checkpoint import CheckpointOptions
 
     return CheckpointOptions(weights=weights.value, trust_pickle=trust_pickle)
 

@@ -46,8 +46,8 @@ def parity(
     max/mean absolute and max relative error, the element check (a logit fails only beyond both
     --atol and --rtol), cosine similarity, top-1 agreement, top-5 overlap and accuracy.
     """
-    from toolkit.console import console, info
-    from toolkit.parity import ParityOptions, run_parity
+    from toolkit.core.console import console, info
+    from toolkit.usecases.parity import ParityOptions, run_parity
 
     options = ParityOptions(
         engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, onnx_int8=onnx_int8, trt_engine=trt_engine, data=data, max_samples=max_samples,
@@ -57,7 +57,7 @@ def parity(
     )
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
-        from toolkit.files import Output, check_outputs
+        from toolkit.core.files import Output, check_outputs
 
         check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, onnx_int8, trt_engine, data])
     if not to_stdout:
@@ -71,14 +71,14 @@ def parity(
         _print(report, console)
     if not report.passed:
         if not to_stdout:
-            from toolkit.console import err_console
+            from toolkit.core.console import err_console
 
             err_console.print(f"[bold red]parity failed:[/bold red] {', '.join(report.failed)}", highlight=False)
         raise typer.Exit(1)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from toolkit.files import write_atomic
+    from toolkit.core.files import write_atomic
 
     write_atomic(path, json.dumps(data, indent=2) + "\n")  # an OS error is already one sentence
 

@@ -11,10 +11,10 @@ import typer
 from toolkit.cli.options import (
     DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_device, check_engine, checkpoint_options,
 )
-from toolkit.console import ProgressBar
+from toolkit.core.console import ProgressBar
 
 if TYPE_CHECKING:
-    from toolkit.predict import PredictResult
+    from toolkit.usecases.predict import PredictResult
 
 #: Exit status when some files could not be read but the rest were classified and written.
 EXIT_PARTIAL = 2
@@ -80,12 +80,12 @@ def predict(
 
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
     """
-    from toolkit.console import info, warn
-    from toolkit.errors import RtkError
-    from toolkit.files import Output, check_outputs
-    from toolkit.predict import PredictOptions, default_workers, format_predictions, resolve_model, write_text_atomic
-    from toolkit.predict import predict as run
-    from toolkit.runtime import open_engine
+    from toolkit.core.console import info, warn
+    from toolkit.core.errors import RtkError
+    from toolkit.core.files import Output, check_outputs
+    from toolkit.usecases.predict import PredictOptions, default_workers, format_predictions, resolve_model, write_text_atomic
+    from toolkit.usecases.predict import predict as run
+    from toolkit.usecases.opening import open_engine
 
     options = PredictOptions(
         top_k=top_k,
@@ -137,7 +137,7 @@ def _report(result: "PredictResult", model_path: Path, output: Path | None, info
         f"{result.images_per_s:.1f} images/s ({result.engine} on {result.device}, {model_path.name})"
     )
     if result.ignored:
-        from toolkit.images import describe_ignored
+        from toolkit.core.images import describe_ignored
 
         info(describe_ignored(result.ignored, result.root))
     ev = result.evaluation
@@ -152,7 +152,7 @@ def _render_table(result: "PredictResult") -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.console import console
+    from toolkit.core.console import console
 
     buf = Console(record=True, width=console.width if console.is_terminal else 120, file=_Null())
     table = Table(title=f"{result.classified} image(s) in {result.root}", title_justify="left")

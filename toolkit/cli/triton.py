@@ -49,7 +49,7 @@ def triton(
     extension, and rtk.json with the preprocessing a client must apply. Older versions stay.
     """
     from exporters.triton import TritonOptions, export_triton
-    from toolkit.console import console, info
+    from toolkit.core.console import console, info
 
     options = TritonOptions(
         name=name,

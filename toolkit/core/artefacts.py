@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 if TYPE_CHECKING:
-    from toolkit.checkpoint import Checkpoint, CheckpointOptions
+    from toolkit.core.checkpoint import Checkpoint, CheckpointOptions
 
 # ".pth.tar" is what PyTorch's classic ImageNet example and timm's train.py write (model_best.pth.tar);
 # ".ckpt" is Lightning's; ".safetensors" how Hugging Face and timm distribute weights.
@@ -87,10 +87,10 @@ def describe(path: str | os.PathLike, checkpoint_options: "CheckpointOptions | N
     if kind == "checkpoint":
         return describe_checkpoint(path, checkpoint_options)
     if kind == "onnx":
-        from toolkit.onnx_graph import describe_onnx
+        from toolkit.core.onnx_graph import describe_onnx
 
         return describe_onnx(path)
-    from toolkit.sidecar import describe_engine
+    from toolkit.core.trt.sidecar import describe_engine
 
     return describe_engine(path)
 
@@ -105,7 +105,7 @@ def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "Checkpoint
         RtkError: the file cannot be read, or its weights do not fit the architecture it names
             (a file that ``rtk inspect`` describes is one the other commands can load).
     """
-    from toolkit.checkpoint import load_checkpoint
+    from toolkit.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, options=checkpoint_options)
     ckpt.check_fit()

@@ -11,8 +11,8 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from toolkit.errors import RtkError
-from toolkit.spec import ARCHS, HeadLayout, ModelSpec
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ARCHS, HeadLayout, ModelSpec
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -130,7 +130,7 @@ def _resnet_class() -> type:
 
 
 def make_head(head: str, in_features: int, num_classes: int) -> "nn.Module":
-    """A classification head (:class:`~toolkit.spec.HeadLayout`): ``fc`` is one Linear, ``mlp1024`` is
+    """A classification head (:class:`~toolkit.core.spec.HeadLayout`): ``fc`` is one Linear, ``mlp1024`` is
     Linear→1024, ReLU, Linear, ``mlp512-dropout`` is Linear→512, ReLU, Dropout, Linear."""
     import torch.nn as nn
 
@@ -179,12 +179,12 @@ def _average_pool_shortcuts(model: "nn.Module") -> list["nn.Module"]:
 
 
 def _block(bottleneck: bool, attention: str | None) -> type:
-    """torchvision's block class, or its squeeze-and-excitation subclass (:mod:`toolkit.blocks`)."""
+    """torchvision's block class, or its squeeze-and-excitation subclass (:mod:`toolkit.core.blocks`)."""
     if attention is None:
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
         return Bottleneck if bottleneck else BasicBlock
-    from toolkit.blocks import SEBasicBlock, SEBottleneck
+    from toolkit.core.blocks import SEBasicBlock, SEBottleneck
 
     return SEBottleneck if bottleneck else SEBasicBlock
 

@@ -4,7 +4,7 @@
 very same inputs): max/mean absolute error, max relative error, a Polygraphy-style element
 check (an element fails only when it is beyond *both* ``atol`` and ``rtol``), cosine
 similarity per sample, top-1 agreement and top-5 overlap. Nothing here opens an engine: the
-export check (:mod:`exporters.onnx`) and ``rtk parity`` (:mod:`toolkit.parity`) both build on it.
+export check (:mod:`exporters.onnx`) and ``rtk parity`` (:mod:`toolkit.usecases.parity`) both build on it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.checkpoint import Checkpoint
+    from toolkit.core.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ def labelled_images(ckpt: "Checkpoint", data: str | os.PathLike, max_samples: in
     The test split is used when the data has one, else the validation split. Labels are mapped
     onto the model's class order by name when both have names.
     """
-    from toolkit.data import resolve_data
+    from toolkit.core.data import resolve_data
 
     source = resolve_data(data, input_size=ckpt.preprocess.input_size[0])
     split = "test" if source.has("test") else "val"

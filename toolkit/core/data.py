@@ -1,7 +1,7 @@
 """Datasets for training and evaluation, behind one interface: :func:`resolve_data`.
 
 Three kinds of source give the same :class:`DataSource` (class names, a default
-:class:`~toolkit.spec.Preprocess`, and train/val[/test] splits of raw images):
+:class:`~toolkit.core.spec.Preprocess`, and train/val[/test] splits of raw images):
 
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8×8 images), split
   70/10/20 with a fixed seed, so its test set is the same in every run; 8×8 by default,
@@ -10,7 +10,7 @@ Three kinds of source give the same :class:`DataSource` (class names, a default
   or a flat ``root/<class>/…`` split reproducibly by ``val_split`` and ``seed``.
 - torchvision's built-ins by name (:data:`BUILTINS`), read from ``data_root``.
 
-Every split yields PIL images that are prepared by :func:`toolkit.transforms.image_to_array`
+Every split yields PIL images that are prepared by :func:`toolkit.core.transforms.image_to_array`
 with a ``Preprocess``, the very function ``rtk predict`` uses: what the network sees in
 training is what it sees on a user's image file.
 """
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from toolkit.errors import RtkError, first_line
-from toolkit.spec import Preprocess
+from toolkit.core.errors import RtkError, first_line
+from toolkit.core.spec import Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -191,7 +191,7 @@ class PreparedDataset:
         return len(self.split)
 
     def _prepare(self, i: int) -> np.ndarray:
-        from toolkit.transforms import image_to_array
+        from toolkit.core.transforms import image_to_array
 
         return image_to_array(self.split.image(i), self.preprocess)
 
@@ -213,7 +213,7 @@ class PreparedDataset:
             try:
                 return self._prepare(j)
             except RtkError as exc:
-                from toolkit.console import warn
+                from toolkit.core.console import warn
 
                 self._bad.add(j)
                 warn(f"skipping {self.split.names(j)}: {exc}")
@@ -369,7 +369,7 @@ def _folder(root: Path, input_size: int | None, val_split: float, seed: int) -> 
 
 def _scan_classes(folder: Path, expected: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], Split]:
     """Class names (sub-folder names, sorted) and the readable images under them."""
-    from toolkit.images import find_images
+    from toolkit.core.images import find_images
 
     classes = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")))
     if not classes:
@@ -400,7 +400,7 @@ def _readable(paths: list[Path]) -> list[Path]:
     """
     from PIL import Image
 
-    from toolkit.console import warn
+    from toolkit.core.console import warn
 
     good = []
     for path in paths:
@@ -417,7 +417,7 @@ def _readable(paths: list[Path]) -> list[Path]:
 
 
 def _file_split(paths: list[Path], labels: np.ndarray) -> Split:
-    from toolkit.images import load_image
+    from toolkit.core.images import load_image
 
     return Split(lambda i: load_image(paths[i]), labels, lambda i: str(paths[i]))
 

@@ -7,7 +7,7 @@ TensorRT keeps one logger per process: the first ``ILogger`` handed to a ``Build
 (:meth:`ErrorLog.mark`, :meth:`ErrorLog.last_error`) instead of the last error ever seen.
 
 Nothing here runs at import time and nothing imports an engine or a CLI module, so the sidecar
-checks (:mod:`toolkit.sidecar`), the builder (:mod:`exporters.trt`) and the engine
+checks (:mod:`toolkit.core.trt.sidecar`), the builder (:mod:`exporters.trt`) and the engine
 (:mod:`engines.trt`) can all use it.
 """
 
@@ -19,8 +19,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from toolkit.errors import INSTALL_HINTS, RtkError, first_line, require
-from toolkit.sidecar import RuntimeInfo, TensorInfo
+from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line, require
+from toolkit.core.trt.sidecar import RuntimeInfo, TensorInfo
 
 #: TensorRT binds a tensor only at an address aligned to this many bytes; at another address
 #: ``set_tensor_address`` returns False and the previous address stays bound.

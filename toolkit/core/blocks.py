@@ -2,7 +2,7 @@
 
 The SE layer sits after the last BatchNorm of the residual branch, before the shortcut is added;
 its weights are ``layerN.M.se.fc1`` and ``se.fc2`` (1×1 convs), so timm's ``seresnet*`` and
-``seresnext*`` state_dicts load as they are. Kept apart from :mod:`toolkit.models` because it
+``seresnext*`` state_dicts load as they are. Kept apart from :mod:`toolkit.core.models` because it
 imports torch, which a model zoo lookup must not.
 """
 

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from toolkit.errors import RtkError
-from toolkit.models import ARCH_INFO, DEEP_STEM_WIDTHS
-from toolkit.spec import WIDTHS, HeadLayout, ModelSpec
+from toolkit.core.errors import RtkError
+from toolkit.core.models import ARCH_INFO, DEEP_STEM_WIDTHS
+from toolkit.core.spec import WIDTHS, HeadLayout, ModelSpec
 
 if TYPE_CHECKING:
     import torch

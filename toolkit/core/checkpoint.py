@@ -6,10 +6,10 @@ An rtk checkpoint is a plain dict of builtins and tensors::
      "state_dict": {...}, "train": {...}}
 
 so ``torch.load(..., weights_only=True)`` always reads it. Foreign checkpoints load too (files
-are read by :mod:`toolkit.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file; one
+are read by :mod:`toolkit.core.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file; one
 wrapped under any keys (``state_dict``, ``model``, Lightning's and timm's layouts) and under any
 one prefix (``module.``, ``model.``, ``net.``, ``_orig_mod.``…); with EMA weights beside the raw
-ones. Their architecture is inferred from tensor shapes (:mod:`toolkit.architecture`) and what
+ones. Their architecture is inferred from tensor shapes (:mod:`toolkit.core.architecture`) and what
 else they record (epoch, best metric, arch name, timm's arguments) is kept for ``rtk inspect``.
 """
 
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from toolkit.architecture import ANCHOR_KEY, infer_spec, not_a_resnet
-from toolkit.checkpoint_file import SAFETENSORS_METADATA, read_checkpoint_file, read_torch_file
-from toolkit.errors import RtkError
-from toolkit.models import create_model
-from toolkit.spec import INTERPOLATIONS, ModelSpec, Preprocess
+from toolkit.core.architecture import ANCHOR_KEY, infer_spec, not_a_resnet
+from toolkit.core.checkpoint_file import SAFETENSORS_METADATA, read_checkpoint_file, read_torch_file
+from toolkit.core.errors import RtkError
+from toolkit.core.models import create_model
+from toolkit.core.spec import INTERPOLATIONS, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -197,7 +197,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the destination folder, then rename into place."""
     import torch
 
-    from toolkit.files import staged
+    from toolkit.core.files import staged
 
     with staged(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)

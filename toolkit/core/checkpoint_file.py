@@ -23,8 +23,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from toolkit.errors import RtkError, first_line, first_sentence, require
-from toolkit.files import USER_ERRNOS, os_error, os_reason, readable_file
+from toolkit.core.errors import RtkError, first_line, first_sentence, require
+from toolkit.core.files import USER_ERRNOS, os_error, os_reason, readable_file
 
 #: Classes a weights-only load may build besides torch's own allowlist: plain attribute bags
 #: that run no code when unpickled.
@@ -100,7 +100,7 @@ def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
         error, pickles_code = _unpickling_error(path, str(exc))
         if not (trust_pickle and pickles_code):
             raise error from None
-    from toolkit.console import warn
+    from toolkit.core.console import warn
 
     warn(f"{TRUST_FLAG}: loading {path} by running the code it pickles")
     try:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from toolkit.console import warn
-from toolkit.errors import RtkError, first_line
-from toolkit.files import not_regular, os_reason
+from toolkit.core.console import warn
+from toolkit.core.errors import RtkError, first_line
+from toolkit.core.files import not_regular, os_reason
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -100,7 +100,7 @@ def load_image(path: str | os.PathLike) -> "Image.Image":
 
     The first frame of an animation is used; the EXIF orientation tag is applied, so a photo
     taken with the camera on its side comes out as it is shown by a viewer. The pixel mode is
-    left as stored (see :func:`toolkit.transforms.to_channels` for the conversion).
+    left as stored (see :func:`toolkit.core.transforms.to_channels` for the conversion).
 
     Args:
         path: an image file.

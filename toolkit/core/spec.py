@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 #: Key under which the spec and preprocess live in an ONNX file's ``metadata_props``.
 METADATA_KEY = "rtk"

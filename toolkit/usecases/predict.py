@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from toolkit.errors import RtkError
-from toolkit.images import IMAGE_SUFFIXES, describe_ignored, load_image, scan_folder
-from toolkit.spec import Preprocess
+from toolkit.core.errors import RtkError
+from toolkit.core.images import IMAGE_SUFFIXES, describe_ignored, load_image, scan_folder
+from toolkit.core.spec import Preprocess
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.metrics import ClassificationReport
+    from toolkit.core.metrics import ClassificationReport
 
 #: Output formats of :func:`format_predictions`.
 FORMATS = ("json", "jsonl", "csv")
@@ -190,7 +190,7 @@ def resolve_model(model: str | os.PathLike | None, target: str | os.PathLike) ->
     for config in dict.fromkeys([folder / CONFIG_NAME, Path.cwd() / CONFIG_NAME]):
         if config.is_file():
             return config.parent / _model_from_config(config)
-    from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
+    from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
 
     suffixes = CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES
     found = sorted(p for p in Path.cwd().iterdir() if p.is_file() and artefact_suffix(p) in suffixes)
@@ -206,7 +206,7 @@ def _model_from_config(config: Path) -> str:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        from toolkit.errors import require
+        from toolkit.core.errors import require
 
         tomllib = require("tomli", f"reading {CONFIG_NAME}")
     try:
@@ -283,7 +283,7 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
 
 def prepare_image(path: Path, pre: Preprocess) -> tuple[np.ndarray | None, str | None]:
     """Decode and preprocess one file; ``(array, None)`` or ``(None, reason)``."""
-    from toolkit.transforms import image_to_array
+    from toolkit.core.transforms import image_to_array
 
     try:
         img = load_image(path)
@@ -423,7 +423,7 @@ def _evaluate(predictions: Sequence[Prediction], class_names: tuple[str, ...]) -
     scored = [p for p in predictions if p.label is not None and p.error is None]
     if not scored:
         return None
-    from toolkit.metrics import ClassificationReport
+    from toolkit.core.metrics import ClassificationReport
 
     index = {name: i for i, name in enumerate(class_names)}
     return ClassificationReport.from_predictions([index[p.label] for p in scored], [p.top1 for p in scored], class_names)
@@ -467,7 +467,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise RtkError(f"{path} is a folder; give a file name for the output")
-    from toolkit.files import os_error, write_atomic
+    from toolkit.core.files import os_error, write_atomic
 
     if path.exists() and not path.is_file():
         try:

@@ -7,7 +7,7 @@ of one engine of every runtime family in :data:`engines.names.ALL_ENGINES`, with
 that would enable it. :func:`run_check` then exports a small model and runs parity and a short
 benchmark on every engine that can run here, and says which failed.
 
-Like :mod:`toolkit.runtime`, this module sits above ``engines``, ``exporters`` and ``benchmarks``.
+Like :mod:`toolkit.usecases.opening`, this module sits above ``engines``, ``exporters`` and ``benchmarks``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import INSTALL_HINTS, RtkError, first_line
+from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line
 
 #: Why an engine needing CUDA cannot run, and what gives it CUDA.
 NO_CUDA = "needs an NVIDIA GPU with CUDA; torch sees none"
@@ -155,7 +155,7 @@ def _relu_onnx(path: Path) -> Path:
 
 
 def _tensorrt_info() -> dict[str, Any]:
-    from toolkit.trt_runtime import has_fp16_flag, import_tensorrt, major_version
+    from toolkit.core.trt.library import has_fp16_flag, import_tensorrt, major_version
 
     if importlib.util.find_spec("tensorrt") is None:
         return {"installed": False, "error": f"TensorRT is not installed ({INSTALL_HINTS['tensorrt']})"}
@@ -255,9 +255,9 @@ def check_model(folder: Path) -> Path:
     """A small real checkpoint (ResNet-18, small stem, 32×32 RGB, 10 classes, BatchNorm statistics set)."""
     import torch
 
-    from toolkit.checkpoint import save_checkpoint
-    from toolkit.models import create_model
-    from toolkit.spec import ModelSpec, Preprocess
+    from toolkit.core.checkpoint import save_checkpoint
+    from toolkit.core.models import create_model
+    from toolkit.core.spec import ModelSpec, Preprocess
 
     spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"class{i}" for i in range(10)), stem="small")
     pre = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -319,7 +319,7 @@ def run_check(
 def _check_engine(checkpoint: Path, name: str, device: str, bench_s: float) -> EngineCheck:
     """Parity (batches of 1 and 4, random inputs) and a short benchmark of one engine."""
     from benchmarks.harness import BenchOptions, run_benchmark
-    from toolkit.parity import ParityOptions, run_parity
+    from toolkit.usecases.parity import ParityOptions, run_parity
 
     try:
         parity = run_parity(checkpoint, ParityOptions(engines=(name,), batch_sizes=(1, 4), device=device, max_samples=None))
@@ -347,7 +347,7 @@ def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
     """The report as JSON at ``path``, written atomically."""
     import json
 
-    from toolkit.files import write_atomic
+    from toolkit.core.files import write_atomic
 
     return write_atomic(Path(path), json.dumps(report.to_dict(), indent=2, default=str) + "\n")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 #: errno values that say something about the user's files or system, not about a bug in rtk.
 USER_ERRNOS = frozenset(
@@ -116,7 +116,7 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[str | os.Pa
     Raises:
         RtkError: naming the output, the option and the input it would overwrite.
     """
-    from toolkit.images import is_image_path
+    from toolkit.core.images import is_image_path
 
     sources = [Path(p) for p in inputs if p is not None and str(p) not in ("", "-")]
     for out in outputs:

@@ -2,7 +2,7 @@
 
 :func:`run_parity` feeds identical inputs (seeded random batches and, optionally, labelled real
 images) to every engine asked for and to the eager fp32 reference, measures each with
-:func:`toolkit.compare.compare` and gathers a :class:`ParityReport`.
+:func:`toolkit.core.compare.compare` and gathers a :class:`ParityReport`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from toolkit.compare import (
+from toolkit.core.compare import (
     DEFAULT_TOLERANCES,
     NEEDS_LABELLED_DATA,
     ParityMetrics,
@@ -28,14 +28,14 @@ from toolkit.compare import (
     run_engine,
     tolerance_for,
 )
-from toolkit.checkpoint import CheckpointOptions
-from toolkit.errors import RtkError
-from toolkit.spec import ArtefactMeta
+from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ArtefactMeta
 
 if TYPE_CHECKING:
     from engines.base import Engine
     from engines.names import EngineName
-    from toolkit.checkpoint import Checkpoint
+    from toolkit.core.checkpoint import Checkpoint
 
 __all__ = ["DEFAULT_TOLERANCES", "EngineResult", "ParityMetrics", "ParityOptions", "ParityReport", "Tolerance", "compare", "run_parity", "tolerance_for"]
 
@@ -126,7 +126,7 @@ def open_parity_engine(ckpt: "Checkpoint", name: "EngineName", options: ParityOp
     Raises:
         RtkError: the engine cannot run, or its artefact does not match the checkpoint.
     """
-    from toolkit.runtime import open_engine
+    from toolkit.usecases.opening import open_engine
 
     given = options.artefact_for(name)
     if given is None and ckpt.path is None and name.runtime != "eager":
@@ -268,14 +268,14 @@ def run_parity(
     """Compare engines against the eager fp32 reference of a checkpoint on identical inputs.
 
     Args:
-        checkpoint: the reference model (path or loaded :class:`~toolkit.checkpoint.Checkpoint`).
+        checkpoint: the reference model (path or loaded :class:`~toolkit.core.checkpoint.Checkpoint`).
         options: the engines, their artefacts, the inputs and the tolerances (:class:`ParityOptions`).
         on_engine: called with each :class:`EngineResult` as it is ready (progress output).
 
     Returns:
         The report; ``report.passed`` is false when any engine is outside tolerance.
     """
-    from toolkit.checkpoint import Checkpoint, load_checkpoint
+    from toolkit.core.checkpoint import Checkpoint, load_checkpoint
 
     options = options or ParityOptions()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, options=options.checkpoint_options)

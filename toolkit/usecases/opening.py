@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from engines import load
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
 from exporters.prepare import prepare
-from toolkit.artefacts import artefact_kind
+from toolkit.core.artefacts import artefact_kind
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.checkpoint import Checkpoint, CheckpointOptions
-    from toolkit.spec import ArtefactMeta
+    from toolkit.core.checkpoint import Checkpoint, CheckpointOptions
+    from toolkit.core.spec import ArtefactMeta
 
 
 def open_engine(
@@ -52,7 +52,7 @@ def open_engine(
         RtkError: an unknown engine or artefact, an engine that cannot run this artefact, a
             failed export or build, a missing optional package.
     """
-    from toolkit.checkpoint import Checkpoint
+    from toolkit.core.checkpoint import Checkpoint
 
     loaded = model if isinstance(model, Checkpoint) else None
     path = loaded.path if loaded is not None else model

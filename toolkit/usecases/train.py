@@ -1,6 +1,6 @@
 """Training: ``train(TrainOptions) -> TrainResult``, the library behind ``rtk train``.
 
-One run reads a :class:`~toolkit.data.DataSource`, builds (or fine-tunes) a zoo model, and
+One run reads a :class:`~toolkit.core.data.DataSource`, builds (or fine-tunes) a zoo model, and
 trains it with Adam/AdamW/SGD under a warm-up + cosine schedule, validating after every epoch.
 Into the output folder it writes ``last.pth`` (with optimizer state, for ``--resume``),
 ``best.pth`` (by validation accuracy), ``history.json`` and ``curves.png``; all atomically, so
@@ -21,20 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.checkpoint import CheckpointOptions
-from toolkit.console import ProgressBar, info, warn
-from toolkit.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
-from toolkit.errors import RtkError
-from toolkit.files import Output, check_outputs, write_atomic
-from toolkit.schedule import lr_factor, set_lr
-from toolkit.spec import WIDTHS, ModelSpec, Preprocess
+from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.console import ProgressBar, info, warn
+from toolkit.core.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
+from toolkit.core.errors import RtkError
+from toolkit.core.files import Output, check_outputs, write_atomic
+from toolkit.core.schedule import lr_factor, set_lr
+from toolkit.core.spec import WIDTHS, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
-    from toolkit.checkpoint import Checkpoint
-    from toolkit.data import DataSource
+    from toolkit.core.checkpoint import Checkpoint
+    from toolkit.core.data import DataSource
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FREEZE = ("none", "backbone")
@@ -75,7 +75,7 @@ class TrainOptions:
             small images.
         in_chans: 1 or 3; from the data (or the pretrained conv1) when omitted.
         input_size: network input side; the data's default when omitted.
-        val_split, data_root, download, max_samples: as for :func:`toolkit.data.resolve_data`;
+        val_split, data_root, download, max_samples: as for :func:`toolkit.core.data.resolve_data`;
             ``max_samples`` at least 2, for the reason given under ``batch_size``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: mixed precision on CUDA (ignored on CPU).
@@ -246,7 +246,7 @@ class _Run:
 
     def _data_and_spec(self, resume: "Checkpoint | None", pretrained: "Checkpoint | None") -> tuple["DataSource", ModelSpec, Preprocess]:
         """The data, and the network and preprocessing it trains: resumed, fine-tuned or new."""
-        from toolkit.data import resolve_data
+        from toolkit.core.data import resolve_data
 
         o = self.o
         input_size = resume.preprocess.input_size[0] if resume else o.input_size
@@ -264,7 +264,7 @@ class _Run:
         """The network with its starting weights and frozen layers, on the run's device."""
         import torch
 
-        from toolkit.models import count_parameters, create_model
+        from toolkit.core.models import count_parameters, create_model
 
         torch.manual_seed(self.o.seed)
         model = create_model(spec)
@@ -334,13 +334,13 @@ class _Run:
         if not last.exists():
             warn("interrupted before the first epoch finished; nothing was saved")
             return
-        from toolkit.checkpoint import read_torch_file
+        from toolkit.core.checkpoint import read_torch_file
 
         epoch = read_torch_file(last).get("train", {}).get("epoch", "?")
         warn(f"interrupted: {last} holds epoch {epoch}; continue with --resume --out {self.out}")
 
     def _resume_checkpoint(self) -> "Checkpoint":
-        from toolkit.checkpoint import load_checkpoint
+        from toolkit.core.checkpoint import load_checkpoint
 
         last = self.out / "last.pth"
         if not last.exists():
@@ -358,7 +358,7 @@ class _Run:
         return ckpt
 
     def _pretrained_checkpoint(self) -> "Checkpoint":
-        from toolkit.checkpoint import load_checkpoint
+        from toolkit.core.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(self.o.pretrained, options=self.o.checkpoint_options)
         if self.o.arch and self.o.arch != ckpt.spec.arch:
@@ -402,7 +402,7 @@ class _Run:
     # -- outputs ---------------------------------------------------------------------------
 
     def save(self, name: str, model: "nn.Module", spec: ModelSpec, pre: Preprocess, record: dict[str, Any]) -> Path:
-        from toolkit.checkpoint import save_checkpoint
+        from toolkit.core.checkpoint import save_checkpoint
 
         return save_checkpoint(self.out / name, model, spec, pre, record)
 
@@ -411,7 +411,7 @@ class _Run:
         if not source.has("test"):
             return None
         import engines
-        from toolkit.evaluate import evaluate
+        from toolkit.usecases.evaluate import evaluate
 
         with engines.load(self.out / "best.pth") as engine:
             report = evaluate(engine, source.dataset("test", engine.preprocess), 256, source.class_names)
@@ -685,7 +685,7 @@ def format_share(part: int, whole: int) -> str:
 
 def save_curves(history: list[dict], path: Path, title: str = "training") -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG."""
-    from toolkit.plots import pyplot, save_figure
+    from toolkit.core.plots import pyplot, save_figure
 
     plt = pyplot()
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.spec import Preprocess
+from toolkit.core.spec import Preprocess
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,6 +1,6 @@
 """Accuracy of any artefact on a labelled dataset: :func:`evaluate` and :func:`evaluate_artefact`.
 
-The evaluation images are prepared with the artefact's own :class:`~toolkit.spec.Preprocess`
+The evaluation images are prepared with the artefact's own :class:`~toolkit.core.spec.Preprocess`
 (read from the checkpoint, ONNX metadata or engine sidecar), never from flags, so the figure
 measures the model as it will be used.
 """
@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from toolkit.checkpoint import CheckpointOptions
-from toolkit.console import ProgressBar
-from toolkit.errors import RtkError
-from toolkit.files import Output, check_outputs
-from toolkit.spec import ModelSpec
+from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.console import ProgressBar
+from toolkit.core.errors import RtkError
+from toolkit.core.files import Output, check_outputs
+from toolkit.core.spec import ModelSpec
 
 if TYPE_CHECKING:
     from engines.base import Engine
-    from toolkit.metrics import ClassificationReport
+    from toolkit.core.metrics import ClassificationReport
 
 
 def label_mapping(data_classes: Sequence[str], spec: ModelSpec) -> np.ndarray:
@@ -76,7 +76,7 @@ def evaluate(
     """
     import torch
 
-    from toolkit.metrics import ClassificationReport
+    from toolkit.core.metrics import ClassificationReport
 
     n = len(dataset)
     if n == 0:
@@ -119,7 +119,7 @@ class EvalOptions:
             checkpoint on ONNX Runtime or TensorRT is exported (and built) next to it first.
         device: ``cpu`` or ``cuda[:N]``.
         confusion: where to write the confusion-matrix PNG; next to the model when omitted.
-        data_root, download, val_split, seed, max_samples: as for :func:`toolkit.data.resolve_data`.
+        data_root, download, val_split, seed, max_samples: as for :func:`toolkit.core.data.resolve_data`.
         checkpoint_options: which of a checkpoint's weights to evaluate (EMA or raw), and whether
             to trust a pickle.
     """
@@ -170,8 +170,8 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     Returns:
         The report, the engine's name and where the confusion PNG went.
     """
-    from toolkit.data import resolve_data
-    from toolkit.runtime import open_engine
+    from toolkit.core.data import resolve_data
+    from toolkit.usecases.opening import open_engine
 
     started = time.perf_counter()
     split_hint = options.split or "test"  # the default PNG's name is settled below, once the split is known

@@ -22,7 +22,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from toolkit.files import staged
+    from toolkit.core.files import staged
 
     try:
         with staged(path) as tmp:

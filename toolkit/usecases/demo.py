@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from toolkit.errors import RtkError
-from toolkit.files import os_error
+from toolkit.core.errors import RtkError
+from toolkit.core.files import os_error
 
 if TYPE_CHECKING:
     from benchmarks.harness import BenchReport
-    from toolkit.parity import ParityReport
-    from toolkit.predict import PredictResult
-    from toolkit.train import TrainResult
+    from toolkit.usecases.parity import ParityReport
+    from toolkit.usecases.predict import PredictResult
+    from toolkit.usecases.train import TrainResult
 
 #: Sub-folders the demo owns inside its output folder; a re-run replaces exactly these.
 DEMO_PARTS = ("train", "bench", "samples", "predictions")
@@ -62,7 +62,7 @@ class DemoOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from toolkit.spec import ARCHS
+        from toolkit.core.spec import ARCHS
 
         # Every option is checked here, before run_demo clears the previous run's folders: a
         # typo must not cost the results already on disk.
@@ -164,12 +164,12 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     from benchmarks.harness import BenchOptions, run_benchmark
     from benchmarks.report import progress_line, write_report
     from exporters.onnx import ExportOptions, export_onnx
-    from toolkit.data import write_digit_images
-    from toolkit.distributed import resolve_device
-    from toolkit.parity import ParityOptions, run_parity
-    from toolkit.predict import PredictOptions, format_predictions, predict, write_text_atomic
-    from toolkit.runtime import open_engine
-    from toolkit.train import TrainOptions, train
+    from toolkit.core.data import write_digit_images
+    from toolkit.core.distributed import resolve_device
+    from toolkit.usecases.parity import ParityOptions, run_parity
+    from toolkit.usecases.predict import PredictOptions, format_predictions, predict, write_text_atomic
+    from toolkit.usecases.opening import open_engine
+    from toolkit.usecases.train import TrainOptions, train
 
     # An unknown device, or cuda on a machine without a GPU, fails before anything is cleared.
     resolve_device(options.device)

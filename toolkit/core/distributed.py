@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from toolkit.errors import RtkError
+from toolkit.core.errors import RtkError
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class ClassificationReport:
 
     def save_confusion_png(self, path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
         """Render the confusion matrix (rows: actual, columns: predicted) as a PNG."""
-        from toolkit.plots import pyplot, save_figure
+        from toolkit.core.plots import pyplot, save_figure
 
         plt = pyplot()
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from toolkit.artefacts import engine_path_for
-from toolkit.errors import RtkError
-from toolkit.spec import ModelSpec, Preprocess
+from toolkit.core.artefacts import engine_path_for
+from toolkit.core.errors import RtkError
+from toolkit.core.spec import ModelSpec, Preprocess
 
 FORMAT = "rtk.engine"
 VERSION = 1
@@ -214,7 +214,7 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 def write_sidecar(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Path:
     """Write ``<engine>.json`` atomically; returns its path."""
     text = json.dumps(sidecar.to_dict(), indent=2) + "\n"
-    from toolkit.files import write_atomic
+    from toolkit.core.files import write_atomic
 
     return write_atomic(sidecar_path(engine_path), text)
 
@@ -422,7 +422,7 @@ def _compatibility_here(sidecar: EngineSidecar, path: Path) -> str:
 
     if importlib.util.find_spec("tensorrt") is None:
         return "unknown: TensorRT is not installed here (pip install 'rtk[trt]')"
-    from toolkit.trt_runtime import current_runtime
+    from toolkit.core.trt.library import current_runtime
 
     try:
         runtime = current_runtime()

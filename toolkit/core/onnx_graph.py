@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.errors import RtkError, first_line, require
-from toolkit.files import readable_file
-from toolkit.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
+from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.files import readable_file
+from toolkit.core.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import onnx
