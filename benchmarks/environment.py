@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
+from toolkit import __version__
+
 #: Distributions whose versions are recorded (distribution name -> JSON key).
 PACKAGES = {
     "torch": "torch",
@@ -50,7 +52,6 @@ def usable_cores() -> int:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the runtimes that matter for speed (``None`` = not installed)."""
-    from toolkit import __version__
 
     versions: dict[str, str | None] = {"rtk": __version__}
     for dist, key in PACKAGES.items():

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engines.names import EngineName, parse_engine, parse_engines
+from benchmarks.environment import collect_environment
+from engines.base import Engine
+from engines.names import parse_engine, parse_engines
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError, first_line
+from toolkit.core.precision import RUN_TIME_PRECISIONS, check_precision
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 IO_MODES = ("host", "device", "both")
+#: Batch sizes swept when none are given, by device: a GPU is measured up to the batches it is bought for.
+DEFAULT_BATCH_SIZES = {"cpu": (1, 8), "cuda": (1, 8, 32, 128)}
+#: The I/O mode when none is given: on a GPU both host-to-host and device-resident figures.
+DEFAULT_IO = {"cpu": "host", "cuda": "both"}
 #: The engine every speed-up is relative to.
 BASELINE = "eager"
 #: Fewest timed iterations behind a figure when a time budget is used.
@@ -40,10 +44,14 @@ SPLIT_ITERS = 50
 class BenchOptions:
     """What to run and for how long.
 
+    The harness times engines that are already open (:func:`run_benchmark`); ``engines``,
+    ``precision``, ``baseline`` and ``checkpoint_options`` say which ones to open, for whoever opens
+    them (``rtk bench``: :func:`toolkit.usecases.bench.benchmark_model`), and are recorded with the run.
+
     Attributes:
         engines: engine names (:mod:`engines.names`, e.g. ``eager-fp16-cl-graph``, ``ort-cuda``; ``all``
-            for one of every kind).
-        batch_sizes: batch sizes to sweep, in order.
+            for one of every kind); none: the model's own runtime (eager, ort or trt).
+        batch_sizes: batch sizes to sweep, in order (default: :data:`DEFAULT_BATCH_SIZES` of the device).
         device: ``"cpu"`` or ``"cuda[:N]"``.
         precision: applies to the engines named without one; ``None`` = each engine's own
             default (fp16 for TensorRT, fp32 otherwise).
@@ -53,7 +61,7 @@ class BenchOptions:
             over the rounds; at least one per round).
         threads: intra-op threads for torch, ONNX Runtime and OpenVINO (``None`` = their defaults).
         io: ``"host"`` (numpy in, numpy out), ``"device"`` (inputs and outputs stay on the
-            engine's device) or ``"both"``.
+            engine's device) or ``"both"`` (default: :data:`DEFAULT_IO` of the device).
         rounds: repeat the sweep this many times, engines interleaved, and pool the samples;
             spreads slow drifts on a shared machine over every engine alike.
         baseline: add eager fp32 to the run (when the model is a checkpoint) so every engine
@@ -62,28 +70,33 @@ class BenchOptions:
             trust a pickle.
     """
 
-    engines: tuple[str, ...] = ("eager",)
-    batch_sizes: tuple[int, ...] = (1, 8)
+    engines: tuple[str, ...] = ()
+    batch_sizes: tuple[int, ...] | None = None
     device: str = "cpu"
     precision: str | None = None
     warmup_s: float = 1.0
     duration_s: float = 3.0
     iters: int | None = None
     threads: int | None = None
-    io: str = "host"
+    io: str | None = None
     rounds: int = 1
     baseline: bool = True
     checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def __post_init__(self) -> None:
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
-            raise RtkError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise RtkError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.io not in IO_MODES:
-            raise RtkError(f"io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise RtkError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        if self.batch_sizes is None:
+            object.__setattr__(self, "batch_sizes", DEFAULT_BATCH_SIZES[kind])
+        if self.io is None:
+            object.__setattr__(self, "io", DEFAULT_IO[kind])
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise RtkError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if self.precision is not None:
+            check_precision(self.precision, RUN_TIME_PRECISIONS, "--precision")
+        if self.io not in IO_MODES:
+            raise RtkError(f"io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
         if self.warmup_s < 0 or self.duration_s <= 0:
             raise RtkError("the warm-up must be >= 0 seconds and the duration > 0 seconds")
         if self.iters is not None and self.iters < 1:
@@ -94,7 +107,8 @@ class BenchOptions:
             raise RtkError(f"rounds must be at least 1, got {self.rounds}")
         if self.iters is not None and self.iters < self.rounds:
             raise RtkError(f"iters {self.iters} is fewer than rounds {self.rounds}: every round times at least one call")
-        parse_engines(self.engines, self.precision)
+        if self.engines:
+            parse_engines(self.engines, self.precision)
 
     @property
     def io_modes(self) -> tuple[str, ...]:
@@ -236,34 +250,6 @@ def time_calls(
     return samples[:count]
 
 
-# --------------------------------------------------------------------------- engines
-
-
-def open_engine(model: Path, choice: EngineName, options: BenchOptions):
-    """Open the engine ``choice`` for ``model``, exporting/building what it needs (cached next to it).
-
-    Raises:
-        RtkError: this engine cannot run here or on this artefact; the message says why.
-    """
-    from toolkit.usecases.opening import open_engine as open_runtime
-
-    if choice.needs_cuda and not options.device.startswith("cuda"):
-        raise RtkError(f"{choice} needs a CUDA GPU; run with --device cuda on a machine that has one")
-    engine = open_runtime(
-        model, choice, device=options.device, threads=options.threads,
-        # trt and ort-trt get the same profile for the batches timed (toolkit.core.trt.sidecar.profile_for).
-        max_batch=max(options.batch_sizes) if "trt" in (choice.runtime, choice.provider) else None,
-        checkpoint_options=options.checkpoint_options,
-    )
-    if engine.fallback_from is not None:
-        # A runtime that fell back to another provider; timing it under the name asked for would mislead.
-        engine.close()
-        from engines.ort import gpu_install_hint
-
-        raise RtkError(f"{choice} cannot run here ({engine.name}); {gpu_install_hint()}")
-    return engine
-
-
 # --------------------------------------------------------------------------- one measurement
 
 
@@ -299,7 +285,7 @@ class _CudaGraph:
 class _Measurement:
     """Buffers and callables for one engine at one batch size, built before any timing."""
 
-    def __init__(self, engine: Any, choice: EngineName, batch_size: int, device: str):
+    def __init__(self, engine: Engine, batch_size: int, device: str):
         rng = np.random.default_rng(batch_size)
         self.host = rng.standard_normal((batch_size, *engine.input_shape), dtype=np.float32)
         self.engine = engine
@@ -308,9 +294,10 @@ class _Measurement:
         self.graph = None
         import torch
 
+        cuda_graph = parse_engine(engine.name).cuda_graph
         # On CPU the host is the device: a torch tensor there is what a device-resident caller holds.
-        self.device_input = torch.from_numpy(self.host).to(device) if self.cuda or choice.cuda_graph else torch.from_numpy(self.host)
-        if choice.cuda_graph:
+        self.device_input = torch.from_numpy(self.host).to(device) if self.cuda or cuda_graph else torch.from_numpy(self.host)
+        if cuda_graph:
             self.graph = _CudaGraph(engine, self.device_input)
 
     def call(self, io: str) -> tuple[Callable[[Any], Any], Any]:
@@ -391,8 +378,7 @@ def _free_device_memory(cuda: bool) -> None:
 
 
 def measure(
-    engine: Any, choice: EngineName, batch_size: int, io: str, options: BenchOptions,
-    duration_s: float | None = None, iters: int | None = None,
+    engine: Engine, batch_size: int, io: str, options: BenchOptions, duration_s: float | None = None, iters: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Time one engine at one batch size; returns latency samples (ns) and CUDA extras.
 
@@ -407,7 +393,7 @@ def measure(
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
-    m = _Measurement(engine, choice, batch_size, device)
+    m = _Measurement(engine, batch_size, device)
     fn, arg = m.call(io)
     samples = time_calls(
         fn, arg, _sync_for(engine, cuda),
@@ -428,66 +414,64 @@ def measure(
 
 
 def run_benchmark(
-    model: str | os.PathLike,
+    engines: Sequence[Engine],
     options: BenchOptions,
     progress: Callable[[BenchResult], None] | None = None,
+    *,
+    skipped: Sequence[BenchResult] = (),
+    model: Mapping[str, Any] | None = None,
+    asked: Sequence[str] | None = None,
 ) -> BenchReport:
-    """Benchmark every engine in ``options`` on ``model`` across the batch sizes.
+    """Time engines that are already open, across the batch sizes and I/O modes of ``options``.
 
-    Engines that cannot run (no GPU, no TensorRT, wrong artefact) give one ``skipped`` row
-    with the reason; a batch size that runs out of memory gives an ``oom`` row and the sweep
-    goes on.
+    A batch size that runs out of memory gives an ``oom`` row and the sweep goes on; a batch or
+    I/O mode an engine cannot take gives a ``skipped`` row. The engines stay open: whoever opened
+    them closes them.
 
     Args:
-        model: a checkpoint, ONNX file or TensorRT engine.
-        options: what to run and for how long.
+        engines: the engines to time, in the order each round measures them.
+        options: how long, at which batch sizes and I/O modes, on how many threads.
         progress: called with each finished row (for live output).
+        skipped: rows for engines that could not be opened, reported first, as given.
+        model: what the report says of the model (``path``, ``name``, ``kind``); architecture,
+            classes and input shape are read from the first engine.
+        asked: the engine names the run was asked for (the report's settings); by default the
+            skipped and the timed ones.
 
     Returns:
         The report: model, settings, environment and results (speed-ups filled in).
+
+    Raises:
+        RtkError: a CUDA device asked for on a machine without one.
     """
-    import torch
+    import torch  # the harness imports torch on first use: `rtk --help` must not pay for it
 
-    from benchmarks.environment import collect_environment
-    from toolkit.core.artefacts import artefact_kind
-
-    model = Path(model)
-    kind = artefact_kind(model)
-    choices = list(parse_engines(options.engines, options.precision))
-    baseline = parse_engine(BASELINE)
-    if options.baseline and kind == "checkpoint" and baseline not in choices:
-        choices.insert(0, baseline)
-    cuda = options.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise RtkError(f"--device {options.device} was asked for but no CUDA GPU is available; use --device cpu")
-
+    require_device(options.device)
+    emit = progress or (lambda r: None)
     saved_threads = torch.get_num_threads()
     if options.threads is not None:
         torch.set_num_threads(options.threads)
-    results: list[BenchResult] = []
-    emit = progress or (lambda r: None)
     try:
-        loaded: list[tuple[EngineName, Any]] = []
-        for choice in choices:
-            try:
-                loaded.append((choice, open_engine(model, choice, options)))
-            except RtkError as exc:
-                row = BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc))
-                results.append(row)
-                emit(row)
-        try:
-            cells = _sweep(loaded, options, emit)
-        finally:
-            for _, engine in loaded:
-                engine.close()
-        results.extend(cells)
-        meta = _model_info(model, kind, loaded)
+        results = [*skipped, *_sweep(list(engines), options, emit)]
     finally:
         torch.set_num_threads(saved_threads)
     _fill_speedups(results)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
-    settings["engines"] = [str(c) for c in choices]
-    return BenchReport(meta, settings, collect_environment(options.device, torch_threads(options)), results)
+    settings["engines"] = list(asked) if asked is not None else [r.engine for r in skipped] + [e.name for e in engines]
+    info = _model_info(model or {}, engines)
+    return BenchReport(info, settings, collect_environment(options.device, torch_threads(options)), results)
+
+
+def require_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without one, before any engine is opened or timed.
+
+    Raises:
+        RtkError: naming the device and the way out (``--device cpu``).
+    """
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RtkError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu")
 
 
 def torch_threads(options: BenchOptions) -> int:
@@ -497,7 +481,7 @@ def torch_threads(options: BenchOptions) -> int:
     return options.threads if options.threads is not None else torch.get_num_threads()
 
 
-def _sweep(loaded: list[tuple[EngineName, Any]], options: BenchOptions, emit) -> list[BenchResult]:
+def _sweep(engines: list[Engine], options: BenchOptions, emit) -> list[BenchResult]:
     """Rounds × batch sizes × engines × I/O modes; samples of a cell pooled over rounds."""
     cuda = options.device.startswith("cuda")
     per_round_s = options.duration_s / options.rounds
@@ -510,14 +494,14 @@ def _sweep(loaded: list[tuple[EngineName, Any]], options: BenchOptions, emit) ->
         last = round_index == options.rounds - 1
         round_iters = _round_iters(options, round_index)
         for batch_size in options.batch_sizes:
-            for e, (choice, engine) in enumerate(loaded):
+            for e, engine in enumerate(engines):
                 for io in options.io_modes:
                     key = (e, batch_size, io)
                     if key in failed:
                         continue
-                    base = BenchResult(_row_name(choice, engine), engine.precision, options.device, "ok", batch_size, io, threads=threads)
+                    base = BenchResult(engine.name, engine.precision, options.device, "ok", batch_size, io, threads=threads)
                     try:
-                        samples, extra = measure(engine, choice, batch_size, io, options, per_round_s, round_iters)
+                        samples, extra = measure(engine, batch_size, io, options, per_round_s, round_iters)
                     except RtkError as exc:
                         failed[key] = dataclasses.replace(base, status="skipped", reason=str(exc))
                     except Exception as exc:  # noqa: BLE001 - only OOM and compiler failures are handled
@@ -551,11 +535,6 @@ def _round_iters(options: BenchOptions, round_index: int) -> int | None:
     return share + (round_index < extra)
 
 
-def _row_name(choice: EngineName, engine: Any) -> str:
-    """What really ran: the engine's own name (``ort-cuda-fp16``, ``eager-bf16-cl``), plus ``-graph``."""
-    return engine.name + ("-graph" if choice.cuda_graph else "")
-
-
 def _finish(row: BenchResult, samples: np.ndarray, extra: dict[str, Any]) -> BenchResult:
     stats = latency_stats(samples)
     return dataclasses.replace(
@@ -579,10 +558,10 @@ def _fill_speedups(results: list[BenchResult]) -> None:
             r.speedup_vs_eager = r.throughput_ips / ref
 
 
-def _model_info(model: Path, kind: str, loaded: list[tuple[EngineName, Any]]) -> dict[str, Any]:
-    info: dict[str, Any] = {"path": str(model), "name": model.name, "kind": kind}
-    if loaded:
-        engine = loaded[0][1]
+def _model_info(model: Mapping[str, Any], engines: Sequence[Engine]) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": model.get("path"), "name": model.get("name"), "kind": model.get("kind")}
+    if engines:
+        engine = engines[0]
         info.update(arch=engine.spec.name, num_classes=engine.spec.num_classes, input_shape=list(engine.input_shape))
     else:
         info.update(arch=None, num_classes=None, input_shape=None)

@@ -1,7 +1,8 @@
 """Does rtk add overhead? Bare runtimes against rtk's engines and harness, on the same model.
 
-    python -m benchmarks.overhead                      # ResNet-50, 224 px, batch 1, CPU
-    python -m benchmarks.overhead --batch-size 8 --rounds 9 --out benchmarks/results
+    rtk export resnet50.pth                            # the fp32 ONNX next to the checkpoint
+    python -m benchmarks.overhead resnet50.pth         # batch 1, CPU
+    python -m benchmarks.overhead resnet50.pth --batch-size 8 --rounds 9 --out benchmarks/results
 
 Four contenders run on the same random-weight model and the same input:
 
@@ -25,10 +26,18 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from benchmarks.environment import collect_environment
+from benchmarks.harness import time_calls
+from engines.eager import EagerEngine
+from engines.ort import OrtEngine
+from toolkit.core.artefacts import onnx_path_for
+from toolkit.core.checkpoint import load_checkpoint, load_model
+from toolkit.core.errors import RtkError
+from toolkit.core.outputs import write_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,26 +60,7 @@ def _bare_ms(fn: Callable[[], Any], iters: int) -> "np.ndarray":
 
 
 def _rtk_ms(engine: Any, x: Any, iters: int) -> "np.ndarray":
-    from benchmarks.harness import time_calls
-
     return time_calls(engine, x, warmup_s=0.0, iters=iters) / 1e6
-
-
-def make_model(workdir: Path, arch: str, size: int) -> tuple[Path, Path]:
-    """A random-weight checkpoint and its fp32 ONNX in ``workdir`` (reused when present)."""
-    import torch
-
-    from exporters.onnx import ensure_onnx
-    from toolkit.core.checkpoint import save_checkpoint
-    from toolkit.core.models import create_model
-    from toolkit.core.spec import ModelSpec, Preprocess
-
-    checkpoint = workdir / f"{arch}-{size}px-random.pth"
-    if not checkpoint.exists():
-        torch.manual_seed(0)
-        spec = ModelSpec(arch=arch, num_classes=1000)
-        save_checkpoint(checkpoint, create_model(spec).eval(), spec, Preprocess.imagenet(size), {"note": "random weights"})
-    return checkpoint, ensure_onnx(checkpoint, "fp32")
 
 
 def measure_overhead(
@@ -95,8 +85,6 @@ def measure_overhead(
     import onnxruntime as ort
     import torch
 
-    import engines
-    from toolkit.core.checkpoint import load_model
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -111,8 +99,8 @@ def measure_overhead(
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x}
-    eager = engines.load(checkpoint, engine="eager")
-    ort_engine = engines.load(onnx, engine="ort", **({"threads": threads} if threads is not None else {}))
+    eager = EagerEngine(model, ckpt.spec, ckpt.preprocess)
+    ort_engine = OrtEngine(onnx, threads=threads or 0)
 
     def bare_torch(n: int) -> np.ndarray:
         with torch.inference_mode():
@@ -166,8 +154,6 @@ def fixed_cost_us(checkpoint: Path, batch_size: int = 1, iters: int = 2000) -> d
     import numpy as np
     import torch
 
-    from engines.eager import EagerEngine
-    from toolkit.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     x = np.zeros((batch_size, ckpt.spec.in_chans, *ckpt.preprocess.input_size), dtype=np.float32)
@@ -182,33 +168,29 @@ def fixed_cost_us(checkpoint: Path, batch_size: int = 1, iters: int = 2000) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="resnet50", help="architecture (random weights); default resnet50")
-    parser.add_argument("--size", type=int, default=224, help="input size in pixels; default 224")
+    parser.add_argument("checkpoint", type=Path, help="the model, e.g. a torchvision resnet50.pth")
+    parser.add_argument("--onnx", type=Path, default=None, help="its fp32 ONNX; default MODEL.onnx next to it (rtk export MODEL.pth)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per call; default 1")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; default 7")
     parser.add_argument("--iters", type=int, default=10, help="calls per contender per round; default 10")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads; default: the runtimes' own")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the model files are made (reused); default a temp dir")
     parser.add_argument("--out", type=Path, default=None, help="write overhead-ARCH-bBATCH.json into this folder")
     args = parser.parse_args(argv)
 
-    from benchmarks.environment import collect_environment
-    from toolkit.core.errors import RtkError
-
+    onnx = args.onnx or onnx_path_for(args.checkpoint)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = args.workdir or Path(tmp)
-            workdir.mkdir(parents=True, exist_ok=True)
-            checkpoint, onnx = make_model(workdir, args.arch, args.size)
-            result = measure_overhead(checkpoint, onnx, args.batch_size, args.rounds, args.iters, args.threads)
-            result["fixed_cost_us"] = fixed_cost_us(checkpoint, args.batch_size)
+        if not onnx.is_file():
+            raise RtkError(f"{onnx} does not exist; make it with `rtk export {args.checkpoint}` (or name one with --onnx)")
+        result = measure_overhead(args.checkpoint, onnx, args.batch_size, args.rounds, args.iters, args.threads)
+        result["fixed_cost_us"] = fixed_cost_us(args.checkpoint, args.batch_size)
     except RtkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     import torch
 
     result["environment"] = collect_environment("cpu", args.threads or torch.get_num_threads())
-    print(f"\n{args.arch} {args.size}px, batch {args.batch_size}, {args.rounds} rounds x {args.iters} calls, "
+    arch, shape = result["model"]["arch"], result["model"]["input_shape"]
+    print(f"\n{arch} {shape[-1]}px, batch {args.batch_size}, {args.rounds} rounds x {args.iters} calls, "
           f"{result['environment']['cpu']['threads']} threads on {result['environment']['device_name']}")
     print(f"{'contender':<20} {'median ms/call':>15} {'fastest ms':>11}")
     for name, value in result["median_ms"].items():
@@ -224,13 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     fixed = result["fixed_cost_us"]
     print(
         f"rtk's fixed cost per call (eager path + harness around a do-nothing module): {fixed['overhead_us']:.1f} µs "
-        f"= {fixed['overhead_us'] / 1e3 / result['median_ms']['torch (bare)']:.4%} of one {args.arch} call"
+        f"= {fixed['overhead_us'] / 1e3 / result['median_ms']['torch (bare)']:.4%} of one {arch} call"
     )
     print(f"ort speed-up over eager: bare {result['ort_over_eager_bare']:.2f}x, rtk {result['ort_over_eager_rtk']:.2f}x")
     if args.out is not None:
-        from toolkit.core.files import write_atomic
-
-        path = write_atomic(args.out / f"overhead-{args.arch}-b{args.batch_size}.json", json.dumps(result, indent=2) + "\n")
+        path = write_atomic(args.out / f"overhead-{arch}-b{args.batch_size}.json", json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return 0 if ok else 2
 

@@ -12,13 +12,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from benchmarks.harness import BenchResult
 from toolkit.core.errors import RtkError
-from toolkit.core.files import write_atomic
-
-if TYPE_CHECKING:
-    from benchmarks.harness import BenchResult
+from toolkit.core.outputs import write_atomic
+from toolkit.core.plots import pyplot, save_figure
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -139,7 +138,6 @@ def to_csv(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any]):
     """A figure: throughput vs batch size per engine, and p50/p90/p99 latency per engine and batch size."""
-    from toolkit.core.plots import pyplot
 
     plt = pyplot()
 
@@ -217,7 +215,6 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str |
     Returns:
         The paths written.
     """
-    from toolkit.core.plots import save_figure
 
     out = Path(out_dir)
     stem = name or report_name(report)

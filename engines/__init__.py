@@ -1,16 +1,10 @@
-"""Runtimes behind one contract: eager PyTorch, ONNX Runtime, TensorRT.
+"""Runtimes behind one contract: eager PyTorch, ONNX Runtime, OpenVINO, TensorRT.
 
-``engines.load(artefact, engine=..., device=...)`` opens an artefact that exists: a checkpoint
-(``.pth/.pt``) on eager PyTorch, an ``.onnx`` on ONNX Runtime, an ``.engine/.plan`` on TensorRT,
-or with an explicit engine name from :mod:`engines.names`. Nothing here exports or builds; for a
-checkpoint on any runtime use :func:`toolkit.usecases.opening.open_engine`. Heavy optional packages are
-imported on first use.
+Each runtime is an :class:`~engines.base.Engine` over an artefact that exists: a checkpoint on
+eager PyTorch (:mod:`engines.eager`), an ``.onnx`` on ONNX Runtime (:mod:`engines.ort`) or
+OpenVINO (:mod:`engines.openvino`), an ``.engine/.plan`` on TensorRT (:mod:`engines.trt`). Their
+names form one vocabulary (:mod:`engines.names`), and what to open is one
+:class:`~engines.request.EngineRequest`. Nothing here exports or builds; the one function that
+opens any engine on any model, making what it runs on the way, is
+:func:`toolkit.usecases.opening.open_engine`. Heavy optional packages are imported on first use.
 """
-
-from __future__ import annotations
-
-from engines.base import Engine
-from engines.loader import load
-from engines.names import ALL_ENGINES, ENGINE_HELP, EngineName, parse_engine, parse_engines
-
-__all__ = ["ALL_ENGINES", "ENGINE_HELP", "Engine", "EngineName", "load", "parse_engine", "parse_engines"]

@@ -1,16 +1,20 @@
 """The engine contract every runtime implements.
 
 Modelled on a runner: the public :meth:`Engine.__call__` checks the input once for every
-runtime, and each runtime implements only :meth:`Engine._infer`. Engines are context managers.
+runtime, and each runtime implements only the private hooks (:meth:`Engine._infer`, and
+:meth:`Engine._run_device` where it has a device-resident path). An engine's identity (its
+canonical name, precision and batch limits) is given to the base constructor once and cannot be
+changed afterwards. Engines are context managers.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from engines.names import EngineName
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
@@ -18,35 +22,65 @@ from toolkit.core.spec import ModelSpec, Preprocess
 class Engine(abc.ABC):
     """A loaded model that maps an NCHW float32 batch to logits.
 
-    Attributes:
-        name: runtime and variant, e.g. ``"eager"``, ``"eager-fp16"``, ``"ort"``, ``"ort-fp16"``,
-            ``"ort-cuda"``, ``"trt"``.
+    Args:
+        name: what runs, as a parsed name: its canonical spelling (``eager-fp16``, ``ort-cuda``,
+            ``trt``) is :attr:`name`, so a row in a report can be asked for again by it, and its
+            precision is :attr:`precision`.
         spec: the network's spec (from the artefact).
         preprocess: how inputs must be prepared (from the artefact).
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``).
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
         min_batch, max_batch: the batch sizes the engine accepts (``max_batch`` ``None`` = any).
-        fallback_from: the engine asked for, when another one runs instead.
+        fell_back_from: the engine that was asked for, when the runtime fell back to another
+            provider (ONNX Runtime without its GPU libraries); ``None`` when this is what was asked for.
     """
 
-    name: str = "engine"
-    min_batch: int = 1
-    max_batch: int | None = None
-    #: The engine that was asked for, when the runtime fell back to another provider (ONNX
-    #: Runtime without its GPU libraries); ``None`` when this is what was asked for.
-    fallback_from: str | None = None
     #: True when :meth:`run_device` queues its work on the caller's current CUDA stream (so CUDA
     #: events on that stream time it without a host sync); False when it blocks the host instead.
     stream_ordered: bool = False
+    #: Whether :meth:`run_device` keeps device tensors on the device (the default copies through the host).
+    device_resident: bool = False
     #: GPU memory the runtime holds outside torch's allocator (TensorRT's plan and context), bytes.
     device_memory_bytes: int = 0
 
-    def __init__(self, spec: ModelSpec, preprocess: Preprocess, device: str = "cpu", precision: str = "fp32"):
+    def __init__(
+        self,
+        name: EngineName,
+        spec: ModelSpec,
+        preprocess: Preprocess,
+        device: str = "cpu",
+        *,
+        min_batch: int = 1,
+        max_batch: int | None = None,
+        fell_back_from: EngineName | None = None,
+    ):
+        self._identity = (str(name), name.resolved_precision, min_batch, max_batch, str(fell_back_from) if fell_back_from else None)
         self.spec = spec
         self.preprocess = preprocess
         self.device = device
-        self.precision = precision
         self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The engine's canonical name (:mod:`engines.names`), e.g. ``ort-fp16`` or ``eager-bf16-cl``."""
+        return self._identity[0]
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``fp16``, ``bf16`` or ``int8``: what the engine computes in."""
+        return self._identity[1]
+
+    @property
+    def min_batch(self) -> int:
+        return self._identity[2]
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._identity[3]
+
+    @property
+    def fell_back_from(self) -> str | None:
+        """The engine asked for, when the runtime runs this one in its place; ``None`` otherwise."""
+        return self._identity[4]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -72,7 +106,7 @@ class Engine(abc.ABC):
             raise RtkError(f"{self.name} expects a numpy array or torch tensor, got {type(batch).__name__}")
         if batch.dtype != np.float32:
             raise RtkError(f"{self.name} expects float32 input, got {batch.dtype}")
-        self.check_shape(batch.shape)
+        self._check_shape(batch.shape)
         out = self._infer(np.ascontiguousarray(batch))
         return np.asarray(out, dtype=np.float32)
 
@@ -91,14 +125,14 @@ class Engine(abc.ABC):
             raise RtkError(f"{self.name}.run_device expects a torch tensor, got {type(batch).__name__}")
         if not batch.is_floating_point():
             raise RtkError(f"{self.name} expects a floating-point tensor, got {batch.dtype}")
-        self.check_shape(tuple(batch.shape))
+        self._check_shape(tuple(batch.shape))
         return self._run_device(batch)
 
     def _check_open(self) -> None:
         if self._closed:
             raise RtkError(f"the {self.name} engine is closed")
 
-    def check_shape(self, shape: tuple[int, ...]) -> None:
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
         """Reject anything but an (N, C, H, W) batch of the model's size within the batch limits."""
         if len(shape) != 4:
             raise RtkError(f"{self.name} expects an NCHW batch (4 dimensions), got shape {tuple(shape)}")
@@ -106,15 +140,16 @@ class Engine(abc.ABC):
             raise RtkError(f"{self.name} expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(shape)}")
         n = shape[0]
         if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
-            hi = self.max_batch if self.max_batch is not None else "any"
-            raise RtkError(f"batch size {n} is outside what the {self.name} engine accepts ({self.min_batch}..{hi})")
+            raise RtkError(self._batch_refused(n))
+
+    def _batch_refused(self, n: int) -> str:
+        """The sentence refusing a batch of ``n`` outside the limits; runtimes may say more (how to widen them)."""
+        hi = self.max_batch if self.max_batch is not None else "any"
+        return f"batch size {n} is outside what the {self.name} engine accepts ({self.min_batch}..{hi})"
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Runtime-specific inference on a validated, contiguous float32 NCHW host array."""
-
-    #: Whether :meth:`run_device` keeps device tensors on the device (the default copies through the host).
-    device_resident: bool = False
 
     def _run_device(self, batch: Any) -> Any:
         """Runtime-specific inference on a validated tensor; the default copies through the host."""
@@ -127,6 +162,15 @@ class Engine(abc.ABC):
         if _is_torch_tensor(out):
             out = out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
+
+    def run_batches(self, batches: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits of every batch, concatenated; a batch larger than the engine accepts is split."""
+        outs = []
+        limit = self.max_batch or max(len(b) for b in batches)
+        for batch in batches:
+            for start in range(0, len(batch), limit):
+                outs.append(self(batch[start : start + limit]))
+        return np.concatenate(outs)
 
     def synchronize(self) -> None:
         """Wait for queued device work to finish (a no-op on CPU)."""
@@ -147,3 +191,14 @@ class Engine(abc.ABC):
 
 def _is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+class TensorEngine(Engine):
+    """An engine whose own path takes torch tensors (eager, TensorRT): a host batch goes through it too."""
+
+    device_resident = True
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch  # engines import torch on first use: `rtk --help` must not pay for it
+
+        return self._to_host(self._run_device(torch.from_numpy(batch)))

@@ -4,59 +4,47 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from engines.base import Engine
+from engines.base import TensorEngine
+from engines.names import EngineName, parse_engine
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 
-
-class EagerEngine(Engine):
+class EagerEngine(TensorEngine):
     """A PyTorch module run in eval mode under ``torch.inference_mode``.
 
     Args:
         model: the network (put in eval mode and moved to ``device``).
         spec, preprocess: the artefact's metadata.
         device: ``"cpu"`` or ``"cuda[:N]"``.
-        precision: ``fp32``; ``fp16``/``bf16`` run under autocast (weights stay fp32).
-        channels_last: use the channels-last memory format.
-        compile: wrap the module with ``torch.compile``.
+        name: which eager engine (:mod:`engines.names`): ``eager`` runs fp32; ``eager-fp16`` and
+            ``eager-bf16`` run under autocast (weights stay fp32); ``-cl`` uses the channels-last
+            memory format, ``-compile`` wraps the module with ``torch.compile``, ``-graph`` is
+            replayed as a CUDA graph by the benchmark harness.
+
+    Raises:
+        RtkError: a name of another runtime, or a CUDA device on a machine without one.
     """
 
-    def __init__(
-        self,
-        model: "nn.Module",
-        spec: ModelSpec,
-        preprocess: Preprocess,
-        device: str = "cpu",
-        precision: str = "fp32",
-        channels_last: bool = False,
-        compile: bool = False,
-    ):
-        import torch
+    stream_ordered = True
 
-        if precision not in PRECISIONS:
-            raise RtkError(f"eager precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    def __init__(self, model: "nn.Module", spec: ModelSpec, preprocess: Preprocess, device: str = "cpu", name: "EngineName | str" = "eager"):
+        import torch  # engines import torch on first use: `rtk --help` must not pay for it
+
+        name = parse_engine(name)
+        if name.runtime != "eager":
+            raise RtkError(f"the eager engine runs PyTorch checkpoints, not {name}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RtkError(f"device {device} was asked for but no CUDA GPU is available; use --device cpu")
-        super().__init__(spec, preprocess, device, precision)
+        super().__init__(name, spec, preprocess, device)
         self._torch = torch
-        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._memory_format = torch.channels_last if name.channels_last else torch.contiguous_format
         self.model = model.eval().to(device=device, memory_format=self._memory_format)
-        self._forward = torch.compile(self.model) if compile else self.model
-        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        variant = [precision] if precision != "fp32" else []
-        variant += ["cl"] if channels_last else []
-        variant += ["compile"] if compile else []
-        self.name = "-".join(["eager", *variant])
-
-    device_resident = True
-    stream_ordered = True
+        self._forward = torch.compile(self.model) if name.compile else self.model
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name.resolved_precision)
 
     def _run_device(self, batch: Any) -> Any:
         torch = self._torch
@@ -66,9 +54,6 @@ class EagerEngine(Engine):
                 return self._forward(x)
             with torch.autocast(device_type=x.device.type, dtype=self._dtype):
                 return self._forward(x).float()
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._to_host(self._run_device(self._torch.from_numpy(batch)))
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):

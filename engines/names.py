@@ -8,8 +8,9 @@ A name is ``RUNTIME[-PROVIDER][-PRECISION][-FLAG…]``:
   absent means the runtime's default, which
   :data:`DEFAULT_PRECISION` lists (fp16 for TensorRT, fp32 elsewhere), or for an ONNX file named
   directly, the precision it was exported at;
-- flags, eager only: ``cl`` (channels-last), ``compile`` (``torch.compile``), ``graph`` (CUDA graph
-  replay, benchmarks only).
+- flags: eager's ``cl`` (channels-last), ``compile`` (``torch.compile``) and ``graph`` (CUDA graph
+  replay, benchmarks only); OpenVINO's ``latency`` and ``throughput`` (its performance hint at every
+  batch size, instead of latency for small batches and throughput streams for large ones).
 
 ``str()`` of a parsed name is its canonical spelling, with a default precision left out, and is
 what an engine calls itself, so a row in a report can be asked for again by its name.
@@ -21,24 +22,15 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from toolkit.core.errors import RtkError
+from toolkit.core.precision import DEFAULT_PRECISION, PRECISIONS, RUNTIME_PRECISIONS, listed
 
 RUNTIMES = ("eager", "ort", "ov", "trt")
 ORT_PROVIDERS = ("cpu", "cuda", "trt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 EAGER_FLAGS = ("cl", "compile", "graph")
-#: The precision a runtime runs at when its name gives none (TensorRT builds fp16 engines and
-#: ONNX Runtime's TensorRT provider adds fp16 kernels; the others run the model as it is).
-DEFAULT_PRECISION = {"eager": "fp32", "ort": "fp32", "ort-cuda": "fp32", "ort-trt": "fp16", "ov": "fp32", "trt": "fp16"}
-#: Precisions each runtime can run.
-SUPPORTED_PRECISIONS = {
-    "eager": ("fp32", "fp16", "bf16"),
-    "ort": ("fp32", "fp16", "int8"),
-    "ort-cuda": ("fp32", "fp16", "int8"),
-    "ort-trt": ("fp32", "fp16", "int8"),
-    # OpenVINO reduces precision at run time (fp16/bf16 where the CPU has the units) and runs QDQ files as int8.
-    "ov": ("fp32", "fp16", "bf16", "int8"),
-    "trt": ("fp32", "fp16", "int8"),
-}
+#: OpenVINO's performance hints (``auto``, the default, is named by no flag).
+OV_HINTS = ("latency", "throughput")
+#: The flags each runtime takes.
+FLAGS = {"eager": EAGER_FLAGS, "ov": OV_HINTS}
 #: What ``all`` stands for: one engine of every kind. The int8 engines are not in it: their ONNX
 #: needs calibration data, so it is never exported on demand (``rtk export --precision int8 --calib``).
 ALL_ENGINES = (
@@ -50,7 +42,8 @@ DEFAULT_ENGINE = {"checkpoint": "eager", "onnx": "ort", "engine": "trt"}
 #: One line for ``--help`` texts.
 ENGINE_HELP = (
     "eager, ort, ov or trt, optionally with an ONNX Runtime provider (ort-cuda, ort-trt), a precision (-fp32, -fp16, -bf16, "
-    "-int8) and eager flags (-cl, -compile, -graph): e.g. eager-fp16-cl, ort-fp16, ort-int8, ort-cuda-fp16, ov-int8, trt-fp32"
+    "-int8), eager flags (-cl, -compile, -graph) and an OpenVINO hint (-latency, -throughput): e.g. eager-fp16-cl, ort-fp16, "
+    "ort-int8, ort-cuda-fp16, ov-int8, trt-fp32"
 )
 
 
@@ -63,6 +56,7 @@ class EngineName:
         provider: ONNX Runtime's execution provider (``cpu``, ``cuda``, ``trt``); ``None`` otherwise.
         precision: ``fp32``, ``fp16``, ``bf16``, ``int8``, or ``None`` for the default (see :attr:`resolved_precision`).
         channels_last, compile, cuda_graph: eager flags.
+        hint: OpenVINO's performance hint (``latency`` or ``throughput``); ``None`` for its ``auto``.
     """
 
     runtime: str
@@ -71,6 +65,7 @@ class EngineName:
     channels_last: bool = False
     compile: bool = False
     cuda_graph: bool = False
+    hint: str | None = None
 
     @property
     def family(self) -> str:
@@ -100,6 +95,7 @@ class EngineName:
         if self.precision is not None and self.precision != DEFAULT_PRECISION[self.family]:
             parts.append(self.precision)
         parts += ["cl"] * self.channels_last + ["compile"] * self.compile + ["graph"] * self.cuda_graph
+        parts += [self.hint] if self.hint else []
         return "-".join(parts)
 
 
@@ -123,16 +119,21 @@ def parse_engine(name: "str | EngineName", precision: str | None = None) -> Engi
                 provider, rest = rest[0], rest[1:]
         precisions = [p for p in rest if p in PRECISIONS]
         flags = [f for f in rest if f not in PRECISIONS]
-        unknown = [f for f in flags if f not in EAGER_FLAGS]
+        unknown = [f for f in flags if f not in EAGER_FLAGS + OV_HINTS]
         if unknown or len(set(rest)) != len(rest):
             raise RtkError(f"unknown engine {name!r}; {ENGINE_HELP}")
         if len(precisions) > 1:
             raise RtkError(f"engine {name!r} names two precisions ({', '.join(precisions)}); give one")
-        if flags and runtime != "eager":
-            raise RtkError(f"engine {name!r}: the flags {', '.join(flags)} apply to eager only")
+        foreign = [f for f in flags if f not in FLAGS.get(runtime, ())]
+        if foreign:
+            owner = "eager" if foreign[0] in EAGER_FLAGS else "ov"
+            raise RtkError(f"engine {name!r}: the flag {foreign[0]} applies to {owner} only")
+        hints = [f for f in flags if f in OV_HINTS]
+        if len(hints) > 1:
+            raise RtkError(f"engine {name!r} names two performance hints ({', '.join(hints)}); give one")
         parsed = EngineName(
             runtime, provider, precisions[0] if precisions else None,
-            channels_last="cl" in flags, compile="compile" in flags, cuda_graph="graph" in flags,
+            channels_last="cl" in flags, compile="compile" in flags, cuda_graph="graph" in flags, hint=hints[0] if hints else None,
         )
     if parsed.precision is None and precision is not None:
         parsed = replace(parsed, precision=precision)
@@ -140,10 +141,9 @@ def parse_engine(name: "str | EngineName", precision: str | None = None) -> Engi
 
 
 def _validated(parsed: EngineName, given: str) -> EngineName:
-    supported = SUPPORTED_PRECISIONS[parsed.family]
+    supported = RUNTIME_PRECISIONS[parsed.family]
     if parsed.precision is not None and parsed.precision not in supported:
-        listed = f"{', '.join(supported[:-1])} or {supported[-1]}" if len(supported) > 1 else supported[0]
-        raise RtkError(f"the {parsed.family} engine runs {listed}, not {parsed.precision} (asked for {given})")
+        raise RtkError(f"the {parsed.family} engine runs {listed(supported)}, not {parsed.precision} (asked for {given})")
     return parsed
 
 

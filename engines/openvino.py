@@ -25,8 +25,8 @@ import numpy as np
 
 from engines.base import Engine
 from engines.names import EngineName
-from engines.ort import _Graph
 from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.onnx_graph import ClassifierGraph
 from toolkit.core.spec import ArtefactMeta
 
 #: OpenVINO's element type for each precision rtk names (int8 files keep f32 outside their quantized ops).
@@ -149,7 +149,7 @@ class OvEngine(Engine):
         path = Path(path)
         if performance_hint not in PERFORMANCE_HINTS:
             raise RtkError(f"performance hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {performance_hint!r}")
-        graph = _Graph.read(path, meta)
+        graph = ClassifierGraph.read(path, meta)
         if graph.precision in ("fp16", "bf16"):  # a QDQ file reads as fp32 (its scales) or int8
             raise RtkError(
                 f"{path.name} holds {graph.precision} weights; OpenVINO reduces precision itself, so give it the fp32 ONNX "
@@ -159,18 +159,17 @@ class OvEngine(Engine):
         model = self._read(path)
         precision = _precision(precision, _is_quantized(model), path)
         _check_capability(precision)
-        super().__init__(graph.meta.spec, graph.meta.preprocess, "cpu", precision)
+        limits = {"min_batch": graph.static_batch, "max_batch": graph.static_batch} if graph.static_batch is not None else {}
+        hint = None if performance_hint == "auto" else performance_hint
+        super().__init__(EngineName("ov", None, precision, hint=hint), graph.meta.spec, graph.meta.preprocess, "cpu", **limits)
         self.path = path
         self.performance_hint = performance_hint
         self.cache_dir = cache_dir_for(path) if cache else None
         self._requested_threads = threads
-        if graph.static_batch is not None:
-            self.min_batch = self.max_batch = graph.static_batch
         #: Inference requests by hint, compiled when first needed.
         self._requests: dict[str, list[Any]] = {}
         first = "throughput" if performance_hint == "throughput" else "latency"
         self.threads = self._compile(first, model)
-        self.name = str(EngineName("ov", None, precision))
 
     def _read(self, path: Path) -> Any:
         try:

@@ -1,12 +1,10 @@
 """ONNX Runtime engine: CPUExecutionProvider by default; CUDA and TensorRT execution providers
 when onnxruntime-gpu provides them, falling back with a warning (never silently: the engine's
-name says what really runs)."""
+name says what really runs, and :attr:`~engines.base.Engine.fell_back_from` what was asked for)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +12,12 @@ import numpy as np
 
 from engines.base import Engine
 from engines.names import EngineName
+from engines.ort_install import gpu_install_hint, load_gpu_libraries, ort_conflict
+from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line, require
-from toolkit.core.trt.sidecar import profile_for
+from toolkit.core.onnx_graph import ClassifierGraph
 from toolkit.core.spec import ArtefactMeta
+from toolkit.core.trt.sidecar import profile_for
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 #: Execution providers by the short name used in engine names (``ort-cuda``, ``ort-trt``).
@@ -28,36 +29,7 @@ PROVIDERS = {
 _SHORT = {full: short for short, full in PROVIDERS.items()}
 
 
-@dataclass(frozen=True)
-class _Graph:
-    """What the ONNX file says about itself: metadata, input, precision, batch axis."""
-
-    meta: ArtefactMeta
-    input_name: str
-    precision: str
-    static_batch: int | None
-
-    @classmethod
-    def read(cls, path: Path, fallback_meta: ArtefactMeta | None) -> "_Graph":
-        from toolkit.core.onnx_graph import (
-            check_classifier_io, foreign_onnx_error, graph_io, load_onnx_graph, metadata_dict, onnx_precision,
-        )
-
-        graph = load_onnx_graph(path)
-        stored = metadata_dict(graph)
-        if stored is not None:
-            meta = ArtefactMeta.from_dict(stored)
-        elif fallback_meta is not None:
-            meta = fallback_meta
-        else:
-            raise foreign_onnx_error(path)
-        inputs, outputs = graph_io(graph)
-        check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
-        batch = inputs[0].shape[0]
-        return cls(meta, inputs[0].name, onnx_precision(graph), batch if isinstance(batch, int) else None)
-
-
-def _precision(graph: _Graph, provider: str, asked: str | None, path: Path) -> str:
+def _precision(graph: ClassifierGraph, provider: str, asked: str | None, path: Path) -> str:
     """The precision the session runs at: the graph's, or fp16 kernels from TensorRT on an fp32 graph.
 
     int8 is always the graph's own (a calibrated QDQ file): no provider makes it from float weights here.
@@ -86,7 +58,7 @@ def _precision(graph: _Graph, provider: str, asked: str | None, path: Path) -> s
     return graph.precision
 
 
-def _provider_options(provider: str, path: Path, graph: _Graph, device_id: int, precision: str, max_batch: int) -> dict[str, Any]:
+def _provider_options(provider: str, path: Path, graph: ClassifierGraph, device_id: int, precision: str, max_batch: int) -> dict[str, Any]:
     """The key options of each execution provider.
 
     TensorRT gets explicit profile shapes so its engine cache is built once for the whole batch
@@ -123,7 +95,7 @@ def _cuda_options(device_id: int) -> dict[str, Any]:
     return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
 
 
-def _provider_list(ort, provider: str, path: Path, graph: _Graph, device_id: int, precision: str, max_batch: int) -> list[Any]:
+def _provider_list(ort, provider: str, path: Path, graph: ClassifierGraph, device_id: int, precision: str, max_batch: int) -> list[Any]:
     """The providers to ask the session for, most wanted first, with the ones that take what it leaves."""
     providers: list[Any] = [(PROVIDERS[provider], _provider_options(provider, path, graph, device_id, precision, max_batch))]
     if provider == "trt" and PROVIDERS["cuda"] in ort.get_available_providers():
@@ -131,43 +103,6 @@ def _provider_list(ort, provider: str, path: Path, graph: _Graph, device_id: int
     if provider != "cpu":
         providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
     return providers
-
-
-def _load_gpu_libraries(ort, provider: str) -> str | None:
-    """Make the CUDA, cuDNN and TensorRT libraries that pip installed findable by ONNX Runtime.
-
-    onnxruntime-gpu looks for them on the system's library path only; the wheels torch and
-    tensorrt bring put them in site-packages. Loading them into the process first lets the
-    providers find them by name (``import tensorrt`` loads its ``libnvinfer``).
-
-    Returns:
-        Why the TensorRT provider cannot start here, when that is known in advance; else ``None``.
-    """
-    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: CUDA and cuDNN from the nvidia-* wheels
-        ort.preload_dlls()
-    if provider != "trt" or importlib.util.find_spec("tensorrt") is None:
-        return None
-    from toolkit.core.trt.library import import_tensorrt, major_version
-
-    try:
-        trt = import_tensorrt("ONNX Runtime's TensorRT provider")
-    except RtkError as exc:  # a broken install: the provider will not start; say why
-        return str(exc)
-    return trt_provider_problem(major_version(trt), str(trt.__version__))
-
-
-def trt_provider_problem(tensorrt_major: int, tensorrt_version: str) -> str | None:
-    """Why onnxruntime-gpu's TensorRT provider cannot use the installed TensorRT, or ``None``.
-
-    onnxruntime-gpu's provider is linked against TensorRT 10 (``libnvinfer.so.10``); TensorRT 11
-    installs ``libnvinfer.so.11`` only, so with TensorRT 11 alone the provider never starts.
-    """
-    if tensorrt_major == 10:
-        return None
-    return (
-        f"ONNX Runtime's TensorRT provider needs TensorRT 10 (libnvinfer.so.10) and this environment has TensorRT "
-        f"{tensorrt_version}; run ort-trt from an environment with pip install 'tensorrt>=10,<11'"
-    )
 
 
 def fallback_provider(requested: str, available: list[str]) -> str:
@@ -190,6 +125,32 @@ def _session(ort, path: Path, providers: list[Any], threads: int, graph_optimiza
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise RtkError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+
+
+def _start_session(
+    path: Path, graph: ClassifierGraph, provider: str, device_id: int, precision: str, max_batch: int, threads: int, graph_optimization: str
+) -> tuple[Any, str]:
+    """The session, and the provider it really runs on: the one asked for, or the next one that
+    starts (TensorRT → CUDA → CPU), with a warning that says why and how to get the one asked for."""
+    ort = require("onnxruntime", "the ort engine")
+    running = provider
+    trt_problem = None
+    if provider != "cpu":
+        trt_problem = load_gpu_libraries(ort, provider)
+        available = ort.get_available_providers()
+        if PROVIDERS[provider] not in available:
+            running = fallback_provider(provider, available)
+            why = f"ONNX Runtime here has no {PROVIDERS[provider]} (available: {', '.join(available)})"
+            _warn_fallback(path, provider, why, running, trt_problem)
+    providers = _provider_list(ort, running, path, graph, device_id, precision, max_batch)
+    session = _session(ort, path, providers, threads, graph_optimization)
+    started = _SHORT.get(session.get_providers()[0], "cpu")
+    if started != running:
+        # onnxruntime-gpu lists a provider whose libraries are missing: the session starts on the
+        # next provider in the list (TensorRT → CUDA → CPU) and ONNX Runtime only logs it.
+        why = f"{PROVIDERS[running]} failed to start (the session runs {', '.join(session.get_providers())})"
+        _warn_fallback(path, provider, why, started, trt_problem)
+    return session, started
 
 
 class OrtEngine(Engine):
@@ -220,50 +181,33 @@ class OrtEngine(Engine):
         max_batch: int = 64,
         precision: str | None = None,
     ):
-        ort = require("onnxruntime", "the ort engine")
         path = Path(path)
         if provider not in PROVIDERS:
             raise RtkError(f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if graph_optimization not in GRAPH_OPT_LEVELS:
             raise RtkError(f"graph optimisation level must be one of {', '.join(GRAPH_OPT_LEVELS)}, got {graph_optimization!r}")
-        graph = _Graph.read(path, meta)
+        graph = ClassifierGraph.read(path, meta)
         precision = _precision(graph, provider, precision, path)
-        requested = provider
-        trt_problem = None
-        if provider != "cpu":
-            trt_problem = _load_gpu_libraries(ort, provider)
-            available = ort.get_available_providers()
-            if PROVIDERS[provider] not in available:
-                provider = fallback_provider(requested, available)
-                why = f"ONNX Runtime here has no {PROVIDERS[requested]} (available: {', '.join(available)})"
-                _warn_fallback(path, requested, why, provider, trt_problem)
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        self.session = _session(ort, path, _provider_list(ort, provider, path, graph, device_id, precision, max_batch), threads, graph_optimization)
-        running = _SHORT.get(self.session.get_providers()[0], "cpu")
-        if running != provider:
-            # onnxruntime-gpu lists a provider whose libraries are missing: the session starts on the
-            # next provider in the list (TensorRT → CUDA → CPU) and ONNX Runtime only logs it.
-            why = f"{PROVIDERS[provider]} failed to start (the session runs {', '.join(self.session.get_providers())})"
-            _warn_fallback(path, requested, why, running, trt_problem)
-            provider = running
-        if provider != "trt":
+        session, running = _start_session(path, graph, provider, device_id, precision, max_batch, threads, graph_optimization)
+        if running != "trt":
             precision = graph.precision  # fp16 kernels on an fp32 graph come from TensorRT alone
-        super().__init__(graph.meta.spec, graph.meta.preprocess, "cpu" if provider == "cpu" else f"cuda:{device_id}", precision)
-        self.path = path
-        self.provider = provider
-        self.providers = self.session.get_providers()
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.device_resident = provider != "cpu"
         if graph.static_batch is not None:
-            self.min_batch = self.max_batch = graph.static_batch
-        elif provider == "trt":
-            self.max_batch = max_batch
-        name = str(EngineName("ort", provider, precision))
-        if provider != requested:
-            self.fallback_from = str(EngineName("ort", requested, precision))
-            name += f"(fallback from {self.fallback_from})"
-        self.name = name
+            limits = {"min_batch": graph.static_batch, "max_batch": graph.static_batch}
+        else:
+            limits = {"max_batch": max_batch} if running == "trt" else {}
+        super().__init__(
+            EngineName("ort", running, precision), graph.meta.spec, graph.meta.preprocess,
+            "cpu" if running == "cpu" else f"cuda:{device_id}",
+            fell_back_from=EngineName("ort", provider, precision) if running != provider else None, **limits,
+        )
+        self.session = session
+        self.path = path
+        self.provider = running
+        self.providers = session.get_providers()
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.device_resident = running != "cpu"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -296,49 +240,7 @@ class OrtEngine(Engine):
         self.session = None
 
 
-#: Distributions that install the ``onnxruntime`` module; any two overwrite each other's files.
-ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
-
-
-def installed_ort_distributions() -> list[tuple[str, str]]:
-    """(name, version) of every ONNX Runtime distribution installed, from the package metadata."""
-    from importlib import metadata
-
-    found = []
-    for name in ORT_DISTRIBUTIONS:
-        try:
-            found.append((name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def ort_conflict() -> str | None:
-    """One sentence with the fix when several ONNX Runtime distributions are installed, else ``None``."""
-    found = installed_ort_distributions()
-    if len(found) < 2:
-        return None
-    names = [name for name, _ in found]
-    listed = " and ".join(f"{name} {version}" for name, version in found)
-    return (
-        f"{listed} are installed together and overwrite each other's onnxruntime module, so its GPU providers may be "
-        f"missing; keep one: pip uninstall -y {' '.join(names)} && pip install onnxruntime-gpu (or onnxruntime for the CPU)"
-    )
-
-
-def gpu_install_hint() -> str:
-    """The command that gives this environment ONNX Runtime's GPU providers, or the conflict to resolve first."""
-    conflict = ort_conflict()
-    if conflict is not None:
-        return conflict
-    if any(name == "onnxruntime" for name, _ in installed_ort_distributions()):
-        return "install onnxruntime-gpu in place of the CPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
-    return "install onnxruntime-gpu: pip install 'rtk[gpu]'"
-
-
 def _warn_fallback(path: Path, requested: str, why: str, running: str = "cpu", trt_problem: str | None = None) -> None:
-    from toolkit.core.console import warn
-
     where = "the CPU" if running == "cpu" else f"ONNX Runtime's {PROVIDERS[running]}"
     conflict = ort_conflict()
     if conflict is not None:  # the usual reason a GPU provider is missing, and not fixed by installing more

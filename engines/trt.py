@@ -12,24 +12,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from engines.base import Engine
-from toolkit.core.trt import library as trt_library
+from engines.base import TensorEngine
+from engines.names import EngineName
+from toolkit.core.console import warn
 from toolkit.core.errors import RtkError
+from toolkit.core.trt import library as trt_library
+from toolkit.core.trt.library import engine_memory_bytes, engine_profile, engine_tensors
 from toolkit.core.trt.sidecar import (
-    RuntimeInfo,
+    TrtPlatform,
     check_engine_file,
     check_engine_tensors,
-    check_runtime,
+    check_platform,
     gpu_name_warning,
     read_sidecar,
     rebuild_command,
 )
-from toolkit.core.trt.library import engine_memory_bytes, engine_profile, engine_tensors
 
 
-class TrtEngine(Engine):
+class TrtEngine(TensorEngine):
     """A TensorRT engine built by ``rtk build``.
 
     Args:
@@ -50,12 +50,10 @@ class TrtEngine(Engine):
             raise RtkError(f"{path} does not exist")
         dev = trt_library.open_device(device)
         sidecar = read_sidecar(path)
-        runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
-        check_runtime(sidecar, runtime, path)
-        warning = gpu_name_warning(sidecar, runtime)
+        platform = TrtPlatform(str(trt.__version__), dev.name(), dev.capability())
+        check_platform(sidecar, platform, path)
+        warning = gpu_name_warning(sidecar, platform)
         if warning:
-            from toolkit.core.console import warn
-
             warn(warning)
         data = path.read_bytes()
         check_engine_file(sidecar, path, data)
@@ -63,7 +61,7 @@ class TrtEngine(Engine):
         self._log = log
         with dev.activate():
             since = log.mark()
-            self._engine = trt_library.runtime(trt, dev).deserialize_cuda_engine(data)
+            self._engine = trt_library.deserializer(trt, dev).deserialize_cuda_engine(data)
             if self._engine is None:
                 raise RtkError(
                     f"TensorRT cannot load {path}: {log.last_error(since)}; "
@@ -85,11 +83,12 @@ class TrtEngine(Engine):
                     f"smaller --max-batch"
                 )
             self._stream = dev.new_stream()
-        super().__init__(sidecar.spec, sidecar.preprocess, str(dev), sidecar.precision)
-        self.name = "trt" if sidecar.precision == "fp16" else f"trt-{sidecar.precision}"
+        super().__init__(
+            EngineName("trt", precision=sidecar.precision), sidecar.spec, sidecar.preprocess, str(dev),
+            min_batch=sidecar.min_batch, max_batch=sidecar.max_batch,
+        )
         self.path = path
         self.sidecar = sidecar
-        self.min_batch, self.max_batch = sidecar.min_batch, sidecar.max_batch
         #: GPU memory TensorRT holds for this engine outside torch's allocator: plan and context.
         self.device_memory_bytes = len(data) + engine_memory_bytes(self._engine)
         self._torch = torch
@@ -98,19 +97,15 @@ class TrtEngine(Engine):
         self._input_dtype = getattr(torch, inputs[0].dtype)
         self._output_dtype = getattr(torch, outputs[0].dtype)
 
-    def check_shape(self, shape: tuple[int, ...]) -> None:
-        """The base checks, with a batch outside the optimisation profile named as such."""
-        in_profile = self.min_batch <= shape[0] <= self.max_batch if len(shape) == 4 else True
-        if not in_profile and tuple(shape[1:]) == self.input_shape:
-            lo, opt, hi = self.sidecar.profile
-            raise RtkError(
-                f"batch size {shape[0]} is outside {self.path.name}'s optimisation profile ({lo}..{hi}); "
-                f"split the batch or rebuild with a wider profile, e.g. `rtk build {self.sidecar.onnx} "
-                f"--precision {self.precision} --max-batch {max(shape[0], hi)}`"
-            )
-        super().check_shape(shape)
+    def _batch_refused(self, n: int) -> str:
+        """A batch outside the optimisation profile, named as such, with the build that takes it."""
+        lo, opt, hi = self.sidecar.profile
+        return (
+            f"batch size {n} is outside {self.path.name}'s optimisation profile ({lo}..{hi}); "
+            f"split the batch or rebuild with a wider profile, e.g. `rtk build {self.sidecar.onnx} "
+            f"--precision {self.precision} --max-batch {max(n, hi)}`"
+        )
 
-    device_resident = True
     #: run_device orders its work on the caller's current stream: CUDA events need no host sync.
     stream_ordered = True
 
@@ -147,9 +142,6 @@ class TrtEngine(Engine):
         dev.wait(caller, self._stream)
         dev.keep_until_done(out, caller)
         return out
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._to_host(self._run_device(self._torch.from_numpy(batch)))
 
     def synchronize(self) -> None:
         self._dev.synchronize()

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from toolkit.core.checkpoint import Checkpoint
+from toolkit.core.console import ProgressBar
+from toolkit.core.data import PreparedDataset, resolve_data
 from toolkit.core.errors import RtkError, first_line, require
 
 if TYPE_CHECKING:
     import onnx
 
-    from toolkit.core.checkpoint import Checkpoint
 
 #: ``--calib-method`` values → onnxruntime ``CalibrationMethod`` member names.
 CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -103,7 +105,6 @@ def calibration_images(ckpt: "Checkpoint", options: CalibOptions) -> Calibration
     Raises:
         RtkError: the data cannot be found or read.
     """
-    from toolkit.core.data import PreparedDataset, resolve_data
 
     source = resolve_data(options.data, input_size=ckpt.preprocess.input_size[0])
     split_name = "train" if source.has("train") else "val"
@@ -201,7 +202,6 @@ def quantize_qdq(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from toolkit.core.console import ProgressBar
 
     batch = static_batch or CALIB_BATCH
     signed = options.activations == "int8"

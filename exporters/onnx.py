@@ -34,21 +34,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from engines.eager import EagerEngine
+from engines.ort import OrtEngine
+from exporters.fp16 import check_fp16_compute, to_fp16
+from exporters.int8 import CalibOptions, calibration_images, export_hint, quantize_qdq
+from toolkit import __version__
 from toolkit.core.artefacts import onnx_path_for, sha256_file
-from toolkit.core.checkpoint import CheckpointOptions, chosen_weights
+from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, chosen_weights, load_model
+from toolkit.core.compare import ParityMetrics, compare, judge_random_top1, labelled_images, random_batches
+from toolkit.core.console import info
 from toolkit.core.errors import RtkError, first_line, require
-from toolkit.core.files import Output, check_outputs, staged
-from toolkit.core.spec import METADATA_KEY
+from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
+from toolkit.core.outputs import Output, check_outputs, staged
+from toolkit.core.precision import CALIBRATED_PRECISIONS, ONNX_PRECISIONS, check_precision
+from toolkit.core.spec import METADATA_KEY, ArtefactMeta
 
 if TYPE_CHECKING:
     import onnx
     import torch.nn as nn
 
-    from toolkit.core.checkpoint import Checkpoint
-    from exporters.int8 import CalibOptions
-    from toolkit.core.compare import ParityMetrics
 
-PRECISIONS = ("fp32", "fp16", "int8", "all")
 EXPORTERS = ("dynamo", "torchscript")
 #: The dynamo exporter's own opset (it refuses to write older ones).
 DEFAULT_OPSET = 18
@@ -91,8 +96,7 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         onnx = require("onnx", "ONNX export")
-        if self.precision not in PRECISIONS:
-            raise RtkError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision, (*ONNX_PRECISIONS, "all"))
         if self.exporter not in EXPORTERS:
             raise RtkError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
         newest = onnx.defs.onnx_opset_version()
@@ -110,7 +114,8 @@ class ExportOptions:
     @property
     def precisions(self) -> tuple[str, ...]:
         if self.precision == "all":
-            return ("fp32", "fp16", "int8") if self.calib is not None else ("fp32", "fp16")
+            # int8 needs calibration images: without them, "all" is every precision made from the weights alone.
+            return ONNX_PRECISIONS if self.calib is not None else tuple(p for p in ONNX_PRECISIONS if p not in CALIBRATED_PRECISIONS)
         return (self.precision,)
 
     @property
@@ -155,7 +160,6 @@ def export_onnx(
         RtkError: unreadable checkpoint, unwritable destination, a graph that fails the checker,
             or a parity check outside tolerance (nothing is written then).
     """
-    from toolkit.core.checkpoint import load_model
 
     options = options or ExportOptions()
     checkpoint_path = Path(checkpoint_path)
@@ -166,7 +170,6 @@ def export_onnx(
         _check_writable(path)
     calib = None
     if "int8" in options.precisions:  # before the check's images: a bad --calib is the likelier mistake
-        from exporters.int8 import calibration_images
 
         calib = calibration_images(ckpt, options.calib)
     inputs = _check_inputs(ckpt, options) if options.check else None
@@ -210,8 +213,7 @@ def ensure_onnx(
         RtkError: the checkpoint is missing, a foreign file sits where the ONNX would go, or the
             int8 file is missing or stale.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise RtkError(f"ONNX files are fp32, fp16 or int8, not {precision!r}")
+    check_precision(precision, ONNX_PRECISIONS, "an ONNX file's precision")
     checkpoint_options = checkpoint_options or CheckpointOptions()
     checkpoint_path = Path(checkpoint_path)
     path = onnx_path_for(checkpoint_path, precision)
@@ -232,12 +234,9 @@ def ensure_onnx(
         ):
             return path
     if precision == "int8":
-        from exporters.int8 import export_hint
-
         calib = (record or {}).get("calibration", {}).get("data") if path.exists() else None
         state = "was made from other weights" if path.exists() else "does not exist"
         raise RtkError(f"{path} {state}, and an int8 file cannot be made without calibration images; run {export_hint(checkpoint_path, calib)}")
-    from toolkit.core.console import info
 
     info(f"exporting {checkpoint_path.name} → {path.name} ({precision})")
     return export_onnx(checkpoint_path, options=ExportOptions(precision=precision, checkpoint_options=checkpoint_options))[0]
@@ -256,7 +255,6 @@ def checkpoint_options_of(onnx_path: str | os.PathLike, checkpoint_path: str | o
 
 def _export_record(path: Path) -> dict[str, Any] | None:
     """The rtk metadata of an ONNX file, or ``None`` when it has none or cannot be read."""
-    from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
 
     try:
         return metadata_dict(load_onnx_graph(path))
@@ -294,19 +292,13 @@ def _export_one(
     proto.CopyFrom(traced)
     extra = None
     if precision == "fp16":
-        from exporters.fp16 import to_fp16
-
         proto = to_fp16(proto)
     elif precision == "int8":
-        from exporters.int8 import quantize_qdq
-
         proto, record = quantize_qdq(proto, calib, options.calib, options.static_batch, options.progress)
         extra = {"calibration": record}
     _add_metadata(proto, ckpt, digest, precision, options, extra)
     proto = _validate(proto, path)
     if precision == "fp16":
-        from exporters.fp16 import check_fp16_compute
-
         check_fp16_compute(proto)
     _save(proto, tmp)
     return _parity_check(tmp, ckpt, precision, inputs, path) if inputs is not None else None
@@ -374,7 +366,6 @@ def _add_metadata(
 ) -> None:
     import torch
 
-    from toolkit import __version__
 
     record: dict[str, Any] = {
         "spec": ckpt.spec.to_dict(),
@@ -445,8 +436,6 @@ class _CheckInputs:
 
 def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
     """The inputs of the export check and the eager fp32 reference logits, computed once for all precisions."""
-    from engines.eager import EagerEngine
-    from toolkit.core.compare import random_batches, run_engine
 
     spec, pre = ckpt.spec, ckpt.preprocess
     sizes = (options.static_batch,) * 2 if options.static_batch else CHECK_BATCH_SIZES
@@ -460,14 +449,12 @@ def _check_inputs(ckpt: "Checkpoint", options: ExportOptions) -> _CheckInputs:
             images, labels = images[:keep], labels[:keep]
         images = [images[i : i + chunk] for i in range(0, len(images), chunk)]
     with EagerEngine(ckpt.build_model(), spec, pre) as reference:
-        ref = run_engine(reference, batches)
-        image_ref = run_engine(reference, images) if images else None
+        ref = reference.run_batches(batches)
+        image_ref = reference.run_batches(images) if images else None
     return _CheckInputs(batches, ref, images or None, labels if images else None, image_ref)
 
 
 def _check_images(ckpt: "Checkpoint", options: ExportOptions):
-    from toolkit.core.compare import labelled_images
-
     try:
         return labelled_images(ckpt, options.check_data, options.max_samples)
     except RtkError as exc:
@@ -478,15 +465,11 @@ def _check_images(ckpt: "Checkpoint", options: ExportOptions):
 
 
 def _parity_check(tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path) -> "ParityMetrics":
-    from engines.ort import OrtEngine
-    from toolkit.core.compare import compare, judge_random_top1, run_engine
-    from toolkit.core.spec import ArtefactMeta
-
     with OrtEngine(tmp, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
-        random_logits = run_engine(engine, inputs.batches)
+        random_logits = engine.run_batches(inputs.batches)
         checks = [compare(inputs.reference, random_logits, precision, judge_top1=judge_random_top1(precision))]
         if inputs.images is not None:
-            checks.append(compare(inputs.image_reference, run_engine(engine, inputs.images), precision, labels=inputs.labels))
+            checks.append(compare(inputs.image_reference, engine.run_batches(inputs.images), precision, labels=inputs.labels))
     for what, metrics in zip(("random inputs", "real images"), checks):
         if not metrics.passed:
             hint = ""

@@ -12,71 +12,55 @@ file's ``checkpoint_sha256``, the engine sidecar's ``onnx_sha256``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from engines.request import EngineRequest
+from exporters.onnx import ensure_onnx
+from exporters.trt import ensure_engine
+from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.errors import RtkError
+from toolkit.core.trt.library import import_tensorrt
 
-from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
-from toolkit.core.artefacts import artefact_kind
 
-if TYPE_CHECKING:
-    from toolkit.core.checkpoint import CheckpointOptions
+def prepare(request: EngineRequest) -> EngineRequest:
+    """The request, naming the artefact its engine runs: exported or built next to the model when missing or stale.
 
-
-def prepare(
-    source: str | os.PathLike,
-    engine: "str | EngineName | None" = None,
-    precision: str | None = None,
-    *,
-    device: str | None = None,
-    max_batch: int | None = None,
-    checkpoint_options: "CheckpointOptions | None" = None,
-) -> Path:
-    """The artefact ``engine`` runs for ``source``, exported or built next to it when missing or stale.
-
-    An ONNX file or engine named directly is returned as it is; whether it suits the engine
-    (its precision, say) is checked when it is loaded.
+    An ONNX file or engine named directly is handed back as it is; whether it suits the engine
+    (its precision, say) is checked when it is opened.
 
     Args:
-        source: a checkpoint, ONNX file or TensorRT engine.
-        engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
-        precision: applies when the name gives none.
-        device: the GPU a TensorRT engine is built on and for (``cuda:N``).
-        max_batch: the largest batch a TensorRT engine must take (its profile is widened to it).
-        checkpoint_options: which of a checkpoint's weights to export (EMA or raw), and whether
-            to trust a pickle.
+        request: the engine and the model (:class:`~engines.request.EngineRequest`); its
+            ``device`` is the GPU a TensorRT engine is built on and for, its ``max_batch`` the
+            largest batch that engine must take (its profile is widened to it), its
+            ``checkpoint_options`` which of a checkpoint's weights to export.
 
     Returns:
-        The path to load with :func:`engines.load`.
+        The same request, with ``path`` and ``kind`` those of the artefact to open.
 
     Raises:
-        RtkError: the engine cannot run this kind of artefact (an engine file on ONNX Runtime, an
-            ONNX file on eager); TensorRT missing (checked before any export, which can take minutes).
+        RtkError: TensorRT missing (checked before any export, which can take minutes); a
+            checkpoint held only in memory, which has no artefacts next to it.
     """
-    path = Path(source)
-    kind = artefact_kind(path)
-    name = parse_engine(engine or DEFAULT_ENGINE[kind], precision)
+    name, kind = request.name, request.kind
     if name.artefact == kind or kind == "engine" or name.runtime == "eager":
-        return path  # as given; the loader says what is wrong with an engine file on ONNX Runtime, say
+        return request  # as given; opening says what is wrong with an engine file on ONNX Runtime, say
+    if request.path is None:
+        raise RtkError(f"an in-memory checkpoint has no artefacts next to it; pass the file {name} runs explicitly")
     if name.runtime == "ort":
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
         onnx_precision = "fp32" if name.provider == "trt" and name.resolved_precision == "fp16" else name.resolved_precision
-        return _onnx_for(path, onnx_precision, checkpoint_options)
+        return request.runs(_onnx_for(request.path, onnx_precision, request.checkpoint_options), "onnx")
     if name.runtime == "ov":
         # OpenVINO lowers precision itself: every float engine runs the fp32 graph.
-        return _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32", checkpoint_options)
-    from toolkit.core.trt.library import import_tensorrt
-
+        return request.runs(_onnx_for(request.path, _float_or_int8(name.resolved_precision), request.checkpoint_options), "onnx")
     import_tensorrt("the trt engine")
-    from exporters.trt import ensure_engine
-
-    onnx = path if kind == "onnx" else _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32", checkpoint_options)
-    gpu = device if device is not None and str(device).startswith("cuda") else None
-    return ensure_engine(onnx, name.resolved_precision, device=gpu, max_batch=max_batch)
+    onnx = request.path if kind == "onnx" else _onnx_for(request.path, _float_or_int8(name.resolved_precision), request.checkpoint_options)
+    return request.runs(ensure_engine(onnx, name.resolved_precision, device=request.gpu, max_batch=request.max_batch), "engine")
 
 
-def _onnx_for(checkpoint: Path, precision: str, checkpoint_options: "CheckpointOptions | None") -> Path:
-    from exporters.onnx import ensure_onnx
+def _float_or_int8(precision: str) -> str:
+    return "int8" if precision == "int8" else "fp32"
 
+
+def _onnx_for(checkpoint: Path, precision: str, checkpoint_options: CheckpointOptions) -> Path:
     return Path(ensure_onnx(checkpoint, precision, checkpoint_options))

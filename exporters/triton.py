@@ -20,17 +20,23 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from toolkit.core.trt.sidecar import TensorInfo  # name, numpy dtype, shape with -1 for dynamic axes
-from toolkit.core.artefacts import artefact_kind
+from exporters.onnx import ensure_onnx
+from exporters.trt import ensure_engine
+from toolkit.core.artefacts import artefact_kind, sha256_file
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError, require
-from toolkit.core.files import is_inside
+from toolkit.core.onnx_graph import check_classifier_io, external_data_files, graph_io, load_onnx_graph, read_onnx_meta
+from toolkit.core.outputs import fsync_tree, is_inside, staged_folder
+from toolkit.core.precision import TRITON_PRECISIONS, check_precision
 from toolkit.core.spec import ArtefactMeta
+from toolkit.core.trt.sidecar import (
+    TensorInfo,  # name, numpy dtype, shape with -1 for dynamic axes
+    read_sidecar,
+)
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -161,8 +167,8 @@ class TritonOptions:
             raise RtkError(f"version must be a positive integer, got {self.version}")
         if self.platform is not None and self.platform not in PLATFORMS:
             raise RtkError(f"unknown platform {self.platform!r}; choose one of {', '.join(PLATFORMS)}")
-        if self.precision is not None and self.precision not in ("fp32", "fp16"):
-            raise RtkError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision is not None:
+            check_precision(self.precision, TRITON_PRECISIONS)
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise RtkError(f"max batch size must be at least 1, got {self.max_batch_size}")
         if any(size < 1 for size in self.preferred_batch_sizes):
@@ -276,12 +282,8 @@ def resolve_artefact(
         require("tensorrt", "building a TensorRT plan for Triton")
     precision = precision or ("fp16" if platform == "tensorrt" else "fp32")
     if kind == "checkpoint":
-        from exporters.onnx import ensure_onnx
-
         path = ensure_onnx(path, precision, checkpoint_options)
     if platform == "tensorrt":
-        from exporters.trt import ensure_engine
-
         return plan_artefact(ensure_engine(path, precision))
     return onnx_artefact(path)
 
@@ -293,7 +295,6 @@ def onnx_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the file is not readable ONNX, carries no rtk metadata, or is not a single
             NCHW-input, single-output classifier.
     """
-    from toolkit.core.onnx_graph import check_classifier_io, external_data_files, graph_io, load_onnx_graph, read_onnx_meta
 
     path = Path(path)
     meta = read_onnx_meta(path)
@@ -320,8 +321,6 @@ def plan_artefact(path: str | os.PathLike) -> ServedArtefact:
         RtkError: the sidecar is missing or invalid, the plan is not the file it describes, or
             the plan has more than one input/output.
     """
-    from toolkit.core.artefacts import sha256_file
-    from toolkit.core.trt.sidecar import read_sidecar
 
     path = Path(path)
     sidecar = read_sidecar(path)
@@ -618,34 +617,15 @@ def _check_compatible(model_dir: Path, config, meta: Mapping[str, Any], others: 
 
 
 def _write_model(repo: Path, model_dir: Path, version: int, artefact: ServedArtefact, config, meta) -> tuple[Path, ...]:
-    """Stage every file in a temporary folder inside the repository, then rename into place."""
-    new_model = not model_dir.is_dir()
-    try:
-        repo.mkdir(parents=True, exist_ok=True)
-        # A new model is staged beside it (hidden); an existing one inside its own folder,
-        # where Triton ignores non-numeric subfolders.
-        staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=repo if new_model else model_dir))
-        # mkdtemp makes the folder private (0700); renamed into place as the model folder it
-        # must be readable like any other, or a server running as another user cannot load it.
-        os.chmod(staging, 0o777 & ~_umask())
-    except OSError as exc:
-        raise RtkError(f"cannot write to {repo}: {exc.strerror or exc}") from None
-    try:
-        version_dir = staging / str(version)
-        version_dir.mkdir()
-        model_file = version_dir / MODEL_FILES[artefact.platform]
-        shutil.copyfile(artefact.path, model_file)
-        for location in artefact.extra_files:
-            (version_dir / location).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(artefact.path.parent / location, version_dir / location)
-        spec = artefact.meta.spec
-        (staging / LABELS_FILE).write_text("".join(f"{spec.class_name(i)}\n" for i in range(spec.num_classes)))
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        (staging / CONFIG_FILE).write_text(config_text(config))
-        for path in staging.rglob("*"):
-            if path.is_file():
-                _fsync(path)
+    """Stage every file in a temporary folder inside the repository, then rename into place.
 
+    A new model is staged beside it (hidden); an existing one inside its own folder, where Triton
+    ignores non-numeric subfolders. The version folder and the config swap in whole, so a server
+    polling the repository never sees a half-written model.
+    """
+    new_model = not model_dir.is_dir()
+    with staged_folder(repo if new_model else model_dir, model_dir.name) as staging:
+        version_dir = _fill(staging, version, artefact, config, meta)
         final_version = model_dir / str(version)
         placed = [final_version / p.relative_to(version_dir) for p in sorted(version_dir.rglob("*")) if p.is_file()]
         placed += [model_dir / LABELS_FILE, model_dir / META_FILE, model_dir / CONFIG_FILE]
@@ -654,7 +634,7 @@ def _write_model(repo: Path, model_dir: Path, version: int, artefact: ServedArte
             return tuple(placed)
         if final_version.exists():
             # Swap whole folders so the version is never half old, half new; put the old one
-            # back if the new one cannot go in (the staging folder is deleted below).
+            # back if the new one cannot go in (the staging folder is deleted afterwards).
             os.rename(final_version, staging / "replaced")
             try:
                 os.rename(version_dir, final_version)
@@ -667,18 +647,21 @@ def _write_model(repo: Path, model_dir: Path, version: int, artefact: ServedArte
         for file_name in (LABELS_FILE, META_FILE, CONFIG_FILE):
             os.replace(staging / file_name, model_dir / file_name)
         return tuple(placed)
-    except OSError as exc:
-        raise RtkError(f"cannot write the model into {model_dir}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+def _fill(staging: Path, version: int, artefact: ServedArtefact, config, meta) -> Path:
+    """The model's files in ``staging``: ``VERSION/model.*`` (and its external weights), labels, rtk's
+    metadata and the config, flushed to disk; returns the version folder."""
+    version_dir = staging / str(version)
+    version_dir.mkdir()
+    model_file = version_dir / MODEL_FILES[artefact.platform]
+    shutil.copyfile(artefact.path, model_file)
+    for location in artefact.extra_files:
+        (version_dir / location).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artefact.path.parent / location, version_dir / location)
+    spec = artefact.meta.spec
+    (staging / LABELS_FILE).write_text("".join(f"{spec.class_name(i)}\n" for i in range(spec.num_classes)))
+    (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (staging / CONFIG_FILE).write_text(config_text(config))
+    fsync_tree(staging)
+    return version_dir

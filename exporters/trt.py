@@ -26,24 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporters.onnx import checkpoint_options_of, ensure_onnx
+from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
+from toolkit.core.console import err_console, warn
+from toolkit.core.errors import RtkError
+from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision, read_onnx_meta
+from toolkit.core.outputs import write_atomic
+from toolkit.core.precision import ENGINE_PRECISIONS, check_precision
 from toolkit.core.trt import library as trt_library
 from toolkit.core.trt.sidecar import (
     DEFAULT_PROFILE,
-    PRECISIONS,
     EngineSidecar,
-    RuntimeInfo,
+    TrtPlatform,
+    platform_mismatch,
     profile_for,
     read_sidecar,
-    runtime_mismatch,
     sidecar_path,
     source_onnx_path,
     summarize_layers,
     validate_profile,
     write_sidecar,
 )
-from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
-from toolkit.core.errors import RtkError
-from toolkit.core.files import write_atomic
 
 __all__ = [
     "BuildOptions",
@@ -116,8 +119,7 @@ class BuildOptions:
     profiling_verbosity: str = "layer-names-only"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise RtkError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision, ENGINE_PRECISIONS)
         validate_profile(self.min_batch, self.opt_batch, self.max_batch)
         if self.workspace is not None and (not isinstance(self.workspace, int) or self.workspace <= 0):
             raise RtkError(f"workspace must be a positive number of bytes, got {self.workspace!r}")
@@ -199,7 +201,7 @@ def choose_route(precision: str, onnx_precision: str, builder_flags: Any) -> Bui
     """
     if "int8" in (precision, onnx_precision):
         return _int8_route(precision, onnx_precision, builder_flags)
-    if onnx_precision not in PRECISIONS:
+    if onnx_precision not in ENGINE_PRECISIONS:
         raise RtkError(f"TensorRT engines are built from fp32 or fp16 ONNX files, not {onnx_precision}")
     if precision == "fp32":
         if onnx_precision == "fp16":
@@ -232,7 +234,6 @@ def onnx_weight_precision(path: str | os.PathLike) -> str:
     Raises:
         RtkError: the file is not a readable ONNX model.
     """
-    from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision
 
     return onnx_precision(load_onnx_graph(path))
 
@@ -253,14 +254,10 @@ def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11"
     for suffix in CHECKPOINT_SUFFIXES:
         checkpoint = onnx_path.with_name(base + suffix)
         if checkpoint.exists():
-            from exporters.onnx import checkpoint_options_of, ensure_onnx
-
             return Path(ensure_onnx(checkpoint, "fp16", checkpoint_options_of(onnx_path, checkpoint)))
     candidate = onnx_path.with_name(base + ".fp16.onnx")
     if candidate.exists():
         if candidate.stat().st_mtime < onnx_path.stat().st_mtime:
-            from toolkit.core.console import warn
-
             warn(f"{candidate.name} is older than {onnx_path.name}; re-export it if the model changed")
         return candidate
     raise RtkError(
@@ -302,10 +299,9 @@ def build_engine(
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
     trt = trt_library.import_tensorrt("building a TensorRT engine")
     dev = trt_library.open_device(device)
-    runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
+    runtime = TrtPlatform(str(trt.__version__), dev.name(), dev.capability())
     route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
     source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
-    from toolkit.core.onnx_graph import read_onnx_meta
 
     meta = read_onnx_meta(source)
     log = trt_library.logger(trt)
@@ -315,7 +311,7 @@ def build_engine(
         seconds = time.perf_counter() - started
         # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
         since = log.mark()
-        engine = trt_library.runtime(trt, dev).deserialize_cuda_engine(plan)
+        engine = trt_library.deserializer(trt, dev).deserialize_cuda_engine(plan)
         if engine is None:
             raise RtkError(f"TensorRT built {output.name} but cannot load it: {log.last_error(since)}")
         inputs, outputs = trt_library.engine_tensors(trt, engine)
@@ -385,7 +381,7 @@ def ensure_engine(
             options = BuildOptions.from_sidecar(sidecar)
             source = source_onnx_path(sidecar, output)
             fresh = (
-                runtime_mismatch(sidecar, trt_library.current_runtime(device)) is None
+                platform_mismatch(sidecar, trt_library.current_platform(device)) is None
                 and source.exists()
                 and sha256_file(source) == sidecar.onnx_sha256
                 and onnx_path.stat().st_mtime <= output.stat().st_mtime
@@ -472,7 +468,6 @@ def _add_profile(builder, network, config, source: Path, meta, options: BuildOpt
 
 def _set_timing_cache(config, path: Path | None) -> None:
     """Start from the timing cache file when there is one; a cache from another GPU/TensorRT is replaced."""
-    from toolkit.core.console import warn
 
     data = path.read_bytes() if path is not None and path.exists() else b""
     cache = config.create_timing_cache(data)
@@ -485,7 +480,6 @@ def _run_builder(trt, builder, network, config, show_progress: bool):
     """``build_serialized_network`` with TensorRT's build phases shown as progress bars on stderr."""
     if not show_progress:
         return builder.build_serialized_network(network, config)
-    from toolkit.core.console import err_console
 
     if not hasattr(trt, "IProgressMonitor"):
         with err_console.status("building the TensorRT engine (minutes for large models)…"):

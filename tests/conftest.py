@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import random
 import sys
 
@@ -11,32 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.core.checkpoint import save_checkpoint
-from toolkit.core.models import create_model
-from toolkit.core.spec import METADATA_KEY, ModelSpec, Preprocess
+from helpers import TINY_PRE, TINY_SPEC, make_checkpoint, tensorrt_skip_reason
+from toolkit.core.spec import ModelSpec, Preprocess
 
 torch.set_num_threads(2)
 
 
 def _has_cuda() -> bool:
     return torch.cuda.is_available()
-
-
-def tensorrt_skip_reason() -> str | None:
-    """Why the real-TensorRT tests cannot run here, or ``None`` when they can.
-
-    A broken install (its import raises OSError or RuntimeError for missing CUDA libraries) is a
-    reason to skip, like no install at all: those tests verify TensorRT, not the install.
-    """
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'rtk[trt]')"
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - whatever a broken install raises
-        return f"tensorrt is installed but cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    if not _has_cuda():
-        return "TensorRT needs a CUDA GPU and none is present"
-    return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,7 +35,6 @@ def fake_trt(request, monkeypatch):
     """The recording fake ``tensorrt`` (:mod:`fake_tensorrt`) of TensorRT 10.13 or 11.4, with CPU
     memory playing the GPU's. It tests rtk's TensorRT logic; it verifies nothing about TensorRT."""
     from fake_tensorrt import CpuDevice, make_tensorrt
-
     from toolkit.core.trt import library as trt_library
 
     trt = make_tensorrt(request.param)
@@ -82,26 +61,6 @@ def _isolate_rng():
     torch.set_rng_state(torch_state)
     np.random.set_state(np_state)
     random.setstate(py_state)
-
-
-# Narrow (a quarter of resnet18's channels): the same graph, a sixteenth of the weights and compute.
-TINY_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"c{i}" for i in range(10)), stem="small", width=16)
-TINY_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
-def make_checkpoint(path, spec: ModelSpec = TINY_SPEC, pre: Preprocess = TINY_PRE, seed: int = 0, train=None):
-    """Write a real rtk checkpoint of a randomly initialised (BN-calibrated) network."""
-    torch.manual_seed(seed)
-    model = create_model(spec)
-    # A few forward passes in train mode give the BatchNorm layers non-trivial statistics,
-    # so eval-mode logits are not degenerate.
-    with torch.no_grad():
-        model.train()
-        for _ in range(3):
-            model(torch.randn(8, spec.in_chans, *pre.input_size))
-    model.eval()
-    save_checkpoint(path, model, spec, pre, train or {"epoch": 1, "metrics": {"val_acc": 0.5}})
-    return path
 
 
 class ExportedModels:
@@ -172,32 +131,3 @@ def cli():
     return invoke
 
 
-def make_qdq_onnx(onnx_path, out_path, calibration: np.ndarray):
-    """Quantize an fp32 ONNX into a QDQ int8 one (per-channel int8 weights, uint8 activations) with
-    ONNX Runtime's static quantizer, calibrated batch by batch on ``calibration`` (N, C, H, W)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(np.array_split(calibration.astype(np.float32), max(1, len(calibration) // 4)))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
-
-    quantize_static(
-        str(onnx_path), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )
-    # The rtk record of the fp32 file, now saying int8, as `rtk export --precision int8` writes it:
-    # the checkpoint hash it carries keeps the file fresh for prepare().
-    model = onnx.load(str(out_path))
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            record = json.loads(prop.value)
-            prop.value = json.dumps({**record, "precision": "int8"})
-    onnx.save(model, str(out_path))
-    return out_path

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.harness import (
-    BenchOptions,
-    _sweep,
-    latency_stats,
-    run_benchmark,
-    time_calls,
-)
+from benchmarks.harness import BenchOptions, latency_stats, run_benchmark, time_calls
 from benchmarks.report import CSV_COLUMNS, load_schema, render_table, to_csv, write_report
 from engines.eager import EagerEngine
-from engines.names import parse_engine
-from conftest import TINY_SPEC, make_checkpoint
+from helpers import TINY_SPEC, make_checkpoint
 from toolkit.core.checkpoint import load_model
 from toolkit.core.spec import Preprocess
+from toolkit.usecases.bench import benchmark_model
 
 # 16 px keeps every engine call a few milliseconds on a busy 2-core machine.
 SMALL_PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -60,7 +54,7 @@ def small_checkpoint(tmp_path_factory):
 def report(small_checkpoint):
     """One real run: eager and ort (exported next to the checkpoint), two batch sizes, both I/O modes."""
     options = BenchOptions(engines=("eager", "ort", "trt"), batch_sizes=(1, 3), io="both", **FAST)
-    return run_benchmark(small_checkpoint, options).to_dict()
+    return benchmark_model(small_checkpoint, options).to_dict()
 
 
 def validate(report: dict) -> None:
@@ -144,7 +138,7 @@ def test_latency_stats_on_known_samples():
 @pytest.mark.parametrize("iters, rounds", [(4, 2), (5, 2), (7, 3)])
 def test_rounds_pool_exactly_the_iterations_asked_for(small_checkpoint, iters, rounds):
     options = BenchOptions(engines=("eager",), batch_sizes=(2,), warmup_s=0.0, iters=iters, rounds=rounds)
-    report = run_benchmark(small_checkpoint, options)
+    report = benchmark_model(small_checkpoint, options)
     (row,) = report.results
     assert row.status == "ok" and row.iterations == iters == report.settings["iters"]
 
@@ -162,16 +156,21 @@ def test_out_of_memory_at_one_batch_size_is_reported_and_the_sweep_goes_on(small
     model, ckpt = load_model(small_checkpoint)
     engine = _MemoryBoundEngine(model, ckpt.spec, ckpt.preprocess)
     options = BenchOptions(engines=("eager",), batch_sizes=(1, 4, 2), **FAST)
-    rows = _sweep([(parse_engine("eager"), engine)], options, lambda r: None)
+    rows = run_benchmark([engine], options).results
     assert [(r.batch_size, r.status) for r in rows] == [(1, "ok"), (4, "oom"), (2, "ok")]
     assert "out of memory" in rows[1].reason
 
 
+class _TwoAtMost(EagerEngine):
+    """A real eager engine that takes batches of at most 2, as a static-batch ONNX or a TensorRT profile would."""
+
+    max_batch = 2
+
+
 def test_batch_larger_than_the_engine_accepts_is_a_skipped_row(small_checkpoint):
     model, ckpt = load_model(small_checkpoint)
-    engine = EagerEngine(model, ckpt.spec, ckpt.preprocess)
-    engine.max_batch = 2
-    rows = _sweep([(parse_engine("eager"), engine)], BenchOptions(batch_sizes=(2, 8), **FAST), lambda r: None)
+    engine = _TwoAtMost(model, ckpt.spec, ckpt.preprocess)
+    rows = run_benchmark([engine], BenchOptions(batch_sizes=(2, 8), **FAST)).results
     assert [r.status for r in rows] == ["ok", "skipped"]
     assert "batch size 8" in rows[1].reason
 

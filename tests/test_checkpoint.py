@@ -6,18 +6,15 @@ import random
 import re
 
 import numpy as np
-
 import pytest
 import torch
 import torchvision.models as tvm
 
+from helpers import TINY_PRE, TINY_SPEC, make_checkpoint
 from toolkit.core.checkpoint import infer_spec, load_checkpoint, load_model, save_checkpoint
 from toolkit.core.errors import RtkError
 from toolkit.core.models import create_model
 from toolkit.core.spec import ARCHS, ModelSpec
-
-from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
-
 
 # One architecture of each family by default (basic, bottleneck, ResNeXt, wide); the deeper
 # ones (4 s each on two cores, mostly initialising 45-127 M parameters) run with -m slow.

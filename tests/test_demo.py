@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-import engines
+import toolkit.cli.demo
 import toolkit.usecases.demo
+from helpers import opened
 from toolkit.core.checkpoint import load_checkpoint
 from toolkit.core.images import find_images, load_image
 
@@ -26,7 +27,7 @@ def check_artefact(what: str, path) -> None:
         ckpt = load_checkpoint(path)
         assert ckpt.spec.num_classes == 10 and ckpt.spec.class_names == tuple("0123456789")
     elif path.suffix == ".onnx":
-        with engines.load(path) as engine:
+        with opened(path) as engine:
             x = np.zeros((2, *engine.input_shape), np.float32)
             assert engine(x).shape == (2, 10)
     elif path.suffix == ".json":
@@ -58,7 +59,7 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
         results.append(real_run_demo(*args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr(toolkit.usecases.demo, "run_demo", recorded_run_demo)
+    monkeypatch.setattr(toolkit.cli.demo, "run_demo", recorded_run_demo)  # where the command looks it up
 
     result = cli("demo", "--out", out, "--epochs", "1", "--max-samples", "40", "--bench-seconds", "0.05", "--no-progress")
     assert result.exit_code == 0, result.output + result.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_PRE, make_checkpoint
+from helpers import TINY_PRE, fails_cleanly, make_checkpoint, opened
 from toolkit.core.data import resolve_data, write_digit_images
 from toolkit.core.spec import ModelSpec
 from toolkit.usecases.train import TrainOptions, train
@@ -24,12 +24,11 @@ def trained(tmp_path_factory):
 
 
 def test_evaluate_matches_a_direct_forward_pass(trained):
-    import engines
     from toolkit.core.checkpoint import load_model
     from toolkit.usecases.evaluate import evaluate
 
     source = resolve_data("digits", max_samples=64)
-    with engines.load(trained.best) as engine:
+    with opened(trained.best) as engine:
         dataset = source.dataset("test", engine.preprocess)
         report = evaluate(engine, dataset, batch_size=10, class_names=source.class_names)
     model, _ = load_model(trained.best)
@@ -97,19 +96,15 @@ def test_eval_onnx_gives_the_checkpoints_answers(cli, trained, tmp_path):
     assert abs(onnx["correct"] - ckpt["correct"]) <= 1
 
 
-def _fails(result, message):
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr, result.stderr
-    assert "Traceback" not in result.output
 
 
 def test_eval_bad_input(cli, trained, tmp_path):
-    _fails(cli("eval", tmp_path / "missing.pth"), "does not exist")
+    fails_cleanly(cli("eval", tmp_path / "missing.pth"), "does not exist")
     (tmp_path / "pets" / "cat").mkdir(parents=True)
     write_digit_images(tmp_path / "digits_png", split="test", per_class=2)
     (tmp_path / "digits_png" / "0").rename(tmp_path / "pets" / "cat" / "imgs")
     (tmp_path / "pets" / "dog").mkdir()
     (tmp_path / "digits_png" / "1").rename(tmp_path / "pets" / "dog" / "imgs")
-    _fails(cli("eval", trained.best, "--data", tmp_path / "pets", "--val-split", "0.5"), "classes the model does not know: cat, dog")
-    _fails(cli("eval", trained.best, "--data", tmp_path / "pets", "--split", "test"), "has no test split")
-    _fails(cli("eval", trained.best, "--data", "svhn", "--data-root", tmp_path / "none"), "pass --download")
+    fails_cleanly(cli("eval", trained.best, "--data", tmp_path / "pets", "--val-split", "0.5"), "classes the model does not know: cat, dog")
+    fails_cleanly(cli("eval", trained.best, "--data", tmp_path / "pets", "--split", "test"), "has no test split")
+    fails_cleanly(cli("eval", trained.best, "--data", "svhn", "--data-root", tmp_path / "none"), "pass --download")

@@ -9,11 +9,11 @@ import onnx
 import pytest
 import torch
 
-from conftest import make_checkpoint
 from exporters.onnx import ExportOptions, export_onnx
+from helpers import fails_cleanly, make_checkpoint, opened
 from toolkit.core.artefacts import onnx_path_for
-from toolkit.core.errors import RtkError
 from toolkit.core.compare import compare
+from toolkit.core.errors import RtkError
 from toolkit.core.spec import METADATA_KEY, ArtefactMeta, ModelSpec, Preprocess
 
 # The imagenet stem at 32 px keeps every architecture's activations tiny, so the cost is tracing.
@@ -78,7 +78,7 @@ def test_export_writes_a_checked_graph_with_the_contracted_interface(exported):
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
     meta = ArtefactMeta.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
-    from conftest import TINY_PRE, TINY_SPEC
+    from helpers import TINY_PRE, TINY_SPEC
 
     assert meta.spec == TINY_SPEC and meta.preprocess == TINY_PRE
 
@@ -186,12 +186,11 @@ def test_foreign_resnet101_state_dict_exports(tmp_path, cli):
 
 
 def test_static_batch_pins_the_batch_axis(tmp_path):
-    import engines
 
     ckpt = make_checkpoint(tmp_path / "s.pth", ModelSpec(arch="resnet18", num_classes=4, width=16), ZOO_PRE)
     (path,) = export_onnx(ckpt, options=ExportOptions(static_batch=4))
     assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
-    with engines.load(path) as engine:
+    with opened(path) as engine:
         assert engine(np.zeros((4, 3, 32, 32), np.float32)).shape == (4, 4)
         with pytest.raises(RtkError, match="batch size 3"):
             engine(np.zeros((3, 3, 32, 32), np.float32))
@@ -259,29 +258,25 @@ def test_cli_export_reports_the_check(tiny_checkpoint, cli, tmp_path):
 # --- bad input ----------------------------------------------------------------------------
 
 
-def _assert_clean_failure(result, message):
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr
-    assert "Traceback" not in result.output
 
 
 def test_export_of_a_non_checkpoint_fails_cleanly(tmp_path, cli):
     path = tmp_path / "notes.pth"
     path.write_text("these are not weights\n")
-    _assert_clean_failure(cli("export", path), "not a PyTorch checkpoint")
+    fails_cleanly(cli("export", path), "not a PyTorch checkpoint")
     assert list(tmp_path.iterdir()) == [path]
 
 
 def test_export_of_a_missing_file_fails_cleanly(tmp_path, cli):
-    _assert_clean_failure(cli("export", tmp_path / "nope.pth"), "does not exist")
+    fails_cleanly(cli("export", tmp_path / "nope.pth"), "does not exist")
 
 
 def test_export_to_an_unwritable_path_fails_cleanly(tiny_checkpoint, tmp_path, cli):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    _assert_clean_failure(cli("export", tiny_checkpoint, "-o", blocker / "sub" / "m.onnx"), "cannot write")
+    fails_cleanly(cli("export", tiny_checkpoint, "-o", blocker / "sub" / "m.onnx"), "cannot write")
 
 
 def test_export_rejects_bad_options(tiny_checkpoint, cli):
-    _assert_clean_failure(cli("export", tiny_checkpoint, "--opset", "9"), "opsets")
-    _assert_clean_failure(cli("export", tiny_checkpoint, "--static-batch", "0"), "--static-batch")
+    fails_cleanly(cli("export", tiny_checkpoint, "--opset", "9"), "opsets")
+    fails_cleanly(cli("export", tiny_checkpoint, "--static-batch", "0"), "--static-batch")

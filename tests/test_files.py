@@ -5,9 +5,9 @@ import stat
 
 import pytest
 
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from toolkit.core.errors import RtkError
-from toolkit.core.files import staged, write_atomic
+from toolkit.core.outputs import staged, write_atomic
 
 
 def _mode(path) -> int:

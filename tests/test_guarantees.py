@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from conftest import make_checkpoint
+from helpers import fails_cleanly, make_checkpoint
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
@@ -39,13 +39,6 @@ def _snapshot(root):
     return {p.relative_to(root): (os.readlink(p) if p.is_symlink() else p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
 
 
-def _refused(result, *phrases, status=1):
-    assert result.exit_code == status, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) >= 1 and lines[-1].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for phrase in phrases:
-        assert phrase in result.stderr, result.stderr
 
 
 def _link(work, name, target):
@@ -92,13 +85,13 @@ def test_an_output_that_would_destroy_an_input_is_refused_and_every_byte_stays(w
     (work / "run").mkdir(exist_ok=True)
     (work / "run" / "best.pth").write_bytes((work / "m.pth").read_bytes())
     before = _snapshot(work)
-    _refused(cli(*args), phrase)
+    fails_cleanly(cli(*args), phrase)
     assert _snapshot(work) == before  # nothing changed, nothing added, not even a temporary file
 
 
 def test_a_device_is_never_replaced_by_a_renamed_file(tmp_path):
     from toolkit.core.errors import RtkError
-    from toolkit.core.files import write_atomic
+    from toolkit.core.outputs import write_atomic
 
     pipe = tmp_path / "report.json"
     os.mkfifo(pipe)
@@ -111,7 +104,7 @@ def test_hard_links_count_as_the_same_file(work, cli, tmp_path):
     twin = tmp_path / "twin.onnx"
     os.link(work / "m.pth", twin)
     before = twin.read_bytes()
-    _refused(cli("export", work / "m.pth", "-o", twin), "it is the input")
+    fails_cleanly(cli("export", work / "m.pth", "-o", twin), "it is the input")
     assert twin.read_bytes() == before
 
 
@@ -131,7 +124,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_file(work, cli, tmp_path, mon
     _failing_fsync(monkeypatch, errno.ENOSPC)
     out = tmp_path / "out.json"
     result = cli("predict", work / "imgs", "-m", work / "m.pth", "-o", out, "--workers", "0")
-    _refused(result, f"cannot write {out}: no space left on device")
+    fails_cleanly(result, f"cannot write {out}: no space left on device")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -139,7 +132,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_file(work, cli, tmp_path, mon
 def test_every_write_turns_os_errors_into_the_path_and_the_reason(tmp_path, monkeypatch, code):
     from toolkit.core.checkpoint import atomic_torch_save
     from toolkit.core.errors import RtkError
-    from toolkit.core.files import write_atomic
+    from toolkit.core.outputs import write_atomic
 
     (tmp_path / "kept.json").write_text("old")
     _failing_fsync(monkeypatch, code)
@@ -154,7 +147,7 @@ def test_a_full_device_is_one_sentence(work, cli):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
     result = cli("predict", work / "imgs", "-m", work / "m.pth", "-o", "/dev/full", "--workers", "0")
-    _refused(result, "cannot write /dev/full: no space left on device")
+    fails_cleanly(result, "cannot write /dev/full: no space left on device")
 
 
 def test_a_folder_the_system_will_not_write_is_one_sentence(work, cli):
@@ -169,7 +162,7 @@ def test_a_folder_the_system_will_not_write_is_one_sentence(work, cli):
         os.close(fd)
         os.unlink(name)
         pytest.skip(f"{target} is writable here; no unwritable folder to try")
-    _refused(cli("predict", work / "imgs", "-m", work / "m.pth", "--workers", "0", "-o", f"{target}/report.json"),
+    fails_cleanly(cli("predict", work / "imgs", "-m", work / "m.pth", "--workers", "0", "-o", f"{target}/report.json"),
              f"cannot write {target}/report.json: {reason[0].lower()}{reason[1:]}")
 
 
@@ -186,7 +179,7 @@ def test_a_folder_the_system_will_not_write_is_one_sentence(work, cli):
 def test_a_name_too_long_is_one_sentence(work, cli, tmp_path, args):
     long = str(tmp_path / ("n" * 300))
     before = _snapshot(work)
-    _refused(cli(*(a.format(work=work, long=long) for a in args)), "file name too long")
+    fails_cleanly(cli(*(a.format(work=work, long=long) for a in args)), "file name too long")
     assert list(tmp_path.iterdir()) == [] and _snapshot(work) == before
 
 
@@ -197,20 +190,20 @@ def test_bench_exits_1_when_no_engine_ran_and_still_lists_each(cli, tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not weights\n")
     result = cli("bench", text, "-e", "eager,ort", "--duration", "0.1", "--warmup", "0")
-    _refused(result, "no engine produced a result")
+    fails_cleanly(result, "no engine produced a result")
     assert result.stdout.count("skipped") >= 2 and "holds text" in result.stdout
 
 
 @pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "-0.1"), ("--lr", "0"), ("--weight-decay", "inf"), ("--val-split", "nan")])
 def test_train_refuses_a_non_finite_or_non_positive_number_as_a_usage_error(cli, tmp_path, flag, value):
     result = cli("train", flag, value, "--out", tmp_path / "run")
-    _refused(result, flag, status=64)
+    fails_cleanly(result, flag, status=64)
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flag", ["--atol", "--min-cosine"])
 def test_parity_refuses_a_nan_tolerance(work, cli, flag):
-    _refused(cli("parity", work / "m.pth", flag, "nan"), "not a finite number", status=64)
+    fails_cleanly(cli("parity", work / "m.pth", flag, "nan"), "not a finite number", status=64)
 
 
 def test_weights_holding_nan_are_named_up_front(work, cli, tmp_path):
@@ -219,7 +212,7 @@ def test_weights_holding_nan_are_named_up_front(work, cli, tmp_path):
     bad = tmp_path / "nan.pth"
     torch.save(obj, bad)
     for args in (["export", bad], ["parity", bad, "-e", "eager"], ["predict", work / "imgs", "-m", bad]):
-        _refused(cli(*args), "hold NaN/Inf in layer2.0.conv1.weight")
+        fails_cleanly(cli(*args), "hold NaN/Inf in layer2.0.conv1.weight")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pth"]
 
 
@@ -231,7 +224,7 @@ def test_a_diverging_run_stops_before_an_epoch_is_called_best(cli, tmp_path):
         "train", "--max-samples", "2", "--batch-size", "2", "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0",
         "--input-size", "8", "--optimizer", "sgd", "--out", out, "--no-progress", "--device", "cpu",
     )
-    _refused(result, "loss became")
+    fails_cleanly(result, "loss became")
     assert not (out / "best.pth").exists() and not (out / "last.pth").exists()
 
 
@@ -244,26 +237,26 @@ def test_a_truncated_checkpoint_is_a_complete_sentence(work, cli, tmp_path):
         cut = tmp_path / "cut.pth"
         cut.write_bytes(data[:size])
         result = cli("inspect", cut)
-        _refused(result, "is truncated or corrupt")
+        fails_cleanly(result, "is truncated or corrupt")
         assert result.stderr.rstrip().endswith(")") and "high likelihood" not in result.stderr
 
 
 def test_a_text_file_named_pth_says_so(cli, tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("hello world, no weights here\n")
-    _refused(cli("inspect", path), "not a PyTorch checkpoint (it holds text)")
+    fails_cleanly(cli("inspect", path), "not a PyTorch checkpoint (it holds text)")
 
 
 def test_pipes_and_devices_named_like_inputs_are_not_regular_files(work, cli, tmp_path):
     pipe = tmp_path / "pipe.pth"
     os.mkfifo(pipe)
-    _refused(cli("inspect", pipe), "is a named pipe, not a checkpoint file")  # would block forever if opened
+    fails_cleanly(cli("inspect", pipe), "is a named pipe, not a checkpoint file")  # would block forever if opened
     folder = tmp_path / "imgs"
     folder.mkdir()
     os.mkfifo(folder / "pipe.png")
     (folder / "zero.jpg").symlink_to("/dev/zero")
     result = cli("predict", folder, "-m", work / "m.pth", "--workers", "0")
-    _refused(result, "not a regular file (a named pipe)", "not a regular file (a character device)")
+    fails_cleanly(result, "not a regular file (a named pipe)", "not a regular file (a character device)")
 
 
 def test_first_line_never_cuts_a_sentence():
@@ -298,7 +291,7 @@ def test_triton_names_the_foreign_sibling_onnx_and_leaves_it(work, cli, tmp_path
     model.write_bytes((work / "m.pth").read_bytes())
     sibling = tmp_path / "x.onnx"
     sibling.write_bytes(b"someone else's file")
-    _refused(cli("triton", model, "--repo", tmp_path / "repo"), "x.onnx exists but was not exported by rtk", "pass x.onnx itself in place of x.pth")
+    fails_cleanly(cli("triton", model, "--repo", tmp_path / "repo"), "x.onnx exists but was not exported by rtk", "pass x.onnx itself in place of x.pth")
     assert sibling.read_bytes() == b"someone else's file" and not (tmp_path / "repo").exists()
 
 
@@ -306,7 +299,7 @@ def test_demo_never_clears_a_folder_it_did_not_write(cli, tmp_path):
     mine = tmp_path / "project" / "train" / "notes.txt"
     mine.parent.mkdir(parents=True)
     mine.write_text("a month of work")
-    _refused(cli("demo", "--out", tmp_path / "project", "--epochs", "1"), "was not written by rtk demo")
+    fails_cleanly(cli("demo", "--out", tmp_path / "project", "--epochs", "1"), "was not written by rtk demo")
     assert mine.read_text() == "a month of work" and sorted(p.name for p in (tmp_path / "project").iterdir()) == ["train"]
 
 
@@ -314,7 +307,7 @@ def test_demo_never_clears_a_folder_it_did_not_write(cli, tmp_path):
 def test_a_full_disk_during_export_leaves_no_onnx(work, cli, tmp_path, monkeypatch):
     _failing_fsync(monkeypatch, errno.ENOSPC)
     out = tmp_path / "full" / "x.onnx"
-    _refused(cli("export", work / "m.pth", "-o", out, "--no-check"), f"cannot write {out}: no space left on device")
+    fails_cleanly(cli("export", work / "m.pth", "-o", out, "--no-check"), f"cannot write {out}: no space left on device")
     assert list((tmp_path / "full").iterdir()) == []
 
 

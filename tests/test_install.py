@@ -109,8 +109,8 @@ for package in json.loads(sys.argv[3]):
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
 
-from toolkit.cli.app import COMMAND_MODULES, app
-for argv in [["--help"]] + [[name, "--help"] for name in COMMAND_MODULES]:
+from toolkit.cli.app import COMMANDS, app
+for argv in [["--help"]] + [[name, "--help"] for name, _ in COMMANDS]:
     try:
         app(argv, prog_name="rtk")
     except SystemExit as exc:

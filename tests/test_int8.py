@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_checkpoint
+from helpers import make_checkpoint, opened
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
@@ -32,7 +32,7 @@ def int8_model(tmp_path_factory):
 
 
 def test_the_int8_file_is_qdq_and_records_its_calibration(int8_model):
-    from toolkit.core.onnx_graph import describe_onnx
+    from toolkit.usecases.inspect import describe_onnx
 
     ckpt, path = int8_model
     assert path.name == "m.int8.onnx"
@@ -109,28 +109,26 @@ def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path
 
 
 def test_ort_int8_runs_the_file_and_names_itself(int8_model):
-    from toolkit.usecases.opening import open_engine
 
     ckpt, path = int8_model
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8), dtype=np.float32)
-    with open_engine(ckpt, "ort-int8") as engine:  # found next to the checkpoint
+    with opened(ckpt, "ort-int8") as engine:  # found next to the checkpoint
         assert engine.name == "ort-int8" and engine.precision == "int8" and engine.path == path
         logits = engine(x)
-    with open_engine(path) as engine:  # named directly: its precision comes from the graph
+    with opened(path) as engine:  # named directly: its precision comes from the graph
         assert engine.name == "ort-int8"
         np.testing.assert_array_equal(engine(x), logits)
     assert logits.shape == (3, 10) and np.isfinite(logits).all()
 
 
 def test_ort_int8_refuses_a_float_graph_and_a_float_name_refuses_the_int8_graph(int8_model):
-    from engines import load
     from exporters.onnx import ensure_onnx
 
     ckpt, path = int8_model
     with pytest.raises(RtkError, match="not a calibrated int8 .QDQ. graph; make one with `rtk export CHECKPOINT --precision int8 --calib DATA`"):
-        load(ensure_onnx(ckpt), "ort-int8")
+        opened(ensure_onnx(ckpt), "ort-int8")
     with pytest.raises(RtkError, match="is an int8 .QDQ. graph and runs at int8, not fp16"):
-        load(path, "ort-fp16")
+        opened(path, "ort-fp16")
 
 
 def test_cpu_time_benchmark_times_each_file(int8_model, capsys):
@@ -230,20 +228,19 @@ def test_keep_float_names_groups_and_nodes_and_refuses_unknown_ones(int8_model):
 
 def test_a_missing_or_stale_int8_file_is_refused_with_the_command_that_makes_it(int8_model, tmp_path):
     from toolkit.core.checkpoint import load_checkpoint, save_checkpoint
-    from toolkit.usecases.opening import open_engine
 
     src, path = int8_model
     ckpt = shutil.copy(src, tmp_path / "m.pth")
     with pytest.raises(RtkError, match=r"m.int8.onnx does not exist, .* run rtk export .*m.pth --precision int8 --calib DATA"):
-        open_engine(ckpt, "ort-int8")
+        opened(ckpt, "ort-int8")
     shutil.copy(path, tmp_path / "m.int8.onnx")
-    with open_engine(ckpt, "ort-int8"):
+    with opened(ckpt, "ort-int8"):
         pass
     loaded = load_checkpoint(ckpt)  # retrained: other weights under the same name
     state = {k: v + 1 if v.is_floating_point() else v for k, v in loaded.state_dict.items()}
     save_checkpoint(ckpt, _module(loaded, state), loaded.spec, loaded.preprocess, {})
     with pytest.raises(RtkError, match=r"was made from other weights.* --precision int8 --calib digits"):
-        open_engine(ckpt, "ort-int8")
+        opened(ckpt, "ort-int8")
 
 
 def _module(ckpt, state):
@@ -265,7 +262,6 @@ def test_parity_refuses_int8_without_labelled_data(int8_model, cli):
 def test_tensorrt_builds_the_qdq_file_as_an_int8_engine(int8_model, cli, tmp_path):
     import tensorrt as trt
 
-    from toolkit.usecases.opening import open_engine
     from toolkit.core.trt.sidecar import read_sidecar
 
     ckpt, path = int8_model
@@ -277,7 +273,7 @@ def test_tensorrt_builds_the_qdq_file_as_an_int8_engine(int8_model, cli, tmp_pat
     assert sidecar.precision == "int8"
     assert sidecar.build["route"] == ("qdq-int8-flag" if hasattr(trt.BuilderFlag, "INT8") else "qdq-strongly-typed")
     x = np.random.default_rng(0).standard_normal((8, 1, 8, 8), dtype=np.float32)
-    with open_engine(engine_path, "trt-int8") as engine, open_engine(onnx, "ort-int8") as ort:
+    with opened(engine_path, "trt-int8") as engine, opened(onnx, "ort-int8") as ort:
         assert engine.name == "trt-int8"
         got, want = engine(x), ort(x)
     cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))

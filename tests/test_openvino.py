@@ -7,8 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import engines
-from conftest import TINY_PRE, TINY_SPEC, make_checkpoint, make_qdq_onnx
+from helpers import TINY_PRE, TINY_SPEC, make_checkpoint, make_qdq_onnx, opened, prepared
 from toolkit.core.compare import compare
 from toolkit.core.errors import RtkError
 
@@ -27,45 +26,41 @@ def model(tmp_path_factory, exported_models):
     calibration = np.random.default_rng(1).standard_normal((16, 3, 32, 32), dtype=np.float32)
     int8 = make_qdq_onnx(onnx, folder / "m.int8.onnx", calibration)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
-    with engines.load(ckpt) as eager:
+    with opened(ckpt) as eager:
         expected = eager(x)
     return {"ckpt": ckpt, "onnx": onnx, "fp16": files["fp16"], "int8": int8, "x": x, "expected": expected}
 
 
 def test_a_checkpoint_runs_on_ov_from_its_fp32_onnx_and_on_ov_int8_from_its_int8_onnx(model):
-    from exporters.prepare import prepare
-    from toolkit.usecases.opening import open_engine
 
-    assert prepare(model["ckpt"], "ov") == prepare(model["ckpt"], "ov-bf16") == model["onnx"]
-    assert prepare(model["ckpt"], "ov-int8") == prepare(model["ckpt"], "ov", "int8") == model["int8"]
-    with open_engine(model["ckpt"], "ov") as ov:
+    assert prepared(model["ckpt"], "ov") == prepared(model["ckpt"], "ov-bf16") == model["onnx"]
+    assert prepared(model["ckpt"], "ov-int8") == prepared(model["ckpt"], "ov", "int8") == model["int8"]
+    with opened(model["ckpt"], "ov") as ov:
         assert ov.name == "ov" and ov.precision == "fp32" and ov.path == model["onnx"]
         assert compare(model["expected"], ov(model["x"]), "fp32").passed
-    with open_engine(model["ckpt"], "ov-int8") as ov8:
+    with opened(model["ckpt"], "ov-int8") as ov8:
         assert ov8.name == "ov-int8" and ov8.precision == "int8" and ov8.path == model["int8"]
         int8 = ov8(model["x"])
     # A random-weight network's logits are all near zero, so int8's rounding weighs more here than
     # on a trained one (judged with the default int8 tolerance on real images in test_parity).
     against_eager = compare(model["expected"], int8, "int8")
     assert against_eager.min_cosine > 0.95 and against_eager.max_abs < 0.15 * against_eager.scale
-    with open_engine(model["int8"]) as ort:  # ONNX Runtime on the same QDQ file
+    with opened(model["int8"]) as ort:  # ONNX Runtime on the same QDQ file
         against_ort = compare(ort(model["x"]), int8, "int8")
     assert against_ort.min_cosine > 0.95 and against_ort.max_abs < 0.15 * against_ort.scale
-    with open_engine(model["int8"], "ov") as named:  # a QDQ file named directly runs at int8 on ov
+    with opened(model["int8"], "ov") as named:  # a QDQ file named directly runs at int8 on ov
         assert named.name == "ov-int8"
 
 
 def test_ov_int8_from_a_checkpoint_needs_its_int8_onnx_made_from_the_same_weights(tmp_path, model):
     import shutil
 
-    from toolkit.usecases.opening import open_engine
-
     ckpt = make_checkpoint(tmp_path / "fresh.pth", SPEC, PRE, seed=1)
     with pytest.raises(RtkError, match=rf"fresh.int8.onnx does not exist, and an int8 file cannot be made without calibration images; run rtk export {ckpt} --precision int8 --calib"):
-        open_engine(ckpt, "ov-int8")
+        opened(ckpt, "ov-int8")
     shutil.copy(model["int8"], tmp_path / "fresh.int8.onnx")  # quantized from m.pth's export, which records m.pth's sha256
     with pytest.raises(RtkError, match="fresh.int8.onnx was made from other weights, and an int8 file cannot be made without calibration images; run rtk export"):
-        open_engine(ckpt, "ov-int8")
+        opened(ckpt, "ov-int8")
     assert not (tmp_path / "fresh.onnx").exists()  # refused before anything was exported
 
 
@@ -73,28 +68,27 @@ def test_precisions_a_file_or_this_cpu_cannot_run_are_refused(model):
     from engines.openvino import cpu_capabilities
 
     with pytest.raises(RtkError, match="m.onnx holds no quantized ops, so ov-int8 cannot run it; make the int8 ONNX with `rtk export"):
-        engines.load(model["onnx"], "ov-int8")
+        opened(model["onnx"], "ov-int8")
     with pytest.raises(RtkError, match="is a quantized \\(QDQ\\) ONNX, so OpenVINO runs it at int8, not bf16"):
-        engines.load(model["int8"], "ov-bf16")
+        opened(model["int8"], "ov-bf16")
     with pytest.raises(RtkError, match="holds fp16 weights; OpenVINO reduces precision itself, so give it the fp32 ONNX"):
-        engines.load(model["fp16"], "ov")
+        opened(model["fp16"], "ov")
     missing = [p for p, unit in (("fp16", "FP16"), ("bf16", "BF16")) if unit not in cpu_capabilities()]
     if not missing:
         pytest.skip("this CPU has both bf16 and fp16 units; there is nothing to refuse")
     for precision in missing:
         with pytest.raises(RtkError, match=f"this CPU has no {precision} units .*run ov for fp32"):
-            engines.load(model["onnx"], f"ov-{precision}")
+            opened(model["onnx"], f"ov-{precision}")
 
 
 def test_threads_reach_openvino_and_the_compiled_model_is_cached_next_to_the_onnx(model):
-    from toolkit.usecases.opening import open_engine
 
-    with open_engine(model["onnx"], "ov", threads=1) as one:
+    with opened(model["onnx"], "ov", threads=1) as one:
         assert one.threads == 1
         assert one.cache_dir == model["onnx"].with_name("m.ov-cache") and any(one.cache_dir.iterdir())
         first = one(model["x"])
     blobs = sorted(p.name for p in model["onnx"].with_name("m.ov-cache").iterdir())
-    with open_engine(model["onnx"], "ov", threads=1) as again:  # the same model and settings: the blob is reused
+    with opened(model["onnx"], "ov", threads=1) as again:  # the same model and settings: the blob is reused
         np.testing.assert_array_equal(again(model["x"]), first)
     assert sorted(p.name for p in model["onnx"].with_name("m.ov-cache").iterdir()) == blobs
 
@@ -104,15 +98,13 @@ def test_a_cache_folder_that_cannot_be_made_only_costs_compile_time(model, tmp_p
 
     onnx = shutil.copy(model["onnx"], tmp_path / "m.onnx")
     (tmp_path / "m.ov-cache").write_text("a file where the cache folder goes")
-    with engines.load(onnx, "ov") as ov:
+    with opened(onnx, "ov") as ov:
         assert ov.cache_dir is None
         assert compare(model["expected"], ov(model["x"]), "fp32").passed
 
 
 def test_throughput_hint_splits_a_batch_over_its_requests(model):
-    from engines.openvino import OvEngine
-
-    from engines.openvino import THROUGHPUT_MIN_BATCH
+    from engines.openvino import THROUGHPUT_MIN_BATCH, OvEngine
 
     with OvEngine(model["onnx"], performance_hint="throughput", threads=2) as ov:
         assert ov.requests_for(1) is ov.requests_for(4) and len(ov.requests_for(4)) >= 1
@@ -132,7 +124,7 @@ def test_throughput_hint_splits_a_batch_over_its_requests(model):
 def test_without_openvino_the_ov_engines_say_how_to_install_it(model, monkeypatch, cli):
     monkeypatch.setitem(sys.modules, "openvino", None)  # what an environment without the package imports
     with pytest.raises(RtkError, match=r"openvino is needed for the ov engine but is not installed .*pip install 'rtk\[openvino\]'"):
-        engines.load(model["onnx"], "ov")
+        opened(model["onnx"], "ov")
     result = cli("parity", model["ckpt"], "-e", "ov")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output
@@ -156,17 +148,21 @@ def test_bench_runs_ov_with_the_threads_asked_for(model, cli):
     assert "ov-int8" in result.stdout and "skipped" not in result.stdout
 
 
-def test_the_cpu_engines_benchmark_times_every_cpu_engine_in_one_run(model, tmp_path, capsys):
+def test_one_bench_run_times_every_cpu_engine_each_under_its_own_name(model, cli, tmp_path):
+    """The interleaved CPU comparison of benchmarks/results is a plain `rtk bench`: every row names
+    an engine that can be asked for again, the int8 file on ONNX Runtime and OpenVINO's hints included."""
     import json
 
-    from benchmarks.cpu_engines import main
-
-    code = main([str(model["ckpt"]), "-b", "2", "--rounds", "1", "--warmup", "0", "--duration", "0.05", "--threads", "1", "--out", str(tmp_path), "--name", "cpu"])
-    assert code == 0, capsys.readouterr().err
+    engines = "eager,ort,ov,ov-int8,ort-int8,ov-int8-latency"
+    result = cli(
+        "bench", model["ckpt"], "-e", engines, "-b", "2", "--rounds", "1", "--warmup", "0", "--duration", "0.05",
+        "--threads", "1", "--out", tmp_path, "--name", "cpu",
+    )
+    assert result.exit_code == 0, result.output
     rows = {r["engine"]: r for r in json.loads((tmp_path / "cpu.json").read_text())["results"]}
-    expected = {"eager", "ort", "ov", "ov-int8", "ort(int8 file)", "ov-int8(latency hint)"}
+    expected = set(engines.split(","))
     assert expected <= set(rows) and all(rows[name]["status"] == "ok" and rows[name]["throughput_ips"] > 0 for name in expected)
-    assert rows["ort(int8 file)"]["precision"] == rows["ov-int8"]["precision"] == "int8"
+    assert rows["ort-int8"]["precision"] == rows["ov-int8"]["precision"] == rows["ov-int8-latency"]["precision"] == "int8"
     assert (tmp_path / "cpu.csv").exists() and (tmp_path / "cpu.png").exists()
 
 

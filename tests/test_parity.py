@@ -9,10 +9,10 @@ import onnx
 import pytest
 import torch
 
-from conftest import TINY_PRE, TINY_SPEC, make_checkpoint
 from exporters.onnx import ExportOptions, export_onnx
-from toolkit.usecases.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
+from helpers import TINY_PRE, TINY_SPEC, fails_cleanly, make_checkpoint, opened
 from toolkit.core.spec import ModelSpec, Preprocess
+from toolkit.usecases.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
 
 # The suite's tiny model, whose exports the session makes once (conftest.ExportedModels).
 SPEC, PRE = TINY_SPEC, TINY_PRE
@@ -123,10 +123,6 @@ def test_parity_accepts_a_foreign_onnx_judged_by_the_checkpoint_spec(model_dir, 
 # --- bad input --------------------------------------------------------------------------------
 
 
-def _assert_clean_failure(result, message):
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr
-    assert "Traceback" not in result.output
 
 
 @pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript")
@@ -145,18 +141,18 @@ def test_parity_refuses_an_nhwc_onnx(model_dir, cli, tmp_path):
 
     path = tmp_path / "nhwc.onnx"
     torch.onnx.export(ChannelsLastInput().eval(), (torch.zeros(2, 32, 32, 3),), str(path), dynamo=False, input_names=["input"], output_names=["logits"])
-    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "NHWC")
+    fails_cleanly(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "NHWC")
 
 
 def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_path):
     other = make_checkpoint(tmp_path / "other.pth", ModelSpec(arch="resnet18", num_classes=4, width=16), PRE)
     # The quicker exporter: the subject is the refusal, which reads the graph and its metadata.
     (path,) = export_onnx(other, options=ExportOptions(check=False, exporter="torchscript", opset=17))
-    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "4 classes but the checkpoint")
+    fails_cleanly(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "4 classes but the checkpoint")
     model = onnx.load(str(path))
     del model.metadata_props[:]  # without metadata the graph's own output size gives it away
     onnx.save(model, str(path))
-    _assert_clean_failure(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "produces 4 classes but the model has 10")
+    fails_cleanly(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "produces 4 classes but the model has 10")
 
 
 @pytest.mark.parametrize(
@@ -168,7 +164,7 @@ def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_pat
     ],
 )
 def test_parity_rejects_bad_options(model_dir, cli, args, message):
-    _assert_clean_failure(cli("parity", model_dir / "m.pth", *args), message)
+    fails_cleanly(cli("parity", model_dir / "m.pth", *args), message)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +183,7 @@ def test_parity_option_typos_are_usage_errors(model_dir, cli, args, message):
 
 
 def test_parity_of_a_missing_checkpoint_fails_cleanly(cli, tmp_path):
-    _assert_clean_failure(cli("parity", tmp_path / "none.pth"), "does not exist")
+    fails_cleanly(cli("parity", tmp_path / "none.pth"), "does not exist")
 
 
 def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
@@ -238,15 +234,14 @@ def test_parity_on_a_digits_trained_model_and_its_test_images(digits_model, cli,
 def test_openvino_parity_on_the_digits_test_images(digits_model, cli, tmp_path):
     # ov is judged as fp32, ov-bf16 as bf16 (where the CPU has bf16 units), ov-int8 as int8, on
     # real images; the int8 file is calibrated on training images, as `rtk export --calib` does.
-    from conftest import make_qdq_onnx
     from engines.openvino import cpu_capabilities
+    from helpers import make_qdq_onnx
     from toolkit.core.artefacts import onnx_path_for
     from toolkit.core.checkpoint import load_checkpoint
     from toolkit.core.data import resolve_data
-    from toolkit.usecases.opening import open_engine
 
     ckpt = load_checkpoint(digits_model)
-    with open_engine(digits_model, "ov") as ov:  # exports the fp32 ONNX next to the checkpoint
+    with opened(digits_model, "ov") as ov:  # exports the fp32 ONNX next to the checkpoint
         fp32_onnx = ov.path
     calibration, _ = resolve_data("digits", input_size=8).dataset("train", preprocess=ckpt.preprocess).arrays(limit=64)
     make_qdq_onnx(fp32_onnx, onnx_path_for(digits_model, "int8"), calibration)

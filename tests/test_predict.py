@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_checkpoint
+from helpers import make_checkpoint, opened
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
@@ -250,10 +250,9 @@ def test_table_output_lists_predictions_and_errors(cli, model, messy):
 
 
 def test_batching_and_parallel_decoding_do_not_change_results(model, messy):
-    import engines
     from toolkit.usecases.predict import PredictOptions, predict
 
-    with engines.load(model) as engine:
+    with opened(model) as engine:
         serial = predict(messy, engine, PredictOptions(batch_size=3, workers=0, recursive=True))
         parallel = predict(messy, engine, PredictOptions(batch_size=5, workers=3, recursive=True))
     assert [p.path for p in serial.predictions] == [p.path for p in parallel.predictions]
@@ -264,7 +263,6 @@ def test_batching_and_parallel_decoding_do_not_change_results(model, messy):
 
 def test_exif_orientation_changes_the_prediction_input(model, tmp_path):
     """A tagged sideways photo is classified exactly like the upright one, not like its raw pixels."""
-    import engines
     from toolkit.usecases.predict import PredictOptions, predict
 
     arr = np.random.default_rng(3).integers(0, 256, (30, 60, 3), dtype=np.uint8)
@@ -273,7 +271,7 @@ def test_exif_orientation_changes_the_prediction_input(model, tmp_path):
     Image.fromarray(arr).save(tmp_path / "a_tagged.png", exif=exif)
     Image.fromarray(np.rot90(arr)).save(tmp_path / "b_upright.png")
     Image.fromarray(arr).save(tmp_path / "c_raw.png")
-    with engines.load(model) as engine:
+    with opened(model) as engine:
         tagged, upright, raw = predict(tmp_path, engine, PredictOptions(top_k=10, workers=0)).predictions
     assert tagged.top_k == upright.top_k
     assert max(abs(p - q) for (_, p), (_, q) in zip(sorted(tagged.top_k), sorted(raw.top_k))) > 1e-4

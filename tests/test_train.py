@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from helpers import fails_cleanly
 from toolkit.core.checkpoint import load_checkpoint, read_torch_file
 from toolkit.core.data import write_digit_images
 from toolkit.core.models import create_model
@@ -132,18 +133,14 @@ def test_cli_train_prints_best_checkpoint(cli, tmp_path):
     assert "test accuracy" in result.stderr and "trainable parameters" in result.stderr
 
 
-def _fails(result, message):
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr, result.stderr
-    assert "Traceback" not in result.output
 
 
 def test_cli_bad_data(cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    _fails(cli("train", "--data", tmp_path / "empty", "--out", tmp_path / "o"), "holds no class folders")
+    fails_cleanly(cli("train", "--data", tmp_path / "empty", "--out", tmp_path / "o"), "holds no class folders")
     (tmp_path / "classes" / "cat").mkdir(parents=True)
-    _fails(cli("train", "--data", tmp_path / "classes", "--out", tmp_path / "o"), "holds no readable images")
-    _fails(cli("train", "--data", "cifar10", "--data-root", tmp_path / "none", "--out", tmp_path / "o"), "pass --download")
+    fails_cleanly(cli("train", "--data", tmp_path / "classes", "--out", tmp_path / "o"), "holds no readable images")
+    fails_cleanly(cli("train", "--data", "cifar10", "--data-root", tmp_path / "none", "--out", tmp_path / "o"), "pass --download")
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
@@ -158,15 +155,15 @@ def test_cli_corrupt_image_in_dataset_is_skipped(cli, tmp_path):
 
 
 def test_cli_pretrained_of_another_architecture(cli, tiny_run, tmp_path):
-    _fails(
+    fails_cleanly(
         cli("train", "--arch", "resnet34", "--pretrained", tiny_run.best, "--out", tmp_path / "o"),
         "holds a resnet18, but --arch resnet34 was asked",
     )
 
 
 def test_cli_width_is_checked_and_must_match_a_pretrained_checkpoint(cli, tiny_run, tmp_path):
-    _fails(cli("train", "--width", "24", "--out", tmp_path / "a"), "--width must be 16, 32, 48 or 64 (every published ResNet's), got 24")
-    _fails(
+    fails_cleanly(cli("train", "--width", "24", "--out", tmp_path / "a"), "--width must be 16, 32, 48 or 64 (every published ResNet's), got 24")
+    fails_cleanly(
         cli("train", "--width", "64", "--pretrained", tiny_run.best, "--out", tmp_path / "b"),
         "has width 16, but --width 64 was asked; drop --width to fine-tune it",
     )
@@ -194,14 +191,14 @@ def test_pretrained_that_does_not_fit_names_the_tensor(tiny_run, tmp_path):
 def test_cli_bad_training_options(cli, tmp_path, args, message):
     # Each of these reached torch (BatchNorm, DataLoader, the optimizer) and ended in a traceback.
     result = cli("train", "--data", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", *args, "--out", tmp_path / "o")
-    _fails(result, message)
+    fails_cleanly(result, message)
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_folder_with_one_training_image(cli, tmp_path):
     data = _digit_folder(tmp_path / "one", classes=("0",), per_class=2)  # one for training, one held out
-    _fails(cli("train", "--data", data, "--epochs", "1", "--device", "cpu", "--no-progress", "--out", tmp_path / "o"),
+    fails_cleanly(cli("train", "--data", data, "--epochs", "1", "--device", "cpu", "--no-progress", "--out", tmp_path / "o"),
            "leaves 1 training image(s), but a training batch needs at least 2")  # fmt: skip
 
 
@@ -279,10 +276,10 @@ def test_grayscale_digits_train_an_rgb_backbone(tmp_path):
 
 
 def test_cli_resume_errors(cli, tiny_run, tmp_path):
-    _fails(cli("train", "--resume", "--out", tmp_path / "nothing"), "nothing to resume")
-    _fails(cli("train", "--resume", "--epochs", "1", "--out", tiny_run.out),
+    fails_cleanly(cli("train", "--resume", "--out", tmp_path / "nothing"), "nothing to resume")
+    fails_cleanly(cli("train", "--resume", "--epochs", "1", "--out", tiny_run.out),
            "already trained 1 epochs")  # fmt: skip
-    _fails(cli("train", "--freeze", "backbone", "--out", tmp_path / "o"), "--freeze backbone needs --pretrained")
+    fails_cleanly(cli("train", "--freeze", "backbone", "--out", tmp_path / "o"), "--freeze backbone needs --pretrained")
 
 
 def test_first_ctrl_c_is_deferred_to_a_step_boundary_and_the_second_is_immediate():

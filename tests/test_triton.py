@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_PRE, TINY_SPEC
+from helpers import TINY_PRE, TINY_SPEC, opened
 from toolkit.core.spec import ArtefactMeta, ModelSpec
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (pip install 'rtk[dev]')")
@@ -127,9 +127,7 @@ def test_served_model_answers_through_config_names_and_dims(cli, onnx_model, tmp
     (logits,) = session.run([config.output[0].name], {config.input[0].name: batch})
     assert logits.shape == (3, *config.output[0].dims)
 
-    from engines.loader import load
-
-    with load(ckpt) as eager:
+    with opened(ckpt) as eager:
         np.testing.assert_allclose(logits, eager(batch), atol=1e-3, rtol=1e-3)
 
 

@@ -19,11 +19,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import TINY_PRE, TINY_SPEC
 from exporters.trt import BuildOptions, build_engine, ensure_engine
+from helpers import TINY_PRE, TINY_SPEC, opened
 from toolkit.core.errors import RtkError
-from toolkit.core.trt.sidecar import read_sidecar, rebuild_command
 from toolkit.core.spec import METADATA_KEY, ArtefactMeta
+from toolkit.core.trt.sidecar import read_sidecar, rebuild_command
 
 API_NAMES = Path(__file__).parent / "data" / "tensorrt_api"
 PROFILE = (1, 4, 8)
@@ -325,19 +325,17 @@ def test_device_memory_outside_torch_is_counted(fake_trt, onnx_files):
 
 
 def test_loader_keeps_the_precision_asked_for(fake_trt, onnx_files):
-    import engines
 
     fp16_engine = _build(onnx_files[0])
     with pytest.raises(RtkError, match="is an fp16 engine, not fp32; build one with `rtk build"):
-        engines.load(fp16_engine, engine="trt", precision="fp32", device="cuda")
-    with engines.load(fp16_engine, engine="trt", device="cuda") as trt:
+        opened(fp16_engine, engine="trt", precision="fp32", device="cuda")
+    with opened(fp16_engine, engine="trt", device="cuda") as trt:
         assert trt.precision == "fp16"
 
 
 def test_open_engine_from_onnx_builds_the_precision_and_profile_asked_for(fake_trt, onnx_files):
-    from toolkit.usecases.opening import open_engine
 
-    with open_engine(onnx_files[0], "trt", precision="fp32", device="cuda:1", max_batch=16) as trt:
+    with opened(onnx_files[0], "trt", precision="fp32", device="cuda:1", max_batch=16) as trt:
         assert (trt.precision, trt.device, trt.max_batch) == ("fp32", "cuda:1", 16)
         assert trt.sidecar.profile == (1, 8, 16)
 
@@ -367,10 +365,11 @@ def test_ensure_engine_widens_a_profile_too_small_for_the_batches_asked(fake_trt
 
 
 def test_trt_and_ort_trt_tune_for_the_same_batch(onnx_files):
-    from engines.ort import _Graph, _provider_options
+    from engines.ort import _provider_options
+    from toolkit.core.onnx_graph import ClassifierGraph
     from toolkit.core.trt.sidecar import profile_for
 
-    graph = _Graph.read(onnx_files[0], None)
+    graph = ClassifierGraph.read(onnx_files[0], None)
     options = _provider_options("trt", onnx_files[0], graph, 0, True, 32)
     assert profile_for(32) == (1, 16, 32)
     assert options["trt_profile_opt_shapes"] == "input:16x3x32x32"
@@ -408,7 +407,7 @@ def broken_tensorrt(tmp_path, monkeypatch):
 
 
 def test_a_broken_tensorrt_is_a_skip_reason_for_the_real_tests(broken_tensorrt):
-    from conftest import tensorrt_skip_reason
+    from helpers import tensorrt_skip_reason
 
     assert tensorrt_skip_reason() == "tensorrt is installed but cannot be imported (OSError: libnvinfer.so.10: cannot open shared object file)"
 
@@ -434,7 +433,7 @@ def test_a_missing_provider_falls_back_to_what_really_runs(requested, available,
 
 
 def test_tensorrt_11_alone_cannot_serve_onnx_runtimes_provider():
-    from engines.ort import trt_provider_problem
+    from engines.ort_install import trt_provider_problem
 
     assert trt_provider_problem(10, "10.13.0.35") is None
     problem = trt_provider_problem(11, "11.4.0.106")
@@ -443,8 +442,9 @@ def test_tensorrt_11_alone_cannot_serve_onnx_runtimes_provider():
 
 def test_the_provider_warning_names_cuda_and_the_tensorrt_fix(tmp_path, capsys):
     from engines import ort
+    from engines.ort_install import trt_provider_problem
 
-    ort._warn_fallback(tmp_path / "m.onnx", "trt", "TensorrtExecutionProvider failed to start", "cuda", ort.trt_provider_problem(11, "11.4.0.106"))
+    ort._warn_fallback(tmp_path / "m.onnx", "trt", "TensorrtExecutionProvider failed to start", "cuda", trt_provider_problem(11, "11.4.0.106"))
     err = " ".join(capsys.readouterr().err.split())
     assert "running m.onnx on ONNX Runtime's CUDAExecutionProvider instead (named ort-cuda)" in err
     assert "needs TensorRT 10" in err and "onnxruntime-gpu" not in err

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY_PRE, make_checkpoint
+from helpers import TINY_PRE, make_checkpoint, opened
 from toolkit.core.errors import RtkError
 
 pytestmark = pytest.mark.tensorrt
@@ -55,9 +55,8 @@ def _assert_top1_agrees_where_clear(reference: np.ndarray, logits: np.ndarray) -
 
 
 def _eager(checkpoint, batch: np.ndarray) -> np.ndarray:
-    import engines
 
-    with engines.load(checkpoint) as eager:
+    with opened(checkpoint) as eager:
         return eager(batch)
 
 
@@ -165,14 +164,12 @@ def test_cli_build_fp32_with_timing_cache_and_layer_details(artefacts, cli, tmp_
 def test_loader_builds_once_then_reuses_the_engine(artefacts, tmp_path):
     import shutil
 
-    import engines
-
     checkpoint = shutil.copy(artefacts["checkpoint"], tmp_path / "tiny.pth")
-    with engines.load(checkpoint, engine="trt") as engine:
+    with opened(checkpoint, engine="trt") as engine:
         assert engine.name == "trt" and engine.precision == "fp16"
     built = tmp_path / "tiny.engine"
     stamp = built.stat().st_mtime_ns
-    with engines.load(checkpoint, engine="trt"):
+    with opened(checkpoint, engine="trt"):
         pass
     assert built.stat().st_mtime_ns == stamp
 
@@ -181,8 +178,8 @@ def test_parser_errors_are_all_reported(tmp_path, cli):
     import onnx
     from onnx import TensorProto, helper
 
+    from helpers import TINY_SPEC
     from toolkit.core.spec import METADATA_KEY, ArtefactMeta
-    from conftest import TINY_SPEC
 
     # A node type no parser knows: TensorRT must say which node and why, not just "failed".
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])

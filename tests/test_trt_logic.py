@@ -14,26 +14,26 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from exporters.trt import BuildOptions, choose_route, onnx_weight_precision, parse_workspace, resolve_fp16_onnx
+from helpers import TINY_PRE, TINY_SPEC, opened
 from toolkit.core.artefacts import engine_path_for
+from toolkit.core.errors import RtkError
 from toolkit.core.trt.sidecar import (
     EngineSidecar,
-    RuntimeInfo,
     TensorInfo,
+    TrtPlatform,
     check_engine_file,
     check_engine_tensors,
-    check_runtime,
-    describe_engine,
+    check_platform,
     gpu_name_warning,
+    platform_mismatch,
     read_sidecar,
     rebuild_command,
-    runtime_mismatch,
     sidecar_path,
     summarize_layers,
     write_sidecar,
 )
-from exporters.trt import BuildOptions, choose_route, onnx_weight_precision, parse_workspace, resolve_fp16_onnx
-from conftest import TINY_PRE, TINY_SPEC
-from toolkit.core.errors import RtkError
+from toolkit.usecases.inspect import describe_engine
 
 # BuilderFlag members as the real bindings define them (from the 10.13.0.35 and 11.4.0.106 wheels):
 # TensorRT 11 dropped FP16/BF16/INT8/FP8/INT4/FP4 and the precision-constraint flags.
@@ -44,7 +44,7 @@ TRT11_FLAGS = enum.Enum("BuilderFlag", "DEBUG GPU_FALLBACK DISABLE_TIMING_CACHE 
                         "SAFETY_SCOPE DIRECT_IO VERSION_COMPATIBLE ERROR_ON_TIMING_CACHE_MISS STRIP_PLAN "
                         "WEIGHT_STREAMING STRICT_NANS MONITOR_MEMORY DISTRIBUTIVE_INDEPENDENCE")  # fmt: skip
 
-HERE = RuntimeInfo("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
+HERE = TrtPlatform("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 ENGINE_BYTES = b"not a real plan, but real bytes whose sha256 the sidecar records"
 
 
@@ -250,15 +250,15 @@ def test_damaged_sidecars_are_refused(tmp_path, mutate, message):
 
 
 def test_same_tensorrt_and_gpu_can_run():
-    assert runtime_mismatch(make_sidecar(), HERE) is None
-    check_runtime(make_sidecar(), HERE, "tiny.engine")
+    assert platform_mismatch(make_sidecar(), HERE) is None
+    check_platform(make_sidecar(), HERE, "tiny.engine")
 
 
 def test_other_tensorrt_version_is_one_sentence_with_the_rebuild_command(tmp_path):
     engine = tmp_path / "tiny.engine"
-    there = RuntimeInfo("11.4.0.106", HERE.gpu_name, HERE.compute_capability)
+    there = TrtPlatform("11.4.0.106", HERE.gpu_name, HERE.compute_capability)
     with pytest.raises(RtkError) as err:
-        check_runtime(make_sidecar(), there, engine)
+        check_platform(make_sidecar(), there, engine)
     text = str(err.value)
     assert "built for TensorRT 10.13.0.35 on NVIDIA H100 80GB HBM3 (compute capability 9.0)" in text
     assert "this machine has TensorRT 11.4.0.106" in text
@@ -268,14 +268,14 @@ def test_other_tensorrt_version_is_one_sentence_with_the_rebuild_command(tmp_pat
 
 
 def test_other_gpu_family_is_refused():
-    there = RuntimeInfo(HERE.tensorrt_version, "NVIDIA A100-SXM4-80GB", "8.0")
-    problem = runtime_mismatch(make_sidecar(), there)
+    there = TrtPlatform(HERE.tensorrt_version, "NVIDIA A100-SXM4-80GB", "8.0")
+    problem = platform_mismatch(make_sidecar(), there)
     assert "compute capability 9.0" in problem and "NVIDIA A100-SXM4-80GB (compute capability 8.0)" in problem
 
 
 def test_other_gpu_model_of_the_same_family_only_warns():
-    there = RuntimeInfo(HERE.tensorrt_version, "NVIDIA H200", "9.0")
-    assert runtime_mismatch(make_sidecar(), there) is None
+    there = TrtPlatform(HERE.tensorrt_version, "NVIDIA H200", "9.0")
+    assert platform_mismatch(make_sidecar(), there) is None
     assert "tuned on NVIDIA H100 80GB HBM3" in gpu_name_warning(make_sidecar(), there)
     assert gpu_name_warning(make_sidecar(), HERE) is None
 
@@ -408,22 +408,20 @@ def test_inspect_engine_from_its_sidecar(cli, tmp_path):
 
 
 def test_loading_an_engine_without_tensorrt_exits_with_the_hint(tmp_path, monkeypatch):
-    import engines
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     engine = write_engine(tmp_path)
     with pytest.raises(RtkError, match=r"pip install 'rtk\[trt\]'"):
-        engines.load(engine)
+        opened(engine)
 
 
 @pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
 def test_trt_engine_from_onnx_or_checkpoint_without_tensorrt_exits_with_the_hint(tmp_path, monkeypatch, kind, tiny_checkpoint):
-    from toolkit.usecases.opening import open_engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     source = tiny_onnx(tmp_path / "model.onnx") if kind == "onnx" else tiny_checkpoint
     with pytest.raises(RtkError, match=r"pip install 'rtk\[trt\]'"):
-        open_engine(source, "trt")
+        opened(source, "trt")
     assert not list(tmp_path.glob("*.engine*")) and not tiny_checkpoint.with_suffix(".onnx").exists()
 
 

@@ -1,7 +1,8 @@
 """The ``rtk`` typer application and its single error boundary.
 
-Every command lives in its own module under ``toolkit.cli`` and registers itself on
-:data:`app`. A :class:`~toolkit.core.errors.RtkError` raised anywhere below a command becomes one
+Every command lives in its own module under ``toolkit.cli`` (``rtk bench`` is
+:func:`toolkit.cli.bench.bench`) and is registered on :data:`app` below, in the order of the
+pipeline. A :class:`~toolkit.core.errors.RtkError` raised anywhere below a command becomes one
 red line on stderr and exit status 1, and so does an operating-system error about the user's
 files (:data:`toolkit.core.files.USER_ERRNOS`); a usage error (unknown option, bad choice, missing
 argument) is one line too, with exit status :data:`EXIT_USAGE`; any other exception is a bug
@@ -10,7 +11,6 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Annotated, Any, Optional
 
@@ -18,24 +18,20 @@ import typer
 from typer.core import TyperGroup
 
 from toolkit import __version__
+from toolkit.cli.bench import bench
+from toolkit.cli.build import build
+from toolkit.cli.demo import demo
+from toolkit.cli.doctor import doctor
+from toolkit.cli.eval import eval_command
+from toolkit.cli.export import export
+from toolkit.cli.inspect import inspect
+from toolkit.cli.parity import parity
+from toolkit.cli.predict import predict
+from toolkit.cli.train import train
+from toolkit.cli.triton import triton
+from toolkit.core.console import err_console
 from toolkit.core.errors import RtkError
-
-# Command modules in the order of the pipeline, which is the order ``rtk --help`` lists them;
-# each defines a ``register(app)`` function.
-COMMAND_MODULES = (
-    "demo",
-    "train",
-    "eval",
-    "export",
-    "build",
-    "parity",
-    "bench",
-    "predict",
-    "triton",
-    "inspect",
-    "doctor",
-)
-
+from toolkit.core.files import USER_ERRNOS, os_error
 
 #: Exit status of a user error (bad input, a failed check) in every command.
 EXIT_ERROR = 1
@@ -52,7 +48,6 @@ def print_error(message: str) -> None:
     """One red ``error:`` line on stderr."""
     from rich.markup import escape
 
-    from toolkit.core.console import err_console
 
     # Escaped: messages hold text like pip install 'rtk[trt]' that rich would eat as markup.
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
@@ -90,7 +85,6 @@ class _ErrorBoundary(TyperGroup):
         except OSError as exc:
             # A path the system refuses (name too long, disk full, read-only, no permission) is the
             # user's to fix, wherever below the command it surfaced; other OS errors are bugs.
-            from toolkit.core.files import USER_ERRNOS, os_error
 
             if exc.errno not in USER_ERRNOS:
                 raise
@@ -128,8 +122,13 @@ def _root(
     """Train, export, build, verify, benchmark and run PyTorch ResNet/ResNeXt classifiers."""
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"toolkit.cli.{_name}").register(app)
+#: Every command by name, in the order of the pipeline, which is the order ``rtk --help`` lists them.
+COMMANDS = (
+    ("demo", demo), ("train", train), ("eval", eval_command), ("export", export), ("build", build), ("parity", parity),
+    ("bench", bench), ("predict", predict), ("triton", triton), ("inspect", inspect), ("doctor", doctor),
+)
+for _name, _command in COMMANDS:
+    app.command(_name)(_command)
 
 
 def main() -> None:

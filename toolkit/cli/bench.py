@@ -8,28 +8,35 @@ from typing import Annotated, Optional
 
 import typer
 
+from benchmarks.harness import DEFAULT_BATCH_SIZES, BenchOptions
+from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
 from engines.names import parse_engines
 from toolkit.cli.options import (
-    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_batch_sizes, check_device, check_engines,
-    check_finite, check_positive, checkpoint_options, int_list,
+    DEVICE_HELP,
+    ENGINE_HELP,
+    RunTimePrecision,
+    TrustPickleOption,
+    Weights,
+    WeightsOption,
+    check_batch_sizes,
+    check_device,
+    check_engines,
+    check_finite,
+    check_positive,
+    checkpoint_options,
+    int_list,
 )
+from toolkit.core.console import info, results_console
 from toolkit.core.errors import RtkError
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
+from toolkit.core.outputs import Output, check_outputs
+from toolkit.core.trt.sidecar import sidecar_path
+from toolkit.usecases.bench import benchmark_model
 
 
 class Io(str, Enum):
     host = "host"
     device = "device"
     both = "both"
-
-
-#: Batch sizes swept when --batch-sizes is not given.
-DEFAULT_BATCH_SIZES = {"cpu": "1,8", "cuda": "1,8,32,128"}
 
 
 def bench(
@@ -45,11 +52,11 @@ def bench(
     ] = "",
     batch_size: Annotated[
         Optional[str],
-        typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help="Comma-separated batch sizes (default: 1,8 on cpu, 1,8,32,128 on cuda)."),
+        typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help=f"Comma-separated batch sizes (default: {_listed(DEFAULT_BATCH_SIZES['cpu'])} on cpu, {_listed(DEFAULT_BATCH_SIZES['cuda'])} on cuda)."),
     ] = None,
     device: Annotated[str, typer.Option(callback=check_device, help=f"Where the engines run: {DEVICE_HELP}.")] = "cpu",
     precision: Annotated[
-        Optional[Precision],
+        Optional[RunTimePrecision],
         typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt and ort-trt, fp32 otherwise)."),
     ] = None,
     warmup: Annotated[float, typer.Option("--warmup", callback=check_finite, help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
@@ -78,9 +85,6 @@ def bench(
     Engines that cannot run here are listed with the reason; an out-of-memory batch size is reported and the sweep goes on.
     With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
     """
-    from benchmarks.harness import BenchOptions, run_benchmark
-    from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
-    from toolkit.core.console import console, info
 
     if duration is not None and iters is not None:
         raise RtkError("give --duration or --iters, not both")
@@ -88,27 +92,22 @@ def bench(
         check_out_dir(out)
         if name:
             _check_report_files(out, name, model)
-    cuda = device.startswith("cuda")
     options = BenchOptions(
-        engines=tuple(str(n) for n in parse_engines(engine)) if engine.strip() else (_native_engine(model),),
-        batch_sizes=int_list(batch_size or DEFAULT_BATCH_SIZES["cuda" if cuda else "cpu"], "--batch-size"),
+        engines=tuple(str(n) for n in parse_engines(engine)) if engine.strip() else (),
+        batch_sizes=int_list(batch_size, "--batch-size") or None,
         device=device,
         precision=precision.value if precision else None,
         warmup_s=warmup,
-        duration_s=duration if duration is not None else 3.0,
+        duration_s=duration if duration is not None else BenchOptions.duration_s,
         iters=iters,
         threads=threads,
-        io=io.value if io else ("both" if cuda else "host"),
+        io=io.value if io else None,
         rounds=rounds,
         baseline=baseline,
         checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
-    report = run_benchmark(model, options, progress=lambda row: info(progress_line(row))).to_dict()
-    if not console.is_terminal:  # piped output gets the whole table, not rich's 80-column default
-        from rich.console import Console
-
-        console = Console(width=160)
-    console.print(render_table(report))
+    report = benchmark_model(model, options, progress=lambda row: info(progress_line(row))).to_dict()
+    results_console().print(render_table(report))
     if out is not None:
         _check_report_files(out, name or report_name(report), model)
         for path in write_report(report, out, name):
@@ -119,18 +118,9 @@ def bench(
 
 def _check_report_files(out: Path, name: str, model: Path) -> None:
     """NAME.json/.csv/.png must not be the model or its engine sidecar (``--name MODEL.engine`` would be)."""
-    from toolkit.core.files import Output, check_outputs
-    from toolkit.core.trt.sidecar import sidecar_path
 
     check_outputs([Output(out / f"{name}{suffix}", "--out/--name") for suffix in (".json", ".csv", ".png")], [model, sidecar_path(model)])
 
 
-def _native_engine(model: Path) -> str:
-    from engines.names import DEFAULT_ENGINE
-    from toolkit.core.artefacts import artefact_kind
-
-    return DEFAULT_ENGINE[artefact_kind(model)]
-
-
-def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+def _listed(sizes: tuple[int, ...]) -> str:
+    return ",".join(map(str, sizes))

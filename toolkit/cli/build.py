@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-
-class Precision(str, Enum):
-    fp16 = "fp16"
-    fp32 = "fp32"
-    int8 = "int8"
+from exporters.trt import BuildOptions, build_engine, onnx_weight_precision, parse_workspace
+from toolkit.cli.options import EnginePrecision
+from toolkit.core.console import console
+from toolkit.core.outputs import Output, check_outputs
+from toolkit.core.trt.sidecar import read_sidecar, sidecar_path
 
 
 class ProfilingVerbosity(str, Enum):
@@ -28,7 +28,7 @@ def build(
         typer.Option("--output", "-o", help="Engine path [default: MODEL.engine for fp16, MODEL.fp32.engine for fp32]."),
     ] = None,
     precision: Annotated[
-        Optional[Precision],
+        Optional[EnginePrecision],
         typer.Option(
             help="Engine precision. fp16 uses BuilderFlag.FP16 on TensorRT 10 and the fp16 ONNX on TensorRT 11; "
             "int8 builds the QDQ ONNX (BuilderFlag.INT8 on TensorRT 10, strongly typed on 11) and is the default for it."
@@ -58,9 +58,6 @@ def build(
     ] = None,
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
-    from exporters.trt import BuildOptions, build_engine, onnx_weight_precision, parse_workspace
-    from toolkit.core.files import Output, check_outputs
-    from toolkit.core.trt.sidecar import sidecar_path
 
     check_outputs(
         [
@@ -90,8 +87,6 @@ def build(
 
 def print_built(path: Path) -> None:
     """One line on stdout about a freshly built engine, from its sidecar."""
-    from toolkit.core.trt.sidecar import read_sidecar, sidecar_path
-    from toolkit.core.console import console
 
     sidecar = read_sidecar(path)
     lo, opt, hi = sidecar.profile
@@ -101,7 +96,3 @@ def print_built(path: Path) -> None:
         f"on {sidecar.gpu_name}; sidecar {sidecar_path(path).name}",
         highlight=False,
     )
-
-
-def register(app: typer.Typer) -> None:
-    app.command("build")(build)

@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.core.console import console, err_console, info
+from toolkit.usecases.demo import DemoOptions, run_demo
+
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; its demo sub-folders are replaced on a re-run.")] = Path("rtk-demo"),
@@ -25,7 +28,6 @@ def demo(
     classifies a folder of sample images, and prints accuracy, parity and images/s per engine
     with the path of every file written. Exits 1 when a parity check fails.
     """
-    from toolkit.usecases.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         out=out, arch=arch, epochs=epochs, device=device, bench_seconds=bench_seconds, max_samples=max_samples, progress=progress
@@ -40,7 +42,6 @@ def _log(line: str) -> None:
     """Step headings (``▶ …``) in bold cyan, everything else as plain status lines."""
     from rich.text import Text
 
-    from toolkit.core.console import err_console, info
 
     if line.startswith("▶"):
         err_console.print(Text(line, style="bold cyan"), soft_wrap=True)
@@ -52,7 +53,6 @@ def _print_summary(result) -> None:
     from rich import box
     from rich.table import Table
 
-    from toolkit.core.console import console
 
     rows = result.summary_rows()
     batch_keys = sorted({k for r in rows for k in r if k.startswith("images_per_s@")}, key=lambda k: int(k.split("@")[1]))
@@ -96,7 +96,3 @@ def _print_summary(result) -> None:
 
 def _fmt(value, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)

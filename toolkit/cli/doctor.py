@@ -8,6 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from engines.names import parse_engines
+from toolkit.core.console import console, err_console
+from toolkit.core.errors import RtkError
+from toolkit.usecases.doctor import diagnose, run_check, write_report
+
 DEFAULT_REPORT = Path("rtk-doctor.json")
 
 
@@ -31,8 +36,6 @@ def doctor(
     engine that can run, writes one JSON report, and exits 1 if any of them fails. Run it first
     on a new GPU machine.
     """
-    from toolkit.usecases.doctor import diagnose, run_check, write_report
-    from toolkit.core.errors import RtkError
 
     if not check and (engines is not None or device is not None or output != DEFAULT_REPORT):
         raise RtkError("--engines, --device and --output apply with --check")
@@ -40,8 +43,6 @@ def doctor(
         raise RtkError(f"--bench-seconds must be positive, got {bench_seconds}")
     names = None
     if engines is not None:
-        from engines.names import parse_engines
-
         names = [str(n) for n in parse_engines(engines)]
     if device is not None and not (device == "cpu" or device.startswith("cuda")):
         raise RtkError(f"device must be cpu or cuda[:N], got {device!r}")
@@ -54,7 +55,6 @@ def doctor(
         return
     if not as_json:
         _print_diagnosis(diagnosis)
-    from toolkit.core.console import err_console
 
     def progress(result) -> None:
         if not as_json:
@@ -75,7 +75,6 @@ def _print_diagnosis(diagnosis) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from toolkit.core.console import console
 
     env, torch_info, ort, trt = diagnosis.environment, diagnosis.torch, diagnosis.onnxruntime, diagnosis.tensorrt
     lines = [
@@ -114,7 +113,6 @@ def _print_check(report, path: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from toolkit.core.console import console
 
     table = Table(title=f"rtk doctor --check on {report.model['device']}", title_justify="left")
     for column in ("engine", "result", "max abs err", "top-1 agree", "images/s (batch 1 / 4)", "why"):
@@ -133,7 +131,3 @@ def _print_check(report, path: Path) -> None:
 
 def _number(value) -> str:
     return "—" if value is None else f"{value:.3g}"
-
-
-def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor)

@@ -10,8 +10,17 @@ from typing import Annotated, Optional
 import typer
 
 from toolkit.cli.options import (
-    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_device, check_engine, checkpoint_options,
+    DEVICE_HELP,
+    ENGINE_HELP,
+    TrustPickleOption,
+    Weights,
+    WeightsOption,
+    check_device,
+    check_engine,
+    checkpoint_options,
 )
+from toolkit.core.console import console
+from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact
 
 
 class SplitName(str, Enum):
@@ -46,7 +55,6 @@ def eval_command(
     Images are prepared with the artefact's own preprocessing (stored in it), and classes are
     matched to the model's by name.
     """
-    from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact
 
     options = EvalOptions(
         model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
@@ -63,7 +71,6 @@ def eval_command(
 def _print_tables(result) -> None:
     from rich.table import Table
 
-    from toolkit.core.console import console
 
     report = result.report
     console.print(
@@ -80,7 +87,3 @@ def _print_tables(result) -> None:
         table.add_row(name, "—" if acc is None else f"{acc:.2%}", str(int(support[i])))
     console.print(table)
     console.print(f"confusion matrix: {result.confusion_png}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)

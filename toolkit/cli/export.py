@@ -8,15 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from exporters.int8 import DEFAULT_CALIB_SAMPLES
-from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options
-
-
-class ExportPrecision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-    all = "all"
+from exporters.int8 import DEFAULT_CALIB_SAMPLES, CalibOptions
+from exporters.onnx import ExportOptions, export_onnx
+from exporters.trt import build_engine
+from toolkit.cli.build import print_built
+from toolkit.cli.options import OnnxPrecision, TrustPickleOption, Weights, WeightsOption, checkpoint_options
+from toolkit.core.console import console, info
+from toolkit.core.errors import require
 
 
 class CalibMethod(str, Enum):
@@ -41,12 +39,12 @@ def export(
         Optional[Path], typer.Option("--output", "-o", help="Destination file or folder. Default: MODEL.onnx (and MODEL.fp16.onnx) next to the checkpoint.")
     ] = None,
     precision: Annotated[
-        ExportPrecision,
+        OnnxPrecision,
         typer.Option(
             help="fp32 writes MODEL.onnx; fp16 writes MODEL.fp16.onnx (fp16 weights and compute, fp32 inputs/outputs); "
             "int8 writes MODEL.int8.onnx (QDQ, calibrated on --calib); all writes fp32 and fp16, and int8 when --calib is given."
         ),
-    ] = ExportPrecision.fp32,
+    ] = OnnxPrecision.fp32,
     opset: Annotated[int, typer.Option(help="ONNX opset to pin (the dynamo exporter writes 18 or newer).")] = 18,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch axis to this size instead of keeping it dynamic.")] = None,
     data: Annotated[
@@ -77,9 +75,6 @@ def export(
     The file appears only once it has passed: a failed check leaves nothing behind. An int8
     file is judged on real labelled images (top-1 agreement and accuracy drop against eager fp32).
     """
-    from exporters.int8 import CalibOptions
-    from exporters.onnx import ExportOptions, export_onnx
-    from toolkit.core.console import console, info
 
     calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float, activations=activations.value) if calib is not None else None
     options = ExportOptions(
@@ -101,17 +96,9 @@ def export(
         console.print(line, highlight=False)
 
     if trt:  # fail before a long export, not after it
-        from toolkit.core.errors import require
 
         require("tensorrt", "--trt")
     info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
     paths = export_onnx(checkpoint, output, options, on_checked=report)
     if trt:
-        from exporters.trt import build_engine
-        from toolkit.cli.build import print_built
-
         print_built(build_engine(paths[0]))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("export")(export)

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options
+from toolkit.core.console import console
+from toolkit.usecases.inspect import describe
 
 
 def inspect(
@@ -22,8 +24,6 @@ def inspect(
     For a foreign checkpoint the training record is what the file keeps of one: epoch, best
     metric, arch name, timm's arguments, Lightning's hyper-parameters.
     """
-    from toolkit.core.artefacts import describe
-    from toolkit.core.console import console
 
     report = describe(path, checkpoint_options(weights, trust_pickle))
     if as_json:
@@ -49,7 +49,3 @@ def _flatten(report: dict, prefix: str = ""):
             yield name, text if len(text) < 400 else text[:400] + " …"
         else:
             yield name, "—" if value is None else str(value)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("inspect")(inspect)

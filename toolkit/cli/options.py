@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Optional, Sequence
+from typing import Annotated, Optional, Sequence
 
 import typer
 
 from engines.names import ENGINE_HELP, EngineName, parse_engine, parse_engines
+from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError
-
-if TYPE_CHECKING:
-    from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.precision import ENGINE_PRECISIONS, ONNX_PRECISIONS, RUN_TIME_PRECISIONS, TRITON_PRECISIONS
 
 DEVICE_HELP = "cpu or cuda[:N]"
+
+
+def choices(name: str, values: Sequence[str]) -> type[Enum]:
+    """A ``str`` Enum of ``values`` for a typer option, so ``--help`` lists them and typer checks them."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
+
+
+#: ``rtk bench --precision``: what a runtime reaches from the fp32 model at run time.
+RunTimePrecision = choices("RunTimePrecision", RUN_TIME_PRECISIONS)
+#: ``rtk export --precision``: the ONNX files, or all of them.
+OnnxPrecision = choices("OnnxPrecision", (*ONNX_PRECISIONS, "all"))
+#: ``rtk build --precision``: what a TensorRT engine is built at.
+EnginePrecision = choices("EnginePrecision", ENGINE_PRECISIONS)
+#: ``rtk triton --precision``: what a Triton model repository serves.
+TritonPrecision = choices("TritonPrecision", TRITON_PRECISIONS)
 
 
 class Weights(str, Enum):
@@ -48,7 +62,6 @@ TrustPickleOption = Annotated[
 
 def checkpoint_options(weights: Weights, trust_pickle: bool) -> "CheckpointOptions":
     """The :class:`~toolkit.core.checkpoint.CheckpointOptions` of ``--weights`` and ``--trust-pickle``."""
-    from toolkit.core.checkpoint import CheckpointOptions
 
     return CheckpointOptions(weights=weights.value, trust_pickle=trust_pickle)
 

@@ -9,9 +9,21 @@ from typing import Annotated, Optional
 import typer
 
 from toolkit.cli.options import (
-    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_batch_sizes, check_device, check_engines,
-    check_finite, checkpoint_options, int_list,
+    DEVICE_HELP,
+    ENGINE_HELP,
+    TrustPickleOption,
+    Weights,
+    WeightsOption,
+    check_batch_sizes,
+    check_device,
+    check_engines,
+    check_finite,
+    checkpoint_options,
+    int_list,
 )
+from toolkit.core.console import console, err_console, info
+from toolkit.core.outputs import Output, check_outputs, write_atomic
+from toolkit.usecases.parity import ParityOptions, run_parity
 
 
 def parity(
@@ -46,8 +58,6 @@ def parity(
     max/mean absolute and max relative error, the element check (a logit fails only beyond both
     --atol and --rtol), cosine similarity, top-1 agreement, top-5 overlap and accuracy.
     """
-    from toolkit.core.console import console, info
-    from toolkit.usecases.parity import ParityOptions, run_parity
 
     options = ParityOptions(
         engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, onnx_int8=onnx_int8, trt_engine=trt_engine, data=data, max_samples=max_samples,
@@ -57,8 +67,6 @@ def parity(
     )
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
-        from toolkit.core.files import Output, check_outputs
-
         check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, onnx_int8, trt_engine, data])
     if not to_stdout:
         info(f"parity of {', '.join(map(str, options.engines))} against eager fp32 of {checkpoint}")
@@ -71,15 +79,11 @@ def parity(
         _print(report, console)
     if not report.passed:
         if not to_stdout:
-            from toolkit.core.console import err_console
-
             err_console.print(f"[bold red]parity failed:[/bold red] {', '.join(report.failed)}", highlight=False)
         raise typer.Exit(1)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from toolkit.core.files import write_atomic
-
     write_atomic(path, json.dumps(data, indent=2) + "\n")  # an OS error is already one sentence
 
 
@@ -121,7 +125,3 @@ def _print(report, console) -> None:
                 )
     if report.passed:
         console.print(f"[green]all {len(report.results)} engine(s) match the reference[/green]", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("parity")(parity)

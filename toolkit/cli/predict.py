@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from engines.request import EngineRequest
 from toolkit.cli.options import (
-    DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_device, check_engine, checkpoint_options,
+    DEVICE_HELP,
+    ENGINE_HELP,
+    TrustPickleOption,
+    Weights,
+    WeightsOption,
+    check_device,
+    check_engine,
+    checkpoint_options,
 )
-from toolkit.core.console import ProgressBar
-
-if TYPE_CHECKING:
-    from toolkit.usecases.predict import PredictResult
+from toolkit.core.console import ProgressBar, console, info, warn
+from toolkit.core.errors import RtkError
+from toolkit.core.images import describe_ignored
+from toolkit.core.outputs import Output, check_outputs, write_text
+from toolkit.usecases.opening import open_engine
+from toolkit.usecases.predict import PredictOptions, PredictResult, default_workers, format_predictions, resolve_model
+from toolkit.usecases.predict import predict as run
 
 #: Exit status when some files could not be read but the rest were classified and written.
 EXIT_PARTIAL = 2
@@ -80,12 +91,6 @@ def predict(
 
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
     """
-    from toolkit.core.console import info, warn
-    from toolkit.core.errors import RtkError
-    from toolkit.core.files import Output, check_outputs
-    from toolkit.usecases.predict import PredictOptions, default_workers, format_predictions, resolve_model, write_text_atomic
-    from toolkit.usecases.predict import predict as run
-    from toolkit.usecases.opening import open_engine
 
     options = PredictOptions(
         top_k=top_k,
@@ -103,7 +108,8 @@ def predict(
         ],
         [path, model_path],
     )
-    with open_engine(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle)) as loaded:
+    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle))
+    with open_engine(request) as loaded:
         with _Progress() as progress:
             result = run(path, loaded, options, progress)
     for p in result.failures:
@@ -112,7 +118,7 @@ def predict(
         raise RtkError(f"none of the {len(result.predictions)} file(s) could be read")
     text = _render_table(result) if fmt is OutputFormat.table else format_predictions(result, fmt.value)
     if output:
-        write_text_atomic(output, text)
+        write_text(output, text)
     else:
         typer.echo(text, nl=False)
     if confusion_png and result.evaluation is not None:
@@ -137,8 +143,6 @@ def _report(result: "PredictResult", model_path: Path, output: Path | None, info
         f"{result.images_per_s:.1f} images/s ({result.engine} on {result.device}, {model_path.name})"
     )
     if result.ignored:
-        from toolkit.core.images import describe_ignored
-
         info(describe_ignored(result.ignored, result.root))
     ev = result.evaluation
     if ev is not None:
@@ -152,7 +156,6 @@ def _render_table(result: "PredictResult") -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.core.console import console
 
     buf = Console(record=True, width=console.width if console.is_terminal else 120, file=_Null())
     table = Table(title=f"{result.classified} image(s) in {result.root}", title_justify="left")
@@ -215,7 +218,3 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict)

@@ -10,7 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, check_finite, check_positive, checkpoint_options
+from toolkit.core.console import console
 from toolkit.core.spec import ARCHS
+from toolkit.usecases.train import TrainOptions
+from toolkit.usecases.train import train as run_training
 
 Arch = Enum("Arch", {name: name for name in ARCHS}, type=str)
 
@@ -80,9 +83,6 @@ def train(
     Fine-tune with --pretrained PATH --freeze backbone --head mlp1024. Under
     `torchrun --nproc_per_node N -m toolkit train …` the run uses DistributedDataParallel.
     """
-    from toolkit.core.console import console
-    from toolkit.usecases.train import TrainOptions
-    from toolkit.usecases.train import train as run_training
 
     options = TrainOptions(
         data=data, arch=arch.value if arch else None, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value,

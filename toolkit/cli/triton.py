@@ -8,17 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options, int_list
+from exporters.triton import TritonOptions, export_triton
+from toolkit.cli.options import TritonPrecision, TrustPickleOption, Weights, WeightsOption, checkpoint_options, int_list
+from toolkit.core.console import console, info
 
 
 class Platform(str, Enum):
     onnx = "onnx"
     tensorrt = "tensorrt"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
 
 
 def triton(
@@ -27,7 +24,7 @@ def triton(
     name: Annotated[Optional[str], typer.Option(help="Model name, i.e. its folder in the repository (default: the file's stem).")] = None,
     version: Annotated[Optional[int], typer.Option(help="Version folder to write (default: one past the newest, 1 for a new model).")] = None,
     platform: Annotated[Optional[Platform], typer.Option(help="onnxruntime_onnx or tensorrt_plan (default: what MODEL is; checkpoints → onnx).")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help="Precision of the ONNX exported or plan built from MODEL (default: fp32 for onnx, fp16 for tensorrt).")] = None,
+    precision: Annotated[Optional[TritonPrecision], typer.Option(help="Precision of the ONNX exported or plan built from MODEL (default: fp32 for onnx, fp16 for tensorrt).")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help="Largest batch Triton forms (default: a plan's profile max, else 32).")] = None,
     preferred_batch_sizes: Annotated[Optional[list[str]], typer.Option(metavar="N[,N...]", help="Batch sizes the dynamic batcher aims for, e.g. 8,16 (repeatable).")] = None,
     max_queue_delay_us: Annotated[int, typer.Option(help="How long (µs) a request may wait for others to join its batch.")] = 100,
@@ -48,8 +45,6 @@ def triton(
     REPO/NAME/VERSION/model.onnx or model.plan, labels.txt for Triton's classification
     extension, and rtk.json with the preprocessing a client must apply. Older versions stay.
     """
-    from exporters.triton import TritonOptions, export_triton
-    from toolkit.core.console import console, info
 
     options = TritonOptions(
         name=name,
@@ -81,7 +76,3 @@ def triton(
         )
     info(f"versions now in {result.model_dir}: {', '.join(map(str, result.versions))}")
     info(f"serve with: tritonserver --model-repository {Path(repo).resolve()}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("triton")(triton)

@@ -1,16 +1,12 @@
-"""What kind of artefact a path is, and a plain-dict description of it for ``rtk inspect``."""
+"""What kind of artefact a path is, and where the artefacts made from it go."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from toolkit.core.errors import RtkError
-
-if TYPE_CHECKING:
-    from toolkit.core.checkpoint import Checkpoint, CheckpointOptions
 
 # ".pth.tar" is what PyTorch's classic ImageNet example and timm's train.py write (model_best.pth.tar);
 # ".ckpt" is Lightning's; ".safetensors" how Hugging Face and timm distribute weights.
@@ -79,62 +75,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def describe(path: str | os.PathLike, checkpoint_options: "CheckpointOptions | None" = None) -> dict[str, Any]:
-    """A JSON-serialisable description of any artefact (``checkpoint_options`` apply to a checkpoint)."""
-    kind = artefact_kind(path)
-    if kind == "checkpoint":
-        return describe_checkpoint(path, checkpoint_options)
-    if kind == "onnx":
-        from toolkit.core.onnx_graph import describe_onnx
-
-        return describe_onnx(path)
-    from toolkit.core.trt.sidecar import describe_engine
-
-    return describe_engine(path)
-
-
-def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "CheckpointOptions | None" = None) -> dict[str, Any]:
-    """Architecture, classes, parameter count, weights used, preprocess and training record of a checkpoint.
-
-    For a foreign file the training record is what it holds of one (epoch, best metric, arch
-    name, timm's arguments, Lightning's hyper-parameters).
-
-    Raises:
-        RtkError: the file cannot be read, or its weights do not fit the architecture it names
-            (a file that ``rtk inspect`` describes is one the other commands can load).
-    """
-    from toolkit.core.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, options=checkpoint_options)
-    ckpt.check_fit()
-    params = sum(t.numel() for k, t in ckpt.state_dict.items() if not _is_buffer(k))
-    train = ckpt.train
-    if ckpt.source == "rtk":
-        train = {k: v for k, v in train.items() if k in ("epoch", "epochs", "metrics", "best", "data", "seed", "args")}
-    return {
-        "kind": "checkpoint",
-        "path": str(path),
-        "size_bytes": Path(path).stat().st_size,
-        "source": "rtk" if ckpt.source == "rtk" else "foreign (spec inferred from tensor shapes)",
-        "arch": ckpt.spec.name,
-        "num_classes": ckpt.spec.num_classes,
-        "parameters": params,
-        "weights": describe_weights(ckpt),
-        "spec": ckpt.spec.to_dict(),
-        "preprocess": ckpt.preprocess.to_dict(),
-        "train": train,
-    }
-
-
-def describe_weights(ckpt: "Checkpoint") -> str:
-    """Which of a checkpoint's weights were taken, from where, and what else it offers:
-    ``ema (['state_dict_ema']; raw also present: --weights raw)``."""
-    others = [w for w in ckpt.weights_available if w != ckpt.weights]
-    also = f"; {', '.join(others)} also present: --weights {others[0]}" if others else ""
-    return f"{ckpt.weights} ({ckpt.weights_location}{also})"
-
-
-def _is_buffer(key: str) -> bool:
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))

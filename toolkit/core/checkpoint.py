@@ -28,6 +28,7 @@ from toolkit.core.architecture import ANCHOR_KEY, infer_spec, not_a_resnet
 from toolkit.core.checkpoint_file import SAFETENSORS_METADATA, read_checkpoint_file, read_torch_file
 from toolkit.core.errors import RtkError
 from toolkit.core.models import create_model
+from toolkit.core.outputs import staged
 from toolkit.core.spec import INTERPOLATIONS, ModelSpec, Preprocess
 
 if TYPE_CHECKING:
@@ -197,7 +198,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the destination folder, then rename into place."""
     import torch
 
-    from toolkit.core.files import staged
 
     with staged(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)

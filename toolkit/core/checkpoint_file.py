@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line, first_sentence, require
 from toolkit.core.files import USER_ERRNOS, os_error, os_reason, readable_file
 
@@ -100,7 +101,6 @@ def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
         error, pickles_code = _unpickling_error(path, str(exc))
         if not (trust_pickle and pickles_code):
             raise error from None
-    from toolkit.core.console import warn
 
     warn(f"{TRUST_FLAG}: loading {path} by running the code it pickles")
     try:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from toolkit.core.checkpoint import Checkpoint
+from toolkit.core.data import resolve_data
 from toolkit.core.errors import RtkError
-
-if TYPE_CHECKING:
-    from engines.base import Engine
-    from toolkit.core.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -280,7 +278,6 @@ def labelled_images(ckpt: "Checkpoint", data: str | os.PathLike, max_samples: in
     The test split is used when the data has one, else the validation split. Labels are mapped
     onto the model's class order by name when both have names.
     """
-    from toolkit.core.data import resolve_data
 
     source = resolve_data(data, input_size=ckpt.preprocess.input_size[0])
     split = "test" if source.has("test") else "val"
@@ -295,16 +292,6 @@ def labelled_images(ckpt: "Checkpoint", data: str | os.PathLike, max_samples: in
         order = {name: i for i, name in enumerate(spec.class_names)}
         y = np.asarray([order[source.class_names[int(label)]] for label in y])
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64), f"{source.name} ({split}, {len(y)} images)"
-
-
-def run_engine(engine: "Engine", batches: Sequence[np.ndarray]) -> np.ndarray:
-    """Run every batch through an engine, splitting any batch larger than it accepts."""
-    outs = []
-    limit = engine.max_batch or max(len(b) for b in batches)
-    for batch in batches:
-        for start in range(0, len(batch), limit):
-            outs.append(engine(batch[start : start + limit]))
-    return np.concatenate(outs)
 
 
 def chunks(x: np.ndarray, size: int) -> list[np.ndarray]:

@@ -57,3 +57,9 @@ class ProgressBar:
 def info(message: str) -> None:
     """Print a progress/status line on stderr, keeping stdout for results; the text is printed as is."""
     err_console.print(escape(message), highlight=False, soft_wrap=True)
+
+
+def results_console() -> Console:
+    """The console for result tables on stdout: the terminal's width, or 160 columns when piped
+    (rich's 80-column default would fold a wide table into an unreadable log)."""
+    return console if console.is_terminal else Console(width=160)

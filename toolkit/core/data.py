@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line
+from toolkit.core.images import find_images, load_image
 from toolkit.core.spec import Preprocess
+from toolkit.core.transforms import image_to_array
 
 if TYPE_CHECKING:
     import torch
@@ -191,8 +194,6 @@ class PreparedDataset:
         return len(self.split)
 
     def _prepare(self, i: int) -> np.ndarray:
-        from toolkit.core.transforms import image_to_array
-
         return image_to_array(self.split.image(i), self.preprocess)
 
     def __getitem__(self, i: int) -> tuple["torch.Tensor", int]:
@@ -213,8 +214,6 @@ class PreparedDataset:
             try:
                 return self._prepare(j)
             except RtkError as exc:
-                from toolkit.core.console import warn
-
                 self._bad.add(j)
                 warn(f"skipping {self.split.names(j)}: {exc}")
         raise RtkError("no image of this dataset could be read")
@@ -369,7 +368,6 @@ def _folder(root: Path, input_size: int | None, val_split: float, seed: int) -> 
 
 def _scan_classes(folder: Path, expected: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], Split]:
     """Class names (sub-folder names, sorted) and the readable images under them."""
-    from toolkit.core.images import find_images
 
     classes = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")))
     if not classes:
@@ -400,7 +398,6 @@ def _readable(paths: list[Path]) -> list[Path]:
     """
     from PIL import Image
 
-    from toolkit.core.console import warn
 
     good = []
     for path in paths:
@@ -417,8 +414,6 @@ def _readable(paths: list[Path]) -> list[Path]:
 
 
 def _file_split(paths: list[Path], labels: np.ndarray) -> Split:
-    from toolkit.core.images import load_image
-
     return Split(lambda i: load_image(paths[i]), labels, lambda i: str(paths[i]))
 
 

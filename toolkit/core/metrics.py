@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from toolkit.core.plots import pyplot, save_figure
+
 
 @dataclass(frozen=True)
 class ClassificationReport:
@@ -68,7 +70,6 @@ class ClassificationReport:
 
     def save_confusion_png(self, path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
         """Render the confusion matrix (rows: actual, columns: predicted) as a PNG."""
-        from toolkit.core.plots import pyplot, save_figure
 
         plt = pyplot()
 

@@ -184,7 +184,7 @@ def _block(bottleneck: bool, attention: str | None) -> type:
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
         return Bottleneck if bottleneck else BasicBlock
-    from toolkit.core.blocks import SEBasicBlock, SEBottleneck
+    from toolkit.core.blocks import SEBasicBlock, SEBottleneck  # lazy: it imports torch, which `rtk --help` must not pay for
 
     return SEBottleneck if bottleneck else SEBasicBlock
 

@@ -183,49 +183,34 @@ def external_data_files(model: "onnx.ModelProto", path: str | os.PathLike) -> tu
     return tuple(sorted(locations))
 
 
-def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
-    """What an ONNX file holds, for ``rtk inspect``: opset, I/O, precision, spec, size (external weight files included).
+@dataclass(frozen=True)
+class ClassifierGraph:
+    """What an ONNX classifier says about itself: metadata, input name, precision, batch axis.
 
-    Args:
-        path: the ``.onnx`` file.
-
-    Returns:
-        A JSON-serialisable dict.
+    Read by every runtime that runs ONNX files (ONNX Runtime, OpenVINO) before it compiles one.
     """
-    path = Path(path)
-    model = load_onnx_graph(path)
-    inputs, outputs = graph_io(model)
-    data = metadata_dict(model)
-    meta = ArtefactMeta.from_dict(data) if data is not None else None
-    params = 0
-    for t in model.graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        params += n
-    ops: dict[str, int] = {}
-    for node in model.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    extra = {k: v for k, v in (data or {}).items() if k not in ("spec", "preprocess")}
-    external = external_data_files(model, path)
-    return {
-        "kind": "onnx",
-        "path": str(path),
-        "size_bytes": path.stat().st_size + sum((path.parent / name).stat().st_size for name in external),
-        "external_data": list(external) or None,
-        "opset": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
-        "ir_version": model.ir_version,
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "precision": onnx_precision(model),
-        "inputs": [t.to_dict() for t in inputs],
-        "outputs": [t.to_dict() for t in outputs],
-        "nodes": len(model.graph.node),
-        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
-        "weights": params,
-        "source": "rtk" if meta else "foreign (no rtk metadata)",
-        "arch": meta.spec.name if meta else None,
-        "num_classes": meta.spec.num_classes if meta else None,
-        "spec": meta.spec.to_dict() if meta else None,
-        "preprocess": meta.preprocess.to_dict() if meta else None,
-        "export": extra or None,
-    }
+
+    meta: ArtefactMeta
+    input_name: str
+    precision: str
+    static_batch: int | None
+
+    @classmethod
+    def read(cls, path: Path, fallback_meta: ArtefactMeta | None) -> "ClassifierGraph":
+        """Read ``path``; ``fallback_meta`` is the spec of a foreign file that carries none.
+
+        Raises:
+            RtkError: unreadable, foreign without a fallback, or not an NCHW classifier of that spec.
+        """
+        graph = load_onnx_graph(path)
+        stored = metadata_dict(graph)
+        if stored is not None:
+            meta = ArtefactMeta.from_dict(stored)
+        elif fallback_meta is not None:
+            meta = fallback_meta
+        else:
+            raise foreign_onnx_error(path)
+        inputs, outputs = graph_io(graph)
+        check_classifier_io(inputs, outputs, meta.spec, meta.preprocess, str(path))
+        batch = inputs[0].shape[0]
+        return cls(meta, inputs[0].name, onnx_precision(graph), batch if isinstance(batch, int) else None)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from toolkit.core.outputs import staged
+
 
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend: files only, never a window (no display is assumed)."""
@@ -22,7 +24,6 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from toolkit.core.files import staged
 
     try:
         with staged(path) as tmp:

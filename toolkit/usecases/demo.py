@@ -14,16 +14,24 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from benchmarks.harness import BenchOptions, BenchReport
+from benchmarks.report import progress_line, write_report
+from engines.request import EngineRequest
+from exporters.int8 import CalibOptions
+from exporters.onnx import ExportOptions, export_onnx
+from toolkit.core.data import write_digit_images
+from toolkit.core.distributed import resolve_device
 from toolkit.core.errors import RtkError
 from toolkit.core.files import os_error
-
-if TYPE_CHECKING:
-    from benchmarks.harness import BenchReport
-    from toolkit.usecases.parity import ParityReport
-    from toolkit.usecases.predict import PredictResult
-    from toolkit.usecases.train import TrainResult
+from toolkit.core.outputs import write_text
+from toolkit.core.spec import ARCHS
+from toolkit.usecases.bench import benchmark_model
+from toolkit.usecases.opening import open_engine
+from toolkit.usecases.parity import ParityOptions, ParityReport, run_parity
+from toolkit.usecases.predict import PredictOptions, PredictResult, format_predictions, predict
+from toolkit.usecases.train import TrainOptions, TrainResult, train
 
 #: Sub-folders the demo owns inside its output folder; a re-run replaces exactly these.
 DEMO_PARTS = ("train", "bench", "samples", "predictions")
@@ -62,8 +70,6 @@ class DemoOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from toolkit.core.spec import ARCHS
-
         # Every option is checked here, before run_demo clears the previous run's folders: a
         # typo must not cost the results already on disk.
         if self.arch not in ARCHS:
@@ -161,15 +167,6 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     Returns:
         Everything produced, with the figures the summary shows.
     """
-    from benchmarks.harness import BenchOptions, run_benchmark
-    from benchmarks.report import progress_line, write_report
-    from exporters.onnx import ExportOptions, export_onnx
-    from toolkit.core.data import write_digit_images
-    from toolkit.core.distributed import resolve_device
-    from toolkit.usecases.parity import ParityOptions, run_parity
-    from toolkit.usecases.predict import PredictOptions, format_predictions, predict, write_text_atomic
-    from toolkit.usecases.opening import open_engine
-    from toolkit.usecases.train import TrainOptions, train
 
     # An unknown device, or cuda on a machine without a GPU, fails before anything is cleared.
     resolve_device(options.device)
@@ -218,7 +215,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
 
     bench_engines = ("eager", "ort") + (("ort-int8",) if int8 else ())
     step("bench", f"4/5 benchmark {' vs '.join(bench_engines)} at batch {', '.join(map(str, options.bench_batch_sizes))}")
-    bench = run_benchmark(
+    bench = benchmark_model(
         checkpoint,
         BenchOptions(
             engines=bench_engines,
@@ -235,9 +232,9 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     step("predict", f"5/5 classify a folder of sample digit images with {PREDICT_ENGINE}")
     samples = out / "samples"
     write_digit_images(samples, "test", per_class=options.samples_per_class)
-    with open_engine(onnx_files[0], PREDICT_ENGINE) as engine:
+    with open_engine(EngineRequest.of(onnx_files[0], PREDICT_ENGINE)) as engine:
         predicted = predict(samples, engine, PredictOptions(top_k=3))
-    predictions_file = write_text_atomic(out / "predictions" / "predictions.csv", format_predictions(predicted, "csv"))
+    predictions_file = write_text(out / "predictions" / "predictions.csv", format_predictions(predicted, "csv"))
     if predicted.evaluation is not None:
         predicted.evaluation.save_confusion_png(predictions_file.with_name("confusion.png"), title="predict on sample images")
     done("predict")
@@ -262,8 +259,6 @@ def _export_int8(checkpoint: Path, options: DemoOptions, log: Callable[[str], No
     A model trained for a few steps (a smoke run) can miss int8's bar of 99% top-1 agreement;
     the demo then says so and goes on without the int8 engine, as a user's export would refuse it.
     """
-    from exporters.int8 import CalibOptions
-    from exporters.onnx import ExportOptions, export_onnx
 
     calib = CalibOptions("digits", samples=min(256, options.max_samples or 256))
     try:

@@ -19,7 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.environment import collect_environment, gpu_info
+from benchmarks.harness import BenchOptions
+from engines.names import ALL_ENGINES, parse_engine
+from engines.ort_install import gpu_install_hint, installed_ort_distributions, load_gpu_libraries, ort_conflict
+from exporters.onnx import ExportOptions, export_onnx
+from toolkit.core.checkpoint import save_checkpoint
 from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line
+from toolkit.core.models import create_model
+from toolkit.core.outputs import write_atomic
+from toolkit.core.spec import ModelSpec, Preprocess
+from toolkit.core.trt.library import has_fp16_flag, import_tensorrt, major_version
+from toolkit.usecases.bench import benchmark_model
+from toolkit.usecases.parity import ParityOptions, run_parity
 
 #: Why an engine needing CUDA cannot run, and what gives it CUDA.
 NO_CUDA = "needs an NVIDIA GPU with CUDA; torch sees none"
@@ -71,7 +83,6 @@ class Diagnosis:
 
 def engine_families() -> list[str]:
     """One engine per runtime family, in :data:`ALL_ENGINES` order: ``eager``, ``ort``, ``ort-cuda``…"""
-    from engines.names import ALL_ENGINES, parse_engine
 
     seen: dict[str, str] = {}
     for name in ALL_ENGINES:
@@ -81,7 +92,6 @@ def engine_families() -> list[str]:
 
 def diagnose() -> Diagnosis:
     """Look at this machine (a few seconds: each ONNX Runtime provider starts one session)."""
-    from benchmarks.environment import collect_environment, gpu_info
 
     import torch
 
@@ -100,8 +110,6 @@ def diagnose() -> Diagnosis:
 
 
 def _onnxruntime_info(cuda: bool) -> dict[str, Any]:
-    from engines.ort import installed_ort_distributions, ort_conflict
-
     info: dict[str, Any] = {
         "distributions": [f"{name} {version}" for name, version in installed_ort_distributions()],
         "conflict": ort_conflict(),
@@ -119,13 +127,12 @@ def _onnxruntime_info(cuda: bool) -> dict[str, Any]:
 
 def _provider_starts(ort, provider: str) -> dict[str, Any]:
     """Create a session on a one-node graph with ``provider`` first and see whether it is the one running."""
-    from engines.ort import _load_gpu_libraries
 
     with tempfile.TemporaryDirectory(prefix="rtk-doctor-") as folder:
         path = _relu_onnx(Path(folder) / "relu.onnx")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        problem = _load_gpu_libraries(ort, "trt") if provider == "TensorrtExecutionProvider" else None
+        problem = load_gpu_libraries(ort, "trt") if provider == "TensorrtExecutionProvider" else None
         try:
             fallback = [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
             session = ort.InferenceSession(str(path), options, providers=[provider, *fallback])
@@ -155,8 +162,6 @@ def _relu_onnx(path: Path) -> Path:
 
 
 def _tensorrt_info() -> dict[str, Any]:
-    from toolkit.core.trt.library import has_fp16_flag, import_tensorrt, major_version
-
     if importlib.util.find_spec("tensorrt") is None:
         return {"installed": False, "error": f"TensorRT is not installed ({INSTALL_HINTS['tensorrt']})"}
     try:
@@ -173,7 +178,6 @@ def _tensorrt_info() -> dict[str, Any]:
 
 def _engine_status(name: str, cuda: bool, ort_info: dict[str, Any], trt_info: dict[str, Any]) -> EngineStatus:
     """The engine's status from what was found; without CUDA, the GPU is named first among the reasons."""
-    from engines.names import parse_engine
 
     parsed = parse_engine(name)
     status = _software_status(name, parsed.family, ort_info, trt_info)
@@ -195,12 +199,9 @@ def _software_status(name: str, family: str, ort_info: dict[str, Any], trt_info:
             return EngineStatus(name, "unknown", "rtk doctor has no probe for this provider; rtk doctor --check tries it")
         started = ort_info["providers"].get(provider)
         if started is None:
-            from engines.ort import gpu_install_hint
-
             return EngineStatus(name, "unavailable", f"ONNX Runtime {ort_info['version']} here has no {provider}", gpu_install_hint())
         if not started["starts"]:
             hint = "pip install 'tensorrt>=10,<11' (ONNX Runtime's TensorRT provider links TensorRT 10)" if family == "ort-trt" else None
-            from engines.ort import gpu_install_hint
 
             return EngineStatus(name, "unavailable", f"{provider} does not start: {started['reason']}", hint or gpu_install_hint())
         return EngineStatus(name, "available")
@@ -255,9 +256,6 @@ def check_model(folder: Path) -> Path:
     """A small real checkpoint (ResNet-18, small stem, 32×32 RGB, 10 classes, BatchNorm statistics set)."""
     import torch
 
-    from toolkit.core.checkpoint import save_checkpoint
-    from toolkit.core.models import create_model
-    from toolkit.core.spec import ModelSpec, Preprocess
 
     spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"class{i}" for i in range(10)), stem="small")
     pre = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -291,9 +289,7 @@ def run_check(
     Returns:
         The report; ``report.passed`` is false when an engine that should run failed.
     """
-    from exporters.onnx import ExportOptions, export_onnx
 
-    from engines.names import parse_engine
 
     statuses = {e.engine: e for e in diagnosis.engines}
     device = device or ("cuda" if diagnosis.torch["cuda_available"] else "cpu")
@@ -318,12 +314,10 @@ def run_check(
 
 def _check_engine(checkpoint: Path, name: str, device: str, bench_s: float) -> EngineCheck:
     """Parity (batches of 1 and 4, random inputs) and a short benchmark of one engine."""
-    from benchmarks.harness import BenchOptions, run_benchmark
-    from toolkit.usecases.parity import ParityOptions, run_parity
 
     try:
         parity = run_parity(checkpoint, ParityOptions(engines=(name,), batch_sizes=(1, 4), device=device, max_samples=None))
-        bench = run_benchmark(
+        bench = benchmark_model(
             checkpoint,
             BenchOptions(engines=(name,), batch_sizes=(1, 4), device=device, warmup_s=min(bench_s, 0.2), duration_s=bench_s, baseline=False),
         )
@@ -347,7 +341,6 @@ def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
     """The report as JSON at ``path``, written atomically."""
     import json
 
-    from toolkit.core.files import write_atomic
 
     return write_atomic(Path(path), json.dumps(report.to_dict(), indent=2, default=str) + "\n")
 

@@ -11,19 +11,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from engines.base import Engine
+from engines.request import EngineRequest
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.console import ProgressBar
+from toolkit.core.data import resolve_data
 from toolkit.core.errors import RtkError
-from toolkit.core.files import Output, check_outputs
+from toolkit.core.metrics import ClassificationReport
+from toolkit.core.outputs import Output, check_outputs
 from toolkit.core.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from engines.base import Engine
-    from toolkit.core.metrics import ClassificationReport
+from toolkit.usecases.opening import open_engine
 
 
 def label_mapping(data_classes: Sequence[str], spec: ModelSpec) -> np.ndarray:
@@ -76,7 +77,6 @@ def evaluate(
     """
     import torch
 
-    from toolkit.core.metrics import ClassificationReport
 
     n = len(dataset)
     if n == 0:
@@ -170,9 +170,6 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     Returns:
         The report, the engine's name and where the confusion PNG went.
     """
-    from toolkit.core.data import resolve_data
-    from toolkit.usecases.opening import open_engine
-
     started = time.perf_counter()
     split_hint = options.split or "test"  # the default PNG's name is settled below, once the split is known
     png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split_hint}.png")
@@ -188,7 +185,8 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     split = options.split or ("test" if source.has("test") else "val")
     if not source.has(split):
         raise RtkError(f"{source.name} has no {split} split; it has {', '.join(source.splits)}")
-    with open_engine(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options) as engine:
+    request = EngineRequest.of(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options)
+    with open_engine(request) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
         dataset = source.dataset(split, preprocess=engine.preprocess)
         report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)

@@ -1,66 +1,81 @@
 """One way from any artefact and any engine name to a running engine, for every command.
 
-:func:`open_engine` is what ``rtk predict``, ``eval``, ``parity``, ``bench`` and ``demo`` call:
-it parses the engine name, makes the artefact that engine runs when the model is a checkpoint
-(:func:`exporters.prepare.prepare`: the ONNX file or TensorRT engine next to it, reused while
-fresh) and opens it (:func:`engines.load`). It sits above both packages, so neither imports the other.
+:func:`open_engine` is what ``rtk predict``, ``eval``, ``parity``, ``bench``, ``demo`` and
+``doctor`` call, with one :class:`~engines.request.EngineRequest`: it makes the artefact the engine
+runs when the model is a checkpoint (:func:`exporters.prepare.prepare`: the ONNX file or TensorRT
+engine next to it, reused while fresh) and opens it on its runtime. It sits above both
+``exporters`` and ``engines``, so neither imports the other.
 """
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
-
-from engines import load
-from engines.names import DEFAULT_ENGINE, EngineName, parse_engine
+from engines.base import Engine
+from engines.eager import EagerEngine
+from engines.names import DEFAULT_ENGINE
+from engines.openvino import OvEngine
+from engines.ort import OrtEngine
+from engines.request import EngineRequest
+from engines.trt import TrtEngine
 from exporters.prepare import prepare
-from toolkit.core.artefacts import artefact_kind
+from toolkit.core.checkpoint import load_checkpoint
+from toolkit.core.errors import RtkError
 
-if TYPE_CHECKING:
-    from engines.base import Engine
-    from toolkit.core.checkpoint import Checkpoint, CheckpointOptions
-    from toolkit.core.spec import ArtefactMeta
+#: What each artefact kind is called in messages.
+_KIND_WORDS = {"checkpoint": "checkpoints (.pth/.pt/.safetensors)", "onnx": "ONNX files", "engine": "TensorRT engines (.engine/.plan)"}
 
 
-def open_engine(
-    model: "str | os.PathLike | Checkpoint",
-    engine: "str | EngineName | None" = None,
-    *,
-    device: str = "cpu",
-    precision: str | None = None,
-    threads: int | None = None,
-    max_batch: int | None = None,
-    meta: "ArtefactMeta | None" = None,
-    checkpoint_options: "CheckpointOptions | None" = None,
-) -> "Engine":
-    """Open ``engine`` on ``model``, exporting or building what it runs when the model is a checkpoint.
+def open_engine(request: EngineRequest) -> Engine:
+    """Open the engine a request names, exporting or building what it runs when the model is a checkpoint.
 
     Args:
-        model: a checkpoint, ONNX file or TensorRT engine (a path), or a loaded checkpoint.
-        engine: an engine name (:mod:`engines.names`); by default the artefact's own runtime.
-        device: ``cpu`` or ``cuda[:N]``: where eager runs, and which GPU the GPU engines use (they
-            run on the first GPU when ``cpu`` is given, since their name asks for a GPU).
-        precision: applies when the engine name gives none.
-        threads: intra-op threads for ONNX Runtime and OpenVINO (torch's are process-wide).
-        max_batch: the largest batch ONNX Runtime's TensorRT provider, or a TensorRT engine built
-            here, is made for.
-        meta: spec and preprocess for a foreign ONNX file that carries none.
-        checkpoint_options: which of a checkpoint's weights to run or export (EMA or raw), and
-            whether to trust a pickle.
+        request: the engine, the artefact and the options of opening
+            (:meth:`EngineRequest.of <engines.request.EngineRequest.of>` makes one from a path and a name).
+
+    Returns:
+        The engine; use it as a context manager or call ``close()``.
 
     Raises:
-        RtkError: an unknown engine or artefact, an engine that cannot run this artefact, a
-            failed export or build, a missing optional package.
+        RtkError: an engine that cannot run this artefact, a failed export or build, another
+            precision than the artefact holds, a missing optional package.
     """
-    from toolkit.core.checkpoint import Checkpoint
+    prepared = prepare(request)
+    name = prepared.name
+    if name.artefact != prepared.kind:
+        shown = prepared.path.name if prepared.path is not None else "this checkpoint"
+        raise RtkError(
+            f"the {name} engine runs {_KIND_WORDS[name.artefact]}, and {shown} is not one; name the checkpoint, "
+            f"which rtk exports or builds for {name} (rtk predict/bench/parity/eval do this), or run {shown} with "
+            f"--engine {DEFAULT_ENGINE[prepared.kind]}"
+        )
+    runtime = {"eager": _eager, "ort": _ort, "ov": _openvino, "trt": _tensorrt}[name.runtime]
+    return runtime(prepared)
 
-    loaded = model if isinstance(model, Checkpoint) else None
-    path = loaded.path if loaded is not None else model
-    kind = "checkpoint" if loaded is not None else artefact_kind(path)
-    name = parse_engine(engine or DEFAULT_ENGINE[kind], precision)
-    if name.needs_cuda and not device.startswith("cuda"):
-        device = "cuda"
-    opened = dict(threads=threads, max_batch=max_batch, meta=meta, checkpoint_options=checkpoint_options)
-    if loaded is not None and (name.runtime == "eager" or path is None):
-        return load(loaded, name, device, **opened)
-    return load(prepare(path, name, device=device, max_batch=max_batch, checkpoint_options=checkpoint_options), name, device, **opened)
+
+def _eager(request: EngineRequest) -> Engine:
+    ckpt = request.checkpoint or load_checkpoint(request.path, options=request.checkpoint_options)
+    return EagerEngine(ckpt.build_model(), ckpt.spec, ckpt.preprocess, request.device, request.name)
+
+
+def _ort(request: EngineRequest) -> Engine:
+    name = request.name
+    return OrtEngine(
+        request.path, meta=request.meta, provider=name.provider, device=request.device, threads=request.threads or 0,
+        max_batch=request.max_batch or 64, precision=name.precision,
+    )
+
+
+def _openvino(request: EngineRequest) -> Engine:
+    name = request.name
+    return OvEngine(request.path, meta=request.meta, precision=name.precision, threads=request.threads or 0, performance_hint=name.hint or "auto")
+
+
+def _tensorrt(request: EngineRequest) -> Engine:
+    name, path = request.name, request.path
+    trt = TrtEngine(path, request.gpu or "cuda")
+    if name.precision is not None and trt.precision != name.precision:
+        trt.close()
+        raise RtkError(
+            f"{path.name} is an {trt.precision} engine, not {name.precision}; build one with "
+            f"`rtk build {trt.sidecar.onnx} --precision {name.precision}`, or name the checkpoint or ONNX file"
+        )
+    return trt

@@ -11,13 +11,16 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from engines.base import Engine
+from engines.names import EngineName, parse_engines
+from engines.request import EngineRequest
+from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, load_checkpoint
 from toolkit.core.compare import (
     DEFAULT_TOLERANCES,
-    NEEDS_LABELLED_DATA,
     ParityMetrics,
     Tolerance,
     chunks,
@@ -25,17 +28,12 @@ from toolkit.core.compare import (
     judge_random_top1,
     labelled_images,
     random_batches,
-    run_engine,
     tolerance_for,
 )
-from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError
+from toolkit.core.precision import CALIBRATED_PRECISIONS
 from toolkit.core.spec import ArtefactMeta
-
-if TYPE_CHECKING:
-    from engines.base import Engine
-    from engines.names import EngineName
-    from toolkit.core.checkpoint import Checkpoint
+from toolkit.usecases.opening import open_engine
 
 __all__ = ["DEFAULT_TOLERANCES", "EngineResult", "ParityMetrics", "ParityOptions", "ParityReport", "Tolerance", "compare", "run_parity", "tolerance_for"]
 
@@ -83,8 +81,6 @@ class ParityOptions:
     checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
     def __post_init__(self) -> None:
-        from engines.names import parse_engines
-
         object.__setattr__(self, "engines", parse_engines(self.engines))
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise RtkError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
@@ -93,7 +89,7 @@ class ParityOptions:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise RtkError(f"device must be cpu or cuda[:N], got {self.device!r}")
         self.tolerance("fp32")  # the overrides are checked once, up front
-        unjudged = [str(e) for e in self.engines if e.precision in NEEDS_LABELLED_DATA]
+        unjudged = [str(e) for e in self.engines if e.precision in CALIBRATED_PRECISIONS]
         if unjudged and self.data is None:
             raise RtkError(
                 f"{', '.join(unjudged)} is judged on real labelled images, not random ones; add --data DATA "
@@ -117,7 +113,7 @@ class ParityOptions:
         return None
 
 
-def open_parity_engine(ckpt: "Checkpoint", name: "EngineName", options: ParityOptions) -> "Engine":
+def _open_candidate(ckpt: Checkpoint, name: EngineName, options: ParityOptions) -> Engine:
     """Open one engine under test for a checkpoint, refusing an artefact of another model.
 
     A foreign ONNX file (no rtk metadata) is run with the checkpoint's spec; its graph must still
@@ -126,16 +122,13 @@ def open_parity_engine(ckpt: "Checkpoint", name: "EngineName", options: ParityOp
     Raises:
         RtkError: the engine cannot run, or its artefact does not match the checkpoint.
     """
-    from toolkit.usecases.opening import open_engine
-
     given = options.artefact_for(name)
-    if given is None and ckpt.path is None and name.runtime != "eager":
-        raise RtkError(f"an in-memory checkpoint has no artefacts next to it; pass the file {name} runs explicitly")
     # The artefacts made from the checkpoint hold the very weights loaded as the reference.
     reading = dataclasses.replace(options.checkpoint_options, weights=ckpt.weights)
-    engine = open_engine(
+    request = EngineRequest.of(
         given or ckpt, name, device=options.device, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess), checkpoint_options=reading,
     )
+    engine = open_engine(request)
     try:
         _check_matches(ckpt, ArtefactMeta(engine.spec, engine.preprocess), given or ckpt.path)
     except RtkError:
@@ -234,7 +227,6 @@ class _Inputs:
 
 def _reference_inputs(ckpt: "Checkpoint", options: ParityOptions) -> tuple[_Inputs, str]:
     """Seeded random batches, labelled images when asked for, and eager fp32's logits on both."""
-    from engines.eager import EagerEngine
 
     spec, pre = ckpt.spec, ckpt.preprocess
     batches = random_batches((spec.in_chans, *pre.input_size), pre.mean, pre.std, options.batch_sizes, options.seed)
@@ -242,9 +234,9 @@ def _reference_inputs(ckpt: "Checkpoint", options: ParityOptions) -> tuple[_Inpu
     if options.data is not None:
         images, labels, source = labelled_images(ckpt, options.data, options.max_samples)
     data_batches = chunks(images, max(options.batch_sizes)) if images is not None else []
-    with EagerEngine(ckpt.build_model(), spec, pre, options.device, "fp32") as reference:
-        ref_random = run_engine(reference, batches)
-        ref_data = run_engine(reference, data_batches) if data_batches else None
+    with open_engine(EngineRequest.of(ckpt, "eager", device=options.device)) as reference:
+        ref_random = reference.run_batches(batches)
+        ref_data = reference.run_batches(data_batches) if data_batches else None
         name = reference.name
     return _Inputs(batches, ref_random, data_batches, ref_data, labels, source), name
 
@@ -253,10 +245,10 @@ def _measure(engine: "Engine", inputs: _Inputs, options: ParityOptions, fallback
     """One engine's logits on the shared inputs, compared with the reference's."""
     precision = engine.precision
     tol = options.tolerance(precision)
-    random_metrics = compare(inputs.reference, run_engine(engine, inputs.batches), precision, tolerance=tol, judge_top1=judge_random_top1(precision))
+    random_metrics = compare(inputs.reference, engine.run_batches(inputs.batches), precision, tolerance=tol, judge_top1=judge_random_top1(precision))
     data_metrics = None
     if inputs.data_reference is not None:
-        data_metrics = compare(inputs.data_reference, run_engine(engine, inputs.data_batches), precision, tolerance=tol, labels=inputs.labels)
+        data_metrics = compare(inputs.data_reference, engine.run_batches(inputs.data_batches), precision, tolerance=tol, labels=inputs.labels)
     return EngineResult(engine.name, str(getattr(engine, "path", fallback_artefact)), precision, random_metrics, data_metrics)
 
 
@@ -275,14 +267,13 @@ def run_parity(
     Returns:
         The report; ``report.passed`` is false when any engine is outside tolerance.
     """
-    from toolkit.core.checkpoint import Checkpoint, load_checkpoint
 
     options = options or ParityOptions()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, options=options.checkpoint_options)
     inputs, reference_name = _reference_inputs(ckpt, options)
     results = []
     for name in options.engines:
-        with open_parity_engine(ckpt, name, options) as engine:
+        with _open_candidate(ckpt, name, options) as engine:
             result = _measure(engine, inputs, options, ckpt.path)
         results.append(result)
         if on_engine is not None:

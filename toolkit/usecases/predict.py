@@ -16,17 +16,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from toolkit.core.errors import RtkError
+from engines.base import Engine
+from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
+from toolkit.core.errors import RtkError, require
 from toolkit.core.images import IMAGE_SUFFIXES, describe_ignored, load_image, scan_folder
+from toolkit.core.metrics import ClassificationReport
 from toolkit.core.spec import Preprocess
-
-if TYPE_CHECKING:
-    from engines.base import Engine
-    from toolkit.core.metrics import ClassificationReport
+from toolkit.core.transforms import image_to_array
 
 #: Output formats of :func:`format_predictions`.
 FORMATS = ("json", "jsonl", "csv")
@@ -190,7 +190,6 @@ def resolve_model(model: str | os.PathLike | None, target: str | os.PathLike) ->
     for config in dict.fromkeys([folder / CONFIG_NAME, Path.cwd() / CONFIG_NAME]):
         if config.is_file():
             return config.parent / _model_from_config(config)
-    from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
 
     suffixes = CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES
     found = sorted(p for p in Path.cwd().iterdir() if p.is_file() and artefact_suffix(p) in suffixes)
@@ -206,7 +205,6 @@ def _model_from_config(config: Path) -> str:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        from toolkit.core.errors import require
 
         tomllib = require("tomli", f"reading {CONFIG_NAME}")
     try:
@@ -283,7 +281,6 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
 
 def prepare_image(path: Path, pre: Preprocess) -> tuple[np.ndarray | None, str | None]:
     """Decode and preprocess one file; ``(array, None)`` or ``(None, reason)``."""
-    from toolkit.core.transforms import image_to_array
 
     try:
         img = load_image(path)
@@ -423,7 +420,6 @@ def _evaluate(predictions: Sequence[Prediction], class_names: tuple[str, ...]) -
     scored = [p for p in predictions if p.label is not None and p.error is None]
     if not scored:
         return None
-    from toolkit.core.metrics import ClassificationReport
 
     index = {name: i for i, name in enumerate(class_names)}
     return ClassificationReport.from_predictions([index[p.label] for p in scored], [p.top1 for p in scored], class_names)
@@ -456,25 +452,3 @@ def format_predictions(result: PredictResult, fmt: str) -> str:
             writer.writerow({**r, "top_k": json.dumps(r["top_k"])})
         return buf.getvalue()
     raise RtkError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A path that exists and is not a regular file (``/dev/null``, ``/dev/stdout``, a named pipe)
-    is written to directly: renaming over it would replace the device or pipe with a file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise RtkError(f"{path} is a folder; give a file name for the output")
-    from toolkit.core.files import os_error, write_atomic
-
-    if path.exists() and not path.is_file():
-        try:
-            with open(path, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-        except OSError as exc:  # /dev/full: no space left on device
-            raise os_error(exc, path) from None
-        return path
-
-    return write_atomic(path, text)

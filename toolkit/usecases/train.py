@@ -21,20 +21,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.core.checkpoint import CheckpointOptions
+from engines.request import EngineRequest
+from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, load_checkpoint, read_torch_file, save_checkpoint
 from toolkit.core.console import ProgressBar, info, warn
+from toolkit.core.data import DataSource, resolve_data
 from toolkit.core.distributed import DistContext, all_reduce_sum, barrier, cleanup, init_distributed
 from toolkit.core.errors import RtkError
-from toolkit.core.files import Output, check_outputs, write_atomic
+from toolkit.core.models import count_parameters, create_model
+from toolkit.core.outputs import Output, check_outputs, write_atomic
+from toolkit.core.plots import pyplot, save_figure
 from toolkit.core.schedule import lr_factor, set_lr
 from toolkit.core.spec import WIDTHS, ModelSpec, Preprocess
+from toolkit.usecases.evaluate import evaluate
+from toolkit.usecases.opening import open_engine
 
 if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
-    from toolkit.core.checkpoint import Checkpoint
-    from toolkit.core.data import DataSource
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FREEZE = ("none", "backbone")
@@ -246,7 +250,6 @@ class _Run:
 
     def _data_and_spec(self, resume: "Checkpoint | None", pretrained: "Checkpoint | None") -> tuple["DataSource", ModelSpec, Preprocess]:
         """The data, and the network and preprocessing it trains: resumed, fine-tuned or new."""
-        from toolkit.core.data import resolve_data
 
         o = self.o
         input_size = resume.preprocess.input_size[0] if resume else o.input_size
@@ -264,7 +267,6 @@ class _Run:
         """The network with its starting weights and frozen layers, on the run's device."""
         import torch
 
-        from toolkit.core.models import count_parameters, create_model
 
         torch.manual_seed(self.o.seed)
         model = create_model(spec)
@@ -334,14 +336,11 @@ class _Run:
         if not last.exists():
             warn("interrupted before the first epoch finished; nothing was saved")
             return
-        from toolkit.core.checkpoint import read_torch_file
 
         epoch = read_torch_file(last).get("train", {}).get("epoch", "?")
         warn(f"interrupted: {last} holds epoch {epoch}; continue with --resume --out {self.out}")
 
     def _resume_checkpoint(self) -> "Checkpoint":
-        from toolkit.core.checkpoint import load_checkpoint
-
         last = self.out / "last.pth"
         if not last.exists():
             raise RtkError(f"nothing to resume: {last} does not exist (train without --resume first, or point --out at the run)")
@@ -358,8 +357,6 @@ class _Run:
         return ckpt
 
     def _pretrained_checkpoint(self) -> "Checkpoint":
-        from toolkit.core.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(self.o.pretrained, options=self.o.checkpoint_options)
         if self.o.arch and self.o.arch != ckpt.spec.arch:
             raise RtkError(
@@ -402,18 +399,14 @@ class _Run:
     # -- outputs ---------------------------------------------------------------------------
 
     def save(self, name: str, model: "nn.Module", spec: ModelSpec, pre: Preprocess, record: dict[str, Any]) -> Path:
-        from toolkit.core.checkpoint import save_checkpoint
-
         return save_checkpoint(self.out / name, model, spec, pre, record)
 
     def _test(self, source: "DataSource") -> float | None:
         """Accuracy of ``best.pth`` on the test split, through the same engine ``rtk eval`` uses."""
         if not source.has("test"):
             return None
-        import engines
-        from toolkit.usecases.evaluate import evaluate
 
-        with engines.load(self.out / "best.pth") as engine:
+        with open_engine(EngineRequest.of(self.out / "best.pth")) as engine:
             report = evaluate(engine, source.dataset("test", engine.preprocess), 256, source.class_names)
         return report.accuracy
 
@@ -685,7 +678,6 @@ def format_share(part: int, whole: int) -> str:
 
 def save_curves(history: list[dict], path: Path, title: str = "training") -> Path:
     """Loss and accuracy per epoch (train and validation) as a PNG."""
-    from toolkit.core.plots import pyplot, save_figure
 
     plt = pyplot()
 

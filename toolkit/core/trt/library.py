@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line, require
-from toolkit.core.trt.sidecar import RuntimeInfo, TensorInfo
+from toolkit.core.trt.sidecar import TensorInfo, TrtPlatform
 
 #: TensorRT binds a tensor only at an address aligned to this many bytes; at another address
 #: ``set_tensor_address`` returns False and the previous address stays bound.
@@ -119,7 +119,7 @@ def logger(trt: ModuleType) -> ErrorLog:
         return log
 
 
-def runtime(trt: ModuleType, device: "CudaDevice") -> Any:
+def deserializer(trt: ModuleType, device: "CudaDevice") -> Any:
     """The ``tensorrt.Runtime`` for ``device``, made once (under that device) and reused."""
     key = (id(trt), device.index)
     with _GUARD:
@@ -222,7 +222,7 @@ def on_device(batch: Any, device: CudaDevice, dtype: Any) -> Any:
     return x
 
 
-def current_runtime(device: str | None = None) -> RuntimeInfo:
+def current_platform(device: str | None = None) -> TrtPlatform:
     """The installed TensorRT version and the GPU ``device`` (default: the current CUDA device).
 
     Raises:
@@ -230,7 +230,7 @@ def current_runtime(device: str | None = None) -> RuntimeInfo:
     """
     trt = import_tensorrt("TensorRT engines")
     dev = open_device(device)
-    return RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
+    return TrtPlatform(str(trt.__version__), dev.name(), dev.capability())
 
 
 def tensor_dtype(trt_dtype: Any, name: str) -> str:

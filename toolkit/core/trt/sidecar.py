@@ -21,11 +21,12 @@ from typing import Any, Iterable, Mapping
 
 from toolkit.core.artefacts import engine_path_for
 from toolkit.core.errors import RtkError
+from toolkit.core.outputs import write_atomic
+from toolkit.core.precision import ENGINE_PRECISIONS, check_precision
 from toolkit.core.spec import ModelSpec, Preprocess
 
 FORMAT = "rtk.engine"
 VERSION = 1
-PRECISIONS = ("fp16", "fp32", "int8")
 DEFAULT_PROFILE = (1, 32, 128)
 
 
@@ -46,7 +47,7 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
-class RuntimeInfo:
+class TrtPlatform:
     """What a machine offers an engine: the TensorRT version and the GPU.
 
     Attributes:
@@ -98,8 +99,7 @@ class EngineSidecar:
     layers: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise RtkError(f"engine precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision, ENGINE_PRECISIONS, "engine precision")
         validate_profile(*self.profile)
         if not self.inputs or not self.outputs:
             raise RtkError("an engine sidecar needs at least one input and one output tensor")
@@ -214,7 +214,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 def write_sidecar(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Path:
     """Write ``<engine>.json`` atomically; returns its path."""
     text = json.dumps(sidecar.to_dict(), indent=2) + "\n"
-    from toolkit.core.files import write_atomic
 
     return write_atomic(sidecar_path(engine_path), text)
 
@@ -267,39 +266,39 @@ def rebuild_command(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> s
     return shlex.join(args)
 
 
-def runtime_mismatch(sidecar: EngineSidecar, runtime: RuntimeInfo) -> str | None:
+def platform_mismatch(sidecar: EngineSidecar, platform: TrtPlatform) -> str | None:
     """What stops this engine from running here, as a clause, or ``None`` when it can run.
 
     TensorRT plans are tied to the exact TensorRT version and to the GPU's compute capability;
     another GPU model of the same compute capability can run it (see :func:`gpu_name_warning`).
     """
-    same_trt = sidecar.tensorrt_version == runtime.tensorrt_version
-    same_cc = sidecar.compute_capability == runtime.compute_capability
+    same_trt = sidecar.tensorrt_version == platform.tensorrt_version
+    same_cc = sidecar.compute_capability == platform.compute_capability
     if same_trt and same_cc:
         return None
     built = (
         f"TensorRT {sidecar.tensorrt_version} on {sidecar.gpu_name} "
         f"(compute capability {sidecar.compute_capability})"
     )
-    return f"it was built for {built}, but this machine has {runtime.describe()}"
+    return f"it was built for {built}, but this machine has {platform.describe()}"
 
 
-def check_runtime(sidecar: EngineSidecar, runtime: RuntimeInfo, engine_path: str | os.PathLike) -> None:
+def check_platform(sidecar: EngineSidecar, platform: TrtPlatform, engine_path: str | os.PathLike) -> None:
     """Refuse an engine built for another TensorRT version or GPU, naming the rebuild command.
 
     Raises:
         RtkError: one sentence: what it was built for, what this machine has, how to rebuild.
     """
-    problem = runtime_mismatch(sidecar, runtime)
+    problem = platform_mismatch(sidecar, platform)
     if problem:
         raise RtkError(f"{engine_path} cannot run here: {problem}; rebuild it on this machine with `{rebuild_command(sidecar, engine_path)}`")
 
 
-def gpu_name_warning(sidecar: EngineSidecar, runtime: RuntimeInfo) -> str | None:
+def gpu_name_warning(sidecar: EngineSidecar, platform: TrtPlatform) -> str | None:
     """A warning when the GPU model differs but the compute capability matches (it runs, maybe slower)."""
-    if sidecar.gpu_name != runtime.gpu_name and sidecar.compute_capability == runtime.compute_capability:
+    if sidecar.gpu_name != platform.gpu_name and sidecar.compute_capability == platform.compute_capability:
         return (
-            f"engine was tuned on {sidecar.gpu_name} and runs here on {runtime.gpu_name}; "
+            f"engine was tuned on {sidecar.gpu_name} and runs here on {platform.gpu_name}; "
             "rebuild it on this GPU for its best speed"
         )
     return None
@@ -388,47 +387,3 @@ def _output_format(tensor: Mapping[str, Any]) -> str | None:
         return tensor["Format/Datatype"]
     parts = [tensor.get(key) for key in ("Format", "DataType", "Datatype")]
     return " / ".join(str(p) for p in parts if p) or None
-
-
-def describe_engine(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-serialisable description of an engine for ``rtk inspect``, from its sidecar.
-
-    Works without TensorRT. Where TensorRT and a GPU are present it also says whether this
-    machine can run the engine.
-    """
-    path = Path(path)
-    sidecar = read_sidecar(path)
-    data = sidecar.to_dict()
-    layers = data.pop("layers")
-    report: dict[str, Any] = {"kind": "engine", "path": str(path), "size_bytes": path.stat().st_size}
-    report.update({k: v for k, v in data.items() if k not in ("format", "version")})
-    report["arch"] = sidecar.spec.name
-    report["num_classes"] = sidecar.spec.num_classes
-    report["this_machine"] = _compatibility_here(sidecar, path)
-    if layers is None:
-        report["layers"] = "not recorded (build with --profiling-verbosity detailed for per-layer information)"
-    else:
-        types: dict[str, int] = {}
-        for layer in layers:
-            types[layer.get("type", "?")] = types.get(layer.get("type", "?"), 0) + 1
-        report["layer_count"] = len(layers)
-        report["layer_types"] = dict(sorted(types.items(), key=lambda kv: -kv[1]))
-        report["layers"] = layers
-    return report
-
-
-def _compatibility_here(sidecar: EngineSidecar, path: Path) -> str:
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return "unknown: TensorRT is not installed here (pip install 'rtk[trt]')"
-    from toolkit.core.trt.library import current_runtime
-
-    try:
-        runtime = current_runtime()
-    except RtkError as exc:
-        return f"unknown: {exc}"
-    problem = runtime_mismatch(sidecar, runtime)
-    if problem:
-        return f"cannot run: {problem}; rebuild with `{rebuild_command(sidecar, path)}`"
-    return f"can run ({runtime.describe()})"

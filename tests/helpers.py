@@ -1,0 +1,106 @@
+"""What the tests share: tiny real models and their files, the ways to open and run them, and
+the checks every test of a refusal makes. Fixtures live in ``conftest.py``; plain helpers here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import torch
+
+from engines.request import EngineRequest
+from exporters.prepare import prepare
+from toolkit.core.checkpoint import save_checkpoint
+from toolkit.core.models import create_model
+from toolkit.core.spec import METADATA_KEY, ModelSpec, Preprocess
+from toolkit.usecases.opening import open_engine
+
+# Narrow (a quarter of resnet18's channels): the same graph, a sixteenth of the weights and compute.
+TINY_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"c{i}" for i in range(10)), stem="small", width=16)
+TINY_PRE = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def make_checkpoint(path, spec: ModelSpec = TINY_SPEC, pre: Preprocess = TINY_PRE, seed: int = 0, train=None):
+    """Write a real rtk checkpoint of a randomly initialised (BN-calibrated) network."""
+    torch.manual_seed(seed)
+    model = create_model(spec)
+    # A few forward passes in train mode give the BatchNorm layers non-trivial statistics,
+    # so eval-mode logits are not degenerate.
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, spec.in_chans, *pre.input_size))
+    model.eval()
+    save_checkpoint(path, model, spec, pre, train or {"epoch": 1, "metrics": {"val_acc": 0.5}})
+    return path
+
+
+def opened(model, engine=None, **options):
+    """``open_engine`` on a model path (or loaded checkpoint) and an engine name; options as :meth:`EngineRequest.of`."""
+    return open_engine(EngineRequest.of(model, engine, **options))
+
+
+def prepared(model, engine=None, precision=None):
+    """The artefact ``engine`` runs for ``model``, made next to it when missing or stale (:func:`exporters.prepare.prepare`)."""
+    return prepare(EngineRequest.of(model, engine, precision=precision)).path
+
+
+def fails_cleanly(result, *phrases, status: int = 1):
+    """A command that refused its input as users are promised: the exit status, one ``error:`` line
+    last on stderr with every phrase in it, and no traceback."""
+    assert result.exit_code == status, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+def tensorrt_skip_reason() -> str | None:
+    """Why the real-TensorRT tests cannot run here, or ``None`` when they can.
+
+    A broken install (its import raises OSError or RuntimeError for missing CUDA libraries) is a
+    reason to skip, like no install at all: those tests verify TensorRT, not the install.
+    """
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'rtk[trt]')"
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - whatever a broken install raises
+        return f"tensorrt is installed but cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if not torch.cuda.is_available():
+        return "TensorRT needs a CUDA GPU and none is present"
+    return None
+
+
+def make_qdq_onnx(onnx_path, out_path, calibration: np.ndarray):
+    """Quantize an fp32 ONNX into a QDQ int8 one (per-channel int8 weights, uint8 activations) with
+    ONNX Runtime's static quantizer, calibrated batch by batch on ``calibration`` (N, C, H, W)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration.astype(np.float32), max(1, len(calibration) // 4)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    quantize_static(
+        str(onnx_path), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )
+    # The rtk record of the fp32 file, now saying int8, as `rtk export --precision int8` writes it:
+    # the checkpoint hash it carries keeps the file fresh for prepare().
+    model = onnx.load(str(out_path))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            record = json.loads(prop.value)
+            prop.value = json.dumps({**record, "precision": "int8"})
+    onnx.save(model, str(out_path))
+    return out_path

@@ -1,0 +1,87 @@
+"""``rtk bench``: open every engine asked for on one model, and time them side by side.
+
+The timing is the harness's (:func:`benchmarks.harness.run_benchmark`), on engines opened here the
+way every command opens them (:func:`toolkit.usecases.opening.open_engine`). An engine that
+cannot run here (no GPU, no TensorRT, an artefact it does not run, a provider that fell back to
+another) gives one ``skipped`` row with the reason, and the others are still timed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from benchmarks.harness import BASELINE, BenchOptions, BenchReport, BenchResult, require_device, run_benchmark
+from engines.base import Engine
+from engines.names import DEFAULT_ENGINE, EngineName, parse_engine, parse_engines
+from engines.ort_install import gpu_install_hint
+from engines.request import EngineRequest
+from toolkit.core.artefacts import artefact_kind
+from toolkit.core.errors import RtkError
+from toolkit.usecases.opening import open_engine
+
+
+def benchmark_model(
+    model: str | os.PathLike, options: BenchOptions, progress: Callable[[BenchResult], None] | None = None
+) -> BenchReport:
+    """Benchmark every engine in ``options`` on ``model`` across the batch sizes.
+
+    Eager fp32 joins as the baseline of every speed-up when the model is a checkpoint and
+    ``options.baseline`` is set.
+
+    Args:
+        model: a checkpoint, ONNX file or TensorRT engine.
+        options: which engines, and what to time (:class:`~benchmarks.harness.BenchOptions`).
+        progress: called with each finished row (for live output).
+
+    Returns:
+        The report: model, settings, environment and one row per engine, batch size and I/O mode.
+
+    Raises:
+        RtkError: the model is missing or of no known kind; CUDA asked for on a machine without it.
+    """
+    model = Path(model)
+    kind = artefact_kind(model)
+    require_device(options.device)
+    choices = list(parse_engines(options.engines or DEFAULT_ENGINE[kind], options.precision))
+    baseline = parse_engine(BASELINE)
+    if options.baseline and kind == "checkpoint" and baseline not in choices:
+        choices.insert(0, baseline)
+    emit = progress or (lambda row: None)
+    engines: list[Engine] = []
+    skipped: list[BenchResult] = []
+    try:
+        for choice in choices:
+            try:
+                engines.append(_open(model, choice, options))
+            except RtkError as exc:
+                skipped.append(BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc)))
+                emit(skipped[-1])
+        about = {"path": str(model), "name": model.name, "kind": kind}
+        return run_benchmark(engines, options, progress, skipped=skipped, model=about, asked=[str(c) for c in choices])
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def _open(model: Path, choice: EngineName, options: BenchOptions) -> Engine:
+    """Open one engine for timing, or say why it cannot be timed here.
+
+    Raises:
+        RtkError: it needs a GPU this run does not use, it cannot open, or its runtime fell back
+            to another provider (timing that under the name asked for would mislead).
+    """
+    if choice.needs_cuda and not options.device.startswith("cuda"):
+        raise RtkError(f"{choice} needs a CUDA GPU; run with --device cuda on a machine that has one")
+    request = EngineRequest.of(
+        model, choice, device=options.device, threads=options.threads,
+        # trt and ort-trt get the same profile for the batches timed (toolkit.core.trt.sidecar.profile_for).
+        max_batch=max(options.batch_sizes) if "trt" in (choice.runtime, choice.provider) else None,
+        checkpoint_options=options.checkpoint_options,
+    )
+    engine = open_engine(request)
+    if engine.fell_back_from is not None:
+        engine.close()
+        raise RtkError(f"{choice} cannot run here (its runtime fell back to {engine.name}); {gpu_install_hint()}")
+    return engine

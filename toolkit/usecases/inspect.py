@@ -1,0 +1,162 @@
+"""``rtk inspect``: what any artefact holds, described as plain JSON-serialisable dicts.
+
+A checkpoint is loaded (so a file ``rtk inspect`` describes is one the other commands can load);
+an ONNX file is read without running it; an engine is described from its sidecar, without
+TensorRT, and where TensorRT and a GPU are present with whether this machine can run it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from toolkit.core.artefacts import artefact_kind
+from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, load_checkpoint
+from toolkit.core.errors import RtkError
+from toolkit.core.onnx_graph import external_data_files, graph_io, load_onnx_graph, metadata_dict, onnx_precision
+from toolkit.core.spec import ArtefactMeta
+from toolkit.core.trt.library import current_platform
+from toolkit.core.trt.sidecar import EngineSidecar, platform_mismatch, read_sidecar, rebuild_command
+
+
+def describe(path: str | os.PathLike, checkpoint_options: "CheckpointOptions | None" = None) -> dict[str, Any]:
+    """A JSON-serialisable description of any artefact (``checkpoint_options`` apply to a checkpoint)."""
+    kind = artefact_kind(path)
+    if kind == "checkpoint":
+        return describe_checkpoint(path, checkpoint_options)
+    if kind == "onnx":
+        return describe_onnx(path)
+    return describe_engine(path)
+
+
+def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "CheckpointOptions | None" = None) -> dict[str, Any]:
+    """Architecture, classes, parameter count, weights used, preprocess and training record of a checkpoint.
+
+    For a foreign file the training record is what it holds of one (epoch, best metric, arch
+    name, timm's arguments, Lightning's hyper-parameters).
+
+    Raises:
+        RtkError: the file cannot be read, or its weights do not fit the architecture it names
+            (a file that ``rtk inspect`` describes is one the other commands can load).
+    """
+    ckpt = load_checkpoint(path, options=checkpoint_options)
+    ckpt.check_fit()
+    params = sum(t.numel() for k, t in ckpt.state_dict.items() if not _is_buffer(k))
+    train = ckpt.train
+    if ckpt.source == "rtk":
+        train = {k: v for k, v in train.items() if k in ("epoch", "epochs", "metrics", "best", "data", "seed", "args")}
+    return {
+        "kind": "checkpoint",
+        "path": str(path),
+        "size_bytes": Path(path).stat().st_size,
+        "source": "rtk" if ckpt.source == "rtk" else "foreign (spec inferred from tensor shapes)",
+        "arch": ckpt.spec.name,
+        "num_classes": ckpt.spec.num_classes,
+        "parameters": params,
+        "weights": describe_weights(ckpt),
+        "spec": ckpt.spec.to_dict(),
+        "preprocess": ckpt.preprocess.to_dict(),
+        "train": train,
+    }
+
+
+def describe_weights(ckpt: "Checkpoint") -> str:
+    """Which of a checkpoint's weights were taken, from where, and what else it offers:
+    ``ema (['state_dict_ema']; raw also present: --weights raw)``."""
+    others = [w for w in ckpt.weights_available if w != ckpt.weights]
+    also = f"; {', '.join(others)} also present: --weights {others[0]}" if others else ""
+    return f"{ckpt.weights} ({ckpt.weights_location}{also})"
+
+
+def _is_buffer(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    """What an ONNX file holds, for ``rtk inspect``: opset, I/O, precision, spec, size (external weight files included).
+
+    Args:
+        path: the ``.onnx`` file.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    path = Path(path)
+    model = load_onnx_graph(path)
+    inputs, outputs = graph_io(model)
+    data = metadata_dict(model)
+    meta = ArtefactMeta.from_dict(data) if data is not None else None
+    params = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        params += n
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    extra = {k: v for k, v in (data or {}).items() if k not in ("spec", "preprocess")}
+    external = external_data_files(model, path)
+    return {
+        "kind": "onnx",
+        "path": str(path),
+        "size_bytes": path.stat().st_size + sum((path.parent / name).stat().st_size for name in external),
+        "external_data": list(external) or None,
+        "opset": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "precision": onnx_precision(model),
+        "inputs": [t.to_dict() for t in inputs],
+        "outputs": [t.to_dict() for t in outputs],
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "weights": params,
+        "source": "rtk" if meta else "foreign (no rtk metadata)",
+        "arch": meta.spec.name if meta else None,
+        "num_classes": meta.spec.num_classes if meta else None,
+        "spec": meta.spec.to_dict() if meta else None,
+        "preprocess": meta.preprocess.to_dict() if meta else None,
+        "export": extra or None,
+    }
+
+
+def describe_engine(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-serialisable description of an engine for ``rtk inspect``, from its sidecar.
+
+    Works without TensorRT. Where TensorRT and a GPU are present it also says whether this
+    machine can run the engine.
+    """
+    path = Path(path)
+    sidecar = read_sidecar(path)
+    data = sidecar.to_dict()
+    layers = data.pop("layers")
+    report: dict[str, Any] = {"kind": "engine", "path": str(path), "size_bytes": path.stat().st_size}
+    report.update({k: v for k, v in data.items() if k not in ("format", "version")})
+    report["arch"] = sidecar.spec.name
+    report["num_classes"] = sidecar.spec.num_classes
+    report["this_machine"] = _compatibility_here(sidecar, path)
+    if layers is None:
+        report["layers"] = "not recorded (build with --profiling-verbosity detailed for per-layer information)"
+    else:
+        types: dict[str, int] = {}
+        for layer in layers:
+            types[layer.get("type", "?")] = types.get(layer.get("type", "?"), 0) + 1
+        report["layer_count"] = len(layers)
+        report["layer_types"] = dict(sorted(types.items(), key=lambda kv: -kv[1]))
+        report["layers"] = layers
+    return report
+
+
+def _compatibility_here(sidecar: EngineSidecar, path: Path) -> str:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "unknown: TensorRT is not installed here (pip install 'rtk[trt]')"
+    try:
+        platform = current_platform()
+    except RtkError as exc:
+        return f"unknown: {exc}"
+    problem = platform_mismatch(sidecar, platform)
+    if problem:
+        return f"cannot run: {problem}; rebuild with `{rebuild_command(sidecar, path)}`"
+    return f"can run ({platform.describe()})"
