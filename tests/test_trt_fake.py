@@ -104,7 +104,9 @@ def _fake_names(trt) -> set[str]:
         if issubclass(cls, enum.Enum):
             names.update(f"{cls_name}.{member}" for member in cls.__members__)
             continue
-        for attr, value in vars(cls).items():
+        # A type bound to its flavour is a subclass of the fake's own: its members are its bases'.
+        members = {attr: value for klass in reversed(cls.__mro__[:-1]) for attr, value in vars(klass).items()}
+        for attr, value in members.items():
             if attr.startswith("_"):
                 continue
             names.add(f"{cls_name}.{attr}")
