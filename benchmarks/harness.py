@@ -214,18 +214,7 @@ def time_calls(
         int64 nanoseconds, one per timed call.
     """
     clock = time.perf_counter_ns
-    start = clock()
-    fn(arg)
-    if sync is not None:
-        sync()
-    warm_calls = 1
-    deadline = start + int(warmup_s * 1e9)
-    while clock() < deadline:
-        fn(arg)
-        if sync is not None:
-            sync()
-        warm_calls += 1
-    per_call = max((clock() - start) / warm_calls, 1.0)
+    per_call = _warm_up(fn, arg, sync, warmup_s)
     capacity = iters if iters is not None else max(min_iters, int(duration_s * 1e9 / per_call * 1.25) + 16)
     samples = np.empty(capacity, dtype=np.int64)
     end = clock() + int(duration_s * 1e9)
@@ -248,6 +237,20 @@ def time_calls(
         elif t1 >= end and count >= min_iters:
             break
     return samples[:count]
+
+
+def _warm_up(fn: Callable[[Any], Any], arg: Any, sync: Callable[[], None] | None, warmup_s: float) -> float:
+    """Untimed calls for ``warmup_s`` (at least one); returns the mean nanoseconds per call they took."""
+    clock = time.perf_counter_ns
+    start = clock()
+    deadline = start + int(warmup_s * 1e9)
+    calls = 0
+    while calls == 0 or clock() < deadline:
+        fn(arg)
+        if sync is not None:
+            sync()
+        calls += 1
+    return max((clock() - start) / calls, 1.0)
 
 
 # --------------------------------------------------------------------------- one measurement

@@ -82,52 +82,22 @@ def measure_overhead(
         "median_ratio": ..., "min_ratio": ..., ...}``.
     """
     import numpy as np
-    import onnxruntime as ort
     import torch
-
 
     if threads is not None:
         torch.set_num_threads(threads)
     model, ckpt = load_model(checkpoint)
-    model.eval()
     shape = (batch_size, ckpt.spec.in_chans, *ckpt.preprocess.input_size)
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    xt = torch.from_numpy(x)
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
     eager = EagerEngine(model, ckpt.spec, ckpt.preprocess)
     ort_engine = OrtEngine(onnx, threads=threads or 0)
-
-    def bare_torch(n: int) -> np.ndarray:
-        with torch.inference_mode():
-            return _bare_ms(lambda: model(xt), n)
-
-    contenders: dict[str, Callable[[int], np.ndarray]] = {
-        "torch (bare)": bare_torch,
-        "rtk eager": lambda n: _rtk_ms(eager, x, n),
-        "onnxruntime (bare)": lambda n: _bare_ms(lambda: session.run(None, feed), n),
-        "rtk ort": lambda n: _rtk_ms(ort_engine, x, n),
-    }
-    pairs = {"eager": ("torch (bare)", "rtk eager"), "ort": ("onnxruntime (bare)", "rtk ort")}
-    for run in contenders.values():  # warm-up: first calls allocate and pick kernels
-        run(2)
-    ms: dict[str, list[float]] = {name: [] for name in contenders}
-    best: dict[str, float] = {name: float("inf") for name in contenders}
-    for r in range(rounds):
-        runtimes = list(pairs.values()) if r % 2 == 0 else list(pairs.values())[::-1]
-        for bare, rtk in runtimes:
-            for name in (bare, rtk) if r % 2 == 0 else (rtk, bare):
-                calls = contenders[name](iters)
-                ms[name].append(float(np.median(calls)))
-                best[name] = min(best[name], float(calls.min()))
-        progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in ms.items()))
-    eager.close()
-    ort_engine.close()
-    ratio = {k: [a / b for a, b in zip(ms[rtk], ms[bare])] for k, (bare, rtk) in pairs.items()}
+    try:
+        contenders = _contenders(model, onnx, eager, ort_engine, x, threads)
+        ms, best = _interleaved(contenders, rounds, iters, progress)
+    finally:
+        eager.close()
+        ort_engine.close()
+    ratio = {k: [a / b for a, b in zip(ms[rtk], ms[bare])] for k, (bare, rtk) in PAIRS.items()}
     return {
         "model": {"checkpoint": checkpoint.name, "onnx": onnx.name, "arch": ckpt.spec.arch, "input_shape": list(x.shape[1:])},
         "batch_size": batch_size,
@@ -138,10 +108,57 @@ def measure_overhead(
         "median_ms": {k: statistics.median(v) for k, v in ms.items()},
         "median_ratio": {k: statistics.median(v) for k, v in ratio.items()},
         "min_ms": best,
-        "min_ratio": {k: best[rtk] / best[bare] for k, (bare, rtk) in pairs.items()},
+        "min_ratio": {k: best[rtk] / best[bare] for k, (bare, rtk) in PAIRS.items()},
         "ort_over_eager_bare": statistics.median(a / b for a, b in zip(ms["torch (bare)"], ms["onnxruntime (bare)"])),
         "ort_over_eager_rtk": statistics.median(a / b for a, b in zip(ms["rtk eager"], ms["rtk ort"])),
     }
+
+
+#: Each runtime's bare contender and rtk's, compared within every round.
+PAIRS = {"eager": ("torch (bare)", "rtk eager"), "ort": ("onnxruntime (bare)", "rtk ort")}
+
+
+def _contenders(model: Any, onnx: Path, eager: EagerEngine, ort_engine: OrtEngine, x: "np.ndarray", threads: int | None) -> dict[str, Callable[[int], "np.ndarray"]]:
+    """Per-call milliseconds of ``n`` calls of each contender on the same input ``x``."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    xt = torch.from_numpy(x)
+
+    def bare_torch(n: int) -> "np.ndarray":
+        with torch.inference_mode():
+            return _bare_ms(lambda: model(xt), n)
+
+    return {
+        "torch (bare)": bare_torch,
+        "rtk eager": lambda n: _rtk_ms(eager, x, n),
+        "onnxruntime (bare)": lambda n: _bare_ms(lambda: session.run(None, feed), n),
+        "rtk ort": lambda n: _rtk_ms(ort_engine, x, n),
+    }
+
+
+def _interleaved(contenders: dict[str, Callable[[int], "np.ndarray"]], rounds: int, iters: int, progress: Callable[[str], None]):
+    """Per-round medians and the fastest call of every contender, over rounds whose order alternates."""
+    import numpy as np
+
+    for run in contenders.values():  # warm-up: first calls allocate and pick kernels
+        run(2)
+    ms: dict[str, list[float]] = {name: [] for name in contenders}
+    best: dict[str, float] = {name: float("inf") for name in contenders}
+    for r in range(rounds):
+        runtimes = list(PAIRS.values()) if r % 2 == 0 else list(PAIRS.values())[::-1]
+        for bare, rtk in runtimes:
+            for name in (bare, rtk) if r % 2 == 0 else (rtk, bare):
+                calls = contenders[name](iters)
+                ms[name].append(float(np.median(calls)))
+                best[name] = min(best[name], float(calls.min()))
+        progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in ms.items()))
+    return ms, best
 
 
 def fixed_cost_us(checkpoint: Path, batch_size: int = 1, iters: int = 2000) -> dict[str, float]:

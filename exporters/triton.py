@@ -444,21 +444,26 @@ def build_config(artefact: ServedArtefact, name: str, options: TritonOptions) ->
         group.kind = mc.ModelInstanceGroup.KIND_GPU
         group.gpus.extend(options.gpus)
     if options.ort_trt:
-        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        accelerator.parameters["precision_mode"] = "FP16"
-        accelerator.parameters["max_workspace_size_bytes"] = str(options.ort_trt_workspace_bytes)
-        # One TensorRT profile covering every batch the dynamic batcher can form; without it
-        # ONNX Runtime rebuilds the engine whenever a batch larger than any seen so far arrives.
-        chw = "x".join(str(d) for d in _static_chw(artefact))
-        if options.ort_trt_profiles:
-            for key, batch in (("min", 1), ("opt", max_batch), ("max", max_batch)):
-                accelerator.parameters[f"trt_profile_{key}_shapes"] = f"{artefact.input.name}:{batch}x{chw}"
-        if options.ort_trt_cache:
-            # Engines and tactic timings survive server restarts (a ResNet-101 build takes minutes).
-            for cache in ("engine", "timing") if options.ort_trt_profiles else ("engine",):
-                accelerator.parameters[f"trt_{cache}_cache_enable"] = "1"
-                accelerator.parameters[f"trt_{cache}_cache_path"] = options.ort_trt_cache
+        _add_tensorrt_accelerator(config, artefact, options, max_batch)
     return config
+
+
+def _add_tensorrt_accelerator(config, artefact: ServedArtefact, options: TritonOptions, max_batch: int) -> None:
+    """ONNX Runtime's TensorRT accelerator in fp16, with one profile over every batch and persistent caches."""
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    accelerator.parameters["precision_mode"] = "FP16"
+    accelerator.parameters["max_workspace_size_bytes"] = str(options.ort_trt_workspace_bytes)
+    # One TensorRT profile covering every batch the dynamic batcher can form; without it
+    # ONNX Runtime rebuilds the engine whenever a batch larger than any seen so far arrives.
+    chw = "x".join(str(d) for d in _static_chw(artefact))
+    if options.ort_trt_profiles:
+        for key, batch in (("min", 1), ("opt", max_batch), ("max", max_batch)):
+            accelerator.parameters[f"trt_profile_{key}_shapes"] = f"{artefact.input.name}:{batch}x{chw}"
+    if options.ort_trt_cache:
+        # Engines and tactic timings survive server restarts (a ResNet-101 build takes minutes).
+        for cache in ("engine", "timing") if options.ort_trt_profiles else ("engine",):
+            accelerator.parameters[f"trt_{cache}_cache_enable"] = "1"
+            accelerator.parameters[f"trt_{cache}_cache_path"] = options.ort_trt_cache
 
 
 def _static_chw(artefact: ServedArtefact) -> tuple[int, ...]:

@@ -299,7 +299,7 @@ def build_engine(
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
     trt = trt_library.import_tensorrt("building a TensorRT engine")
     dev = trt_library.open_device(device)
-    runtime = TrtPlatform(str(trt.__version__), dev.name(), dev.capability())
+    platform = TrtPlatform(str(trt.__version__), dev.name(), dev.capability())
     route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
     source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
 
@@ -309,23 +309,12 @@ def build_engine(
         started = time.perf_counter()
         plan, config = _build_plan(trt, log, source, meta, route, options, show_progress)
         seconds = time.perf_counter() - started
-        # Deserialising the plan proves it loads here and gives the I/O tensors as TensorRT sees them.
-        since = log.mark()
-        engine = trt_library.deserializer(trt, dev).deserialize_cuda_engine(plan)
-        if engine is None:
-            raise RtkError(f"TensorRT built {output.name} but cannot load it: {log.last_error(since)}")
-        inputs, outputs = trt_library.engine_tensors(trt, engine)
-        layers = None
-        if options.profiling_verbosity != "none":
-            inspector = engine.create_engine_inspector()
-            layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-        profile = trt_library.engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3
-        del engine
+        inputs, outputs, profile, layers = _read_back(trt, dev, log, plan, output, options)
     data = memoryview(plan)
     sidecar = EngineSidecar(
-        tensorrt_version=runtime.tensorrt_version,
-        gpu_name=runtime.gpu_name,
-        compute_capability=runtime.compute_capability,
+        tensorrt_version=platform.tensorrt_version,
+        gpu_name=platform.gpu_name,
+        compute_capability=platform.compute_capability,
         precision=options.precision,
         profile=profile,
         inputs=inputs,
@@ -338,15 +327,36 @@ def build_engine(
         build={"route": route.name, **options.build_record(), "seconds": round(seconds, 1)},
         layers=layers,
     )
+    _write_engine(output, data, sidecar)
+    if options.timing_cache is not None:
+        write_atomic(options.timing_cache, memoryview(config.get_timing_cache().serialize()))
+    return output
+
+
+def _read_back(trt, dev, log, plan, output: Path, options: "BuildOptions"):
+    """Deserialise the fresh plan: it proves the engine loads here, and gives its I/O tensors,
+    profile and (unless ``none`` was asked for) per-layer summary as TensorRT sees them."""
+    since = log.mark()
+    engine = trt_library.deserializer(trt, dev).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise RtkError(f"TensorRT built {output.name} but cannot load it: {log.last_error(since)}")
+    inputs, outputs = trt_library.engine_tensors(trt, engine)
+    layers = None
+    if options.profiling_verbosity != "none":
+        inspector = engine.create_engine_inspector()
+        layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    profile = trt_library.engine_profile(engine, inputs[0].name) or (inputs[0].shape[0],) * 3
+    return inputs, outputs, profile, layers
+
+
+def _write_engine(output: Path, data: memoryview, sidecar: EngineSidecar) -> None:
+    """The engine and its sidecar, each atomically; an engine whose sidecar cannot be written is removed."""
     write_atomic(output, data)
     try:
         write_sidecar(sidecar, output)
     except BaseException:
         output.unlink(missing_ok=True)  # an engine without its sidecar must not be left behind
         raise
-    if options.timing_cache is not None:
-        write_atomic(options.timing_cache, memoryview(config.get_timing_cache().serialize()))
-    return output
 
 
 def ensure_engine(
