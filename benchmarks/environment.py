@@ -12,7 +12,6 @@ import os
 import platform
 import subprocess
 from datetime import datetime, timezone
-from importlib import metadata
 from typing import Any
 
 from toolkit import __version__
@@ -52,6 +51,7 @@ def usable_cores() -> int:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the runtimes that matter for speed (``None`` = not installed)."""
+    from importlib import metadata  # its import pulls in the email package: `rtk --help` must not pay for it
 
     versions: dict[str, str | None] = {"rtk": __version__}
     for dist, key in PACKAGES.items():

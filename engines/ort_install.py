@@ -9,7 +9,6 @@ it falls back to another provider, and ``rtk doctor`` reports them.
 from __future__ import annotations
 
 import importlib.util
-from importlib import metadata
 
 from toolkit.core.errors import RtkError
 from toolkit.core.trt.library import import_tensorrt, major_version
@@ -56,6 +55,8 @@ ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "
 
 def installed_ort_distributions() -> list[tuple[str, str]]:
     """(name, version) of every ONNX Runtime distribution installed, from the package metadata."""
+    from importlib import metadata  # its import pulls in the email package: `rtk --help` must not pay for it
+
     found = []
     for name in ORT_DISTRIBUTIONS:
         try:

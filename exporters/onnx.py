@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -307,6 +306,8 @@ def _export_one(
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporters' warnings, progress prints and log lines (they are not the user's business)."""
+    import logging  # only an export needs it: `rtk --help` must not pay for it
+
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
