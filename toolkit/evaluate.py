@@ -11,12 +11,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from toolkit.checkpoint import CheckpointOptions
 from toolkit.console import ProgressBar
+from toolkit.data import DataSource
 from toolkit.errors import RtkError
 from toolkit.files import Output, check_outputs
 from toolkit.spec import ModelSpec
@@ -164,8 +165,17 @@ class EvalResult:
         }
 
 
-def evaluate_artefact(options: EvalOptions) -> EvalResult:
+#: How an open engine scores one split of a source: ``score(engine, source, split) -> report``.
+Scorer = Callable[["Engine", DataSource, str], "ClassificationReport"]
+
+
+def evaluate_artefact(options: EvalOptions, score: Scorer | None = None) -> EvalResult:
     """Load an artefact, prepare the data with its preprocess, score it, and draw the confusion matrix.
+
+    Args:
+        options: what to evaluate, on which data.
+        score: how the opened engine scores the split; by default :func:`evaluate` in this process
+            (``toolkit.ray_inference`` passes one that runs on a Ray cluster).
 
     Returns:
         The report, the engine's name and where the confusion PNG went.
@@ -190,13 +200,20 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
         raise RtkError(f"{source.name} has no {split} split; it has {', '.join(source.splits)}")
     with open_engine(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
-        dataset = source.dataset(split, preprocess=engine.preprocess)
-        report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)
+        report = (score or _score_here(options))(engine, source, split)
         name = engine.name
     png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split}.png")
     check_outputs([Output(png, "--confusion")], [options.model, options.data])
     report.save_confusion_png(png, title=f"{Path(options.model).name} on {_short(source.name)} {split}")
     return EvalResult(report, Path(options.model), name, source.name, split, time.perf_counter() - started, png)
+
+
+def _score_here(options: EvalOptions) -> Scorer:
+    def score(engine: "Engine", source: DataSource, split: str) -> "ClassificationReport":
+        dataset = source.dataset(split, preprocess=engine.preprocess)
+        return evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)
+
+    return score
 
 
 def _short(name: str | os.PathLike) -> str:
