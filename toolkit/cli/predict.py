@@ -11,6 +11,7 @@ import typer
 from toolkit.cli.options import (
     DEVICE_HELP, ENGINE_HELP, TrustPickleOption, Weights, WeightsOption, check_device, check_engine, checkpoint_options,
 )
+from toolkit.cli.ray_options import RayAddressOption, RayOption, ReplicasOption, ray_options
 from toolkit.console import ProgressBar
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ def predict(
     ] = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    replicas: ReplicasOption = None,
 ) -> None:
     """Classify a folder of images, or one image, with any engine.
 
@@ -77,6 +81,8 @@ def predict(
     Files with an image suffix that cannot be read (corrupt, truncated, empty, not an image) are listed on stderr
     with the reason and skipped; files without an image suffix (notes.txt, photo.heic) are named on stderr as ignored.
     A folder laid out as <class>/image with the model's class names is also scored: accuracy and confusion matrix.
+
+    With --ray the same run goes to a Ray cluster (a new local instance by default) and gives the same output.
 
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
     """
@@ -87,6 +93,7 @@ def predict(
     from toolkit.predict import predict as run
     from toolkit.runtime import open_engine
 
+    cluster = ray_options(ray, ray_address, replicas, workers)
     options = PredictOptions(
         top_k=top_k,
         batch_size=batch_size,
@@ -103,9 +110,15 @@ def predict(
         ],
         [path, model_path],
     )
-    with open_engine(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle)) as loaded:
+    loading = checkpoint_options(weights, trust_pickle)
+    with open_engine(model_path, engine, device=device, checkpoint_options=loading) as loaded:
         with _Progress() as progress:
-            result = run(path, loaded, options, progress)
+            if cluster is None:
+                result = run(path, loaded, options, progress)
+            else:
+                from toolkit.ray_inference import EngineRequest, predict_on_ray
+
+                result = predict_on_ray(path, loaded, EngineRequest(model_path, engine, loading), options, cluster, progress)
     for p in result.failures:
         warn(f"skipped {p.path}: {p.error}")
     if not result.classified:
