@@ -70,7 +70,7 @@ def ray_instance():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[data]>=2.40')")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 
@@ -99,6 +99,21 @@ def test_an_address_where_no_cluster_answers_is_refused_in_seconds(cli, digits_m
     assert result.exit_code == 1
     assert "no Ray cluster answers at 127.0.0.1:9" in result.stderr and "ray start --head" in result.stderr
     assert not out.exists() and not ray.is_initialized()
+
+
+def test_a_ray_client_address_is_refused_with_what_to_do_instead(cli, digits_model, photos):
+    # Ray Data fails deep inside through Ray Client (ray://), so rtk says so before starting anything.
+    result = cli("predict", photos, "-m", digits_model, "--ray-address", "ray://head:10001")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "Ray Data does not run through Ray Client" in line and "--ray-address HEAD_IP:6379" in line
+
+
+def test_an_object_store_url_is_refused_with_how_to_mount_it(cli, digits_model):
+    result = cli("predict", "s3://bucket/photos", "-m", digits_model, "--ray")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "is not a folder" in line and "mount the bucket" in line
 
 
 @pytest.mark.parametrize(

@@ -31,9 +31,10 @@ class RayOptions:
     """How a run uses Ray.
 
     Attributes:
-        address: the cluster: ``host:port`` of its head (what ``ray start --head`` prints), ``auto``
-            (the cluster started on this machine) or ``ray://host:10001`` (Ray Client). ``None``:
-            ``$RAY_ADDRESS``, else a new local instance on this machine, stopped at the end.
+        address: the cluster: ``host:port`` of its head (what ``ray start --head`` prints) or
+            ``auto`` (the cluster started on this machine). ``None``: ``$RAY_ADDRESS``, else a new
+            local instance on this machine, stopped at the end. Not ``ray://`` (Ray Client): Ray
+            Data does not run through it.
         replicas: engine replicas, each a Ray actor holding one engine; ``None``: one per GPU of
             the cluster for a GPU engine, else one per CPU.
     """
@@ -91,13 +92,19 @@ def connect(address: str | None = None) -> Iterator[Cluster]:
         The cluster: its address and resources.
 
     Raises:
-        RtkError: Ray is not installed, or no cluster answers at the address.
+        RtkError: Ray is not installed, the address is a Ray Client one, or no cluster answers at
+            it or lets rtk join.
     """
     ray = ray_module()
+    target = address or os.environ.get(ADDRESS_ENV) or "local"
+    if target.startswith("ray://"):
+        raise RtkError(
+            f"{target} is a Ray Client address, and Ray Data does not run through Ray Client; run rtk on a node of the "
+            "cluster with --ray-address HEAD_IP:6379 (or submit it there with ray job submit)"
+        )
     if ray.is_initialized():  # the caller's own connection: use it, and leave it open
         yield _describe(ray, "the connected cluster")
         return
-    target = address or os.environ.get(ADDRESS_ENV) or "local"
     if target not in ("local", "auto"):
         _check_reachable(target)
     try:
@@ -105,8 +112,14 @@ def connect(address: str | None = None) -> Iterator[Cluster]:
             address=target, include_dashboard=False if target == "local" else None,
             logging_level=logging.ERROR, log_to_driver=False,
         )  # fmt: skip
-    except ConnectionError as exc:  # "auto" with no cluster on this machine
-        raise RtkError(f"no Ray cluster to connect to at {target} ({first_line(exc, 160)}); start one with: ray start --head") from None
+    except ConnectionError as exc:
+        if target == "auto":  # no cluster started on this machine
+            raise RtkError(f"no Ray cluster runs on this machine ({first_line(exc, 160)}); start one with: ray start --head") from None
+        # Something listens but Ray refused us; Ray 2.60's `ray start` asks drivers for a token.
+        raise RtkError(
+            f"cannot join the Ray cluster at {target} ({first_line(exc, 160)}); if it uses token authentication, set "
+            f"RAY_AUTH_MODE=token and give its token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+        ) from None
     try:
         yield _describe(ray, target)
     finally:
@@ -120,10 +133,9 @@ def _describe(ray, address: str) -> Cluster:
 
 def _check_reachable(address: str) -> None:
     """Refuse, within seconds, an address where nothing listens (``ray.init`` would retry for minutes)."""
-    hostport = address.removeprefix("ray://").rstrip("/")
-    host, _, port = hostport.rpartition(":")
+    host, _, port = address.rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise RtkError(f"{address!r} is not a Ray address; give host:port of the cluster's head (ray start --head prints it), auto, or ray://host:10001")
+        raise RtkError(f"{address!r} is not a Ray address; give host:port of the cluster's head (ray start --head prints it), or auto")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass

@@ -6,7 +6,9 @@ rtk's own code (:func:`toolkit.predict.prepare_image`, :func:`toolkit.transforms
 so the network sees what a local run feeds it; an actor pool runs the batches, each actor (a
 *replica*) holding one engine opened by :func:`toolkit.runtime.open_engine`, and one GPU each for
 a GPU engine. Ray Data streams blocks through the stages under its object-store budget, so
-memory is bounded by the pipeline, not by the number of images.
+memory is bounded by the pipeline, not by the number of images. With CPU replicas, Ray Data's
+optimiser fuses the two stages (both ask for one CPU): each replica decodes the blocks it runs,
+and no decoded image crosses the object store; GPU replicas keep the decoding in CPU tasks.
 
 Results are gathered on the driver, not written as parts by the workers: what comes back per
 image is a few class indices and probabilities (tens of bytes, against the hundreds of KB of its
@@ -22,7 +24,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -54,6 +56,8 @@ MAX_INPUT_BLOCKS = 1000
 RAY_LOGS = "/tmp/ray/session_latest/logs"
 # Ray colours parts of its messages for a terminal.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# An object-store URL (s3://, gs://, abfs://…), as a Path keeps it: one slash after the scheme.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def predict_on_ray(
             batch limits drive the run (the replicas open their own).
         request: what each replica opens.
         options: as for a local run, but ``workers``: Ray runs the decoding on the cluster's CPUs.
-        ray_options: the cluster, and how many replicas and decoding tasks.
+        ray_options: the cluster, and how many replicas.
         progress: called as ``progress(done, total)`` as results come back.
 
     Returns:
@@ -98,6 +102,11 @@ def predict_on_ray(
         RtkError: nothing to classify, a bad batch size, (with ``strict``) an unreadable file, or
             a failure on the cluster (its first line).
     """
+    if _URL.match(str(path)):  # Path("s3://bucket/x") is "s3:/bucket/x", which would "not exist"
+        raise RtkError(
+            f"{path} is not a folder: rtk reads images through the file system, so mount the bucket as a folder "
+            "(Mountpoint for Amazon S3, gcsfuse, blobfuse2) at the same path on every node and give that path"
+        )
     class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
     inputs = collect_images(path, class_names, options.recursive)
     files, labels = inputs.files, inputs.labels
@@ -131,7 +140,7 @@ def evaluate_on_ray(options: EvalOptions, ray_options: RayOptions = RayOptions()
 
     Args:
         options: as for a local run.
-        ray_options: the cluster, and how many replicas and decoding tasks.
+        ray_options: the cluster, and how many replicas.
 
     Raises:
         RtkError: what a local run raises, or a failure on the cluster (its first line).
@@ -199,7 +208,7 @@ def run_pipeline(
         batch_size: images per engine call.
         top_k: classes kept per image (softmax probabilities, as ``rtk predict``), or ``None`` for
             the argmax of the logits alone (as ``rtk eval``).
-        ray_options: replicas and decoding tasks.
+        ray_options: how many replicas.
         cluster: the connected cluster.
 
     Yields:
@@ -221,6 +230,7 @@ def run_pipeline(
         decode_block, fn_kwargs={"preprocess": engine.preprocess, "shape": tuple(engine.input_shape)},
         batch_size=batch_size, batch_format="numpy", num_cpus=1,
     )  # fmt: skip
+    request = replace(request, model=Path(os.path.abspath(request.model)))  # workers start elsewhere
     ds = ds.map_batches(
         Replica,
         fn_constructor_kwargs={"request": request, "gpu": gpu, "top_k": top_k},

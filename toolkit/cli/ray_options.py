@@ -27,9 +27,8 @@ RayAddressOption = Annotated[
     Optional[str],
     typer.Option(
         "--ray-address",
-        help="The Ray cluster to run on (implies --ray): host:port of its head (ray start --head prints it), auto for "
-        "the cluster started on this machine, or ray://host:10001. The model and images must be at the same path on "
-        "every node.",
+        help="The Ray cluster to run on (implies --ray): host:port of its head (ray start --head prints it), or auto "
+        "for the cluster started on this machine. The model and images must be at the same path on every node.",
         show_default=False,
     ),
 ]
