@@ -36,7 +36,8 @@ class RayOptions:
             local instance on this machine, stopped at the end. Not ``ray://`` (Ray Client): Ray
             Data does not run through it.
         replicas: engine replicas, each a Ray actor holding one engine; ``None``: one per GPU of
-            the cluster for a GPU engine, else one per CPU.
+            the cluster for a GPU engine, else one per CPU (as the cluster counts them when the
+            run starts: nodes an autoscaler would add later are not counted).
     """
 
     address: str | None = None
@@ -103,7 +104,7 @@ def connect(address: str | None = None) -> Iterator[Cluster]:
             "cluster with --ray-address HEAD_IP:6379 (or submit it there with ray job submit)"
         )
     if ray.is_initialized():  # the caller's own connection: use it, and leave it open
-        yield _describe(ray, "the connected cluster")
+        yield _describe(ray, ray.get_runtime_context().gcs_address)
         return
     if target not in ("local", "auto"):
         _check_reachable(target)

@@ -257,15 +257,15 @@ def decode_block(batch: dict[str, np.ndarray], preprocess: Preprocess, shape: Se
 
     A file that cannot be read keeps its row, with a zero image and the reason; the replicas skip it.
     """
+    from PIL import Image
+
     n = len(batch["index"])
     images = np.zeros((n, *shape), dtype=np.float32)
     errors = np.full(n, "", dtype=object)
     for row in range(n):
         if "path" in batch:
             array, error = prepare_image(Path(batch["path"][row]), preprocess)
-        else:
-            from PIL import Image
-
+        else:  # an image held in memory: rebuilt as the dataset hands it out, then prepared alike
             array, error = image_to_array(Image.fromarray(batch["pixels"][row], str(batch["mode"][row])), preprocess), None
         if error is not None:
             errors[row] = error

@@ -53,19 +53,18 @@ def eval_command(
     """
     from toolkit.evaluate import EvalOptions, evaluate_artefact
 
-    cluster = ray_options(ray, ray_address, replicas)
-
+    on_ray = ray_options(ray, ray_address, replicas)
     options = EvalOptions(
         model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
         device=device, confusion=confusion, data_root=data_root, download=download, val_split=val_split,
         seed=seed, max_samples=max_samples, progress=not as_json, checkpoint_options=checkpoint_options(weights, trust_pickle),
     )  # fmt: skip
-    if cluster is None:
+    if on_ray is None:
         result = evaluate_artefact(options)
     else:
         from toolkit.ray_inference import evaluate_on_ray
 
-        result = evaluate_on_ray(options, cluster)
+        result = evaluate_on_ray(options, on_ray)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

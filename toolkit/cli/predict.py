@@ -93,7 +93,7 @@ def predict(
     from toolkit.predict import predict as run
     from toolkit.runtime import open_engine
 
-    cluster = ray_options(ray, ray_address, replicas, workers)
+    on_ray = ray_options(ray, ray_address, replicas, workers)
     options = PredictOptions(
         top_k=top_k,
         batch_size=batch_size,
@@ -113,12 +113,12 @@ def predict(
     loading = checkpoint_options(weights, trust_pickle)
     with open_engine(model_path, engine, device=device, checkpoint_options=loading) as loaded:
         with _Progress() as progress:
-            if cluster is None:
+            if on_ray is None:
                 result = run(path, loaded, options, progress)
             else:
                 from toolkit.ray_inference import EngineRequest, predict_on_ray
 
-                result = predict_on_ray(path, loaded, EngineRequest(model_path, engine, loading), options, cluster, progress)
+                result = predict_on_ray(path, loaded, EngineRequest(model_path, engine, loading), options, on_ray, progress)
     for p in result.failures:
         warn(f"skipped {p.path}: {p.error}")
     if not result.classified:
