@@ -5,10 +5,13 @@ the checks every test of a refusal makes. Fixtures live in ``conftest.py``; plai
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from engines.request import EngineRequest
 from exporters.prepare import prepare
@@ -104,3 +107,41 @@ def make_qdq_onnx(onnx_path, out_path, calibration: np.ndarray):
             prop.value = json.dumps({**record, "precision": "int8"})
     onnx.save(model, str(out_path))
     return out_path
+
+
+def noise_image(rng, height, width, channels=3):
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_messy_folder(root: Path) -> Path:
+    """A folder of real encoded files of every kind ``rtk predict`` promises to read, plus bad ones."""
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nested").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; a viewer turns it 90° clockwise
+    Image.fromarray(noise_image(rng, 30, 50)).save(root / "photo.jpg", exif=exif)
+    Image.fromarray(noise_image(rng, 40, 40)).save(root / "UPPER.JPEG", format="JPEG")
+    Image.fromarray(noise_image(rng, 36, 36, 1), "L").save(root / "gray.png")
+    pal = Image.fromarray(noise_image(rng, 33, 33)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(root / "palette.png", transparency=3)
+    Image.fromarray(noise_image(rng, 32, 48, 4), "RGBA").save(root / "rgba.png")
+    Image.fromarray((noise_image(rng, 34, 34, 1).astype(np.uint16) * 257)).save(root / "deep16.png")
+    frames = [Image.fromarray(noise_image(rng, 32, 32)) for _ in range(3)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    Image.fromarray(noise_image(rng, 35, 45)).convert("CMYK").save(root / "cmyk.tiff")
+    Image.fromarray(noise_image(rng, 32, 32)).save(root / "pic.webp")
+    Image.fromarray(noise_image(rng, 40, 32)).save(root / "pic.bmp")
+    Image.fromarray(noise_image(rng, 64, 64)).save(root / "Shout.PNG")
+    Image.fromarray(noise_image(rng, 32, 32)).save(root / "nested" / "inner.jpg")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("these are not pixels\n")
+    png = io.BytesIO()
+    Image.fromarray(noise_image(rng, 64, 64)).save(png, "PNG")
+    data = png.getvalue()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    mid = len(data) // 2
+    (root / "corrupt.png").write_bytes(data[:mid] + bytes(64) + data[mid + 64 :])
+    (root / "readme.txt").write_text("not an image by name: ignored\n")
+    return root

@@ -4,7 +4,6 @@ labelled folders, every output format parsed back, and the exit-status rule."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import stat
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_checkpoint, opened
+from helpers import make_checkpoint, noise_image, opened, write_messy_folder
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
@@ -29,44 +28,6 @@ BAD = {
     "truncated.png": "truncated",
     "corrupt.png": "corrupt",
 }
-
-
-def _noise(rng, height, width, channels=3):
-    shape = (height, width, channels) if channels > 1 else (height, width)
-    return rng.integers(0, 256, shape, dtype=np.uint8)
-
-
-def write_messy_folder(root: Path) -> Path:
-    """A folder of real encoded files of every kind ``rtk predict`` promises to read, plus bad ones."""
-    rng = np.random.default_rng(7)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "nested").mkdir()
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored sideways; a viewer turns it 90° clockwise
-    Image.fromarray(_noise(rng, 30, 50)).save(root / "photo.jpg", exif=exif)
-    Image.fromarray(_noise(rng, 40, 40)).save(root / "UPPER.JPEG", format="JPEG")
-    Image.fromarray(_noise(rng, 36, 36, 1), "L").save(root / "gray.png")
-    pal = Image.fromarray(_noise(rng, 33, 33)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    pal.save(root / "palette.png", transparency=3)
-    Image.fromarray(_noise(rng, 32, 48, 4), "RGBA").save(root / "rgba.png")
-    Image.fromarray((_noise(rng, 34, 34, 1).astype(np.uint16) * 257)).save(root / "deep16.png")
-    frames = [Image.fromarray(_noise(rng, 32, 32)) for _ in range(3)]
-    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
-    Image.fromarray(_noise(rng, 35, 45)).convert("CMYK").save(root / "cmyk.tiff")
-    Image.fromarray(_noise(rng, 32, 32)).save(root / "pic.webp")
-    Image.fromarray(_noise(rng, 40, 32)).save(root / "pic.bmp")
-    Image.fromarray(_noise(rng, 64, 64)).save(root / "Shout.PNG")
-    Image.fromarray(_noise(rng, 32, 32)).save(root / "nested" / "inner.jpg")
-    (root / "empty.jpg").write_bytes(b"")
-    (root / "notes.jpg").write_text("these are not pixels\n")
-    png = io.BytesIO()
-    Image.fromarray(_noise(rng, 64, 64)).save(png, "PNG")
-    data = png.getvalue()
-    (root / "truncated.png").write_bytes(data[: len(data) // 2])
-    mid = len(data) // 2
-    (root / "corrupt.png").write_bytes(data[:mid] + bytes(64) + data[mid + 64 :])
-    (root / "readme.txt").write_text("not an image by name: ignored\n")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +75,8 @@ def test_files_without_an_image_suffix_are_named_but_do_not_fail_the_run(cli, mo
     folder = tmp_path / "holiday"
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(5)
-    Image.fromarray(_noise(rng, 32, 32)).save(folder / "a.jpg")
-    Image.fromarray(_noise(rng, 32, 32)).save(folder / "sub" / "b.png")
+    Image.fromarray(noise_image(rng, 32, 32)).save(folder / "a.jpg")
+    Image.fromarray(noise_image(rng, 32, 32)).save(folder / "sub" / "b.png")
     (folder / "notes.txt").write_text("where we went\n")
     (folder / "b.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a format Pillow cannot read
     for name in ("c.raw", "d.psd", "sub/e.doc"):
@@ -282,7 +243,7 @@ def test_labelled_folder_reports_accuracy_and_confusion(cli, model, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(12):
-        Image.fromarray(_noise(rng, 32, 32)).save(flat / f"img{i:02d}.png")
+        Image.fromarray(noise_image(rng, 32, 32)).save(flat / f"img{i:02d}.png")
     _, out = run_json(cli, flat, "--model", model)
     predicted = {Path(r["path"]).name: r["top1"] for r in out["predictions"]}
     # Put 8 images in the folder of the class the model predicts and 4 in another one: the
@@ -295,7 +256,7 @@ def test_labelled_folder_reports_accuracy_and_confusion(cli, model, tmp_path):
         (labelled / label).mkdir(parents=True, exist_ok=True)
         (flat / name).rename(labelled / label / name)
     (labelled / "unsorted").mkdir()
-    Image.fromarray(_noise(rng, 32, 32)).save(labelled / "unsorted" / "x.png")  # not a class: not searched
+    Image.fromarray(noise_image(rng, 32, 32)).save(labelled / "unsorted" / "x.png")  # not a class: not searched
     png = tmp_path / "confusion.png"
     result, out = run_json(cli, labelled, "--model", model, "--confusion-png", png)
     assert result.exit_code == 0, result.output

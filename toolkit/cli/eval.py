@@ -19,8 +19,10 @@ from toolkit.cli.options import (
     check_engine,
     checkpoint_options,
 )
+from toolkit.cli.ray_options import RayAddressOption, RayOption, ReplicasOption, ray_options
 from toolkit.core.console import console
 from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact
+from toolkit.usecases.ray_inference import evaluate_on_ray
 
 
 class SplitName(str, Enum):
@@ -49,19 +51,27 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    replicas: ReplicasOption = None,
 ) -> None:
     """Measure accuracy, per-class accuracy and the confusion matrix of a model on a labelled dataset.
 
     Images are prepared with the artefact's own preprocessing (stored in it), and classes are
-    matched to the model's by name.
+    matched to the model's by name. With --ray the images are decoded and scored on a Ray cluster,
+    a new local instance by default, with the same figures.
     """
 
+    on_ray = ray_options(ray, ray_address, replicas)
     options = EvalOptions(
         model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
         device=device, confusion=confusion, data_root=data_root, download=download, val_split=val_split,
         seed=seed, max_samples=max_samples, progress=not as_json, checkpoint_options=checkpoint_options(weights, trust_pickle),
     )  # fmt: skip
-    result = evaluate_artefact(options)
+    if on_ray is None:
+        result = evaluate_artefact(options)
+    else:
+        result = evaluate_on_ray(options, on_ray)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

@@ -19,6 +19,7 @@ from toolkit.cli.options import (
     check_engine,
     checkpoint_options,
 )
+from toolkit.cli.ray_options import RayAddressOption, RayOption, ReplicasOption, ray_options
 from toolkit.core.console import ProgressBar, console, info, warn
 from toolkit.core.errors import RtkError
 from toolkit.core.images import describe_ignored
@@ -26,6 +27,7 @@ from toolkit.core.outputs import Output, check_outputs, write_text
 from toolkit.usecases.opening import open_engine
 from toolkit.usecases.predict import PredictOptions, PredictResult, default_workers, format_predictions, resolve_model
 from toolkit.usecases.predict import predict as run
+from toolkit.usecases.ray_inference import predict_on_ray
 
 #: Exit status when some files could not be read but the rest were classified and written.
 EXIT_PARTIAL = 2
@@ -81,6 +83,9 @@ def predict(
     ] = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    replicas: ReplicasOption = None,
 ) -> None:
     """Classify a folder of images, or one image, with any engine.
 
@@ -89,9 +94,12 @@ def predict(
     with the reason and skipped; files without an image suffix (notes.txt, photo.heic) are named on stderr as ignored.
     A folder laid out as <class>/image with the model's class names is also scored: accuracy and confusion matrix.
 
+    With --ray the same run goes to a Ray cluster (a new local instance by default) and gives the same output.
+
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
     """
 
+    on_ray = ray_options(ray, ray_address, replicas, workers)
     options = PredictOptions(
         top_k=top_k,
         batch_size=batch_size,
@@ -108,10 +116,14 @@ def predict(
         ],
         [path, model_path],
     )
-    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle))
+    loading = checkpoint_options(weights, trust_pickle)
+    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=loading)
     with open_engine(request) as loaded:
         with _Progress() as progress:
-            result = run(path, loaded, options, progress)
+            if on_ray is None:
+                result = run(path, loaded, options, progress)
+            else:
+                result = predict_on_ray(path, loaded, request, options, on_ray, progress)
     for p in result.failures:
         warn(f"skipped {p.path}: {p.error}")
     if not result.classified:

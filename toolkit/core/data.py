@@ -96,13 +96,17 @@ class Split:
     labels: np.ndarray
     names: Callable[[int], str] = str  # how to name image i in a warning
     in_memory: bool = False  # small and already decoded: prepare everything once, up front
+    files: tuple[Path, ...] | None = None  # image i is files[i], when the split reads image files
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: Sequence[int]) -> "Split":
         idx = np.asarray(indices, dtype=np.int64)
-        return replace(self, image=lambda i: self.image(int(idx[i])), labels=self.labels[idx], names=lambda i: self.names(int(idx[i])))
+        files = None if self.files is None else tuple(self.files[i] for i in idx)
+        return replace(
+            self, image=lambda i: self.image(int(idx[i])), labels=self.labels[idx], names=lambda i: self.names(int(idx[i])), files=files
+        )
 
 
 @dataclass(frozen=True)
@@ -414,7 +418,7 @@ def _readable(paths: list[Path]) -> list[Path]:
 
 
 def _file_split(paths: list[Path], labels: np.ndarray) -> Split:
-    return Split(lambda i: load_image(paths[i]), labels, lambda i: str(paths[i]))
+    return Split(lambda i: load_image(paths[i]), labels, lambda i: str(paths[i]), files=tuple(paths))
 
 
 def _hold_out(split: Split, fraction: float, seed: int, where: Path) -> tuple[Split, Split]:

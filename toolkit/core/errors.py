@@ -20,6 +20,8 @@ INSTALL_HINTS = {
     "onnxruntime": "pip install 'rtk[cpu]' (or 'rtk[gpu]' on an NVIDIA GPU)",
     "tritonclient": "pip install 'rtk[triton]'",
     "openvino": "pip install 'rtk[openvino]'",
+    # Ray Data (and the pyarrow it brings); the package itself, so the hint holds under any distribution name.
+    "ray": "pip install 'ray[data]>=2.40'",
 }
 
 

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from engines.base import Engine
 from engines.request import EngineRequest
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.console import ProgressBar
-from toolkit.core.data import resolve_data
+from toolkit.core.data import DataSource, resolve_data
 from toolkit.core.errors import RtkError
 from toolkit.core.metrics import ClassificationReport
 from toolkit.core.outputs import Output, check_outputs
@@ -164,8 +164,17 @@ class EvalResult:
         }
 
 
-def evaluate_artefact(options: EvalOptions) -> EvalResult:
+#: How an open engine scores one split of a source: ``score(engine, source, split) -> report``.
+Scorer = Callable[["Engine", DataSource, str], "ClassificationReport"]
+
+
+def evaluate_artefact(options: EvalOptions, score: Scorer | None = None) -> EvalResult:
     """Load an artefact, prepare the data with its preprocess, score it, and draw the confusion matrix.
+
+    Args:
+        options: what to evaluate, on which data.
+        score: how the opened engine scores the split; by default :func:`evaluate` in this process
+            (``toolkit.ray_inference`` passes one that runs on a Ray cluster).
 
     Returns:
         The report, the engine's name and where the confusion PNG went.
@@ -188,13 +197,20 @@ def evaluate_artefact(options: EvalOptions) -> EvalResult:
     request = EngineRequest.of(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options)
     with open_engine(request) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
-        dataset = source.dataset(split, preprocess=engine.preprocess)
-        report = evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)
+        report = (score or _score_here(options))(engine, source, split)
         name = engine.name
     png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split}.png")
     check_outputs([Output(png, "--confusion")], [options.model, options.data])
     report.save_confusion_png(png, title=f"{Path(options.model).name} on {_short(source.name)} {split}")
     return EvalResult(report, Path(options.model), name, source.name, split, time.perf_counter() - started, png)
+
+
+def _score_here(options: EvalOptions) -> Scorer:
+    def score(engine: "Engine", source: DataSource, split: str) -> "ClassificationReport":
+        dataset = source.dataset(split, preprocess=engine.preprocess)
+        return evaluate(engine, dataset, options.batch_size, source.class_names, progress=options.progress)
+
+    return score
 
 
 def _short(name: str | os.PathLike) -> str:

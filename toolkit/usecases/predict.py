@@ -353,7 +353,7 @@ def predict(
     class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
     inputs = collect_images(path, class_names, options.recursive)
     files, labels = inputs.files, inputs.labels
-    batch_size = _batch_size(engine, options.batch_size)
+    batch_size = engine_batch_size(engine, options.batch_size)
     top_k = min(options.top_k, engine.spec.num_classes)
     window = 2 * batch_size + options.workers
     results: list[Prediction | None] = [None] * len(files)
@@ -369,7 +369,7 @@ def predict(
         size = max(n, engine.min_batch)
         batch[n:size] = 0.0
         logits = engine(batch[:size])[:n]
-        for index, row in zip(members, _top_k(logits, top_k)):
+        for index, row in zip(members, top_k_probs(logits, top_k)):
             results[index] = Prediction(files[index], labels[index], row)
         done += n
         members.clear()
@@ -393,11 +393,12 @@ def predict(
     predictions = [p for p in results if p is not None]
     return PredictResult(
         inputs.root, predictions, class_names, engine.name, engine.device, seconds,
-        _evaluate(predictions, class_names), inputs.ignored,
+        evaluate_predictions(predictions, class_names), inputs.ignored,
     )
 
 
-def _batch_size(engine: "Engine", asked: int | None) -> int:
+def engine_batch_size(engine: "Engine", asked: int | None) -> int:
+    """Images per engine call: ``asked``, or 32 capped at the engine's maximum; too large is an error."""
     hi = engine.max_batch
     if asked is None:
         return min(DEFAULT_BATCH_SIZE, hi) if hi is not None else DEFAULT_BATCH_SIZE
@@ -406,7 +407,7 @@ def _batch_size(engine: "Engine", asked: int | None) -> int:
     return asked
 
 
-def _top_k(logits: np.ndarray, k: int) -> list[tuple[tuple[int, float], ...]]:
+def top_k_probs(logits: np.ndarray, k: int) -> list[tuple[tuple[int, float], ...]]:
     """Softmax probabilities of the ``k`` most probable classes per row."""
     z = logits.astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
@@ -416,7 +417,7 @@ def _top_k(logits: np.ndarray, k: int) -> list[tuple[tuple[int, float], ...]]:
     return [tuple((int(i), float(p[i])) for i in idx) for p, idx in zip(probs, order)]
 
 
-def _evaluate(predictions: Sequence[Prediction], class_names: tuple[str, ...]) -> "ClassificationReport | None":
+def evaluate_predictions(predictions: Sequence[Prediction], class_names: tuple[str, ...]) -> "ClassificationReport | None":
     scored = [p for p in predictions if p.label is not None and p.error is None]
     if not scored:
         return None
