@@ -8,26 +8,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import RtkError
+from toolkit.hub import hub_digest, open_hub_folder
 
 if TYPE_CHECKING:
     from toolkit.checkpoint import Checkpoint, CheckpointOptions
 
 # ".pth.tar" is what PyTorch's classic ImageNet example and timm's train.py write (model_best.pth.tar);
-# ".ckpt" is Lightning's; ".safetensors" how Hugging Face and timm distribute weights.
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pth.tar", ".safetensors")
+# ".ckpt" is Lightning's; ".safetensors" how Hugging Face and timm distribute weights; ".pt2"
+# torch.export's archive (TorchScript archives are ".pt"). A Hub model folder is a checkpoint too.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pth.tar", ".safetensors", ".pt2")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def artefact_kind(path: str | os.PathLike) -> str:
-    """``"checkpoint"``, ``"onnx"`` or ``"engine"`` from the file name.
+    """``"checkpoint"``, ``"onnx"`` or ``"engine"`` from the file name; a Hugging Face Hub model folder is a checkpoint.
 
     Raises:
-        RtkError: the file is missing or its suffix is not one rtk knows.
+        RtkError: the file is missing, its suffix is not one rtk knows, or it is a folder that
+            holds no model (:func:`toolkit.hub.open_hub_folder`'s sentence).
     """
     path = Path(path)
     if not path.exists():
         raise RtkError(f"{path} does not exist")
+    if path.is_dir():
+        open_hub_folder(path)
+        return "checkpoint"
     suffix = artefact_suffix(path)
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
@@ -40,7 +46,9 @@ def artefact_kind(path: str | os.PathLike) -> str:
 
 
 def artefact_suffix(path: str | os.PathLike) -> str:
-    """The file's suffix in lower case, with the double suffix ``.pth.tar`` kept whole."""
+    """The file's suffix in lower case, with the double suffix ``.pth.tar`` kept whole; none for a folder."""
+    if Path(path).is_dir():  # a Hub folder's name is the model's (resnet50.a1_in1k): no suffix in it
+        return ""
     name = Path(path).name.lower()
     return ".pth.tar" if name.endswith(".pth.tar") else Path(name).suffix
 
@@ -52,8 +60,11 @@ def artefact_stem(path: str | os.PathLike) -> str:
 
 
 def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """Where the ONNX of a checkpoint lives: ``MODEL.onnx``, ``MODEL.fp16.onnx`` or ``MODEL.int8.onnx`` next to it."""
+    """Where the ONNX of a checkpoint lives: ``MODEL.onnx``, ``MODEL.fp16.onnx`` or ``MODEL.int8.onnx`` next to
+    it (beside a Hub model folder ``MODEL/``, not in it)."""
     path = Path(checkpoint_path)
+    if not path.name:  # "." or "..": the folder by its own name
+        path = Path(os.path.abspath(path))
     return path.with_name(artefact_stem(path) + (".onnx" if precision == "fp32" else f".{precision}.onnx"))
 
 
@@ -73,7 +84,9 @@ def engine_path_for(onnx_path: str | os.PathLike, precision: str = "fp16") -> Pa
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks."""
+    """The hex sha256 of a file, read in chunks; of a Hub model folder, that of its weights and configuration."""
+    if Path(path).is_dir():
+        return hub_digest(path, chunk)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -110,13 +123,15 @@ def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "Checkpoint
     ckpt = load_checkpoint(path, options=checkpoint_options)
     ckpt.check_fit()
     params = sum(t.numel() for k, t in ckpt.state_dict.items() if not _is_buffer(k))
-    train = ckpt.train
+    train = dict(ckpt.train)
     if ckpt.source == "rtk":
         train = {k: v for k, v in train.items() if k in ("epoch", "epochs", "metrics", "best", "data", "seed", "args")}
+    container = train.pop("container", None)  # a Hub folder, a TorchScript or torch.export archive
     return {
         "kind": "checkpoint",
         "path": str(path),
-        "size_bytes": Path(path).stat().st_size,
+        **({"container": container} if container else {}),
+        "size_bytes": _size(Path(path)),
         "source": "rtk" if ckpt.source == "rtk" else "foreign (spec inferred from tensor shapes)",
         "arch": ckpt.spec.name,
         "num_classes": ckpt.spec.num_classes,
@@ -124,8 +139,14 @@ def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "Checkpoint
         "weights": describe_weights(ckpt),
         "spec": ckpt.spec.to_dict(),
         "preprocess": ckpt.preprocess.to_dict(),
+        "preprocess_sources": ckpt.sources,
         "train": train,
     }
+
+
+def _size(path: Path) -> int:
+    """A file's size; a Hub folder's, that of the files rtk reads in it."""
+    return sum(f.stat().st_size for f in open_hub_folder(path).files) if path.is_dir() else path.stat().st_size
 
 
 def describe_weights(ckpt: "Checkpoint") -> str:

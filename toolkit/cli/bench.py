@@ -33,7 +33,7 @@ DEFAULT_BATCH_SIZES = {"cpu": "1,8", "cuda": "1,8,32,128"}
 
 
 def bench(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors…), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors/.pt2…, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     engine: Annotated[
         str,
         typer.Option(
