@@ -121,6 +121,14 @@ def test_timm_preprocessing_is_timms_own_eval_transform(timm_folder, tmp_path):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+def test_a_timm_folder_of_a_network_rtk_does_not_build_says_what_its_config_names(tmp_path):
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("resnet26t", pretrained=False, num_classes=2), str(tmp_path / "r26"), safe_serialization=True)
+    with pytest.raises(RtkError, match=r"unknown ResNet layout: bottleneck blocks \[2, 2, 2, 2\].*; its r26/config.json names resnet26t"):
+        load_checkpoint(tmp_path / "r26")
+
+
 def test_timm_folder_with_pickled_weights_only_reads_them_weights_only(timm_folder, tmp_path):
     folder, model = timm_folder
     bin_only = tmp_path / "bin-only"
