@@ -384,6 +384,8 @@ def _add_metadata(
     }
     if options.checkpoint_options.trust_pickle:
         record["checkpoint_pickle_trusted"] = True
+    if ckpt.source == "foreign":  # where a foreign file's preprocessing was read, for `rtk inspect MODEL.onnx`
+        record["preprocess_sources"] = ckpt.sources
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)

@@ -30,6 +30,7 @@ from exporters.onnx import checkpoint_options_of, ensure_onnx
 from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
 from toolkit.core.console import err_console, warn
 from toolkit.core.errors import RtkError
+from toolkit.core.hub import is_hub_folder
 from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision, read_onnx_meta
 from toolkit.core.outputs import write_atomic
 from toolkit.core.precision import ENGINE_PRECISIONS, check_precision
@@ -241,9 +242,9 @@ def onnx_weight_precision(path: str | os.PathLike) -> str:
 def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11") -> Path:
     """The fp16 ONNX to build from when only the fp32 one was given (TensorRT 11).
 
-    A checkpoint beside the ONNX (``MODEL.pth``) is the source of truth: the fp16 ONNX is
-    exported or refreshed from it, with the same weights (EMA or raw) as the fp32 one. Without
-    one, an existing ``MODEL.fp16.onnx`` is used.
+    A checkpoint beside the ONNX (``MODEL.pth``, or a Hub folder ``MODEL/``) is the source of truth:
+    the fp16 ONNX is exported or refreshed from it, with the same weights (EMA or raw) as the fp32
+    one. Without one, an existing ``MODEL.fp16.onnx`` is used.
 
     Raises:
         RtkError: neither exists; the message says how to make the fp16 ONNX.
@@ -251,9 +252,8 @@ def resolve_fp16_onnx(onnx_path: str | os.PathLike, tensorrt_version: str = "11"
     onnx_path = Path(onnx_path)
     base = onnx_path.name[: -len(".onnx")] if onnx_path.name.endswith(".onnx") else onnx_path.stem
     base = base[: -len(".fp32")] if base.endswith(".fp32") else base
-    for suffix in CHECKPOINT_SUFFIXES:
-        checkpoint = onnx_path.with_name(base + suffix)
-        if checkpoint.exists():
+    for checkpoint in [onnx_path.with_name(base + suffix) for suffix in CHECKPOINT_SUFFIXES] + [onnx_path.with_name(base)]:
+        if checkpoint.is_file() or is_hub_folder(checkpoint):  # MODEL.pth, or the Hub folder MODEL/
             return Path(ensure_onnx(checkpoint, "fp16", checkpoint_options_of(onnx_path, checkpoint)))
     candidate = onnx_path.with_name(base + ".fp16.onnx")
     if candidate.exists():

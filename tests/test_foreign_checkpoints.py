@@ -17,7 +17,11 @@ import torchvision.models as tvm
 from PIL import Image
 
 from exporters.onnx import ensure_onnx
-from toolkit.core.artefacts import onnx_path_for
+from foreign import export_and_check as _export_and_check
+from foreign import forward as _forward
+from foreign import inputs as _inputs
+from foreign import onnx_logits as _onnx_logits
+from foreign import settle_batchnorm as _settle_batchnorm
 from toolkit.core.checkpoint import CheckpointOptions, load_checkpoint, load_model
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec
@@ -26,44 +30,6 @@ timm = pytest.importorskip("timm", reason="timm writes the checkpoints under tes
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 SIZE = 32  # the timm checkpoint's args say so; the others run at ImageNet's default 224
-
-
-def _settle_batchnorm(model: torch.nn.Module, size: int = SIZE) -> torch.nn.Module:
-    """A few training-mode passes, so BatchNorm statistics (and eval logits) are not trivial."""
-    with torch.no_grad():
-        model.train()
-        for _ in range(2):
-            model(torch.randn(4, 3, size, size))
-    return model.eval()
-
-
-def _forward(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model.eval()(torch.from_numpy(x)).numpy()
-
-
-def _onnx_logits(path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def _inputs(size: int, n: int = 2) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
-
-
-def _export_and_check(cli, path, *extra):
-    """``rtk export`` (the quick TorchScript exporter) then ``rtk parity -e ort``, which must reuse that file."""
-    result = cli("export", path, "--exporter", "torchscript", "--opset", "17", "--no-check", *extra)
-    assert result.exit_code == 0, result.output
-    onnx_path = onnx_path_for(path)
-    stamp = onnx_path.stat().st_mtime_ns
-    result = cli("parity", path, "-e", "ort", "-b", "2", *extra)
-    assert result.exit_code == 0, result.output
-    assert "all 1 engine(s) match the reference" in result.output
-    assert onnx_path.stat().st_mtime_ns == stamp, "parity re-exported a fresh ONNX file"
-    return onnx_path
 
 
 # --- the files, each written once by its own library ----------------------------------------------

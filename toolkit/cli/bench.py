@@ -40,7 +40,7 @@ class Io(str, Enum):
 
 
 def bench(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors…), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors/.pt2…, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     engine: Annotated[
         str,
         typer.Option(

@@ -32,7 +32,7 @@ class SplitName(str, Enum):
 
 
 def eval_command(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors…), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors/.pt2…, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder.")] = "digits",
     split: Annotated[Optional[SplitName], typer.Option(help="Which split [default: test when the data has one, else val].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per engine call.")] = 256,

@@ -34,7 +34,7 @@ class Exporter(str, Enum):
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, .safetensors…).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, transformers, mmpretrain, .safetensors, TorchScript, .pt2, a Hugging Face model folder…).")],
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Destination file or folder. Default: MODEL.onnx (and MODEL.fp16.onnx) next to the checkpoint.")
     ] = None,

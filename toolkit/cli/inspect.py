@@ -14,7 +14,7 @@ from toolkit.usecases.inspect import describe
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors/.pt2, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
@@ -22,7 +22,9 @@ def inspect(
     """Show what an artefact holds: architecture, classes, parameters, which weights, preprocessing, training record.
 
     For a foreign checkpoint the training record is what the file keeps of one: epoch, best
-    metric, arch name, timm's arguments, Lightning's hyper-parameters.
+    metric, arch name, timm's arguments, Lightning's hyper-parameters; preprocess_sources says
+    where each preprocessing value and the class names came from (a Hub folder's config.json,
+    its preprocessor_config.json, timm's arguments, or ImageNet's default).
     """
 
     report = describe(path, checkpoint_options(weights, trust_pickle))

@@ -27,7 +27,7 @@ from toolkit.usecases.parity import ParityOptions, run_parity
 
 
 def parity(
-    checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth, .safetensors…); eager fp32 on it is the truth.")],
+    checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth, .safetensors, .pt2…, or a Hugging Face model folder); eager fp32 on it is the truth.")],
     engine: Annotated[
         str,
         typer.Option("--engine", "--engines", "-e", callback=check_engines, help=f"Comma-separated engines to check: {ENGINE_HELP}; or all."),

@@ -58,7 +58,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for weights, shuffling, augmentation and the hold-out split.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: runs/<arch>-<data>].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pth.")] = False,
-    pretrained: Annotated[Optional[Path], typer.Option(help="Start from this rtk or foreign checkpoint (torchvision, timm, Lightning, .safetensors…); a head of the wrong size is replaced.")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(help="Start from this rtk or foreign checkpoint (torchvision, timm, Lightning, transformers, .safetensors, a Hugging Face model folder…); a head of the wrong size is replaced.")] = None,
     freeze: Annotated[Freeze, typer.Option(help="backbone: train only the head (needs --pretrained).")] = Freeze.none,
     head: Annotated[Head, typer.Option(help="fc (one linear layer) or mlp1024 (Linear→1024, ReLU, Linear).")] = Head.fc,
     stem: Annotated[Optional[Stem], typer.Option(help="small (3×3/1, no max-pool) or imagenet (7×7/2 + max-pool) [default: small up to 64 px].", show_default=False)] = None,

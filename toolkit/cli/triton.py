@@ -19,7 +19,7 @@ class Platform(str, Enum):
 
 
 def triton(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt), ONNX file (.onnx) or TensorRT plan (.engine/.plan with its .json sidecar).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt…, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT plan (.engine/.plan with its .json sidecar).")],
     repo: Annotated[Path, typer.Option("--repo", help="The Triton model repository folder (created when missing).")],
     name: Annotated[Optional[str], typer.Option(help="Model name, i.e. its folder in the repository (default: the file's stem).")] = None,
     version: Annotated[Optional[int], typer.Option(help="Version folder to write (default: one past the newest, 1 for a new model).")] = None,

@@ -76,6 +76,12 @@ def infer_spec(state: Mapping[str, "torch.Tensor"], path: Path | None = None) ->
 def _infer_stem(state: Mapping[str, "torch.Tensor"], where: str) -> tuple[str, int, int]:
     """``(stem, in_chans, width)``: one 7×7 or 3×3 conv, or ResNet-D's three 3×3 convs
     (``conv1.0``/``.3``/``.6``); ``width`` is the filters of the last, one of :data:`WIDTHS`."""
+    if "maxpool.0.weight" in state:
+        # timm's replace_stem_pool: a strided conv + BatchNorm where the max-pool stands (ResNet-RS).
+        raise RtkError(
+            f"{where} is a ResNet-RS (timm's resnetrs*: a strided 3×3 conv, maxpool.0, replaces the stem's max-pool, with "
+            "SE blocks of a quarter width), which rtk does not build; its ResNet-D and SE-ResNet relatives are supported"
+        )
     conv1 = state.get("conv1.weight")
     if conv1 is not None:
         if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7) or conv1.shape[0] not in WIDTHS:
@@ -160,6 +166,10 @@ def _infer_head(state: Mapping[str, "torch.Tensor"], feature_dim: int, where: st
 #: Tensor-name markers of other model families, for naming them in a refusal.
 _FAMILIES = (
     ("patch_embed.", "a Vision Transformer (patch_embed.*)"),
+    ("regnet.encoder.", "a Hugging Face transformers RegNet (regnet.*)"),
+    ("bit.encoder.", "a Hugging Face transformers BiT/ResNetV2 (bit.*)"),
+    ("convnext.encoder.", "a Hugging Face transformers ConvNeXt (convnext.*)"),
+    ("embedder.embedder.", "a Hugging Face transformers ResNet-style network (embedder.*, encoder.stages.*)"),
     ("encoder.layer.", "a Hugging Face transformer (encoder.layer.*)"),
     ("layer0.", "a legacy SENet/SE-ResNet (layer0.*)"),
     ("stages.", "a ConvNeXt/RegNet/ResNetV2-style network (stages.*)"),

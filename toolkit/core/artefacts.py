@@ -7,23 +7,29 @@ import os
 from pathlib import Path
 
 from toolkit.core.errors import RtkError
+from toolkit.core.hub import hub_digest, open_hub_folder
 
 # ".pth.tar" is what PyTorch's classic ImageNet example and timm's train.py write (model_best.pth.tar);
-# ".ckpt" is Lightning's; ".safetensors" how Hugging Face and timm distribute weights.
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pth.tar", ".safetensors")
+# ".ckpt" is Lightning's; ".safetensors" how Hugging Face and timm distribute weights; ".pt2"
+# torch.export's archive (TorchScript archives are ".pt"). A Hub model folder is a checkpoint too.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pth.tar", ".safetensors", ".pt2")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def artefact_kind(path: str | os.PathLike) -> str:
-    """``"checkpoint"``, ``"onnx"`` or ``"engine"`` from the file name.
+    """``"checkpoint"``, ``"onnx"`` or ``"engine"`` from the file name; a Hugging Face Hub model folder is a checkpoint.
 
     Raises:
-        RtkError: the file is missing or its suffix is not one rtk knows.
+        RtkError: the file is missing, its suffix is not one rtk knows, or it is a folder that
+            holds no model (:func:`toolkit.core.hub.open_hub_folder`'s sentence).
     """
     path = Path(path)
     if not path.exists():
         raise RtkError(f"{path} does not exist")
+    if path.is_dir():
+        open_hub_folder(path)
+        return "checkpoint"
     suffix = artefact_suffix(path)
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
@@ -36,7 +42,9 @@ def artefact_kind(path: str | os.PathLike) -> str:
 
 
 def artefact_suffix(path: str | os.PathLike) -> str:
-    """The file's suffix in lower case, with the double suffix ``.pth.tar`` kept whole."""
+    """The file's suffix in lower case, with the double suffix ``.pth.tar`` kept whole; none for a folder."""
+    if Path(path).is_dir():  # a Hub folder's name is the model's (resnet50.a1_in1k): no suffix in it
+        return ""
     name = Path(path).name.lower()
     return ".pth.tar" if name.endswith(".pth.tar") else Path(name).suffix
 
@@ -48,8 +56,11 @@ def artefact_stem(path: str | os.PathLike) -> str:
 
 
 def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """Where the ONNX of a checkpoint lives: ``MODEL.onnx``, ``MODEL.fp16.onnx`` or ``MODEL.int8.onnx`` next to it."""
+    """Where the ONNX of a checkpoint lives: ``MODEL.onnx``, ``MODEL.fp16.onnx`` or ``MODEL.int8.onnx`` next to
+    it (beside a Hub model folder ``MODEL/``, not in it)."""
     path = Path(checkpoint_path)
+    if not path.name:  # "." or "..": the folder by its own name
+        path = Path(os.path.abspath(path))
     return path.with_name(artefact_stem(path) + (".onnx" if precision == "fp32" else f".{precision}.onnx"))
 
 
@@ -69,7 +80,9 @@ def engine_path_for(onnx_path: str | os.PathLike, precision: str = "fp16") -> Pa
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks."""
+    """The hex sha256 of a file, read in chunks; of a Hub model folder, that of its weights and configuration."""
+    if Path(path).is_dir():
+        return hub_digest(path, chunk)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -6,18 +6,20 @@ An rtk checkpoint is a plain dict of builtins and tensors::
      "state_dict": {...}, "train": {...}}
 
 so ``torch.load(..., weights_only=True)`` always reads it. Foreign checkpoints load too (files
-are read by :mod:`toolkit.core.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file; one
-wrapped under any keys (``state_dict``, ``model``, Lightning's and timm's layouts) and under any
-one prefix (``module.``, ``model.``, ``net.``, ``_orig_mod.``…); with EMA weights beside the raw
-ones. Their architecture is inferred from tensor shapes (:mod:`toolkit.core.architecture`) and what
-else they record (epoch, best metric, arch name, timm's arguments) is kept for ``rtk inspect``.
+are read by :mod:`toolkit.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file, a
+TorchScript or torch.export archive, a Hugging Face Hub folder (:mod:`toolkit.core.hub`); one wrapped
+under any keys (``state_dict``, ``model``, Lightning's, timm's and mmengine's layouts) and under any
+one prefix (``module.``, ``model.``, ``net.``, ``_orig_mod.``…), in torchvision's names or
+transformers' or mmpretrain's (:mod:`toolkit.core.layouts`); with EMA weights beside the raw ones.
+Their architecture is inferred from tensor shapes (:mod:`toolkit.architecture`), their
+preprocessing and class names read from what records them (:mod:`toolkit.core.preprocess_sources`),
+and what else they record (epoch, best metric, arch name, timm's arguments) is kept for ``rtk inspect``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,11 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from toolkit.core.architecture import ANCHOR_KEY, infer_spec, not_a_resnet
+from toolkit.core.archives import CONTAINER_KEY
 from toolkit.core.checkpoint_file import SAFETENSORS_METADATA, read_checkpoint_file, read_torch_file
 from toolkit.core.errors import RtkError
+from toolkit.core.hub import HubFolder, open_hub_folder
+from toolkit.core.layouts import TRANSFORMERS, Layout, check_transformers_config, layout_refusal, to_torchvision_names
 from toolkit.core.models import create_model
 from toolkit.core.outputs import staged
-from toolkit.core.spec import INTERPOLATIONS, ModelSpec, Preprocess
+from toolkit.core.preprocess_sources import recorded, resolve
+from toolkit.core.spec import ModelSpec, Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +89,8 @@ class Checkpoint:
         weights: ``"ema"`` or ``"raw"``: which of the file's weights these are.
         weights_location: where in the file they were found.
         weights_available: the kinds of weights the file holds (``("ema", "raw")`` for timm with EMA).
+        sources: where each preprocessing value and the class names came from (``rtk inspect``
+            shows it), by :class:`~toolkit.spec.Preprocess` field name and ``class_names``.
     """
 
     spec: ModelSpec
@@ -94,6 +102,7 @@ class Checkpoint:
     weights: str = "raw"
     weights_location: str = "the top level"
     weights_available: tuple[str, ...] = ("raw",)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def build_model(self) -> "nn.Module":
         """The network with these weights loaded, in eval mode.
@@ -221,7 +230,8 @@ def load_checkpoint(
     """Load an rtk or foreign checkpoint.
 
     Args:
-        path: a torch file (``.pth``, ``.pt``, ``.ckpt``, ``.bin``, ``.pth.tar``) or ``.safetensors``.
+        path: a torch file (``.pth``, ``.pt``, ``.ckpt``, ``.bin``, ``.pth.tar``), ``.safetensors``, a
+            TorchScript or torch.export (``.pt2``) archive, or a Hugging Face Hub model folder.
         spec_override: use this spec instead of the stored or inferred one (class names, say).
         options: which weights to take (EMA or raw) and whether to trust a pickle.
 
@@ -234,20 +244,38 @@ def load_checkpoint(
     """
     options = options or CheckpointOptions()
     path = Path(path)
-    obj = read_checkpoint_file(path, options.trust_pickle)
+    hub = open_hub_folder(path) if path.is_dir() else None
+    obj = read_checkpoint_file(hub.weights if hub else path, options.trust_pickle)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return _from_rtk(obj, path, spec_override, options)
     found = find_weights(obj, path, options.weights)
+    if hub is not None and found.layout is TRANSFORMERS:
+        check_transformers_config(hub.config, str(path))
+    spec = spec_override or _inferred_spec(found, path, hub)
+    record = foreign_record(obj, hub)
+    pre, class_names, sources = resolve(recorded(obj, record, hub), spec)
+    if spec_override is None and class_names is not None:
+        spec = dataclasses.replace(spec, class_names=class_names)
+    return Checkpoint(
+        spec, pre, found.state_dict, record, "foreign", path, found.weights, found.location, found.available, sources,
+    )
+
+
+def _inferred_spec(found: "FoundWeights", path: Path, hub: HubFolder | None) -> ModelSpec:
+    """The architecture of the weights found, or a refusal naming what they are."""
     try:
-        spec = spec_override or infer_spec(found.state_dict, path)
+        return infer_spec(found.state_dict, path)
     except RtkError as exc:
-        if not found.beside:
-            raise
-        shown = ", ".join(found.beside[:3]) + (", …" if len(found.beside) > 3 else "")
-        raise RtkError(f"{exc}; beside the ResNet at {found.location} the file holds {shown}") from None
-    record = foreign_record(obj)
-    pre = preprocess_from_record(record, spec) or Preprocess.imagenet().matching(spec)
-    return Checkpoint(spec, pre, found.state_dict, record, "foreign", path, found.weights, found.location, found.available)
+        if found.layout is not None:
+            raise layout_refusal(found.layout, found.state_dict, str(path), exc) from None
+        named = (hub.config.get("architecture") or (hub.config.get("architectures") or [None])[0]) if hub else None
+        also = f"; beside the ResNet at {found.location} the file holds {_shown(found.beside)}" if found.beside else ""
+        said = f"; its {hub.path.name}/config.json names {named}" if named else ""
+        raise RtkError(f"{exc}{also}{said}") from None
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
 
 
 def _from_rtk(obj: Mapping[str, Any], path: Path, spec_override: ModelSpec | None, options: CheckpointOptions) -> Checkpoint:
@@ -262,7 +290,10 @@ def _from_rtk(obj: Mapping[str, Any], path: Path, spec_override: ModelSpec | Non
     except RtkError as exc:  # the message names the field, not the file
         raise RtkError(f"{path} is a damaged rtk checkpoint: {exc}") from None
     found = find_weights(obj, path, options.weights)
-    return Checkpoint(spec, pre, found.state_dict, dict(obj.get("train") or {}), "rtk", path, found.weights, found.location, found.available)
+    sources = {name: "the checkpoint's preprocess" for name in pre.to_dict()} | {"class_names": "the checkpoint's spec"}
+    return Checkpoint(
+        spec, pre, found.state_dict, dict(obj.get("train") or {}), "rtk", path, found.weights, found.location, found.available, sources,
+    )
 
 
 # --- finding the network's weights in whatever the file holds ------------------------------------
@@ -279,6 +310,8 @@ class FoundWeights:
         available: the kinds of weights the file holds, EMA first.
         beside: names of the tensors next to the network that belong to it no more (a head
             registered outside the backbone, say): they explain a missing head.
+        layout: the library whose names the weights were renamed from (transformers', mmpretrain's),
+            or ``None`` for torchvision's own.
     """
 
     state_dict: dict[str, "torch.Tensor"]
@@ -286,6 +319,7 @@ class FoundWeights:
     location: str
     available: tuple[str, ...]
     beside: tuple[str, ...] = ()
+    layout: Layout | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +329,8 @@ class _Candidate:
     keys: tuple[str, ...]
     prefix: str
     tensors: Mapping[str, "torch.Tensor"]
+    layout: Layout | None = None
+    ema_swapped: bool = False
 
     @property
     def state_dict(self) -> dict[str, "torch.Tensor"]:
@@ -303,12 +339,14 @@ class _Candidate:
 
     @property
     def weights(self) -> str:
-        return "ema" if any(_EMA_NAME.search(part.lower()) for part in (*self.keys, self.prefix)) else "raw"
+        ema = any(_EMA_NAME.search(part.lower()) for part in (*self.keys, self.prefix))
+        return "ema" if ema != self.ema_swapped else "raw"
 
     @property
     def location(self) -> str:
         text = "".join(f"[{k!r}]" for k in self.keys) or "the top level"
-        return f"{text} under {self.prefix}" if self.prefix else text
+        text = f"{text} under {self.prefix}" if self.prefix else text
+        return f"{text}, in {self.layout.names}" if self.layout else text
 
     def same_tensors(self, other: "_Candidate") -> bool:
         import torch
@@ -350,7 +388,9 @@ def find_weights(obj: Any, path: Path | None = None, weights: str = "ema") -> Fo
     mapping = _as_mapping(obj)
     if mapping is None:
         raise RtkError(f"{where} holds a {type(obj).__name__}, not a state_dict of named tensors")
-    candidates = _candidates(mapping)
+    candidates = _candidates(mapping, where)
+    if _mmengine_swaps_ema(mapping):
+        candidates = [dataclasses.replace(c, ema_swapped=c.keys[:1] in (("state_dict",), ("ema_state_dict",))) for c in candidates]
     if not candidates:
         raise _no_resnet(mapping, where)
     groups: dict[str, list[_Candidate]] = {"ema": [], "raw": []}
@@ -370,7 +410,17 @@ def find_weights(obj: Any, path: Path | None = None, weights: str = "ema") -> Fo
         )
     found = groups[kind][0]
     beside = tuple(k for k, v in found.tensors.items() if not k.startswith(found.prefix) and v.ndim == 2)
-    return FoundWeights(found.state_dict, kind, found.location, available, beside)
+    return FoundWeights(found.state_dict, kind, found.location, available, beside, found.layout)
+
+
+def _mmengine_swaps_ema(obj: Mapping) -> bool:
+    """Whether this is an mmengine checkpoint whose EMAHook swapped the two sets before saving.
+
+    mmengine's ``EMAHook`` saves the averaged weights under ``state_dict`` (so that the model loads
+    them for deployment) and the trained ones under ``ema_state_dict``: the names say the opposite.
+    """
+    meta = obj.get("meta")
+    return isinstance(meta, Mapping) and "mmengine_version" in meta and "ema_state_dict" in obj and "state_dict" in obj
 
 
 def _as_mapping(obj: Any) -> Mapping | None:
@@ -382,19 +432,20 @@ def _as_mapping(obj: Any) -> Mapping | None:
     return obj.state_dict() if isinstance(obj, nn.Module) else None
 
 
-def _candidates(obj: Mapping, keys: tuple[str, ...] = ()) -> list[_Candidate]:
+def _candidates(obj: Mapping, where: str, keys: tuple[str, ...] = ()) -> list[_Candidate]:
     import torch
 
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    tensors, layout = to_torchvision_names(tensors, where)
     found = [
-        _Candidate(keys, name[: -len(ANCHOR_KEY)], tensors)
+        _Candidate(keys, name[: -len(ANCHOR_KEY)], tensors, layout)
         for name in tensors
         if name == ANCHOR_KEY or name.endswith("." + ANCHOR_KEY)
     ]
     if len(keys) < _MAX_DEPTH:
         for key, value in obj.items():
             if not isinstance(value, torch.Tensor) and (inner := _as_mapping(value)) is not None:
-                found += _candidates(inner, (*keys, str(key)))
+                found += _candidates(inner, where, (*keys, str(key)))
     return found
 
 
@@ -428,6 +479,10 @@ _RECORD_KEYS = (
     "arch", "epoch", "global_step", "step", "best_acc1", "best_acc5", "best_acc", "best_metric", "best_epoch",
     "metric", "acc", "accuracy", "val_acc", "pytorch-lightning_version",
 )
+#: What a Hub folder's config.json says the model is (timm's, then transformers' keys).
+_HUB_CONFIG_KEYS = ("architecture", "num_classes", "architectures", "model_type", "layer_type", "depths", "hidden_sizes")
+#: mmengine's (and mmcv's) ``meta`` entries worth showing; its ``cfg`` is the whole config file.
+_META_KEYS = ("epoch", "iter", "seed", "experiment_name", "time", "mmengine_version", "mmcv_version", "mmpretrain_version")
 #: Entries of timm's train.py arguments that describe the model and its input.
 _ARG_KEYS = (
     "model", "num_classes", "img_size", "input_size", "crop_pct", "mean", "std", "interpolation",
@@ -435,16 +490,31 @@ _ARG_KEYS = (
 )
 
 
-def foreign_record(obj: Any) -> dict[str, Any]:
+def foreign_record(obj: Any, hub: HubFolder | None = None) -> dict[str, Any]:
     """What a foreign file records beside its weights, as plain JSON values.
 
-    The epoch, architecture name and best metric (timm, PyTorch's ImageNet example, Lightning's
-    ``ModelCheckpoint``), timm's train.py arguments, Lightning's hyper-parameters and a
-    safetensors header's metadata. Entries that are not plain values are left out.
+    What holds the weights (a Hub folder, a TorchScript or torch.export archive), the epoch,
+    architecture name and best metric (timm, PyTorch's ImageNet example, Lightning's
+    ``ModelCheckpoint``, mmengine's ``meta``), timm's train.py arguments, Lightning's
+    hyper-parameters, a safetensors header's metadata and what a Hub folder's ``config.json``
+    names. Entries that are not plain values are left out.
     """
     if not isinstance(obj, Mapping):
         return {}
-    record = {k: _plain(obj[k]) for k in _RECORD_KEYS if _plain(obj.get(k)) is not None}
+    record: dict[str, Any] = {}
+    container = hub.describe() if hub is not None else obj.get(CONTAINER_KEY)
+    if container:
+        record["container"] = container
+    record.update({k: _plain(obj[k]) for k in _RECORD_KEYS if _plain(obj.get(k)) is not None})
+    if hub is not None:
+        config = {k: _plain(hub.config.get(k)) for k in _HUB_CONFIG_KEYS if _plain(hub.config.get(k)) is not None}
+        if config:
+            record["hub_config"] = config
+    meta = obj.get("meta")  # mmengine's and mmcv's runners
+    if isinstance(meta, Mapping):
+        plain = {k: _plain(meta[k]) for k in _META_KEYS if _plain(meta.get(k)) is not None}
+        if plain:
+            record["meta"] = plain
     saver = obj.get("saver")  # timm's CheckpointSaver bookkeeping
     if isinstance(saver, Mapping):
         for key in ("best_metric", "best_epoch"):
@@ -479,29 +549,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, (bool, int, float, str)) for v in value):
         return list(value)
     return None
-
-
-def preprocess_from_record(record: Mapping[str, Any], spec: ModelSpec) -> Preprocess | None:
-    """The input pipeline timm's train.py arguments describe (size, crop, mean, std, interpolation), if they do.
-
-    Entries left at ``None`` by timm fall back to ImageNet's evaluation defaults (224 px, crop 0.875).
-    """
-    args = record.get("args") or {}
-    input_size, img_size = args.get("input_size"), args.get("img_size")
-    size = tuple(input_size[1:]) if isinstance(input_size, list) and len(input_size) == 3 else (img_size, img_size) if isinstance(img_size, int) else None
-    given = {k: args[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in args}
-    if size is None and not given:
-        return None
-    height, width = size or (224, 224)
-    crop_pct = given.get("crop_pct", 0.875)
-    changes: dict[str, Any] = {"input_size": (height, width), "resize": math.floor(max(height, width) / crop_pct)}
-    changes.update({k: tuple(given[k]) for k in ("mean", "std") if isinstance(given.get(k), list) and len(given[k]) == 3})
-    if given.get("interpolation") in INTERPOLATIONS:
-        changes["interpolation"] = given["interpolation"]
-    try:
-        return dataclasses.replace(Preprocess.imagenet(), **changes).matching(spec)
-    except RtkError:  # arguments that make no valid pipeline: ImageNet's default instead
-        return None
 
 
 def load_model(

@@ -6,6 +6,8 @@
   classes on torch's allowlist, plus the inert :data:`INERT_GLOBALS` (``argparse.Namespace``,
   in which timm's ``train.py`` saves its arguments). A file that names any other global is
   refused, naming it; a whole pickled model gets the advice to save its ``state_dict``.
+- TorchScript and torch.export archives: their weights only, by :mod:`toolkit.core.archives`, which
+  runs nothing from them.
 - ``trust_pickle=True``: plain ``torch.load(weights_only=False)``, which runs whatever code the
   file names; only for files from a source the user trusts.
 """
@@ -23,6 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from toolkit.core.archives import archive_kind, read_archive
 from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line, first_sentence, require
 from toolkit.core.files import USER_ERRNOS, os_error, os_reason, readable_file
@@ -41,12 +44,14 @@ def read_checkpoint_file(path: str | os.PathLike, trust_pickle: bool = False) ->
     """The objects a checkpoint file holds.
 
     Args:
-        path: a torch file (zip or legacy pickle) or a safetensors file.
+        path: a torch file (zip or legacy pickle), a safetensors file, a TorchScript or
+            torch.export archive.
         trust_pickle: unpickle anything the file names, running its code (a whole pickled model).
 
     Returns:
         What ``torch.load`` returns; for safetensors, the dict of tensors, with the header's
-        metadata (if any) under :data:`SAFETENSORS_METADATA`, as the file itself lays it out.
+        metadata (if any) under :data:`SAFETENSORS_METADATA`, as the file itself lays it out; for
+        an archive, its weights with the archive's kind under :data:`toolkit.core.archives.CONTAINER_KEY`.
 
     Raises:
         RtkError: missing, empty, truncated or foreign file; pickled code without ``trust_pickle``.
@@ -54,6 +59,9 @@ def read_checkpoint_file(path: str | os.PathLike, trust_pickle: bool = False) ->
     path = _existing_file(path)
     if path.name.lower().endswith(SAFETENSORS_SUFFIX) or _has_safetensors_header(path):
         return read_safetensors(path)
+    kind = archive_kind(path)
+    if kind is not None:
+        return read_archive(path, kind)
     return read_torch_file(path, trust_pickle)
 
 

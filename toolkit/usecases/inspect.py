@@ -15,6 +15,7 @@ from typing import Any
 from toolkit.core.artefacts import artefact_kind
 from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, load_checkpoint
 from toolkit.core.errors import RtkError
+from toolkit.core.hub import open_hub_folder
 from toolkit.core.onnx_graph import external_data_files, graph_io, load_onnx_graph, metadata_dict, onnx_precision
 from toolkit.core.spec import ArtefactMeta
 from toolkit.core.trt.library import current_platform
@@ -44,13 +45,15 @@ def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "Checkpoint
     ckpt = load_checkpoint(path, options=checkpoint_options)
     ckpt.check_fit()
     params = sum(t.numel() for k, t in ckpt.state_dict.items() if not _is_buffer(k))
-    train = ckpt.train
+    train = dict(ckpt.train)
     if ckpt.source == "rtk":
         train = {k: v for k, v in train.items() if k in ("epoch", "epochs", "metrics", "best", "data", "seed", "args")}
+    container = train.pop("container", None)  # a Hub folder, a TorchScript or torch.export archive
     return {
         "kind": "checkpoint",
         "path": str(path),
-        "size_bytes": Path(path).stat().st_size,
+        **({"container": container} if container else {}),
+        "size_bytes": _size(Path(path)),
         "source": "rtk" if ckpt.source == "rtk" else "foreign (spec inferred from tensor shapes)",
         "arch": ckpt.spec.name,
         "num_classes": ckpt.spec.num_classes,
@@ -58,8 +61,14 @@ def describe_checkpoint(path: str | os.PathLike, checkpoint_options: "Checkpoint
         "weights": describe_weights(ckpt),
         "spec": ckpt.spec.to_dict(),
         "preprocess": ckpt.preprocess.to_dict(),
+        "preprocess_sources": ckpt.sources,
         "train": train,
     }
+
+
+def _size(path: Path) -> int:
+    """A file's size; a Hub folder's, that of the files rtk reads in it."""
+    return sum(f.stat().st_size for f in open_hub_folder(path).files) if path.is_dir() else path.stat().st_size
 
 
 def describe_weights(ckpt: "Checkpoint") -> str:
