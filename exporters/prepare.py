@@ -4,8 +4,9 @@
 for fp16 on its CPU and CUDA providers; its TensorRT provider makes fp16 kernels from the fp32
 graph). OpenVINO runs ``MODEL.onnx`` at every float precision. TensorRT runs ``MODEL.engine``
 (fp16) or ``MODEL.fp32.engine``, built from the ONNX. int8 on any runtime runs ``MODEL.int8.onnx``
-(or ``MODEL.int8.engine`` built from it), which is only found, never made here: calibrating it
-needs data (``rtk export --precision int8 --calib``).
+(or ``MODEL.int8.engine`` built from it), except the CPU runtimes (ONNX Runtime's CPU provider,
+OpenVINO), which run ``MODEL.int8.u8.onnx``, the same calibration with uint8 activations; both are
+only found, never made here: calibrating needs data (``rtk export --precision int8 --calib``).
 An artefact is fresh while the hash it records of its source matches the source's: the ONNX
 file's ``checkpoint_sha256``, the engine sidecar's ``onnx_sha256``.
 """
@@ -57,15 +58,31 @@ def prepare(
     path = Path(source)
     kind = artefact_kind(path)
     name = parse_engine(engine or DEFAULT_ENGINE[kind], precision)
+    # The CPU runtimes run the uint8 layout of an int8 export, TensorRT and ONNX Runtime's GPU providers the symmetric one.
+    cpu = name.runtime == "ov" or (name.runtime == "ort" and name.provider in (None, "cpu"))
+    runtime = "OpenVINO" if name.runtime == "ov" else "ONNX Runtime"
+    if kind == "onnx" and cpu and name.precision in (None, "int8"):
+        from exporters.int8 import cpu_int8_file
+
+        return cpu_int8_file(path, runtime=runtime)  # an rtk int8 file named directly: its uint8 layout, when beside it
     if name.artefact == kind or kind == "engine" or name.runtime == "eager":
         return path  # as given; the loader says what is wrong with an engine file on ONNX Runtime, say
     if name.runtime == "ort":
         # ONNX Runtime's TensorRT provider makes its own fp16 kernels from the fp32 graph.
         onnx_precision = "fp32" if name.provider == "trt" and name.resolved_precision == "fp16" else name.resolved_precision
-        return _onnx_for(path, onnx_precision, checkpoint_options)
+        onnx = _onnx_for(path, onnx_precision, checkpoint_options)
+        if cpu and onnx_precision == "int8":
+            from exporters.int8 import cpu_int8_file
+
+            return cpu_int8_file(onnx, path, runtime)  # the uint8 layout, the one its CPU kernels run fastest
+        return onnx
     if name.runtime == "ov":
         # OpenVINO lowers precision itself: every float engine runs the fp32 graph.
-        return _onnx_for(path, "int8" if name.resolved_precision == "int8" else "fp32", checkpoint_options)
+        if name.resolved_precision != "int8":
+            return _onnx_for(path, "fp32", checkpoint_options)
+        from exporters.int8 import cpu_int8_file
+
+        return cpu_int8_file(_onnx_for(path, "int8", checkpoint_options), path, runtime)
     from toolkit.trt_runtime import import_tensorrt
 
     import_tensorrt("the trt engine")

@@ -41,6 +41,7 @@ from toolkit.sidecar import (
     validate_profile,
     write_sidecar,
 )
+from exporters.int8 import refuse_u8_for_tensorrt
 from toolkit.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
 from toolkit.errors import RtkError
 from toolkit.files import write_atomic
@@ -300,6 +301,7 @@ def build_engine(
     output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
+    refuse_u8_for_tensorrt(onnx_path)
     trt = trt_runtime.import_tensorrt("building a TensorRT engine")
     dev = trt_runtime.open_device(device)
     runtime = RuntimeInfo(str(trt.__version__), dev.name(), dev.capability())
