@@ -57,7 +57,9 @@ class BenchOptions:
         rounds: repeat the sweep this many times, engines interleaved, and pool the samples;
             spreads slow drifts on a shared machine over every engine alike.
         baseline: add eager fp32 to the run (when the model is a checkpoint) so every engine
-            gets a speed-up figure.
+            gets a speed-up figure, and the fp32 engine of each reduced precision's own runtime
+            (``ort`` for ``ort-int8``, ``ov`` for ``ov-bf16``, ``trt-fp32`` for ``trt``), so that
+            each also gets its ratio to fp32 on the same runtime.
         checkpoint_options: which of a checkpoint's weights to run (EMA or raw), and whether to
             trust a pickle.
     """
@@ -128,6 +130,8 @@ class BenchResult:
     peak_memory_mb: float | None = None
     device_memory_used_mb: float | None = None
     speedup_vs_eager: float | None = None
+    speedup_vs_fp32: float | None = None
+    fp32_engine: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -453,10 +457,8 @@ def run_benchmark(
 
     model = Path(model)
     kind = artefact_kind(model)
-    choices = list(parse_engines(options.engines, options.precision))
-    baseline = parse_engine(BASELINE)
-    if options.baseline and kind == "checkpoint" and baseline not in choices:
-        choices.insert(0, baseline)
+    asked = list(parse_engines(options.engines, options.precision))
+    choices = with_baselines(asked) if options.baseline and kind == "checkpoint" else asked
     cuda = options.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise RtkError(f"--device {options.device} was asked for but no CUDA GPU is available; use --device cpu")
@@ -467,14 +469,7 @@ def run_benchmark(
     results: list[BenchResult] = []
     emit = progress or (lambda r: None)
     try:
-        loaded: list[tuple[EngineName, Any]] = []
-        for choice in choices:
-            try:
-                loaded.append((choice, open_engine(model, choice, options)))
-            except RtkError as exc:
-                row = BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc))
-                results.append(row)
-                emit(row)
+        loaded = _open_engines(model, choices, asked, options, results, emit)
         try:
             cells = _sweep(loaded, options, emit)
         finally:
@@ -486,8 +481,27 @@ def run_benchmark(
         torch.set_num_threads(saved_threads)
     _fill_speedups(results)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
-    settings["engines"] = [str(c) for c in choices]
+    ran = {str(c) for c, _ in loaded} | {r.engine for r in results if r.status == "skipped" and r.batch_size is None}
+    settings["engines"] = [str(c) for c in choices if c in asked or str(c) == BASELINE or str(c) in ran]
     return BenchReport(meta, settings, collect_environment(options.device, torch_threads(options)), results)
+
+
+def _open_engines(model: Path, choices: list[EngineName], asked: list[EngineName], options: BenchOptions, results: list, emit) -> list:
+    """Open every engine in ``choices`` order; one that cannot run gives a skipped row. An fp32
+    engine added only as a reduced precision's own-runtime baseline is opened only when that
+    engine opened, and left out silently otherwise."""
+    opened: dict[str, Any] = {}
+    added = [c for c in choices if c not in asked and str(c) != BASELINE]
+    for choice in [c for c in choices if c not in added] + added:
+        if choice in added and not any(fp32_counterpart(name) == str(choice) for name in opened):
+            continue
+        try:
+            opened[str(choice)] = open_engine(model, choice, options)
+        except RtkError as exc:
+            row = BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc))
+            results.append(row)
+            emit(row)
+    return [(c, opened[str(c)]) for c in choices if str(c) in opened]
 
 
 def torch_threads(options: BenchOptions) -> int:
@@ -570,13 +584,44 @@ def _finish(row: BenchResult, samples: np.ndarray, extra: dict[str, Any]) -> Ben
     )
 
 
+def fp32_counterpart(engine: str) -> str | None:
+    """The fp32 engine of a reduced-precision engine's own runtime: ``ort`` for ``ort-int8``,
+    ``eager-cl`` for ``eager-fp16-cl``, ``trt-fp32`` for ``trt``; ``None`` for an fp32 engine or a
+    row name outside the grammar."""
+    try:
+        name = parse_engine(engine)
+    except RtkError:
+        return None
+    if name.resolved_precision == "fp32":
+        return None
+    return str(dataclasses.replace(name, precision="fp32"))
+
+
+def with_baselines(choices: list[EngineName]) -> list[EngineName]:
+    """``choices`` with eager fp32 first and, before each reduced precision, its runtime's fp32 engine
+    when it is not asked for already."""
+    out = [parse_engine(BASELINE)] + [c for c in choices if str(c) != BASELINE]
+    for i in range(len(out) - 1, 0, -1):
+        counterpart = fp32_counterpart(str(out[i]))
+        if counterpart is not None and counterpart not in {str(c) for c in out}:
+            out.insert(i, parse_engine(counterpart))
+    return out
+
+
 def _fill_speedups(results: list[BenchResult]) -> None:
-    """Each ok row's throughput over eager fp32's at the same batch size and I/O mode."""
-    base = {(r.batch_size, r.io): r.throughput_ips for r in results if r.engine == BASELINE and r.status == "ok"}
+    """Each ok row's throughput over eager fp32's, and over its own runtime's fp32 engine's, at the
+    same batch size and I/O mode."""
+    ok = {(r.engine, r.batch_size, r.io): r.throughput_ips for r in results if r.status == "ok"}
     for r in results:
-        ref = base.get((r.batch_size, r.io))
-        if r.status == "ok" and ref:
+        if r.status != "ok":
+            continue
+        ref = ok.get((BASELINE, r.batch_size, r.io))
+        if ref:
             r.speedup_vs_eager = r.throughput_ips / ref
+        counterpart = fp32_counterpart(r.engine)
+        fp32 = ok.get((counterpart, r.batch_size, r.io)) if counterpart else None
+        if fp32:
+            r.speedup_vs_fp32, r.fp32_engine = r.throughput_ips / fp32, counterpart
 
 
 def _model_info(model: Path, kind: str, loaded: list[tuple[EngineName, Any]]) -> dict[str, Any]:
