@@ -11,7 +11,7 @@ twice, into two files that differ only in how activations are stored:
   product), and a ReLU folds into the range of the activation after it (zero point at 0), so
   none of the 49 ReLUs of a ResNet-50 stays a float op between a DequantizeLinear and a
   QuantizeLinear as in the symmetric file: about 3× fp32's throughput instead of 0.7–1.1×.
-  OpenVINO runs it about 15% faster than the symmetric file too (benchmarks/results).
+  OpenVINO ran it about 20% faster than the symmetric file too (benchmarks/results).
 
 Both have int8 weights, symmetric per output channel, and the same layers left in float.
 
@@ -386,7 +386,7 @@ def cpu_int8_file(path: str | os.PathLike, checkpoint: "str | os.PathLike | None
     the same calibration, else ``path``.
 
     A missing or stale uint8 file is not an error, since the symmetric file runs too, only slower
-    (ONNX Runtime's x86 kernels several times, OpenVINO's about 15%), so it is said in one warning
+    (ONNX Runtime's x86 kernels several times, OpenVINO's about 20%), so it is said in one warning
     line with the command that makes both.
 
     Args:

@@ -180,11 +180,12 @@ def ov_runner(path: Path, names: Sequence[str], precision: str, threads: int = 0
         exposed.append(name)
     compiled = core.compile_model(model, "CPU", compile_config(ov, precision, threads, "latency", None))
     request = compiled.create_infer_request()
-    first = len(compiled.outputs) - len(exposed)
+    # By name, not position: OpenVINO keeps its own order of outputs.
+    ports = {name: port for port in compiled.outputs for name in port.get_names() if name in set(exposed)}
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         result = request.infer({0: batch})
-        return {name: np.array(result[compiled.outputs[first + i]]) for i, name in enumerate(exposed)}
+        return {name: np.array(result[port]) for name, port in ports.items()}
 
     return run
 
