@@ -8,7 +8,6 @@ import importlib.util
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from toolkit.errors import RtkError
@@ -115,7 +114,7 @@ def test_max_drop_keeps_the_fewest_layers_in_float_that_meet_it(digits_model, cl
     assert describe_onnx(tmp_path / "m.int8.u8.onnx")["export"]["calibration"]["max_drop"] == search
     assert f"--max-drop 0.1: kept {len(search['kept_float'])} layers in float ({', '.join(search['kept_float'])})" in result.stderr
     # The check then measured the written files against the same bound, on the same images.
-    lines = [line for line in result.stdout.split("wrote ")[1:]]
+    lines = result.stdout.split("wrote ")[1:]
     assert len(lines) == 2 and all("accuracy" in line for line in lines)
 
 
