@@ -65,7 +65,9 @@ class BenchOptions:
         rounds: repeat the sweep this many times, engines interleaved, and pool the samples;
             spreads slow drifts on a shared machine over every engine alike.
         baseline: add eager fp32 to the run (when the model is a checkpoint) so every engine
-            gets a speed-up figure.
+            gets a speed-up figure, and the fp32 engine of each reduced precision's own runtime
+            (``ort`` for ``ort-int8``, ``ov`` for ``ov-bf16``, ``trt-fp32`` for ``trt``), so that
+            each also gets its ratio to fp32 on the same runtime.
         checkpoint_options: which of a checkpoint's weights to run (EMA or raw), and whether to
             trust a pickle.
     """
@@ -142,6 +144,8 @@ class BenchResult:
     peak_memory_mb: float | None = None
     device_memory_used_mb: float | None = None
     speedup_vs_eager: float | None = None
+    speedup_vs_fp32: float | None = None
+    fp32_engine: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -424,6 +428,7 @@ def run_benchmark(
     skipped: Sequence[BenchResult] = (),
     model: Mapping[str, Any] | None = None,
     asked: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> BenchReport:
     """Time engines that are already open, across the batch sizes and I/O modes of ``options``.
 
@@ -440,6 +445,8 @@ def run_benchmark(
             classes and input shape are read from the first engine.
         asked: the engine names the run was asked for (the report's settings); by default the
             skipped and the timed ones.
+        labels: what each engine's rows are called, where one engine runs several files (a
+            comparison of files, not of engines); by default the engine's own name.
 
     Returns:
         The report: model, settings, environment and results (speed-ups filled in).
@@ -455,12 +462,13 @@ def run_benchmark(
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     try:
-        results = [*skipped, *_sweep(list(engines), options, emit)]
+        results = [*skipped, *_sweep(list(engines), options, emit, labels)]
     finally:
         torch.set_num_threads(saved_threads)
     _fill_speedups(results)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
-    settings["engines"] = list(asked) if asked is not None else [r.engine for r in skipped] + [e.name for e in engines]
+    names = list(labels) if labels is not None else [e.name for e in engines]
+    settings["engines"] = list(asked) if asked is not None else [r.engine for r in skipped] + names
     info = _model_info(model or {}, engines)
     return BenchReport(info, settings, collect_environment(options.device, torch_threads(options)), results)
 
@@ -484,7 +492,7 @@ def torch_threads(options: BenchOptions) -> int:
     return options.threads if options.threads is not None else torch.get_num_threads()
 
 
-def _sweep(engines: list[Engine], options: BenchOptions, emit) -> list[BenchResult]:
+def _sweep(engines: list[Engine], options: BenchOptions, emit, labels: Sequence[str] | None = None) -> list[BenchResult]:
     """Rounds × batch sizes × engines × I/O modes; samples of a cell pooled over rounds."""
     cuda = options.device.startswith("cuda")
     per_round_s = options.duration_s / options.rounds
@@ -502,7 +510,8 @@ def _sweep(engines: list[Engine], options: BenchOptions, emit) -> list[BenchResu
                     key = (e, batch_size, io)
                     if key in failed:
                         continue
-                    base = BenchResult(engine.name, engine.precision, options.device, "ok", batch_size, io, threads=threads)
+                    label = labels[e] if labels is not None else engine.name
+                    base = BenchResult(label, engine.precision, options.device, "ok", batch_size, io, threads=threads)
                     try:
                         samples, extra = measure(engine, batch_size, io, options, per_round_s, round_iters)
                     except RtkError as exc:
@@ -552,13 +561,33 @@ def _finish(row: BenchResult, samples: np.ndarray, extra: dict[str, Any]) -> Ben
     )
 
 
+def fp32_counterpart(engine: str) -> str | None:
+    """The fp32 engine of a reduced-precision engine's own runtime: ``ort`` for ``ort-int8``,
+    ``eager-cl`` for ``eager-fp16-cl``, ``trt-fp32`` for ``trt``; ``None`` for an fp32 engine or a
+    row name outside the grammar."""
+    try:
+        name = parse_engine(engine)
+    except RtkError:
+        return None
+    if name.resolved_precision == "fp32":
+        return None
+    return str(dataclasses.replace(name, precision="fp32"))
+
+
 def _fill_speedups(results: list[BenchResult]) -> None:
-    """Each ok row's throughput over eager fp32's at the same batch size and I/O mode."""
-    base = {(r.batch_size, r.io): r.throughput_ips for r in results if r.engine == BASELINE and r.status == "ok"}
+    """Each ok row's throughput over eager fp32's, and over its own runtime's fp32 engine's, at the
+    same batch size and I/O mode."""
+    ok = {(r.engine, r.batch_size, r.io): r.throughput_ips for r in results if r.status == "ok"}
     for r in results:
-        ref = base.get((r.batch_size, r.io))
-        if r.status == "ok" and ref:
+        if r.status != "ok":
+            continue
+        ref = ok.get((BASELINE, r.batch_size, r.io))
+        if ref:
             r.speedup_vs_eager = r.throughput_ips / ref
+        counterpart = fp32_counterpart(r.engine)
+        fp32 = ok.get((counterpart, r.batch_size, r.io)) if counterpart else None
+        if fp32:
+            r.speedup_vs_fp32, r.fp32_engine = r.throughput_ips / fp32, counterpart
 
 
 def _model_info(model: Mapping[str, Any], engines: Sequence[Engine]) -> dict[str, Any]:

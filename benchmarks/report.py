@@ -27,7 +27,7 @@ CSV_COLUMNS = (
     "iterations", "timed_s", "throughput_ips",
     "latency_mean_ms", "latency_std_ms", "latency_min_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
     "latency_max_ms", "h2d_ms", "compute_ms", "d2h_ms", "peak_memory_mb", "device_memory_used_mb",
-    "speedup_vs_eager",
+    "speedup_vs_eager", "speedup_vs_fp32", "fp32_engine",
 )
 
 
@@ -51,6 +51,13 @@ def _slug(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- terminal
+
+
+def ratio_text(value: float | None, against: str) -> str:
+    """A speed ratio against the engine it is measured against: ``2.84x ort``, ``0.35x ort (slower)`` below 1."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}x {against}" + (" (slower)" if value < 1 else "")
 
 
 def _ms(value: float | None) -> str:
@@ -80,7 +87,7 @@ def render_table(report: dict[str, Any]):
     shape = "x".join(map(str, model["input_shape"])) if model["input_shape"] else "?"
     title = f"{model.get('arch') or model['name']} ({shape}) on {env['device_name']}, {env['cpu']['threads']} threads; latency in ms per batch"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ["engine", "io", "batch", "img/s", "mean", "p50", "p90", "p99", "min", "max", "vs eager", "iters"]
+    columns = ["engine", "io", "batch", "img/s", "mean", "p50", "p90", "p99", "min", "max", "vs eager", "vs own fp32", "iters"]
     columns += ["h2d", "compute", "d2h", "peak MB"] if cuda else []
     for name in columns:
         table.add_column(name, justify="left" if name in ("engine", "io") else "right", no_wrap=True)
@@ -95,7 +102,7 @@ def render_table(report: dict[str, Any]):
         cells = [
             r["engine"], r["io"], str(r["batch_size"]), f"{r['throughput_ips']:.1f}",
             *(_ms(lat[k]) for k in ("mean", "p50", "p90", "p99", "min", "max")),
-            f"{speed:.2f}x" if speed is not None else "—", str(r["iterations"]),
+            f"{speed:.2f}x" if speed is not None else "—", _vs_fp32(r), str(r["iterations"]),
         ]
         if cuda:
             split = r["split_ms"] or {}
@@ -103,6 +110,11 @@ def render_table(report: dict[str, Any]):
             cells += [_ms(split.get("h2d")), _ms(split.get("compute")), _ms(split.get("d2h")), f"{peak:.0f}" if peak else "—"]
         table.add_row(*cells)
     return Group(table, *notes)
+
+
+def _vs_fp32(row: dict[str, Any]) -> str:
+    """``0.35x ort (slower)``: the row over its own runtime's fp32 engine, named."""
+    return ratio_text(row.get("speedup_vs_fp32"), row.get("fp32_engine") or "")
 
 
 # --------------------------------------------------------------------------- files

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporters.int8 import refuse_u8_for_tensorrt
 from exporters.onnx import checkpoint_options_of, ensure_onnx
 from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
 from toolkit.core.console import err_console, warn
@@ -297,6 +298,7 @@ def build_engine(
     output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
     if output.suffix.lower() not in ENGINE_SUFFIXES:
         raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
+    refuse_u8_for_tensorrt(onnx_path)
     trt = trt_library.import_tensorrt("building a TensorRT engine")
     dev = trt_library.open_device(device)
     platform = TrtPlatform(str(trt.__version__), dev.name(), dev.capability())

@@ -104,6 +104,37 @@ def exported_models(tmp_path_factory):
     return ExportedModels(tmp_path_factory.mktemp("exported"))
 
 
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory):
+    """A half-width resnet18 trained for 3 epochs on the digits at their own 8×8 size (94% test
+    accuracy, in a few seconds): real decisions on real images for parity and int8 to judge.
+    Shared by the session: a test that writes files beside it copies it first."""
+    from toolkit.usecases.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("digits")
+    result = train(TrainOptions(data="digits", arch="resnet18", width=32, epochs=3, input_size=8, out=out, progress=False, device="cpu"))
+    assert result.test_acc > 0.9
+    return result.best
+
+
+@pytest.fixture(scope="session")
+def digits_int8(digits_model, tmp_path_factory):
+    """The digits model in a folder of its own with both int8 files of a plain
+    ``rtk export --precision int8 --calib digits`` (checked), and what the check measured on each.
+    Shared read-only: a test that writes beside it copies what it needs."""
+    import shutil
+
+    from exporters.int8 import CalibOptions
+    from exporters.onnx import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("digits-int8")
+    ckpt = shutil.copy(digits_model, folder / "m.pth")
+    checked = {}
+    options = ExportOptions(precision="int8", calib=CalibOptions("digits"), progress=False)
+    int8, u8 = export_onnx(ckpt, options=options, on_checked=lambda path, kind, metrics: checked.setdefault(kind, metrics))
+    return {"ckpt": ckpt, "int8": int8, "u8": u8, "checked": checked}
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A narrow resnet18 (width 16, small stem, 10 classes, 32×32 RGB) rtk checkpoint on disk."""

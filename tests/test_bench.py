@@ -96,6 +96,45 @@ def test_an_engine_that_cannot_run_here_is_one_skipped_row_with_the_reason(repor
     assert "CUDA GPU" in trt["reason"]
 
 
+def test_no_fp32_baseline_is_added_for_an_engine_that_cannot_run(report):
+    assert not [r for r in report["results"] if r["engine"] == "trt-fp32"]  # trt is skipped, so is its fp32 twin
+    assert report["settings"]["engines"] == ["eager", "ort", "trt"]
+
+
+def test_a_reduced_precision_gets_its_ratio_to_its_own_runtimes_fp32(small_checkpoint):
+    """ort-fp16 alone: eager and ort join the run, and ort-fp16's row is measured against both."""
+    from benchmarks.report import render_table
+
+    report = benchmark_model(small_checkpoint, BenchOptions(engines=("ort-fp16",), batch_sizes=(2,), **FAST)).to_dict()
+    rows = {r["engine"]: r for r in report["results"]}
+    assert list(rows) == ["eager", "ort", "ort-fp16"] and report["settings"]["engines"] == ["eager", "ort", "ort-fp16"]
+    half = rows["ort-fp16"]
+    assert half["fp32_engine"] == "ort" and half["speedup_vs_fp32"] == pytest.approx(half["throughput_ips"] / rows["ort"]["throughput_ips"])
+    assert rows["ort"]["speedup_vs_fp32"] is None and rows["eager"]["fp32_engine"] is None
+    validate(report)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert "vs own fp32" in text and f"{half['speedup_vs_fp32']:.2f}x ort" in text
+    alone = benchmark_model(small_checkpoint, BenchOptions(engines=("ort-fp16",), batch_sizes=(2,), baseline=False, **FAST)).to_dict()
+    assert [r["engine"] for r in alone["results"]] == ["ort-fp16"] and alone["results"][0]["speedup_vs_fp32"] is None
+
+
+def test_each_precision_is_measured_against_its_own_runtimes_fp32_engine():
+    from benchmarks.harness import fp32_counterpart
+    from benchmarks.report import ratio_text
+    from engines.names import parse_engines
+    from toolkit.usecases.bench import with_baselines
+
+    assert {name: fp32_counterpart(name) for name in ("ort-int8", "ov-bf16", "eager-fp16-cl", "trt", "ort-trt", "ort", "ort(peer file)")} == {
+        "ort-int8": "ort", "ov-bf16": "ov", "eager-fp16-cl": "eager-cl", "trt": "trt-fp32", "ort-trt": "ort-trt-fp32", "ort": None, "ort(peer file)": None,
+    }
+    assert [str(c) for c in with_baselines(list(parse_engines("ort-int8,ov-int8,ort")))] == ["eager", "ort-int8", "ov", "ov-int8", "ort"]
+    assert ratio_text(0.35, "ort") == "0.35x ort (slower)" and ratio_text(2.84, "ort") == "2.84x ort" and ratio_text(None, "ort") == "—"
+
+
 def test_environment_records_machine_and_versions(report):
     env = report["environment"]
     assert env["cpu"]["model"] and env["cpu"]["cores"] >= 1 and env["cpu"]["threads"] >= 1

@@ -73,6 +73,10 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
     has_int8 = "ort-int8" in result.output
     assert has_int8 or "int8 left out: " in result.stderr
     assert len(bench_lines) == (3 if has_int8 else 2) * 2 and any("eager" in line and "batch 64" in line for line in bench_lines)
+    # Each engine's speed against eager, and int8's against its own runtime's fp32 too.
+    assert "ort speed: batch 1: " in result.output and "x eager" in result.output
+    if has_int8:
+        assert "ort-int8 speed: batch 1: " in result.output and "x ort" in result.output
 
     # Re-running replaces what the demo wrote, and nothing else.
     assert not stale.exists() and keep.read_text() == "mine"
@@ -87,10 +91,19 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
     assert len(json.loads(artefacts["training history"].read_text())["epochs"]) == 1
     bench = json.loads(artefacts["benchmark JSON"].read_text())
     assert {"eager", "ort"} <= {row["engine"] for row in bench["results"] if row["status"] == "ok"}
-    assert ("ONNX int8" in artefacts) == has_int8
+    assert ("ONNX int8" in artefacts) == ("ONNX int8 (uint8 activations, ort-int8)" in artefacts) == has_int8
     with open(artefacts["predictions CSV"], newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 * 10 and all(r["top1"] in "0123456789" and not r["error"] for r in rows)
+
+
+def test_the_summary_says_slower_where_a_lower_precision_is_slower():
+    from benchmarks.harness import BenchResult, _fill_speedups
+    from toolkit.cli.demo import speed_lines
+
+    rows = [BenchResult(name, "fp32", "cpu", "ok", batch_size=1, io="host", throughput_ips=ips) for name, ips in (("eager", 100.0), ("ort", 339.0), ("ort-int8", 120.0))]
+    _fill_speedups(rows)
+    assert speed_lines(rows) == ["ort speed: batch 1: 3.39x eager", "ort-int8 speed: batch 1: 0.35x ort (slower), 1.20x eager"]
 
 
 def test_demo_refuses_a_file_as_output_folder(cli, tmp_path):

@@ -1,14 +1,16 @@
-"""int8: calibrated QDQ ONNX export, the ort-int8 engine, parity judged on labelled images, bad input."""
+"""int8: calibrated QDQ ONNX export in two layouts from one calibration, the engines that pick
+them, calibration data with and without labels, parity judged on real images, bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from helpers import make_checkpoint, opened
+from helpers import make_checkpoint, opened, prepared
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
 
@@ -19,16 +21,18 @@ DIGIT_PRE = Preprocess(input_size=(8, 8), resize=8, crop=False, mean=(0.5,), std
 
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory):
-    """A digits-shaped checkpoint and its int8 ONNX (calibrated on 32 digits, not checked: random
-    weights), with the fp32 and fp16 files the same trace gives, which the tests below quantize again."""
+    """A digits-shaped checkpoint and its int8 ONNX files (calibrated on 32 digits, not checked: random
+    weights), with the fp32 and fp16 files the same trace gives, which the tests below quantize again.
+    Returns the checkpoint and MODEL.int8.onnx; MODEL.int8.u8.onnx lies beside it."""
     from exporters.int8 import CalibOptions
     from exporters.onnx import ExportOptions, export_onnx
 
     folder = tmp_path_factory.mktemp("int8")
     ckpt = make_checkpoint(folder / "m.pth", DIGIT_SPEC, DIGIT_PRE)
     calib = CalibOptions("digits", samples=32, keep_float="classifier")
-    _, _, path = export_onnx(ckpt, options=ExportOptions(precision="all", check=False, calib=calib, progress=False))
-    return ckpt, path
+    paths = export_onnx(ckpt, options=ExportOptions(precision="all", check=False, calib=calib, progress=False))
+    assert [p.name for p in paths] == ["m.onnx", "m.fp16.onnx", "m.int8.onnx", "m.int8.u8.onnx"]
+    return ckpt, paths[2]
 
 
 def test_the_int8_file_is_qdq_and_records_its_calibration(int8_model):
@@ -41,7 +45,7 @@ def test_the_int8_file_is_qdq_and_records_its_calibration(int8_model):
     calib = info["export"]["calibration"]
     assert info["export"]["precision"] == "int8" and calib["format"] == "QDQ"
     assert calib["data"] == "digits" and calib["samples"] == 32 and calib["method"] == "minmax"
-    assert calib["source"].startswith("digits (train, 32 of ")  # the training split: the test split grades it
+    assert calib["source"] == "digits (train)" and calib["available"] == 1257  # the training split: the test split grades it
     assert calib["keep_float"] == ["classifier"] and calib["float_nodes"]
 
 
@@ -62,39 +66,120 @@ def test_every_calibration_batch_sets_the_ranges(int8_model):
     # The input's scale is max|x| / 127 over all calibration images: an outlier in the first of
     # five batches must still set it (onnxruntime folds each batch into the ranges, drops none).
     import onnx
-    from onnx import numpy_helper
 
-    from exporters.int8 import CALIB_BATCH, CalibOptions, CalibrationSet, quantize_qdq
+    from exporters.int8 import CALIB_BATCH, CalibOptions, CalibrationSet, Int8Quantizer
     from exporters.onnx import ensure_onnx
 
     ckpt, _ = int8_model
     images = np.random.default_rng(0).uniform(-1, 1, (5 * CALIB_BATCH, 1, 8, 8)).astype(np.float32)
     images[0, 0, 0, 0] = 10.0
-    model, record = quantize_qdq(onnx.load(str(ensure_onnx(ckpt))), CalibrationSet(images, "test"), CalibOptions("digits"), progress=False)
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
-    assert float(weights[q.input[1]]) == pytest.approx(10.0 / 127, rel=1e-3)
-    assert weights[q.input[2]].dtype == np.int8 and int(weights[q.input[2]]) == 0  # signed, symmetric
+    with Int8Quantizer(onnx.load(str(ensure_onnx(ckpt))), CalibrationSet(images, "test"), CalibOptions("digits"), progress=False) as quantizer:
+        scale, zero = _input_quantization(quantizer.quantize("s8"))
+        record = quantizer.record("s8", [])
+    assert scale == pytest.approx(10.0 / 127, rel=1e-3)
+    assert zero.dtype == np.int8 and int(zero) == 0  # signed, symmetric
     assert record["samples"] == 5 * CALIB_BATCH
 
 
-def test_uint8_activations_are_asymmetric_for_onnx_runtimes_cpu_kernels(int8_model):
-    import onnx
+def _input_quantization(model):
+    """The scale and zero point of the QuantizeLinear on the graph's input."""
     from onnx import numpy_helper
 
-    from exporters.int8 import CALIB_BATCH, CalibOptions, CalibrationSet, quantize_qdq
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    return float(weights[q.input[1]]), weights[q.input[2]]
+
+
+def test_one_calibration_gives_both_layouts(int8_model, monkeypatch):
+    """The uint8 layout comes from the symmetric file's ranges, not a second calibration: the
+    images are read once, and an input range of [0, 10] gives 10/127 signed and 10/255 unsigned."""
+    import onnx
+
+    from exporters.int8 import CALIB_BATCH, CalibOptions, CalibrationSet, Int8Quantizer, _Reader
     from exporters.onnx import ensure_onnx
 
     ckpt, _ = int8_model
-    images = np.random.default_rng(0).uniform(0, 1, (CALIB_BATCH, 1, 8, 8)).astype(np.float32)
-    options = CalibOptions("digits", activations="uint8")
-    model, record = quantize_qdq(onnx.load(str(ensure_onnx(ckpt))), CalibrationSet(images, "test"), options, progress=False)
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
-    assert weights[q.input[2]].dtype == np.uint8 and int(weights[q.input[2]]) == 0  # inputs in [0, 1]: zero point at 0
-    assert record["activations"].startswith("uint8, asymmetric")
-    with pytest.raises(RtkError, match="--activations must be one of int8, uint8"):
-        CalibOptions("digits", activations="int4")
+    images = np.random.default_rng(0).uniform(0, 1, (2 * CALIB_BATCH, 1, 8, 8)).astype(np.float32)
+    images[3, 0, 0, 0] = 10.0
+    batches_read = []
+    original = _Reader.get_next
+
+    def counting(self):
+        batch = original(self)
+        batches_read.append(batch is not None)
+        return batch
+
+    monkeypatch.setattr(_Reader, "get_next", counting)
+    with Int8Quantizer(onnx.load(str(ensure_onnx(ckpt))), CalibrationSet(images, "test"), CalibOptions("digits"), progress=False) as quantizer:
+        s8, u8 = quantizer.quantize("s8"), quantizer.quantize("u8")
+        records = quantizer.record("s8", []), quantizer.record("u8", [])
+    assert sum(batches_read) == 2  # the two batches were read once, by the one calibration
+    assert _input_quantization(s8)[0] == pytest.approx(10.0 / 127, rel=1e-3)
+    scale, zero = _input_quantization(u8)
+    assert scale == pytest.approx(10.0 / 255, rel=1e-3) and zero.dtype == np.uint8 and int(zero) == 0
+    assert records[0]["ranges_sha256"] == records[1]["ranges_sha256"]
+    assert records[1]["activations"].startswith("uint8, asymmetric") and records[0]["layout"] == "s8"
+    # The ReLUs fold into the uint8 ranges; the symmetric file keeps them as float ops.
+    relus = {name: sum(n.op_type == "Relu" for n in m.graph.node) for name, m in (("s8", s8), ("u8", u8))}
+    assert relus["u8"] == 0 and relus["s8"] > 0
+
+
+def test_the_export_writes_both_layouts_with_one_record(int8_model):
+    from toolkit.core.artefacts import u8_path_for
+    from toolkit.usecases.inspect import describe_onnx
+
+    ckpt, path = int8_model
+    u8 = u8_path_for(path)
+    assert u8.name == "m.int8.u8.onnx"
+    mine, theirs = describe_onnx(path), describe_onnx(u8)
+    a, b = mine["export"]["calibration"], theirs["export"]["calibration"]
+    assert (a["layout"], b["layout"]) == ("s8", "u8") and a["ranges_sha256"] == b["ranges_sha256"]
+    assert {k: v for k, v in a.items() if k not in ("layout", "activations")} == {k: v for k, v in b.items() if k not in ("layout", "activations")}
+    assert theirs["precision"] == "int8" and theirs["export"]["checkpoint_sha256"] == mine["export"]["checkpoint_sha256"]
+    assert "Relu" not in theirs["ops"] and mine["ops"]["Relu"] > 0
+    assert list(mine["int8_files"].values()) == ["m.int8.onnx (this file)", "m.int8.u8.onnx (same calibration)"]
+    assert list(theirs["int8_files"].values()) == ["m.int8.onnx (same calibration)", "m.int8.u8.onnx (this file)"]
+
+
+def test_each_runtime_picks_its_layout(int8_model, tmp_path):
+
+    src, path = int8_model
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    ckpt = shutil.copy(src, folder / "m.pth")
+    for name in ("m.int8.onnx", "m.int8.u8.onnx"):
+        shutil.copy(path.with_name(name), folder / name)
+    with opened(ckpt, "ort-int8") as engine:  # ONNX Runtime's CPU provider: uint8 activations
+        assert engine.path == folder / "m.int8.u8.onnx" and engine.name == "ort-int8"
+    with opened(folder / "m.int8.onnx") as engine:  # the symmetric file named directly: its uint8 sibling on ORT's CPU
+        assert engine.path == folder / "m.int8.u8.onnx"
+
+    assert prepared(ckpt, "ov-int8") == prepared(folder / "m.int8.onnx", "ov") == folder / "m.int8.u8.onnx"  # OpenVINO: uint8 too
+    assert prepared(ckpt, "ort-cuda-int8") == folder / "m.int8.onnx"  # the GPU providers: symmetric, as TensorRT
+
+
+def test_a_missing_uint8_file_falls_back_to_the_symmetric_one_with_a_warning(int8_model, tmp_path, capsys):
+
+    src, path = int8_model
+    ckpt = shutil.copy(src, tmp_path / "m.pth")
+    shutil.copy(path, tmp_path / "m.int8.onnx")
+    with opened(ckpt, "ort-int8") as engine:
+        assert engine.path == tmp_path / "m.int8.onnx"
+    err = capsys.readouterr().err
+    assert "m.int8.u8.onnx is missing, so ONNX Runtime runs m.int8.onnx" in err and "--precision int8 --calib digits writes both" in err
+    # A uint8 file from another calibration is not used either.
+    other = tmp_path / "m.int8.u8.onnx"
+    shutil.copy(path, other)  # a file of the symmetric layout under the uint8 name
+    with opened(ckpt, "ort-int8") as engine:
+        assert engine.path == tmp_path / "m.int8.onnx"
+
+
+def test_tensorrt_is_refused_the_uint8_layout_in_one_sentence(int8_model, cli):
+    from toolkit.core.artefacts import u8_path_for
+
+    result = cli("build", u8_path_for(int8_model[1]))
+    assert result.exit_code == 1
+    assert "m.int8.u8.onnx holds uint8 activations, the layout CPU runtimes run fastest, which TensorRT refuses; build m.int8.onnx" in result.stderr
 
 
 def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path):
@@ -109,13 +194,14 @@ def test_precision_is_read_from_the_graph_not_the_file_name(int8_model, tmp_path
 
 
 def test_ort_int8_runs_the_file_and_names_itself(int8_model):
+    from toolkit.core.artefacts import u8_path_for
 
     ckpt, path = int8_model
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8), dtype=np.float32)
-    with opened(ckpt, "ort-int8") as engine:  # found next to the checkpoint
-        assert engine.name == "ort-int8" and engine.precision == "int8" and engine.path == path
+    with opened(ckpt, "ort-int8") as engine:  # found next to the checkpoint: the uint8 layout
+        assert engine.name == "ort-int8" and engine.precision == "int8" and engine.path == u8_path_for(path)
         logits = engine(x)
-    with opened(path) as engine:  # named directly: its precision comes from the graph
+    with opened(u8_path_for(path)) as engine:  # named directly: its precision comes from the graph
         assert engine.name == "ort-int8"
         np.testing.assert_array_equal(engine(x), logits)
     assert logits.shape == (3, 10) and np.isfinite(logits).all()
@@ -202,17 +288,6 @@ def test_export_int8_without_calib_or_calib_without_int8_is_one_line(cli, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
-def test_calibration_data_without_the_models_classes_needs_data_for_the_check(cli, tmp_path):
-    from toolkit.core.data import write_digit_images
-
-    ckpt = make_checkpoint(tmp_path / "m.pth", DIGIT_SPEC, DIGIT_PRE)
-    folder = tmp_path / "three"
-    write_digit_images(folder, classes=(0, 1, 2), per_class=4)  # real images, but 3 classes of the model's 10
-    result = cli("export", ckpt, "--precision", "int8", "--calib", folder)
-    assert result.exit_code == 1 and "which --calib" in result.stderr and "add --data DATA, or --no-check" in result.stderr
-    assert not (tmp_path / "m.int8.onnx").exists()
-
-
 def test_keep_float_names_groups_and_nodes_and_refuses_unknown_ones(int8_model):
     import onnx
 
@@ -249,10 +324,10 @@ def _module(ckpt, state):
     return model
 
 
-def test_parity_refuses_int8_without_labelled_data(int8_model, cli):
+def test_parity_refuses_int8_without_real_images(int8_model, cli):
     result = cli("parity", int8_model[0], "--engines", "eager,ort-int8")
     assert result.exit_code == 1
-    assert "ort-int8 is judged on real labelled images, not random ones; add --data DATA" in result.stderr
+    assert "ort-int8 is judged on real images, not random ones; add --data DATA" in result.stderr
 
 
 # --- TensorRT ------------------------------------------------------------------------------
@@ -304,3 +379,31 @@ def test_digits_resnet18_int8_keeps_accuracy_and_decisions(cli, tmp_path):
     data = int8["data"]
     assert data["samples"] == 360 and data["top1_agreement"] >= 0.99
     assert data["reference_accuracy"] - data["accuracy"] <= 0.01 and data["reference_accuracy"] > 0.9
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
+def test_the_peer_benchmark_runs_rtks_files_against_onnx_runtimes_own(int8_model, tmp_path, capsys):
+    """benchmarks.int8_peer makes ONNX Runtime's documented U8S8 file from the same calibration images
+    and times it beside ort-int8 and ov-int8 in one run; the ratio table and files come out."""
+    import onnx
+
+    from benchmarks.int8_peer import main
+
+    src, path = int8_model
+    folder = tmp_path / "m"
+    folder.mkdir()
+    ckpt = shutil.copy(src, folder / "m.pth")
+    for name in ("m.onnx", "m.int8.onnx", "m.int8.u8.onnx"):
+        shutil.copy(path.with_name(name), folder / name)
+    out = tmp_path / "out"
+    code = main([str(ckpt), "-b", "2", "--rounds", "1", "--warmup", "0", "--duration", "0.05", "--max-samples", "16", "--out", str(out), "--name", "peer"])
+    assert code == 0
+    peer = onnx.load(str(folder / "m.int8.peer-u8s8.onnx"))
+    assert not any(n.op_type == "Relu" for n in peer.graph.node)  # U8S8: the ReLUs folded, as in rtk's uint8 file
+    report = json.loads((out / "peer.json").read_text())
+    engines = {r["engine"] for r in report["results"] if r["status"] == "ok"}
+    assert engines == {"ort", "ort-int8", "ort(peer U8S8 file)", "ort(symmetric int8 file)", "ov", "ov-int8", "ov(peer U8S8 file)", "ov(symmetric int8 file)"}
+    agreement = json.loads((out / "peer.agreement.json").read_text())
+    assert set(agreement) == {"images", "ort-int8", "ort(peer U8S8 file)", "ort(symmetric int8 file)", "ov-int8", "ov(peer U8S8 file)", "ov(symmetric int8 file)"}
+    text = capsys.readouterr().out
+    assert "× peer file" in text and "top-1 agreement with the fp32 ONNX" in text

@@ -3,6 +3,7 @@ and ONNX files that do not fit the checkpoint are refused with one clear line.""
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -189,15 +190,16 @@ def test_parity_of_a_missing_checkpoint_fails_cleanly(cli, tmp_path):
 def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
     from toolkit.core.checkpoint import load_checkpoint
     from toolkit.core.data import write_digit_images
-    from toolkit.usecases.parity import labelled_images
+    from toolkit.core.image_sets import judged_set, prepare_images
 
     spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small", width=16)
     pre = Preprocess(input_size=(8, 8), resize=8, crop=False, mean=(0.5,), std=(0.5,), channels="gray")
     ckpt = load_checkpoint(make_checkpoint(tmp_path / "m.pth", spec, pre))
     folder = tmp_path / "digits"
     write_digit_images(folder, split="test", per_class=3)
-    x_all, y_all, _ = labelled_images(ckpt, folder)
-    x, y, label = labelled_images(ckpt, folder, max_samples=4)
+    everything = prepare_images(judged_set(folder, 8), ckpt.spec, ckpt.preprocess)
+    first = prepare_images(judged_set(folder, 8), ckpt.spec, ckpt.preprocess, limit=4)
+    x_all, y_all, x, y, label = everything.images, everything.labels, first.images, first.labels, first.source
     assert x.shape == (4, 1, 8, 8) and "4 images" in label
     np.testing.assert_array_equal(x, x_all[:4])
     np.testing.assert_array_equal(y, y_all[:4])
@@ -206,23 +208,11 @@ def test_max_samples_keeps_the_first_images_of_the_split(tmp_path):
 # --- a trained model on real data --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory):
-    """A half-width resnet18 trained for 3 epochs on the digits at their own 8×8 size (94% test
-    accuracy, in a few seconds): real decisions on real images for parity to judge."""
-    from toolkit.usecases.train import TrainOptions, train
-
-    out = tmp_path_factory.mktemp("digits")
-    result = train(TrainOptions(data="digits", arch="resnet18", width=32, epochs=3, input_size=8, out=out, progress=False, device="cpu"))
-    assert result.test_acc > 0.9
-    return result.best
-
-
 def test_parity_on_a_digits_trained_model_and_its_test_images(digits_model, cli, tmp_path):
     report_path = tmp_path / "digits.json"
     result = cli("parity", digits_model, "--engines", "eager,ort,ort-fp16", "--data", "digits", "--json", report_path)
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.stdout and "digits (test, 360 images)" in result.stdout
+    assert "accuracy" in result.stdout and "digits (test), 360 images" in result.stdout
     engines_by_name = {e["engine"]: e for e in json.loads(report_path.read_text())["engines"]}
     ort, fp16 = engines_by_name["ort"]["data"], engines_by_name["ort-fp16"]["data"]
     assert ort["samples"] == 360 and ort["max_abs"] < 1e-4 * max(1.0, ort["scale"]) and ort["top1_agreement"] == 1.0
@@ -240,14 +230,15 @@ def test_openvino_parity_on_the_digits_test_images(digits_model, cli, tmp_path):
     from toolkit.core.checkpoint import load_checkpoint
     from toolkit.core.data import resolve_data
 
-    ckpt = load_checkpoint(digits_model)
-    with opened(digits_model, "ov") as ov:  # exports the fp32 ONNX next to the checkpoint
+    model = shutil.copy(digits_model, tmp_path / "m.pth")  # the int8 file below must not sit beside the shared one
+    ckpt = load_checkpoint(model)
+    with opened(model, "ov") as ov:  # exports the fp32 ONNX next to the checkpoint
         fp32_onnx = ov.path
     calibration, _ = resolve_data("digits", input_size=8).dataset("train", preprocess=ckpt.preprocess).arrays(limit=64)
-    make_qdq_onnx(fp32_onnx, onnx_path_for(digits_model, "int8"), calibration)
+    make_qdq_onnx(fp32_onnx, onnx_path_for(model, "int8"), calibration)
     names = ["ov", "ov-int8"] + (["ov-bf16"] if "BF16" in cpu_capabilities() else [])
     report_path = tmp_path / "ov.json"
-    result = cli("parity", digits_model, "--engines", ",".join(names), "--data", "digits", "--json", report_path)
+    result = cli("parity", model, "--engines", ",".join(names), "--data", "digits", "--json", report_path)
     assert result.exit_code == 0, result.output
     by_name = {e["engine"]: e for e in json.loads(report_path.read_text())["engines"]}
     expected = {"ov": "fp32", "ov-int8": "int8", "ov-bf16": "bf16"}

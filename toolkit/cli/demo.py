@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from benchmarks.report import ratio_text
 from toolkit.core.console import console, err_console, info
 from toolkit.usecases.demo import DemoOptions, run_demo
 
@@ -72,14 +73,8 @@ def _print_summary(result) -> None:
             *(_fmt(r.get(k), "{:,.0f}") for k in batch_keys),
         )
     console.print(table)
-    for engine in ("ort", "ort-int8"):
-        speedups = [
-            f"batch {row.batch_size}: {row.speedup_vs_eager:.2f}×"
-            for row in result.bench.results
-            if row.engine == engine and row.status == "ok" and row.io == "host" and row.speedup_vs_eager
-        ]
-        if speedups:
-            console.print(f"{engine} speed-up over eager fp32: {', '.join(speedups)}")
+    for line in speed_lines(result.bench.results):
+        console.print(line, highlight=False)
     ev = result.predict.evaluation
     console.print(
         f"predict: {result.predict.classified} sample images at {result.predict.images_per_s:,.0f} images/s"
@@ -92,6 +87,23 @@ def _print_summary(result) -> None:
         files.add_row(what, str(path))
     console.print(files)
     console.print(f"demo finished in {result.seconds:.0f} s")
+
+
+def speed_lines(rows) -> list[str]:
+    """One line per engine: its speed over eager fp32 and over its own runtime's fp32 engine, at each
+    batch size, with "slower" wherever a ratio is below 1 (``ort-int8 speed: batch 1: 0.35x ort (slower), 2.99x eager; …``)."""
+
+    lines = []
+    engines = dict.fromkeys(r.engine for r in rows if r.status == "ok" and r.io == "host" and r.engine != "eager")
+    for engine in engines:
+        parts = []
+        for row in (r for r in rows if r.engine == engine and r.status == "ok" and r.io == "host"):
+            ratios = [ratio_text(row.speedup_vs_eager, "eager")] if row.speedup_vs_eager else []
+            if row.speedup_vs_fp32:
+                ratios.insert(0, ratio_text(row.speedup_vs_fp32, row.fp32_engine))
+            parts.append(f"batch {row.batch_size}: {', '.join(ratios)}")
+        lines.append(f"{engine} speed: {'; '.join(parts)}")
+    return lines
 
 
 def _fmt(value, pattern: str) -> str:

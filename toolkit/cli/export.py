@@ -12,9 +12,9 @@ from exporters.int8 import DEFAULT_CALIB_SAMPLES, CalibOptions
 from exporters.onnx import ExportOptions, export_onnx
 from exporters.trt import build_engine
 from toolkit.cli.build import print_built
-from toolkit.cli.options import OnnxPrecision, TrustPickleOption, Weights, WeightsOption, checkpoint_options
+from toolkit.cli.options import OnnxPrecision, TrustPickleOption, Weights, WeightsOption, check_finite, checkpoint_options
 from toolkit.core.console import console, info
-from toolkit.core.errors import require
+from toolkit.core.errors import RtkError, require
 
 
 class CalibMethod(str, Enum):
@@ -23,14 +23,16 @@ class CalibMethod(str, Enum):
     percentile = "percentile"
 
 
-class Activations(str, Enum):
-    int8 = "int8"
-    uint8 = "uint8"
-
-
 class Exporter(str, Enum):
     dynamo = "dynamo"
     torchscript = "torchscript"
+
+
+#: How each file of an export is described in its line.
+FILE_KINDS = {
+    "int8": "int8, symmetric activations: TensorRT, ONNX Runtime's GPU providers",
+    "int8.u8": "int8, uint8 activations: ONNX Runtime on CPUs, OpenVINO",
+}
 
 
 def export(
@@ -42,17 +44,24 @@ def export(
         OnnxPrecision,
         typer.Option(
             help="fp32 writes MODEL.onnx; fp16 writes MODEL.fp16.onnx (fp16 weights and compute, fp32 inputs/outputs); "
-            "int8 writes MODEL.int8.onnx (QDQ, calibrated on --calib); all writes fp32 and fp16, and int8 when --calib is given."
+            "int8 writes MODEL.int8.onnx (QDQ, for TensorRT and ONNX Runtime's GPU providers) and MODEL.int8.u8.onnx "
+            "(the same calibration with uint8 activations, for ONNX Runtime on CPUs and OpenVINO), calibrated on --calib; "
+            "all writes fp32 and fp16, and int8 when --calib is given."
         ),
     ] = OnnxPrecision.fp32,
     opset: Annotated[int, typer.Option(help="ONNX opset to pin (the dynamo exporter writes 18 or newer).")] = 18,
     static_batch: Annotated[Optional[int], typer.Option(help="Fix the batch axis to this size instead of keeping it dynamic.")] = None,
     data: Annotated[
-        Optional[str], typer.Option(help="Dataset name (digits) or image folder whose labelled test images join the parity check.")
+        Optional[str],
+        typer.Option(help="Images that join the parity check: a dataset name (digits), a folder (of images, or of class folders) or a file list; accuracy is measured where they carry the model's classes."),
     ] = None,
     calib: Annotated[
         Optional[str],
-        typer.Option(help="int8: images to calibrate activation ranges on (digits, an image folder or a dataset name; its training split). Its test split also checks the file unless --data is given."),
+        typer.Option(
+            help="int8: images to calibrate activation ranges on: digits or a dataset name (its training split), a folder of class folders, "
+            "any folder of images (searched recursively) or a file list (one image path per line). No labels needed. Images held out "
+            "of calibration (its test split, or a fifth of a folder) judge the files unless --data is given."
+        ),
     ] = None,
     calib_samples: Annotated[int, typer.Option(help="int8: how many calibration images (drawn with a fixed seed).")] = DEFAULT_CALIB_SAMPLES,
     calib_method: Annotated[CalibMethod, typer.Option(help="int8: how activation ranges are set from the calibration images.")] = CalibMethod.minmax,
@@ -60,10 +69,14 @@ def export(
         Optional[str],
         typer.Option(help="int8: layers left in float, comma-separated: first-conv, classifier and/or ONNX node names."),
     ] = None,
-    activations: Annotated[
-        Activations,
-        typer.Option(help="int8: activation type. int8 (symmetric) runs on ONNX Runtime, TensorRT and OpenVINO; uint8 (asymmetric) gives ONNX Runtime's fastest x86 CPU kernels but TensorRT refuses it."),
-    ] = Activations.int8,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            callback=check_finite,
+            help="int8: leave the fewest layers in float that keep the loss within this many points: top-1 accuracy points on labelled "
+            "images, top-1 disagreement with fp32 in % on unlabelled ones (e.g. 0.5). Ranks every layer once, then bisects.",
+        ),
+    ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with eager PyTorch before accepting the file.")] = True,
     exporter: Annotated[Exporter, typer.Option(help="torch exporter: dynamo (default) or the older torchscript one (needed for opset 17).")] = Exporter.dynamo,
     trt: Annotated[bool, typer.Option("--trt", help="Then build the fp16 TensorRT engine (MODEL.engine), as `rtk build` does with its defaults.")] = False,
@@ -72,27 +85,33 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX, checked by the ONNX checker and by a parity run against eager PyTorch.
 
-    The file appears only once it has passed: a failed check leaves nothing behind. An int8
-    file is judged on real labelled images (top-1 agreement and accuracy drop against eager fp32).
+    The file appears only once it has passed: a failed check leaves nothing behind. The int8
+    files are judged on real images held out of calibration: top-1 agreement and accuracy drop
+    against eager fp32 where they carry the model's classes, top-1 agreement and cosine where not.
     """
 
-    calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float, activations=activations.value) if calib is not None else None
+    if max_drop is not None and calib is None:
+        raise RtkError("--max-drop bounds what the int8 export loses; add --precision int8 --calib DATA")
+    calib_options = CalibOptions(calib, calib_samples, calib_method.value, keep_float, max_drop=max_drop) if calib is not None else None
     options = ExportOptions(
         precision.value, opset, static_batch, data, check, exporter.value, calib=calib_options,
         checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
 
-    def report(path: Path, prec: str, metrics) -> None:
+    def report(path: Path, kind: str, metrics) -> None:
         size = path.stat().st_size / 1e6
+        what = FILE_KINDS.get(kind, kind)
         if metrics is None:
-            console.print(f"[green]wrote[/green] {path} ({prec}, {size:.1f} MB, not checked)", highlight=False)
+            console.print(f"[green]wrote[/green] {path} ({what}, {size:.1f} MB, not checked)", highlight=False)
             return
         line = (
-            f"[green]wrote[/green] {path} ({prec}, {size:.1f} MB): vs eager max abs {metrics.max_abs:.2e} "
+            f"[green]wrote[/green] {path} ({what}, {size:.1f} MB): vs eager on {metrics.samples} images, max abs {metrics.max_abs:.2e} "
             f"(logits up to {metrics.scale:.3g}), cosine ≥ {metrics.min_cosine:.6f}, top-1 agreement {metrics.top1_agreement:.1%}"
         )
         if metrics.accuracy is not None:
             line += f", accuracy {metrics.accuracy:.2%} (eager {metrics.reference_accuracy:.2%})"
+        elif kind.startswith("int8"):
+            line += ", no accuracy measured (no labels of the model's classes)"
         console.print(line, highlight=False)
 
     if trt:  # fail before a long export, not after it

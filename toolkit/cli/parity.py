@@ -22,7 +22,9 @@ from toolkit.cli.options import (
     int_list,
 )
 from toolkit.core.console import console, err_console, info
+from toolkit.core.errors import RtkError
 from toolkit.core.outputs import Output, check_outputs, write_atomic
+from toolkit.usecases.layers import check_folder, layer_reports, summary_line
 from toolkit.usecases.parity import ParityOptions, run_parity
 
 
@@ -36,7 +38,10 @@ def parity(
     onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16 and ort-cuda-fp16. Default: MODEL.fp16.onnx (exported when missing or stale).")] = None,
     onnx_int8: Annotated[Optional[Path], typer.Option(help="QDQ ONNX file for ort-int8. Default: MODEL.int8.onnx next to the checkpoint (made by rtk export --precision int8 --calib DATA).")] = None,
     trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or stale.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Dataset name (digits) or image folder: its labelled test images are compared too, with accuracy (int8 engines are judged on them alone).")] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option(help="Real images compared too: a dataset name (digits; its test split), a folder (of images, or of class folders) or a file list; with accuracy where they carry the model's classes (int8 engines are judged on them alone)."),
+    ] = None,
     max_samples: Annotated[int, typer.Option(help="At most this many real images from --data.")] = 500,
     batch_size: Annotated[
         str, typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help="Sizes of the random input batches, comma-separated.")
@@ -49,6 +54,13 @@ def parity(
     min_top1: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest top-1 agreement (fp32 0.99; fp16 0.95, bf16 0.90 and int8 0.99, judged on real images).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(callback=check_finite, help="Most the accuracy on --data may fall below eager fp32's, as a fraction (int8 0.01, one point; not judged otherwise).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
+    layers: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--layers", help="Also compare every intermediate tensor of each ONNX-based engine (ort…, ov…) with the fp32 ONNX's on "
+            "--data's images, and write ENGINE.layers.json and ENGINE.layers.png into this folder: where precision is lost.",
+        ),
+    ] = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
 ) -> None:
@@ -66,6 +78,10 @@ def parity(
         checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
     to_stdout = json_path is not None and str(json_path) == "-"
+    if layers is not None:
+        check_folder(layers)
+        if data is None:
+            raise RtkError("--layers compares every tensor on real images; add --data DATA (a dataset, a folder of images or a file list)")
     if json_path is not None and not to_stdout:
         check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, onnx_int8, trt_engine, data])
     if not to_stdout:
@@ -77,6 +93,10 @@ def parity(
         if json_path is not None:
             _write_json(json_path, report.to_dict())
         _print(report, console)
+    if layers is not None:
+        # With --json - stdout holds the JSON alone, so the per-layer lines go to stderr.
+        say = info if to_stdout else (lambda line: console.print(line, highlight=False, markup=False))
+        layer_reports(checkpoint, options, layers, on_report=lambda r: say(summary_line(r)))
     if not report.passed:
         if not to_stdout:
             err_console.print(f"[bold red]parity failed:[/bold red] {', '.join(report.failed)}", highlight=False)
@@ -108,7 +128,7 @@ def _print(report, console) -> None:
             ("top-1 agreement", lambda m: f"{m.top1_agreement:.2%}"),
             ("top-5 overlap", lambda m: f"{m.top5_overlap:.2%}"),
         ]
-        if kind == "data":
+        if kind == "data" and any(m.accuracy is not None for _, m in columns):
             rows.append(("accuracy (Δ)", lambda m: f"{m.accuracy:.2%} ({m.accuracy_delta:+.2%})"))
         rows.append(("result", lambda m: "[green]pass[/green]" if m.passed else "[bold red]FAIL[/bold red]"))
         for name, cell in rows:

@@ -64,6 +64,13 @@ def onnx_path_for(checkpoint_path: str | os.PathLike, precision: str = "fp32") -
     return path.with_name(artefact_stem(path) + (".onnx" if precision == "fp32" else f".{precision}.onnx"))
 
 
+def u8_path_for(int8_path: str | os.PathLike) -> Path:
+    """Where the uint8-activation layout of an int8 ONNX lives: ``MODEL.int8.u8.onnx`` beside
+    ``MODEL.int8.onnx`` (``X.u8.onnx`` beside any other ``X.onnx``), for the CPU runtimes (ONNX Runtime, OpenVINO)."""
+    path = Path(int8_path)
+    return path.with_name(f"{path.name[: -len(path.suffix)] if path.suffix else path.name}.u8.onnx")
+
+
 def engine_path_for(onnx_path: str | os.PathLike, precision: str = "fp16") -> Path:
     """Where ``rtk build`` puts an engine by default.
 

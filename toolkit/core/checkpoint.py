@@ -6,12 +6,12 @@ An rtk checkpoint is a plain dict of builtins and tensors::
      "state_dict": {...}, "train": {...}}
 
 so ``torch.load(..., weights_only=True)`` always reads it. Foreign checkpoints load too (files
-are read by :mod:`toolkit.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file, a
+are read by :mod:`toolkit.core.checkpoint_file`): a bare ``state_dict`` or ``.safetensors`` file, a
 TorchScript or torch.export archive, a Hugging Face Hub folder (:mod:`toolkit.core.hub`); one wrapped
 under any keys (``state_dict``, ``model``, Lightning's, timm's and mmengine's layouts) and under any
 one prefix (``module.``, ``model.``, ``net.``, ``_orig_mod.``…), in torchvision's names or
 transformers' or mmpretrain's (:mod:`toolkit.core.layouts`); with EMA weights beside the raw ones.
-Their architecture is inferred from tensor shapes (:mod:`toolkit.architecture`), their
+Their architecture is inferred from tensor shapes (:mod:`toolkit.core.architecture`), their
 preprocessing and class names read from what records them (:mod:`toolkit.core.preprocess_sources`),
 and what else they record (epoch, best metric, arch name, timm's arguments) is kept for ``rtk inspect``.
 """
@@ -90,7 +90,7 @@ class Checkpoint:
         weights_location: where in the file they were found.
         weights_available: the kinds of weights the file holds (``("ema", "raw")`` for timm with EMA).
         sources: where each preprocessing value and the class names came from (``rtk inspect``
-            shows it), by :class:`~toolkit.spec.Preprocess` field name and ``class_names``.
+            shows it), by :class:`~toolkit.core.spec.Preprocess` field name and ``class_names``.
     """
 
     spec: ModelSpec

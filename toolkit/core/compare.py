@@ -10,14 +10,11 @@ export check (:mod:`exporters.onnx`) and ``rtk parity`` (:mod:`toolkit.usecases.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 
-from toolkit.core.checkpoint import Checkpoint
-from toolkit.core.data import resolve_data
 from toolkit.core.errors import RtkError
 
 
@@ -272,26 +269,6 @@ def random_batches(input_shape: Sequence[int], mean: Sequence[float], std: Seque
     return tuple(((rng.random((b, *input_shape), dtype=np.float32) - m) / s).astype(np.float32) for b in batch_sizes)
 
 
-def labelled_images(ckpt: "Checkpoint", data: str | os.PathLike, max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Real images of a dataset prepared with the checkpoint's own preprocessing, and their labels.
-
-    The test split is used when the data has one, else the validation split. Labels are mapped
-    onto the model's class order by name when both have names.
-    """
-
-    source = resolve_data(data, input_size=ckpt.preprocess.input_size[0])
-    split = "test" if source.has("test") else "val"
-    dataset = source.dataset(split, preprocess=ckpt.preprocess)
-    x, y = dataset.arrays(limit=max_samples or None)
-    spec = ckpt.spec
-    if source.num_classes != spec.num_classes:
-        raise RtkError(f"{data} has {source.num_classes} classes but the model has {spec.num_classes}")
-    if spec.class_names and tuple(spec.class_names) != tuple(source.class_names):
-        if set(spec.class_names) != set(source.class_names):
-            raise RtkError(f"the classes of {data} ({', '.join(source.class_names[:5])}…) are not the model's ({', '.join(spec.class_names[:5])}…)")
-        order = {name: i for i, name in enumerate(spec.class_names)}
-        y = np.asarray([order[source.class_names[int(label)]] for label in y])
-    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64), f"{source.name} ({split}, {len(y)} images)"
 
 
 def chunks(x: np.ndarray, size: int) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.harness import BASELINE, BenchOptions, BenchReport, BenchResult, require_device, run_benchmark
+from benchmarks.harness import BASELINE, BenchOptions, BenchReport, BenchResult, fp32_counterpart, require_device, run_benchmark
 from engines.base import Engine
 from engines.names import DEFAULT_ENGINE, EngineName, parse_engine, parse_engines
 from engines.ort_install import gpu_install_hint
@@ -28,7 +28,8 @@ def benchmark_model(
     """Benchmark every engine in ``options`` on ``model`` across the batch sizes.
 
     Eager fp32 joins as the baseline of every speed-up when the model is a checkpoint and
-    ``options.baseline`` is set.
+    ``options.baseline`` is set, and so does the fp32 engine of each reduced precision's own
+    runtime (``ort`` for ``ort-int8``), when that precision runs here, for its ratio to fp32.
 
     Args:
         model: a checkpoint, ONNX file or TensorRT engine.
@@ -44,25 +45,42 @@ def benchmark_model(
     model = Path(model)
     kind = artefact_kind(model)
     require_device(options.device)
-    choices = list(parse_engines(options.engines or DEFAULT_ENGINE[kind], options.precision))
-    baseline = parse_engine(BASELINE)
-    if options.baseline and kind == "checkpoint" and baseline not in choices:
-        choices.insert(0, baseline)
+    asked = list(parse_engines(options.engines or DEFAULT_ENGINE[kind], options.precision))
+    choices = with_baselines(asked) if options.baseline and kind == "checkpoint" else asked
     emit = progress or (lambda row: None)
-    engines: list[Engine] = []
+    engines: dict[str, Engine] = {}
     skipped: list[BenchResult] = []
     try:
-        for choice in choices:
+        # An fp32 engine added only as a reduced precision's own-runtime baseline is opened only when
+        # that engine opened, and left out silently otherwise.
+        added = [c for c in choices if c not in asked and str(c) != BASELINE]
+        for choice in [c for c in choices if c not in added] + added:
+            if choice in added and not any(fp32_counterpart(name) == str(choice) for name in engines):
+                continue
             try:
-                engines.append(_open(model, choice, options))
+                engines[str(choice)] = _open(model, choice, options)
             except RtkError as exc:
                 skipped.append(BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc)))
                 emit(skipped[-1])
+        timed = [engines[str(c)] for c in choices if str(c) in engines]
+        ran = set(engines) | {r.engine for r in skipped}
+        recorded = [str(c) for c in choices if c in asked or str(c) == BASELINE or str(c) in ran]
         about = {"path": str(model), "name": model.name, "kind": kind}
-        return run_benchmark(engines, options, progress, skipped=skipped, model=about, asked=[str(c) for c in choices])
+        return run_benchmark(timed, options, progress, skipped=skipped, model=about, asked=recorded)
     finally:
-        for engine in engines:
+        for engine in engines.values():
             engine.close()
+
+
+def with_baselines(choices: list[EngineName]) -> list[EngineName]:
+    """``choices`` with eager fp32 first and, before each reduced precision, its runtime's fp32 engine
+    when it is not asked for already."""
+    out = [parse_engine(BASELINE)] + [c for c in choices if str(c) != BASELINE]
+    for i in range(len(out) - 1, 0, -1):
+        counterpart = fp32_counterpart(str(out[i]))
+        if counterpart is not None and counterpart not in {str(c) for c in out}:
+            out.insert(i, parse_engine(counterpart))
+    return out
 
 
 def _open(model: Path, choice: EngineName, options: BenchOptions) -> Engine:

@@ -115,8 +115,8 @@ class DemoResult:
             "training curves": self.train.out / "curves.png",
         }
         for path in self.onnx:
-            precision = next((p for p in ("fp16", "int8") if path.name.endswith(f".{p}.onnx")), "fp32")
-            files[f"ONNX {precision}"] = path
+            kind = next((k for k in ("int8.u8", "fp16", "int8") if path.name.endswith(f".{k}.onnx")), "fp32")
+            files[f"ONNX {'int8 (uint8 activations, ort-int8 and ov-int8)' if kind == 'int8.u8' else kind}"] = path
         for path in self.bench_files:
             files[f"benchmark {path.suffix[1:].upper()}"] = path
         files["sample images"] = self.predict.root

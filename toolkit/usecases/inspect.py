@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from toolkit.core.artefacts import artefact_kind
+from toolkit.core.artefacts import artefact_kind, u8_path_for
 from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, load_checkpoint
 from toolkit.core.errors import RtkError
 from toolkit.core.hub import open_hub_folder
@@ -128,7 +128,36 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "spec": meta.spec.to_dict() if meta else None,
         "preprocess": meta.preprocess.to_dict() if meta else None,
         "export": extra or None,
+        "int8_files": int8_files(path, (data or {}).get("calibration")),
     }
+
+
+def int8_files(path: Path, calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """For an rtk int8 file: both layouts one export writes, each present or not and whether it comes
+    from the same calibration (the ``ranges_sha256`` both records carry); ``None`` for other files."""
+    if not calibration:
+        return None
+    u8 = calibration.get("layout") == "u8" or str(calibration.get("activations", "")).startswith("uint8")
+    name = path.name
+    symmetric = path.with_name(name[: -len(".u8.onnx")] + ".onnx") if u8 and name.endswith(".u8.onnx") else (None if u8 else path)
+    pair = {"symmetric (TensorRT, ONNX Runtime GPU)": symmetric, "uint8 (ONNX Runtime CPU, OpenVINO)": path if u8 else u8_path_for(path)}
+    out = {}
+    for what, file in pair.items():
+        if file is None:
+            continue
+        theirs = calibration if file == path else _calibration_of(file)
+        same = theirs is not None and theirs.get("ranges_sha256") == calibration.get("ranges_sha256")
+        out[what] = f"{file.name} ({'this file' if file == path else 'same calibration' if same else 'missing' if not file.exists() else 'another calibration'})"
+    return out
+
+
+def _calibration_of(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return (metadata_dict(load_onnx_graph(path)) or {}).get("calibration")
+    except RtkError:
+        return None
 
 
 def describe_engine(path: str | os.PathLike) -> dict[str, Any]:

@@ -26,11 +26,11 @@ from toolkit.core.compare import (
     chunks,
     compare,
     judge_random_top1,
-    labelled_images,
     random_batches,
     tolerance_for,
 )
 from toolkit.core.errors import RtkError
+from toolkit.core.image_sets import judged_set, prepare_images
 from toolkit.core.precision import CALIBRATED_PRECISIONS
 from toolkit.core.spec import ArtefactMeta
 from toolkit.usecases.opening import open_engine
@@ -54,7 +54,8 @@ class ParityOptions:
         onnx_int8: the QDQ ONNX file the int8 ONNX Runtime engines run (default ``MODEL.int8.onnx``,
             never exported on demand: it needs calibration data).
         trt_engine: the TensorRT engine ``trt`` runs.
-        data: a dataset name or image folder whose labelled images (test split) are compared too.
+        data: real images compared too: a dataset name (its test split), a folder of class folders,
+            any folder of images or a file list; accuracy is added where they carry the model's classes.
         max_samples: at most this many real images.
         batch_sizes: sizes of the random batches, seeded with ``seed``.
         device: ``cpu`` or ``cuda[:N]``: where eager runs and which GPU the GPU engines use.
@@ -92,8 +93,8 @@ class ParityOptions:
         unjudged = [str(e) for e in self.engines if e.precision in CALIBRATED_PRECISIONS]
         if unjudged and self.data is None:
             raise RtkError(
-                f"{', '.join(unjudged)} is judged on real labelled images, not random ones; add --data DATA "
-                "(e.g. the data it was calibrated on, whose test split it never saw)"
+                f"{', '.join(unjudged)} is judged on real images, not random ones; add --data DATA "
+                "(e.g. the data it was calibrated on, whose test split it never saw, or any folder of images)"
             )
 
     def tolerance(self, precision: str) -> Tolerance:
@@ -232,7 +233,10 @@ def _reference_inputs(ckpt: "Checkpoint", options: ParityOptions) -> tuple[_Inpu
     batches = random_batches((spec.in_chans, *pre.input_size), pre.mean, pre.std, options.batch_sizes, options.seed)
     images = labels = source = None
     if options.data is not None:
-        images, labels, source = labelled_images(ckpt, options.data, options.max_samples)
+        # Any real images will do: labelled with the model's classes they add accuracy, else not.
+        prepared = prepare_images(judged_set(options.data, pre.input_size[0]), spec, pre, options.max_samples)
+        images, labels = prepared.images, prepared.labels
+        source = prepared.source + ("" if labels is not None else f"; no accuracy: {prepared.unlabelled_reason}")
     data_batches = chunks(images, max(options.batch_sizes)) if images is not None else []
     with open_engine(EngineRequest.of(ckpt, "eager", device=options.device)) as reference:
         ref_random = reference.run_batches(batches)
