@@ -13,6 +13,7 @@ models as CUDA graphs (``eager-graph``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from engines.names import parse_engine, parse_engines
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError, first_line
 from toolkit.core.precision import RUN_TIME_PRECISIONS, check_precision
+from toolkit.core.validation import COUNT, NON_NEGATIVE, POSITIVE, UsageError
 
 IO_MODES = ("host", "device", "both")
 #: Batch sizes swept when none are given, by device: a GPU is measured up to the batches it is bought for.
@@ -87,28 +89,27 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise RtkError(f"device must be cpu or cuda[:N], got {self.device!r}")
+            raise UsageError(f"device must be cpu or cuda[:N], got {self.device!r}")
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         if self.batch_sizes is None:
             object.__setattr__(self, "batch_sizes", DEFAULT_BATCH_SIZES[kind])
         if self.io is None:
             object.__setattr__(self, "io", DEFAULT_IO[kind])
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
-            raise RtkError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if not self.batch_sizes:
+            raise UsageError("the benchmark needs at least one batch size")
+        for size in self.batch_sizes:
+            COUNT.check(size, "--batch-size")
         if self.precision is not None:
             check_precision(self.precision, RUN_TIME_PRECISIONS, "--precision")
         if self.io not in IO_MODES:
-            raise RtkError(f"io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
-        if self.warmup_s < 0 or self.duration_s <= 0:
-            raise RtkError("the warm-up must be >= 0 seconds and the duration > 0 seconds")
-        if self.iters is not None and self.iters < 1:
-            raise RtkError(f"iters must be at least 1, got {self.iters}")
-        if self.threads is not None and self.threads < 1:
-            raise RtkError(f"threads must be at least 1, got {self.threads}")
-        if self.rounds < 1:
-            raise RtkError(f"rounds must be at least 1, got {self.rounds}")
+            raise UsageError(f"io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
+        for flag, value, rule in (
+            ("--warmup", self.warmup_s, NON_NEGATIVE), ("--duration", self.duration_s, POSITIVE), ("--iters", self.iters, COUNT),
+            ("--threads", self.threads, COUNT), ("--rounds", self.rounds, COUNT),
+        ):
+            rule.check(value, flag)
         if self.iters is not None and self.iters < self.rounds:
-            raise RtkError(f"iters {self.iters} is fewer than rounds {self.rounds}: every round times at least one call")
+            raise UsageError(f"--iters {self.iters} is fewer than --rounds {self.rounds}: every round times at least one call")
         if self.engines:
             parse_engines(self.engines, self.precision)
 
@@ -281,7 +282,7 @@ class _CudaGraph:
         self.graph.replay()
         return self.output
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, *, finite: bool = False) -> np.ndarray:
         import torch
 
         self.input.copy_(torch.from_numpy(batch))
@@ -310,7 +311,8 @@ class _Measurement:
     def call(self, io: str) -> tuple[Callable[[Any], Any], Any]:
         runner = self.graph or self.engine
         if io == "host":
-            return runner.__call__, self.host
+            # finite=False: the benchmark times calls whose logits nobody reads.
+            return functools.partial(runner.__call__, finite=False), self.host
         if self.cuda and not (self.graph or self.engine.device_resident):
             raise RtkError(f"the {self.engine.name} engine has no device-resident path; use --io host")
         return runner.run_device, self.device_input

@@ -18,6 +18,7 @@ from benchmarks.harness import BenchResult
 from toolkit.core.errors import RtkError
 from toolkit.core.outputs import write_atomic
 from toolkit.core.plots import pyplot, save_figure
+from toolkit.core.validation import check_name
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -229,7 +230,7 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str |
     """
 
     out = Path(out_dir)
-    stem = name or report_name(report)
+    stem = check_name(name, "--name") or report_name(report)  # a name, never a path out of out_dir
     paths = [
         write_atomic(out / f"{stem}.json", to_json(report)),
         write_atomic(out / f"{stem}.csv", to_csv(report)),

@@ -5,6 +5,16 @@ runtime, and each runtime implements only the private hooks (:meth:`Engine._infe
 :meth:`Engine._run_device` where it has a device-resident path). An engine's identity (its
 canonical name, precision and batch limits) is given to the base constructor once and cannot be
 changed afterwards. Engines are context managers.
+
+The output is checked here too, once for every runtime: one row of ``num_classes`` logits per
+input (an ONNX file whose metadata names other classes than its graph computes fails here, not
+later with an index error), and every logit finite. The finite check lives in the contract, not
+in each command, because every result that reaches a user (predict rows, eval accuracy, parity's
+reference) comes through here: a model that computes NaN (a NaN weight, a negative BatchNorm
+variance) fails in one sentence instead of printing NaN as a probability. Three callers opt out
+with ``finite=False``, each for a reason: parity and the export check measure a candidate's
+non-finite logits as that engine's failure (and go on to judge the others), and the benchmark
+times calls whose results nobody reads.
 """
 
 from __future__ import annotations
@@ -17,6 +27,18 @@ import numpy as np
 from engines.names import EngineName
 from toolkit.core.errors import RtkError
 from toolkit.core.spec import ModelSpec, Preprocess
+
+
+class NonFiniteOutput(RtkError):
+    """An engine computed NaN or infinite logits.
+
+    Attributes:
+        rows: the inputs of the batch (indices) whose logits are not all finite.
+    """
+
+    def __init__(self, message: str, rows: Sequence[int] = ()):
+        super().__init__(message)
+        self.rows = tuple(rows)
 
 
 class Engine(abc.ABC):
@@ -87,20 +109,23 @@ class Engine(abc.ABC):
         """(C, H, W) of one input."""
         return (self.spec.in_chans, *self.preprocess.input_size)
 
-    def __call__(self, batch: Any) -> np.ndarray:
+    def __call__(self, batch: Any, *, finite: bool = True) -> np.ndarray:
         """Run a batch.
 
         Args:
             batch: NCHW float32 host array, or a torch tensor (see :meth:`run_device`).
+            finite: refuse non-finite logits (see the module docstring for who passes ``False``).
 
         Returns:
             Logits as a float32 host array of shape (N, num_classes).
 
         Raises:
-            RtkError: the engine is closed, or the batch has the wrong rank, shape, dtype or size.
+            RtkError: the engine is closed, the batch has the wrong rank, shape, dtype or size, or
+                the model returned another shape than (N, num_classes).
+            NonFiniteOutput: some logits are NaN or infinite (unless ``finite`` is false).
         """
         if _is_torch_tensor(batch):
-            return self._to_host(self.run_device(batch))
+            return self._checked(self._to_host(self.run_device(batch)), len(batch), finite)
         self._check_open()
         if not isinstance(batch, np.ndarray):
             raise RtkError(f"{self.name} expects a numpy array or torch tensor, got {type(batch).__name__}")
@@ -108,7 +133,27 @@ class Engine(abc.ABC):
             raise RtkError(f"{self.name} expects float32 input, got {batch.dtype}")
         self._check_shape(batch.shape)
         out = self._infer(np.ascontiguousarray(batch))
-        return np.asarray(out, dtype=np.float32)
+        return self._checked(np.asarray(out, dtype=np.float32), len(batch), finite)
+
+    def _checked(self, out: np.ndarray, n: int, finite: bool) -> np.ndarray:
+        """``out`` once it is one finite row of ``num_classes`` logits per input."""
+        classes = self.spec.num_classes
+        if out.shape != (n, classes):
+            raise RtkError(
+                f"the {self.name} engine returned logits of shape {out.shape} for {n} input(s), but the model's spec "
+                f"has {classes} classes: the artefact's graph and its metadata disagree"
+            )
+        if finite and not np.isfinite(out).all():
+            bad = ~np.isfinite(out)
+            rows = np.flatnonzero(bad.any(axis=1))
+            kinds = "/".join(k for k, hit in (("NaN", np.isnan(out).any()), ("Inf", np.isinf(out).any())) if hit)
+            raise NonFiniteOutput(
+                f"the {self.name} engine computed {kinds} logits for {len(rows)} of {n} input(s) ({int(bad.sum())} of "
+                f"{bad.size} values): the model is broken (a NaN or infinite weight, a negative BatchNorm variance) "
+                f"or overflows at {self.precision}, so it has no answer to give",
+                rows.tolist(),
+            )
+        return out
 
     def run_device(self, batch: Any) -> Any:
         """Inference on a torch tensor, returning logits as a tensor on the engine's device.
@@ -163,13 +208,16 @@ class Engine(abc.ABC):
             out = out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
 
-    def run_batches(self, batches: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits of every batch, concatenated; a batch larger than the engine accepts is split."""
+    def run_batches(self, batches: Sequence[np.ndarray], *, finite: bool = True) -> np.ndarray:
+        """Logits of every batch, concatenated; a batch larger than the engine accepts is split.
+
+        ``finite`` as for :meth:`__call__`.
+        """
         outs = []
         limit = self.max_batch or max(len(b) for b in batches)
         for batch in batches:
             for start in range(0, len(batch), limit):
-                outs.append(self(batch[start : start + limit]))
+                outs.append(self(batch[start : start + limit], finite=finite))
         return np.concatenate(outs)
 
     def synchronize(self) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from engines.base import Engine
 from engines.names import EngineName
 from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.files import is_utf8_name
 from toolkit.core.onnx_graph import ClassifierGraph
 from toolkit.core.spec import ArtefactMeta
 
@@ -58,6 +59,8 @@ def cache_dir_for(path: str | os.PathLike) -> Path | None:
     """
     path = Path(path)
     folder = path.with_name(f"{path.stem}.ov-cache")
+    if not is_utf8_name(folder):  # OpenVINO takes the cache folder as UTF-8 text only
+        return None
     try:
         folder.mkdir(exist_ok=True)
     except OSError:
@@ -172,8 +175,8 @@ class OvEngine(Engine):
         self.threads = self._compile(first, model)
 
     def _read(self, path: Path) -> Any:
-        try:
-            return self._core.read_model(str(path))
+        try:  # a name that is not UTF-8 cannot cross into OpenVINO as text: its contents can
+            return self._core.read_model(str(path) if is_utf8_name(path) else path.read_bytes())
         except RuntimeError as exc:
             raise RtkError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
 

@@ -15,6 +15,7 @@ from engines.names import EngineName
 from engines.ort_install import gpu_install_hint, load_gpu_libraries, ort_conflict
 from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.files import is_utf8_name
 from toolkit.core.onnx_graph import ClassifierGraph
 from toolkit.core.spec import ArtefactMeta
 from toolkit.core.trt.sidecar import profile_for
@@ -121,10 +122,15 @@ def _session(ort, path: Path, providers: list[Any], threads: int, graph_optimiza
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_optimization]
+    # ONNX Runtime takes a path as UTF-8 text only: a file whose name is other bytes is handed
+    # over as its contents (which hold the whole model: rtk's exports keep no external data).
+    source: str | bytes = str(path) if is_utf8_name(path) else path.read_bytes()
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise RtkError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+        named = "" if isinstance(source, str) else " (its name is not UTF-8, so it was read as bytes: a model with external weights needs a UTF-8 name)"
+        raise RtkError(f"ONNX Runtime cannot load {path}{named}: {first_line(exc)}") from None
+
 
 
 def _start_session(

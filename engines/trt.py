@@ -9,13 +9,13 @@ match". Device buffers are torch CUDA tensors (torch is already a dependency; no
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from engines.base import TensorEngine
 from engines.names import EngineName
 from toolkit.core.console import warn
 from toolkit.core.errors import RtkError
+from toolkit.core.files import readable_file
 from toolkit.core.trt import library as trt_library
 from toolkit.core.trt.library import engine_memory_bytes, engine_profile, engine_tensors
 from toolkit.core.trt.sidecar import (
@@ -45,9 +45,7 @@ class TrtEngine(TensorEngine):
         trt = trt_library.import_tensorrt("the trt engine")
         import torch
 
-        path = Path(path)
-        if not path.is_file():
-            raise RtkError(f"{path} does not exist")
+        path = readable_file(path, "a TensorRT engine")
         dev = trt_library.open_device(device)
         sidecar = read_sidecar(path)
         platform = TrtPlatform(str(trt.__version__), dev.name(), dev.capability())

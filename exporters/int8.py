@@ -42,6 +42,7 @@ from toolkit.core.console import ProgressBar, warn
 from toolkit.core.errors import RtkError, first_line, require
 from toolkit.core.image_sets import ImageSet, calibration_draw, calibration_pool, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
+from toolkit.core.validation import COUNT, SEED, Number, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -65,6 +66,8 @@ DEFAULT_CALIB_SAMPLES = 256
 #: ``--calib-samples``. (``CalibMaxIntermediateOutputs`` is not used: onnxruntime 1.32 drops the
 #: held batches at that limit instead of folding them in.)
 CALIB_BATCH = 8
+#: ``--max-drop``: points of top-1 accuracy (or of top-1 disagreement, in %) the int8 files may lose.
+MAX_DROP = Number(float, 0, 100, why="points of top-1 accuracy, so 0.5 is half a point")
 
 
 @dataclass(frozen=True)
@@ -92,13 +95,12 @@ class CalibOptions:
 
     def __post_init__(self) -> None:
         if not str(self.data).strip():
-            raise RtkError("--calib needs images: digits, a dataset name, a folder of images or a file list")
-        if self.samples < 1:
-            raise RtkError(f"--calib-samples must be at least 1, got {self.samples}")
+            raise UsageError("--calib needs images: digits, a dataset name, a folder of images or a file list")
+        COUNT.check(self.samples, "--calib-samples")
+        SEED.check(self.seed, "the calibration seed")
         if self.method not in CALIB_METHODS:
-            raise RtkError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {self.method!r}")
-        if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
-            raise RtkError(f"--max-drop is in points (0.5 is half a point of top-1 accuracy), from 0 to 100; got {self.max_drop}")
+            raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {self.method!r}")
+        MAX_DROP.check(self.max_drop, "--max-drop")
         object.__setattr__(self, "keep_float", parse_keep_float(self.keep_float))
 
 

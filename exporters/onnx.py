@@ -45,11 +45,13 @@ from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, chosen_weight
 from toolkit.core.compare import ParityMetrics, Tolerance, compare, judge_random_top1, random_batches, tolerance_for
 from toolkit.core.console import info, warn
 from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.files import stat_for_reading
 from toolkit.core.image_sets import few_judged_warning, judged_set, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
 from toolkit.core.outputs import Output, check_outputs, staged
 from toolkit.core.precision import CALIBRATED_PRECISIONS, ONNX_PRECISIONS, check_precision
 from toolkit.core.spec import METADATA_KEY, ArtefactMeta
+from toolkit.core.validation import COUNT, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -103,20 +105,20 @@ class ExportOptions:
         onnx = require("onnx", "ONNX export")
         check_precision(self.precision, (*ONNX_PRECISIONS, "all"))
         if self.exporter not in EXPORTERS:
-            raise RtkError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+            raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+        COUNT.check(self.opset, "--opset")
         newest = onnx.defs.onnx_opset_version()
         lowest = MIN_OPSET[self.exporter]
         if not lowest <= self.opset <= newest:
             hint = "; use --exporter torchscript for opset 17" if self.exporter == "dynamo" and self.opset == 17 else ""
-            raise RtkError(f"the {self.exporter} exporter writes opsets {lowest}..{newest}, not {self.opset}{hint}")
-        if self.static_batch is not None and self.static_batch < 1:
-            raise RtkError(f"--static-batch must be a positive batch size, got {self.static_batch}")
+            raise UsageError(f"the {self.exporter} exporter writes opsets {lowest}..{newest}, not {self.opset}{hint}")
+        COUNT.check(self.static_batch, "--static-batch")
         if self.precision == "int8" and self.calib is None:
-            raise RtkError("--precision int8 needs images to calibrate on: add --calib DATA (digits, an image folder or a dataset name)")
+            raise UsageError("--precision int8 needs images to calibrate on: add --calib DATA (digits, an image folder or a dataset name)")
         if self.calib is not None and self.precision not in ("int8", "all"):
-            raise RtkError(f"--calib calibrates the int8 export; add --precision int8 (or all), not {self.precision}")
+            raise UsageError(f"--calib calibrates the int8 export; add --precision int8 (or all), not {self.precision}")
         if self.calib is not None and self.calib.max_drop is not None and not self.check:
-            raise RtkError("--max-drop measures what int8 loses on held-out images, which --no-check skips; drop --no-check")
+            raise UsageError("--max-drop measures what int8 loses on held-out images, which --no-check skips; drop --no-check")
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -173,7 +175,10 @@ def export_onnx(
     options = options or ExportOptions()
     checkpoint_path = Path(checkpoint_path)
     outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
-    check_outputs([Output(p, "--output", (".onnx",), "ONNX") for p in outputs.values()], [checkpoint_path, options.data])
+    check_outputs(
+        [Output(p, "--output", (".onnx",), "ONNX", written_by_rtk=exported_by_rtk) for p in outputs.values()],
+        [checkpoint_path, options.data],
+    )
     model, ckpt = load_model(checkpoint_path, options=options.checkpoint_options)
     for path in outputs.values():
         _check_writable(path)
@@ -282,8 +287,7 @@ def ensure_onnx(
     checkpoint_options = checkpoint_options or CheckpointOptions()
     checkpoint_path = Path(checkpoint_path)
     path = onnx_path_for(checkpoint_path, precision)
-    if not checkpoint_path.exists():
-        raise RtkError(f"{checkpoint_path} does not exist")
+    stat_for_reading(checkpoint_path)  # missing, or refused by the system: one sentence
     if path.exists():
         record = _export_record(path)
         if record is None:
@@ -316,6 +320,11 @@ def checkpoint_options_of(onnx_path: str | os.PathLike, checkpoint_path: str | o
     record = _export_record(Path(onnx_path)) or {}
     trusted = bool(record.get("checkpoint_pickle_trusted")) and record.get("checkpoint_sha256") == sha256_file(checkpoint_path)
     return CheckpointOptions(weights=record.get("weights") or "ema", trust_pickle=trusted)
+
+
+def exported_by_rtk(path: str | os.PathLike) -> bool:
+    """Whether an ONNX file carries rtk's metadata: one that does not is never overwritten."""
+    return _export_record(Path(path)) is not None
 
 
 def _export_record(path: Path) -> dict[str, Any] | None:
@@ -572,11 +581,13 @@ def _parity_check(
     tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path, max_drop: float | None = None
 ) -> "ParityMetrics":
     with OrtEngine(tmp, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
-        random_logits = engine.run_batches(inputs.batches)
+        # finite=False: an fp16 file that overflows is refused with compare's count of its non-finite logits.
+        random_logits = engine.run_batches(inputs.batches, finite=False)
         checks = [compare(inputs.reference, random_logits, precision, judge_top1=judge_random_top1(precision))]
         if inputs.images is not None:
             tolerance = check_tolerance(precision, inputs.labels is not None, max_drop)
-            checks.append(compare(inputs.image_reference, engine.run_batches(inputs.images), precision, tolerance=tolerance, labels=inputs.labels))
+            image_logits = engine.run_batches(inputs.images, finite=False)
+            checks.append(compare(inputs.image_reference, image_logits, precision, tolerance=tolerance, labels=inputs.labels))
     for what, metrics in zip(("random inputs", f"real images ({inputs.source})"), checks):
         if not metrics.passed:
             hint = ""

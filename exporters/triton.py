@@ -25,18 +25,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from exporters.onnx import ensure_onnx
-from exporters.trt import ensure_engine
+from exporters.trt import WORKSPACE, ensure_engine
 from toolkit.core.artefacts import artefact_kind, sha256_file
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError, require
 from toolkit.core.onnx_graph import check_classifier_io, external_data_files, graph_io, load_onnx_graph, read_onnx_meta
-from toolkit.core.outputs import fsync_tree, is_inside, staged_folder
+from toolkit.core.outputs import Output, check_outputs, fsync_tree, is_inside, staged_folder
 from toolkit.core.precision import TRITON_PRECISIONS, check_precision
 from toolkit.core.spec import ArtefactMeta
 from toolkit.core.trt.sidecar import (
     TensorInfo,  # name, numpy dtype, shape with -1 for dynamic axes
     read_sidecar,
 )
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO, UsageError, check_name
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -106,8 +107,8 @@ def parse_release(text: str) -> tuple[int, int]:
         RtkError: not ``YY.MM``.
     """
     parts = str(text).strip().split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= 12:
-        raise RtkError(f"Triton release {text!r} is not YY.MM, e.g. 24.04")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= 12:
+        raise UsageError(f"--triton-release: Triton release {text!r} is not YY.MM, e.g. 24.04")
     return int(parts[0]), int(parts[1])
 
 
@@ -161,37 +162,32 @@ class TritonOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
         object.__setattr__(self, "gpus", tuple(sorted(set(self.gpus))))
-        if self.name is not None:
-            check_model_name(self.name)
-        if self.version is not None and self.version < 1:
-            raise RtkError(f"version must be a positive integer, got {self.version}")
+        check_name(self.name, "--name (the model name)")
+        for flag, value, rule in (
+            ("--version", self.version, COUNT), ("--max-batch-size", self.max_batch_size, COUNT),
+            ("--max-queue-delay-us", self.max_queue_delay_us, COUNT_OR_ZERO), ("--instances", self.instances, COUNT),
+            ("the TensorRT workspace (bytes)", self.ort_trt_workspace_bytes, WORKSPACE),
+        ):
+            rule.check(value, flag)
+        for size in self.preferred_batch_sizes:
+            COUNT.check(size, "--preferred-batch-sizes")
+        for gpu in self.gpus:
+            COUNT_OR_ZERO.check(gpu, "--gpus")
         if self.platform is not None and self.platform not in PLATFORMS:
-            raise RtkError(f"unknown platform {self.platform!r}; choose one of {', '.join(PLATFORMS)}")
+            raise UsageError(f"unknown platform {self.platform!r}; choose one of {', '.join(PLATFORMS)}")
         if self.precision is not None:
             check_precision(self.precision, TRITON_PRECISIONS)
-        if self.max_batch_size is not None and self.max_batch_size < 1:
-            raise RtkError(f"max batch size must be at least 1, got {self.max_batch_size}")
-        if any(size < 1 for size in self.preferred_batch_sizes):
-            raise RtkError("preferred batch sizes must be positive integers")
-        if self.max_queue_delay_us < 0:
-            raise RtkError(f"max queue delay must be >= 0 microseconds, got {self.max_queue_delay_us}")
-        if self.instances < 1:
-            raise RtkError(f"instances must be at least 1, got {self.instances}")
-        if any(gpu < 0 for gpu in self.gpus):
-            raise RtkError("GPU indices must be >= 0")
         if self.cpu and self.gpus:
-            raise RtkError("--cpu and --gpus exclude each other: instances run either on the CPU or on GPUs")
+            raise UsageError("--cpu and --gpus exclude each other: instances run either on the CPU or on GPUs")
         if self.cpu and self.ort_trt:
-            raise RtkError("--ort-trt needs GPU instances; drop --cpu")
-        if self.ort_trt_workspace_bytes < 1:
-            raise RtkError("the TensorRT workspace must be a positive number of bytes")
+            raise UsageError("--ort-trt needs GPU instances; drop --cpu")
         if self.ort_trt_cache is not None and not self.ort_trt:
-            raise RtkError("--ort-trt-cache applies with --ort-trt")
+            raise UsageError("--ort-trt-cache applies with --ort-trt")
         if self.ort_trt_cache is not None and not self.ort_trt_cache.startswith("/"):
-            raise RtkError(f"--ort-trt-cache must be an absolute path on the server, got {self.ort_trt_cache!r}")
+            raise UsageError(f"--ort-trt-cache must be an absolute path on the server, got {self.ort_trt_cache!r}")
         release = parse_release(self.triton_release)
         if self.ort_trt_cache is not None and release < parse_release(ORT_TRT_CACHE_RELEASE):
-            raise RtkError(
+            raise UsageError(
                 f"--ort-trt-cache needs Triton {ORT_TRT_CACHE_RELEASE} or newer (its onnxruntime backend's engine cache); "
                 f"--triton-release is {self.triton_release}"
             )
@@ -232,17 +228,15 @@ class TritonModel:
 
 
 def check_model_name(name: str) -> str:
-    """A model name that is a single, visible folder name.
+    """A model name made from a file name: a single, visible folder name (:func:`toolkit.core.validation.check_name`).
 
     Raises:
         RtkError: the name is empty, holds a path separator, or is ``.``/``..``/hidden.
     """
-    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
-    if not name or any(sep in name for sep in seps):
-        raise RtkError(f"model name {name!r} must be one folder name without path separators (/ or \\)")
-    if name.startswith(".") or any(ord(ch) < 32 for ch in name):
-        raise RtkError(f"model name {name!r} must not start with a dot or hold control characters")
-    return name
+    try:
+        return check_name(name, "model name")
+    except UsageError as exc:  # the file's name, not an option, is at fault: an error about the input
+        raise RtkError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- artefacts
@@ -529,6 +523,7 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, options: Tr
     model_dir = repo / name
     if model_dir.exists() and not model_dir.is_dir():
         raise RtkError(f"{model_dir} exists and is not a folder")
+    check_outputs([Output(model_dir / file, "--repo") for file in (CONFIG_FILE, LABELS_FILE, META_FILE)], [model, artefact.path])
     existing = _versions(model_dir)
     version = options.version or (max(existing) + 1 if existing else 1)
     replaced = version in existing

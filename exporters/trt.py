@@ -31,9 +31,10 @@ from exporters.onnx import checkpoint_options_of, ensure_onnx
 from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
 from toolkit.core.console import err_console, warn
 from toolkit.core.errors import RtkError
+from toolkit.core.files import readable_file
 from toolkit.core.hub import is_hub_folder
 from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision, read_onnx_meta
-from toolkit.core.outputs import write_atomic
+from toolkit.core.outputs import Output, check_outputs, write_atomic
 from toolkit.core.precision import ENGINE_PRECISIONS, check_precision
 from toolkit.core.trt import library as trt_library
 from toolkit.core.trt.sidecar import (
@@ -42,13 +43,14 @@ from toolkit.core.trt.sidecar import (
     TrtPlatform,
     platform_mismatch,
     profile_for,
+    has_sidecar,
     read_sidecar,
     sidecar_path,
     source_onnx_path,
     summarize_layers,
-    validate_profile,
     write_sidecar,
 )
+from toolkit.core.validation import COUNT, Number, UsageError
 
 __all__ = [
     "BuildOptions",
@@ -79,16 +81,22 @@ def parse_workspace(text: str) -> int:
     ``K/M/G/T`` and ``KiB/MiB/GiB/TiB`` are binary (powers of 1024), ``KB/MB/GB/TB`` decimal.
 
     Raises:
-        RtkError: not a positive size.
+        UsageError: not a positive size, or one no machine has (beyond 2**63 bytes).
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        raise RtkError(f"workspace {text!r} is not a size; write it like 4GiB, 512MiB or 1073741824 (bytes)")
-    size = int(float(match.group(1)) * _UNITS[unit])
-    if size <= 0:
-        raise RtkError(f"workspace must be larger than 0 bytes, got {text!r}")
-    return size
+        raise UsageError(f"--workspace {text!r} is not a size; write it like 4GiB, 512MiB or 1073741824 (bytes)")
+    size = float(match.group(1)) * _UNITS[unit]  # a string of 400 digits is inf here, which int() refuses
+    if not 1 <= size < 2**63:
+        raise UsageError(f"--workspace must be from 1 byte to 8 EiB, got {text!r}")
+    return int(size)
+
+
+#: ``--builder-optimization-level``: TensorRT's levels.
+OPTIMIZATION_LEVEL = Number(int, 0, 5)
+#: A workspace limit in bytes (no 32-bit bound: GPUs hold more).
+WORKSPACE = Number(int, 1)
 
 
 @dataclass(frozen=True)
@@ -122,14 +130,17 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         check_precision(self.precision, ENGINE_PRECISIONS)
-        validate_profile(self.min_batch, self.opt_batch, self.max_batch)
-        if self.workspace is not None and (not isinstance(self.workspace, int) or self.workspace <= 0):
-            raise RtkError(f"workspace must be a positive number of bytes, got {self.workspace!r}")
-        level = self.builder_optimization_level
-        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 5:
-            raise RtkError(f"builder optimisation level must be an integer from 0 to 5, got {level!r}")
+        for flag, value in (("--min-batch", self.min_batch), ("--opt-batch", self.opt_batch), ("--max-batch", self.max_batch)):
+            COUNT.check(value, flag)
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise UsageError(
+                f"the batch profile must satisfy 1 <= min-batch <= opt-batch <= max-batch, "
+                f"got min {self.min_batch}, opt {self.opt_batch}, max {self.max_batch}"
+            )
+        WORKSPACE.check(self.workspace, "the workspace (bytes)")
+        OPTIMIZATION_LEVEL.check(self.builder_optimization_level, "--builder-optimization-level")
         if self.profiling_verbosity not in PROFILING_VERBOSITY:
-            raise RtkError(
+            raise UsageError(
                 f"profiling verbosity must be one of {', '.join(PROFILING_VERBOSITY)}, got {self.profiling_verbosity!r}"
             )
         if self.timing_cache is not None:
@@ -292,12 +303,8 @@ def build_engine(
         RtkError: missing file or TensorRT, no GPU, parser errors (all of them), an input that is
             not NCHW or disagrees with the metadata, a fixed batch outside the profile, a failed build.
     """
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise RtkError(f"{onnx_path} does not exist")
-    output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
-    if output.suffix.lower() not in ENGINE_SUFFIXES:
-        raise RtkError(f"engine output {output} must end in one of {', '.join(ENGINE_SUFFIXES)}")
+    onnx_path = readable_file(onnx_path, "an ONNX file")
+    output = _checked_output(onnx_path, output, options)
     refuse_u8_for_tensorrt(onnx_path)
     trt = trt_library.import_tensorrt("building a TensorRT engine")
     dev = trt_library.open_device(device)
@@ -405,6 +412,21 @@ def ensure_engine(
             if fresh:
                 return output
     return build_engine(onnx_path, output, options, device=device)
+
+
+def _checked_output(onnx_path: Path, output: str | os.PathLike | None, options: BuildOptions) -> Path:
+    """The engine's path, once the output guard has let it, its sidecar and the timing cache pass:
+    none is the ONNX read, and an engine without rtk's sidecar (trtexec's) is never replaced."""
+    output = Path(output) if output is not None else engine_path_for(onnx_path, options.precision)
+    check_outputs(
+        [
+            Output(output, "--output", ENGINE_SUFFIXES, "a TensorRT engine", written_by_rtk=has_sidecar),
+            Output(sidecar_path(output), "--output"),
+            Output(options.timing_cache, "--timing-cache") if options.timing_cache else None,
+        ],
+        [onnx_path],
+    )
+    return output
 
 
 def _build_plan(trt, log, source: Path, meta, route: BuildRoute, options: BuildOptions, show_progress: bool):

@@ -62,12 +62,15 @@ def test_tensorrt_version_and_fp16_route(cli, fake_trt):
 @pytest.mark.parametrize("args,message", [
     (("--engines", "eager"), "--engines, --device and --output apply with --check"),
     (("--check", "--engines", "bogus"), "unknown engine 'bogus'"),
-    (("--check", "--device", "tpu"), "device must be cpu or cuda"),
-    (("--check", "--bench-seconds", "0"), "--bench-seconds must be positive"),
+    (("--check", "--device", "tpu"), "is not a device; use cpu or cuda"),
+    (("--check", "--bench-seconds", "0"), "--bench-seconds must be more than 0"),
+    (("--check", "--bench-seconds", "nan"), "--bench-seconds must be a finite number"),
+    (("--check", "-o", "report.txt"), "refusing --output report.txt: it would hold JSON"),
 ])  # fmt: skip
 def test_bad_options_are_one_line(cli, args, message):
     result = cli("doctor", *args)
-    assert result.exit_code == 1
+    # Usage errors (64) are refused while the command line is read, before any check runs.
+    assert result.exit_code == (1 if "refusing" in message else 64)
     assert message in result.stderr and "Traceback" not in result.output
 
 

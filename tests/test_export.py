@@ -278,5 +278,5 @@ def test_export_to_an_unwritable_path_fails_cleanly(tiny_checkpoint, tmp_path, c
 
 
 def test_export_rejects_bad_options(tiny_checkpoint, cli):
-    fails_cleanly(cli("export", tiny_checkpoint, "--opset", "9"), "opsets")
-    fails_cleanly(cli("export", tiny_checkpoint, "--static-batch", "0"), "--static-batch")
+    fails_cleanly(cli("export", tiny_checkpoint, "--opset", "9"), "opsets", status=64)
+    fails_cleanly(cli("export", tiny_checkpoint, "--static-batch", "0"), "--static-batch", status=64)

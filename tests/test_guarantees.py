@@ -203,7 +203,7 @@ def test_train_refuses_a_non_finite_or_non_positive_number_as_a_usage_error(cli,
 
 @pytest.mark.parametrize("flag", ["--atol", "--min-cosine"])
 def test_parity_refuses_a_nan_tolerance(work, cli, flag):
-    fails_cleanly(cli("parity", work / "m.pth", flag, "nan"), "not a finite number", status=64)
+    fails_cleanly(cli("parity", work / "m.pth", flag, "nan"), f"{flag} must be a finite number, got nan", status=64)
 
 
 def test_weights_holding_nan_are_named_up_front(work, cli, tmp_path):

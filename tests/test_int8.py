@@ -264,7 +264,7 @@ def test_accuracy_drop_is_judged_and_cosine_is_not_at_int8():
     assert compare(ref, flipped, "int8", tolerance=loose, labels=labels).passed
     flipped[:2] = ref[:2]  # one decision lost: 0.5 points, within both limits
     assert compare(ref, flipped, "int8", labels=labels).passed
-    with pytest.raises(RtkError, match="--max-accuracy-drop must be within"):
+    with pytest.raises(RtkError, match="--max-accuracy-drop must be at least 0 and at most 1"):
         tolerance_for("int8", max_accuracy_drop=5)
 
 
@@ -273,12 +273,13 @@ def test_accuracy_drop_is_judged_and_cosine_is_not_at_int8():
 
 def test_export_int8_without_calib_or_calib_without_int8_is_one_line(cli, tmp_path):
     ckpt = make_checkpoint(tmp_path / "m.pth", DIGIT_SPEC, DIGIT_PRE)
+    # Options that need or exclude each other, and numbers outside their rule, are usage errors (64).
     result = cli("export", ckpt, "--precision", "int8")
-    assert result.exit_code == 1 and "--precision int8 needs images to calibrate on: add --calib DATA" in result.stderr
+    assert result.exit_code == 64 and "--precision int8 needs images to calibrate on: add --calib DATA" in result.stderr
     result = cli("export", ckpt, "--calib", "digits")
-    assert result.exit_code == 1 and "--calib calibrates the int8 export; add --precision int8" in result.stderr
+    assert result.exit_code == 64 and "--calib calibrates the int8 export; add --precision int8" in result.stderr
     result = cli("export", ckpt, "--precision", "int8", "--calib", "digits", "--calib-samples", "0")
-    assert result.exit_code == 1 and "--calib-samples must be at least 1" in result.stderr
+    assert result.exit_code == 64 and "--calib-samples must be at least 1" in result.stderr
     result = cli("export", ckpt, "--precision", "int8", "--calib", "digits", "--calib-method", "median")
     assert result.exit_code == 64 and "median" in result.stderr
     result = cli("export", ckpt, "--precision", "int8", "--calib", tmp_path / "no-such-folder")
@@ -326,7 +327,7 @@ def _module(ckpt, state):
 
 def test_parity_refuses_int8_without_real_images(int8_model, cli):
     result = cli("parity", int8_model[0], "--engines", "eager,ort-int8")
-    assert result.exit_code == 1
+    assert result.exit_code == 64  # a usage error: the engines asked for need --data
     assert "ort-int8 is judged on real images, not random ones; add --data DATA" in result.stderr
 
 

@@ -143,11 +143,11 @@ def test_max_drop_that_cannot_be_met_fails_in_one_sentence(digits_int8, tmp_path
 def test_max_drop_needs_the_check_and_int8(cli, digits_model, tmp_path):
     ckpt = shutil.copy(digits_model, tmp_path / "m.pth")
     result = cli("export", ckpt, "--precision", "int8", "--calib", "digits", "--max-drop", "0.5", "--no-check")
-    assert result.exit_code == 1 and "--max-drop measures what int8 loses on held-out images, which --no-check skips" in result.stderr
+    assert result.exit_code == 64 and "--max-drop measures what int8 loses on held-out images, which --no-check skips" in result.stderr
     result = cli("export", ckpt, "--max-drop", "0.5")
-    assert result.exit_code == 1 and "--max-drop bounds what the int8 export loses; add --precision int8 --calib DATA" in result.stderr
+    assert result.exit_code == 64 and "--max-drop bounds what the int8 export loses; add --precision int8 --calib DATA" in result.stderr
     result = cli("export", ckpt, "--precision", "int8", "--calib", "digits", "--max-drop", "-2")
-    assert result.exit_code == 1 and "--max-drop is in points" in result.stderr
+    assert result.exit_code == 64 and "--max-drop must be at least 0 and at most 100, got -2.0: points of top-1 accuracy" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]
 
 
@@ -225,4 +225,4 @@ def test_layers_needs_real_images_and_a_folder(digits_int8, cli, tmp_path):
     result = cli("parity", digits_int8["ckpt"], "-e", "ort-int8", "--data", "digits", "--layers", tmp_path / "file" / "sub")
     assert result.exit_code == 1 and "is a file" in result.stderr
     result = cli("parity", digits_int8["ckpt"], "-e", "ort", "--layers", tmp_path / "out")
-    assert result.exit_code == 1 and "--layers compares every tensor on real images; add --data DATA" in result.stderr
+    assert result.exit_code == 64 and "--layers compares every tensor on real images; add --data DATA" in result.stderr

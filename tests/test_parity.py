@@ -159,13 +159,15 @@ def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_pat
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--atol", "-1"], "--atol must be >= 0"),
+        (["--atol", "-1"], "--atol must be at least 0"),
         (["--onnx", "missing.onnx"], "does not exist"),
         (["--max-samples", "0"], "--max-samples must be at least 1"),
+        (["--seed", "-1"], "--seed must be at least 0 and at most 4294967295"),
+        (["--min-top1", "-0.5"], "--min-top1 must be at least 0 and at most 1"),
     ],
 )
 def test_parity_rejects_bad_options(model_dir, cli, args, message):
-    fails_cleanly(cli("parity", model_dir / "m.pth", *args), message)
+    fails_cleanly(cli("parity", model_dir / "m.pth", *args), message, status=1 if "exist" in message else 64)
 
 
 @pytest.mark.parametrize(

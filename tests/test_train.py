@@ -162,7 +162,7 @@ def test_cli_pretrained_of_another_architecture(cli, tiny_run, tmp_path):
 
 
 def test_cli_width_is_checked_and_must_match_a_pretrained_checkpoint(cli, tiny_run, tmp_path):
-    fails_cleanly(cli("train", "--width", "24", "--out", tmp_path / "a"), "--width must be 16, 32, 48 or 64 (every published ResNet's), got 24")
+    fails_cleanly(cli("train", "--width", "24", "--out", tmp_path / "a"), "--width must be 16, 32, 48 or 64 (every published ResNet's), got 24", status=64)
     fails_cleanly(
         cli("train", "--width", "64", "--pretrained", tiny_run.best, "--out", tmp_path / "b"),
         "has width 16, but --width 64 was asked; drop --width to fine-tune it",
@@ -183,15 +183,19 @@ def test_pretrained_that_does_not_fit_names_the_tensor(tiny_run, tmp_path):
     [
         (["--batch-size", "1"], "--batch-size must be at least 2, got 1: BatchNorm"),
         (["--max-samples", "1"], "--max-samples must be at least 2, got 1"),
-        (["--workers", "-1"], "--workers must not be negative, got -1"),
-        (["--weight-decay", "-1"], "--weight-decay must not be negative, got -1.0"),
-        (["--seed", "-1"], "--seed must not be negative, got -1"),
+        (["--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["--weight-decay", "-1"], "--weight-decay must be at least 0, got -1.0"),
+        (["--seed", "-1"], "--seed must be at least 0 and at most 4294967295, got -1"),
+        (["--epochs", "99999999999999999999999"], "--epochs must be at least 1 and at most 2147483647"),
+        (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, got 1.0"),
+        (["--in-chans", "2"], "--in-chans must be 1 or 3, got 2"),
     ],
 )
 def test_cli_bad_training_options(cli, tmp_path, args, message):
-    # Each of these reached torch (BatchNorm, DataLoader, the optimizer) and ended in a traceback.
+    # Each of these reached torch (BatchNorm, DataLoader, the optimizer) and ended in a traceback,
+    # or trained until killed; each is a usage error now, refused before any work.
     result = cli("train", "--data", "digits", "--epochs", "1", "--device", "cpu", "--no-progress", *args, "--out", tmp_path / "o")
-    fails_cleanly(result, message)
+    fails_cleanly(result, message, status=64)
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
@@ -279,7 +283,7 @@ def test_cli_resume_errors(cli, tiny_run, tmp_path):
     fails_cleanly(cli("train", "--resume", "--out", tmp_path / "nothing"), "nothing to resume")
     fails_cleanly(cli("train", "--resume", "--epochs", "1", "--out", tiny_run.out),
            "already trained 1 epochs")  # fmt: skip
-    fails_cleanly(cli("train", "--freeze", "backbone", "--out", tmp_path / "o"), "--freeze backbone needs --pretrained")
+    fails_cleanly(cli("train", "--freeze", "backbone", "--out", tmp_path / "o"), "--freeze backbone needs --pretrained", status=64)
 
 
 def test_first_ctrl_c_is_deferred_to_a_step_boundary_and_the_second_is_immediate():

@@ -217,7 +217,7 @@ def test_name_with_path_separators_is_refused(cli, onnx_model, tmp_path, name):
     ckpt, _ = onnx_model
     repo = tmp_path / "repo"
     result = cli("triton", ckpt, "--repo", repo, "--name", name)
-    assert result.exit_code == 1
+    assert result.exit_code == 64
     assert "model name" in result.stderr
     assert "Traceback" not in result.output
     assert not repo.exists()
@@ -238,19 +238,20 @@ def test_bad_option_values_are_refused(cli, onnx_model, tmp_path):
     ckpt, _ = onnx_model
     repo = tmp_path / "repo"
     cases = [
-        (("--preferred-batch-sizes", "4,x"), "--preferred-batch-sizes takes comma-separated positive integers"),
-        (("--max-batch-size", 8, "--preferred-batch-sizes", 16), "exceed the max batch size 8"),
-        (("--cpu", "--gpus", 0), "exclude each other"),
-        (("--cpu", "--ort-trt"), "--ort-trt needs GPU instances"),
-        (("--instances", 0), "instances must be at least 1"),
-        (("--ort-trt-cache", "/cache"), "applies with --ort-trt"),
-        (("--ort-trt", "--ort-trt-cache", "cache"), "absolute path on the server"),
-        (("--ort-trt", "--triton-release", "24"), "Triton release '24' is not YY.MM"),
-        (("--ort-trt", "--ort-trt-cache", "/cache", "--triton-release", "21.08"), "--ort-trt-cache needs Triton 21.09"),
+        (("--preferred-batch-sizes", "4,x"), "--preferred-batch-sizes takes comma-separated positive integers", 64),
+        (("--max-batch-size", 8, "--preferred-batch-sizes", 16), "exceed the max batch size 8", 1),
+        (("--cpu", "--gpus", 0), "exclude each other", 64),
+        (("--cpu", "--ort-trt"), "--ort-trt needs GPU instances", 64),
+        (("--instances", 0), "instances must be at least 1", 64),
+        (("--ort-trt-cache", "/cache"), "applies with --ort-trt", 64),
+        (("--ort-trt", "--ort-trt-cache", "cache"), "absolute path on the server", 64),
+        (("--ort-trt", "--triton-release", "24"), "Triton release '24' is not YY.MM", 64),
+        (("--ort-trt", "--ort-trt-cache", "/cache", "--triton-release", "21.08"), "--ort-trt-cache needs Triton 21.09", 64),
+        (("--version", "99999999999999999999"), "--version must be at least 1 and at most 2147483647", 64),
     ]
-    for args, message in cases:
+    for args, message, status in cases:
         result = cli("triton", ckpt, "--repo", repo, *args)
-        assert result.exit_code == 1, args
+        assert result.exit_code == status, args
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output
     assert not (repo / "tiny").exists()

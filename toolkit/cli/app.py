@@ -5,8 +5,9 @@ Every command lives in its own module under ``toolkit.cli`` (``rtk bench`` is
 pipeline. A :class:`~toolkit.core.errors.RtkError` raised anywhere below a command becomes one
 red line on stderr and exit status 1, and so does an operating-system error about the user's
 files (:data:`toolkit.core.files.USER_ERRNOS`); a usage error (unknown option, bad choice, missing
-argument) is one line too, with exit status :data:`EXIT_USAGE`; any other exception is a bug
-and keeps its traceback.
+argument, and a :class:`~toolkit.core.validation.UsageError`: a value outside an option's rule,
+options that exclude each other) is one line too, with exit status :data:`EXIT_USAGE`; any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from toolkit.cli.triton import triton
 from toolkit.core.console import err_console
 from toolkit.core.errors import RtkError
 from toolkit.core.files import USER_ERRNOS, os_error
+from toolkit.core.validation import UsageError
 
 #: Exit status of a user error (bad input, a failed check) in every command.
 EXIT_ERROR = 1
@@ -53,10 +55,21 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _write_names_as_their_bytes() -> None:
+    """A file name that is not valid UTF-8 reaches Python as text with surrogate escapes; written
+    with the "surrogateescape" handler it goes out as the bytes it was read from (as ``ls`` shows
+    it), where the "strict" one of a UTF-8 locale would fail on it with a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8":
+            reconfigure(errors="surrogateescape")
+
+
 class _ErrorBoundary(TyperGroup):
     """Turns user and usage errors into one line on stderr and a documented exit status, in every command."""
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        _write_names_as_their_bytes()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -79,6 +92,12 @@ class _ErrorBoundary(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except UsageError as exc:
+            # An option's value outside its rule, or options that exclude each other: refused by a
+            # rule while the command line was parsed, or by the options object the command built.
+            usage = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            print_error(f"{exc} (see `{usage} --help`)")
+            raise typer.Exit(EXIT_USAGE) from None
         except RtkError as exc:
             print_error(str(exc))
             raise typer.Exit(EXIT_ERROR) from None
@@ -88,7 +107,7 @@ class _ErrorBoundary(TyperGroup):
 
             if exc.errno not in USER_ERRNOS:
                 raise
-            print_error(str(os_error(exc, action="use")))
+            print_error(str(os_error(exc)))
             raise typer.Exit(EXIT_ERROR) from None
 
     def list_commands(self, ctx: Any) -> list[str]:

@@ -12,25 +12,44 @@ from benchmarks.harness import DEFAULT_BATCH_SIZES, BenchOptions
 from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
 from engines.names import parse_engines
 from toolkit.cli.options import (
-    DEVICE_HELP,
-    ENGINE_HELP,
+    DeviceOption,
+    EnginesOption,
+    ModelArgument,
     RunTimePrecision,
     TrustPickleOption,
     Weights,
     WeightsOption,
-    check_batch_sizes,
-    check_device,
-    check_engines,
-    check_finite,
-    check_positive,
     checkpoint_options,
     int_list,
+    number_list_option,
+    number_option,
+    path_option,
 )
 from toolkit.core.console import info, results_console
 from toolkit.core.errors import RtkError
 from toolkit.core.outputs import Output, check_outputs
 from toolkit.core.trt.sidecar import sidecar_path
+from toolkit.core.validation import COUNT, NON_NEGATIVE, POSITIVE, UsageError, check_name
 from toolkit.usecases.bench import benchmark_model
+
+
+def _listed(sizes: tuple[int, ...]) -> str:
+    return ",".join(map(str, sizes))
+
+
+def _name(value: Optional[str]) -> Optional[str]:
+    """``--name`` is a file stem inside ``--out``: a name, never a path that would write elsewhere."""
+    return check_name(value, "--name")
+
+
+#: ``--batch-size``: the sweep, whose default depends on the device.
+BatchSizesOption = Annotated[
+    Optional[str],
+    number_list_option(
+        COUNT, "--batch-size", "--batch-sizes", "-b",
+        help=f"Comma-separated batch sizes (default: {_listed(DEFAULT_BATCH_SIZES['cpu'])} on cpu, {_listed(DEFAULT_BATCH_SIZES['cuda'])} on cuda).",
+    ),
+]
 
 
 class Io(str, Enum):
@@ -40,41 +59,26 @@ class Io(str, Enum):
 
 
 def bench(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors/.pt2…, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
-    engine: Annotated[
-        str,
-        typer.Option(
-            "--engine", "--engines", "-e", callback=check_engines,
-            help=f"Comma-separated engines: {ENGINE_HELP}; or all (one of every kind). "
-            "Default: the artefact's own runtime. From a checkpoint, ONNX files and engines are "
-            "exported/built next to it when missing or stale.",
-        ),
-    ] = "",
-    batch_size: Annotated[
-        Optional[str],
-        typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help=f"Comma-separated batch sizes (default: {_listed(DEFAULT_BATCH_SIZES['cpu'])} on cpu, {_listed(DEFAULT_BATCH_SIZES['cuda'])} on cuda)."),
-    ] = None,
-    device: Annotated[str, typer.Option(callback=check_device, help=f"Where the engines run: {DEVICE_HELP}.")] = "cpu",
+    model: ModelArgument,
+    engine: EnginesOption = None,
+    batch_size: BatchSizesOption = None,
+    device: DeviceOption = "cpu",
     precision: Annotated[
         Optional[RunTimePrecision],
         typer.Option(help="Precision of engines named without one (eager → eager-fp16, ort → ort-fp16; default: fp16 for trt and ort-trt, fp32 otherwise)."),
     ] = None,
-    warmup: Annotated[float, typer.Option("--warmup", callback=check_finite, help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
-    duration: Annotated[
-        Optional[float], typer.Option("--duration", callback=check_positive, help="Timed seconds per engine and batch size (default: 3).")
-    ] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", help="Exactly N timed iterations instead of a time budget (in total, split over --rounds).")] = None,
-    threads: Annotated[
-        Optional[int], typer.Option("--threads", help="Intra-op threads for torch, ONNX Runtime and OpenVINO (default: all usable cores).")
-    ] = None,
+    warmup: Annotated[float, number_option(NON_NEGATIVE, "--warmup", help="Untimed warm-up seconds per engine and batch size.")] = 1.0,
+    duration: Annotated[Optional[float], number_option(POSITIVE, "--duration", help="Timed seconds per engine and batch size (default: 3).")] = None,
+    iters: Annotated[Optional[int], number_option(COUNT, "--iters", help="Exactly N timed iterations instead of a time budget (in total, split over --rounds).")] = None,
+    threads: Annotated[Optional[int], number_option(COUNT, "--threads", help="Intra-op threads for torch, ONNX Runtime and OpenVINO (default: all usable cores).")] = None,
     io: Annotated[
         Optional[Io],
         typer.Option("--io", help="host: numpy in/out (host-to-host); device: tensors stay on the device; both (default: host on cpu, both on cuda)."),
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Repeat the sweep N times with engines interleaved and pool the samples (steadier on a busy machine).")] = 1,
+    rounds: Annotated[int, number_option(COUNT, "--rounds", help="Repeat the sweep N times with engines interleaved and pool the samples (steadier on a busy machine).")] = 1,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Add eager fp32 (checkpoints only) so every engine gets a speed-up.")] = True,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write NAME.json, NAME.csv and NAME.png (plot) into this folder.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="File stem for --out (default: model and device, e.g. resnet50-cpu-amd-epyc-2c).")] = None,
+    out: Annotated[Optional[Path], path_option("--out", "-o", help="Write NAME.json, NAME.csv and NAME.png (plot) into this folder.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", callback=_name, help="File stem for --out, a name, not a path (default: model and device, e.g. resnet50-cpu-amd-epyc-2c).")] = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
 ) -> None:
@@ -87,13 +91,13 @@ def bench(
     """
 
     if duration is not None and iters is not None:
-        raise RtkError("give --duration or --iters, not both")
+        raise UsageError("give --duration or --iters, not both")
     if out is not None:
         check_out_dir(out)
         if name:
             _check_report_files(out, name, model)
     options = BenchOptions(
-        engines=tuple(str(n) for n in parse_engines(engine)) if engine.strip() else (),
+        engines=tuple(str(n) for n in parse_engines(engine)) if engine and engine.strip() else (),
         batch_sizes=int_list(batch_size, "--batch-size") or None,
         device=device,
         precision=precision.value if precision else None,
@@ -121,6 +125,3 @@ def _check_report_files(out: Path, name: str, model: Path) -> None:
 
     check_outputs([Output(out / f"{name}{suffix}", "--out/--name") for suffix in (".json", ".csv", ".png")], [model, sidecar_path(model)])
 
-
-def _listed(sizes: tuple[int, ...]) -> str:
-    return ",".join(map(str, sizes))

@@ -8,17 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from benchmarks.report import ratio_text
+from toolkit.cli.options import check_auto_device, number_option, path_option
 from toolkit.core.console import console, err_console, info
+from toolkit.core.validation import COUNT, POSITIVE
 from toolkit.usecases.demo import DemoOptions, run_demo
+from toolkit.usecases.train import TRAINING_BATCH
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; its demo sub-folders are replaced on a re-run.")] = Path("rtk-demo"),
+    out: Annotated[Path, path_option("--out", "-o", help="Output folder; its demo sub-folders are replaced on a re-run.")] = Path("rtk-demo"),
     arch: Annotated[str, typer.Option(help="Architecture to train.")] = "resnet18",
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (the training default when omitted).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    bench_seconds: Annotated[float, typer.Option(help="Timed seconds per engine and batch size in the benchmark.")] = 3.0,
-    max_samples: Annotated[Optional[int], typer.Option(help="Use at most this many images per data split (quick smoke runs).")] = None,
+    epochs: Annotated[Optional[int], number_option(COUNT, "--epochs", help="Training epochs (the training default when omitted).")] = None,
+    device: Annotated[str, typer.Option(callback=check_auto_device, help="auto, cpu or cuda.")] = "auto",
+    bench_seconds: Annotated[float, number_option(POSITIVE, "--bench-seconds", help="Timed seconds per engine and batch size in the benchmark.")] = 3.0,
+    max_samples: Annotated[Optional[int], number_option(TRAINING_BATCH, "--max-samples", help="Use at most this many images per data split (quick smoke runs).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Run the whole pipeline on the embedded digits data and summarise it.

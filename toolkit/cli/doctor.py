@@ -9,8 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from engines.names import parse_engines
+from toolkit.cli.options import check_device, check_engines, number_option, path_option
 from toolkit.core.console import console, err_console
 from toolkit.core.errors import RtkError
+from toolkit.core.outputs import Output, check_outputs, json_text
+from toolkit.core.validation import POSITIVE, UsageError
 from toolkit.usecases.doctor import diagnose, run_check, write_report
 
 DEFAULT_REPORT = Path("rtk-doctor.json")
@@ -22,12 +25,12 @@ def doctor(
         bool,
         typer.Option("--check", help="Export a small model and run parity and a short benchmark on every engine that can run here."),
     ] = False,
-    output: Annotated[Path, typer.Option("--output", "-o", help="With --check: where to write the JSON report.")] = DEFAULT_REPORT,
+    output: Annotated[Path, path_option("--output", "-o", help="With --check: where to write the JSON report.")] = DEFAULT_REPORT,
     engines: Annotated[
-        Optional[str], typer.Option(help="With --check: comma-separated engines to check [default: one of each runtime].")
+        Optional[str], typer.Option(callback=check_engines, help="With --check: comma-separated engines to check [default: one of each runtime].")
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="With --check: cpu or cuda[:N] [default: cuda when there is a GPU].")] = None,
-    bench_seconds: Annotated[float, typer.Option(help="With --check: seconds of timing per engine and batch size.")] = 0.5,
+    device: Annotated[Optional[str], typer.Option(callback=check_device, help="With --check: cpu or cuda[:N] [default: cuda when there is a GPU].")] = None,
+    bench_seconds: Annotated[float, number_option(POSITIVE, "--bench-seconds", help="With --check: seconds of timing per engine and batch size.")] = 0.5,
 ) -> None:
     """What this machine can run and why not: torch, CUDA, GPUs and driver, ONNX Runtime and the
     providers that really start, TensorRT, each engine with the install command that enables it.
@@ -38,14 +41,10 @@ def doctor(
     """
 
     if not check and (engines is not None or device is not None or output != DEFAULT_REPORT):
-        raise RtkError("--engines, --device and --output apply with --check")
-    if bench_seconds <= 0:
-        raise RtkError(f"--bench-seconds must be positive, got {bench_seconds}")
-    names = None
-    if engines is not None:
-        names = [str(n) for n in parse_engines(engines)]
-    if device is not None and not (device == "cpu" or device.startswith("cuda")):
-        raise RtkError(f"device must be cpu or cuda[:N], got {device!r}")
+        raise UsageError("--engines, --device and --output apply with --check")
+    names = [str(n) for n in parse_engines(engines)] if engines is not None else None
+    if check:  # before the checks run, which take a while
+        check_outputs([Output(output, "--output", (".json", ""), "JSON")])
     diagnosis = diagnose()
     if not check:
         if as_json:
@@ -63,7 +62,7 @@ def doctor(
     report = run_check(diagnosis, names, device, bench_seconds, on_engine=progress)
     path = write_report(report, output)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        typer.echo(json_text(report.to_dict(), default=str), nl=False)
     else:
         _print_check(report, path)
     if not report.passed:

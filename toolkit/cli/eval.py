@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,17 +9,26 @@ from typing import Annotated, Optional
 import typer
 
 from toolkit.cli.options import (
-    DEVICE_HELP,
-    ENGINE_HELP,
+    BatchSizeOption,
+    DataRootOption,
+    DeviceOption,
+    DownloadOption,
+    EngineOption,
+    JsonOption,
+    MaxSamplesOption,
+    ModelArgument,
     TrustPickleOption,
+    ValSplitOption,
     Weights,
     WeightsOption,
-    check_device,
-    check_engine,
     checkpoint_options,
+    number_option,
+    path_option,
 )
 from toolkit.cli.ray_options import RayAddressOption, RayOption, ReplicasOption, ray_options
 from toolkit.core.console import console
+from toolkit.core.outputs import json_text
+from toolkit.core.validation import SEED
 from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact
 from toolkit.usecases.ray_inference import evaluate_on_ray
 
@@ -32,23 +40,19 @@ class SplitName(str, Enum):
 
 
 def eval_command(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.safetensors/.pt2…, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    model: ModelArgument,
     data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder.")] = "digits",
     split: Annotated[Optional[SplitName], typer.Option(help="Which split [default: test when the data has one, else val].", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per engine call.")] = 256,
-    engine: Annotated[
-        Optional[str],
-        typer.Option("--engine", "-e", callback=check_engine, help=f"Engine: {ENGINE_HELP} [default: the artefact's own]. A checkpoint on "
-                     "ONNX Runtime or TensorRT is exported (and built) next to itself first.", show_default=False),
-    ] = None,
-    device: Annotated[str, typer.Option(callback=check_device, help=f"{DEVICE_HELP}.")] = "cpu",
-    confusion: Annotated[Optional[Path], typer.Option(help="Confusion-matrix PNG [default: MODEL.confusion-<split>.png next to the model].", show_default=False)] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Where torchvision's datasets live [default: ./data].", show_default=False)] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing built-in dataset.")] = False,
-    val_split: Annotated[float, typer.Option(help="Validation fraction of a flat folder or built-in (as in training).")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of that hold-out split (as in training).")] = 0,
-    max_samples: Annotated[Optional[int], typer.Option(help="Use at most N images (quick checks).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
+    batch_size: BatchSizeOption = 256,
+    engine: EngineOption = None,
+    device: DeviceOption = "cpu",
+    confusion: Annotated[Optional[Path], path_option("--confusion", help="Confusion-matrix PNG [default: MODEL.confusion-<split>.png next to the model].", show_default=False)] = None,
+    data_root: DataRootOption = None,
+    download: DownloadOption = False,
+    val_split: ValSplitOption = 0.1,
+    seed: Annotated[int, number_option(SEED, "--seed", help="Seed of that hold-out split (as in training).")] = 0,
+    max_samples: MaxSamplesOption = None,
+    as_json: JsonOption = False,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
     ray: RayOption = False,
@@ -73,7 +77,7 @@ def eval_command(
     else:
         result = evaluate_on_ray(options, on_ray)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json_text(result.to_dict()), nl=False)
         return
     _print_tables(result)
 

@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from toolkit.cli.options import TrustPickleOption, Weights, WeightsOption, checkpoint_options
+from toolkit.cli.options import JsonOption, TrustPickleOption, Weights, WeightsOption, checkpoint_options, path_argument
 from toolkit.core.console import console
 from toolkit.usecases.inspect import describe
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors/.pt2, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+    path: Annotated[Path, path_argument(help="A checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors/.pt2, or a Hugging Face model folder), ONNX file (.onnx) or TensorRT engine (.engine/.plan).")],
+    as_json: JsonOption = False,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
 ) -> None:

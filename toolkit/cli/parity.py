@@ -2,65 +2,65 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from toolkit.cli.options import (
-    DEVICE_HELP,
-    ENGINE_HELP,
+    BatchSizesOption,
+    DeviceOption,
+    EnginesOption,
+    MaxSamplesOption,
     TrustPickleOption,
     Weights,
     WeightsOption,
-    check_batch_sizes,
-    check_device,
-    check_engines,
-    check_finite,
     checkpoint_options,
     int_list,
+    number_option,
+    path_argument,
+    path_option,
 )
 from toolkit.core.console import console, err_console, info
-from toolkit.core.errors import RtkError
-from toolkit.core.outputs import Output, check_outputs, write_atomic
+from toolkit.core.outputs import Output, check_outputs, json_text, write_atomic
+from toolkit.core.validation import COSINE, FRACTION, NON_NEGATIVE, SEED, UsageError
 from toolkit.usecases.layers import check_folder, layer_reports, summary_line
 from toolkit.usecases.parity import ParityOptions, run_parity
 
 
+DataOption = Annotated[
+    Optional[str],
+    typer.Option(help="Real images compared too: a dataset name (digits; its test split), a folder (of images, or of class folders) or a file list; with accuracy where they carry the model's classes (int8 engines are judged on them alone)."),
+]
+LayersOption = Annotated[
+    Optional[Path],
+    path_option(
+        "--layers", help="Also compare every intermediate tensor of each ONNX-based engine (ort…, ov…) with the fp32 ONNX's on "
+        "--data's images, and write ENGINE.layers.json and ENGINE.layers.png into this folder: where precision is lost.",
+    ),
+]
+
+
 def parity(
-    checkpoint: Annotated[Path, typer.Argument(help="The reference checkpoint (.pth, .safetensors, .pt2…, or a Hugging Face model folder); eager fp32 on it is the truth.")],
-    engine: Annotated[
-        str,
-        typer.Option("--engine", "--engines", "-e", callback=check_engines, help=f"Comma-separated engines to check: {ENGINE_HELP}; or all."),
-    ] = "eager,ort",
-    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file for the fp32 ONNX Runtime engines and ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing or stale).")] = None,
-    onnx_fp16: Annotated[Optional[Path], typer.Option(help="ONNX file for ort-fp16 and ort-cuda-fp16. Default: MODEL.fp16.onnx (exported when missing or stale).")] = None,
-    onnx_int8: Annotated[Optional[Path], typer.Option(help="QDQ ONNX file for ort-int8. Default: MODEL.int8.onnx next to the checkpoint (made by rtk export --precision int8 --calib DATA).")] = None,
-    trt_engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or stale.")] = None,
-    data: Annotated[
-        Optional[str],
-        typer.Option(help="Real images compared too: a dataset name (digits; its test split), a folder (of images, or of class folders) or a file list; with accuracy where they carry the model's classes (int8 engines are judged on them alone)."),
-    ] = None,
-    max_samples: Annotated[int, typer.Option(help="At most this many real images from --data.")] = 500,
-    batch_size: Annotated[
-        str, typer.Option("--batch-size", "--batch-sizes", "-b", callback=check_batch_sizes, help="Sizes of the random input batches, comma-separated.")
-    ] = "1,4,16",
-    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    device: Annotated[str, typer.Option(callback=check_device, help=f"Where eager runs and which GPU the GPU engines use: {DEVICE_HELP}.")] = "cpu",
-    atol: Annotated[Optional[float], typer.Option(callback=check_finite, help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(callback=check_finite, help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
-    min_cosine: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99; int8 reported, not judged).")] = None,
-    min_top1: Annotated[Optional[float], typer.Option(callback=check_finite, help="Lowest top-1 agreement (fp32 0.99; fp16 0.95, bf16 0.90 and int8 0.99, judged on real images).")] = None,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option(callback=check_finite, help="Most the accuracy on --data may fall below eager fp32's, as a fraction (int8 0.01, one point; not judged otherwise).")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
-    layers: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--layers", help="Also compare every intermediate tensor of each ONNX-based engine (ort…, ov…) with the fp32 ONNX's on "
-            "--data's images, and write ENGINE.layers.json and ENGINE.layers.png into this folder: where precision is lost.",
-        ),
-    ] = None,
+    checkpoint: Annotated[Path, path_argument(help="The reference checkpoint (.pth, .safetensors, .pt2…, or a Hugging Face model folder); eager fp32 on it is the truth.")],
+    engine: EnginesOption = "eager,ort",
+    onnx: Annotated[Optional[Path], path_option("--onnx", help="ONNX file for the fp32 ONNX Runtime engines and ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing or stale).")] = None,
+    onnx_fp16: Annotated[Optional[Path], path_option("--onnx-fp16", help="ONNX file for ort-fp16 and ort-cuda-fp16. Default: MODEL.fp16.onnx (exported when missing or stale).")] = None,
+    onnx_int8: Annotated[Optional[Path], path_option("--onnx-int8", help="QDQ ONNX file for ort-int8. Default: MODEL.int8.onnx next to the checkpoint (made by rtk export --precision int8 --calib DATA).")] = None,
+    trt_engine: Annotated[Optional[Path], path_option("--trt-engine", help="TensorRT engine for trt. Default: MODEL.engine next to the checkpoint, built in fp16 when missing or stale.")] = None,
+    data: DataOption = None,
+    max_samples: MaxSamplesOption = 500,
+    batch_size: BatchSizesOption = "1,4,16",
+    seed: Annotated[int, number_option(SEED, "--seed", help="Seed of the random inputs.")] = 0,
+    device: DeviceOption = "cpu",
+    atol: Annotated[Optional[float], number_option(NON_NEGATIVE, "--atol", help="Absolute tolerance per logit, times the sample's largest |logit| when above 1 (default per precision: fp32 1e-4).")] = None,
+    rtol: Annotated[Optional[float], number_option(NON_NEGATIVE, "--rtol", help="Relative tolerance per logit; a logit fails only beyond both (fp32 1e-4).")] = None,
+    min_cosine: Annotated[Optional[float], number_option(COSINE, "--min-cosine", help="Lowest per-sample cosine similarity (fp32 0.99999, fp16 0.999, bf16 0.99; int8 reported, not judged).")] = None,
+    min_top1: Annotated[Optional[float], number_option(FRACTION, "--min-top1", help="Lowest top-1 agreement (fp32 0.99; fp16 0.95, bf16 0.90 and int8 0.99, judged on real images).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], number_option(FRACTION, "--max-accuracy-drop", help="Most the accuracy on --data may fall below eager fp32's, as a fraction (int8 0.01, one point; not judged otherwise).")] = None,
+    json_path: Annotated[Optional[Path], path_option("--json", help="Also write the full report as JSON to this file ('-' for stdout only).")] = None,
+    layers: LayersOption = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
 ) -> None:
@@ -81,14 +81,14 @@ def parity(
     if layers is not None:
         check_folder(layers)
         if data is None:
-            raise RtkError("--layers compares every tensor on real images; add --data DATA (a dataset, a folder of images or a file list)")
+            raise UsageError("--layers compares every tensor on real images; add --data DATA (a dataset, a folder of images or a file list)")
     if json_path is not None and not to_stdout:
         check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, onnx_int8, trt_engine, data])
     if not to_stdout:
         info(f"parity of {', '.join(map(str, options.engines))} against eager fp32 of {checkpoint}")
     report = run_parity(checkpoint, options)
     if to_stdout:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json_text(report.to_dict()), nl=False)
     else:
         if json_path is not None:
             _write_json(json_path, report.to_dict())
@@ -104,7 +104,7 @@ def parity(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")  # an OS error is already one sentence
+    write_atomic(path, json_text(data))  # an OS error is already one sentence
 
 
 def _print(report, console) -> None:
@@ -120,11 +120,11 @@ def _print(report, console) -> None:
             table.add_column(engine, justify="right")
         rows = [
             ("samples", lambda m: str(m.samples)),
-            ("max abs error", lambda m: f"{m.max_abs:.2e}"),
-            ("mean abs error", lambda m: f"{m.mean_abs:.2e}"),
-            ("max rel error", lambda m: f"{m.max_rel:.2e}"),
+            ("max abs error", lambda m: _number(m.max_abs, ".2e")),
+            ("mean abs error", lambda m: _number(m.mean_abs, ".2e")),
+            ("max rel error", lambda m: _number(m.max_rel, ".2e")),
             ("logits beyond atol+rtol", lambda m: str(m.failed_elements)),
-            ("cosine (min)", lambda m: f"{m.min_cosine:.6f}"),
+            ("cosine (min)", lambda m: _number(m.min_cosine, ".6f")),
             ("top-1 agreement", lambda m: f"{m.top1_agreement:.2%}"),
             ("top-5 overlap", lambda m: f"{m.top5_overlap:.2%}"),
         ]
@@ -139,9 +139,14 @@ def _print(report, console) -> None:
             if m is not None and not m.passed:
                 console.print(
                     f"[bold red]{result.engine}[/bold red] fails on {inputs}: {'; '.join(m.failures)}. Worst: sample "
-                    f"{m.worst_sample}, class {report.class_names[m.worst_class]}: reference {m.worst_reference:.6g}, "
-                    f"{result.engine} {m.worst_candidate:.6g}",
+                    f"{m.worst_sample}, class {report.class_names[m.worst_class]}: reference {_number(m.worst_reference, '.6g')}, "
+                    f"{result.engine} {_number(m.worst_candidate, '.6g')}",
                     highlight=False,
                 )
     if report.passed:
         console.print(f"[green]all {len(report.results)} engine(s) match the reference[/green]", highlight=False)
+
+
+def _number(value: float, spec: str) -> str:
+    """A metric as the table shows it; one that is not finite (an engine's NaN logits) is "not finite", never "nan"."""
+    return format(value, spec) if math.isfinite(value) else "not finite"

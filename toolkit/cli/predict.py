@@ -10,20 +10,23 @@ import typer
 
 from engines.request import EngineRequest
 from toolkit.cli.options import (
-    DEVICE_HELP,
-    ENGINE_HELP,
+    BatchSizeOption,
+    DeviceOption,
+    EngineOption,
     TrustPickleOption,
     Weights,
     WeightsOption,
-    check_device,
-    check_engine,
     checkpoint_options,
+    number_option,
+    path_argument,
+    path_option,
 )
 from toolkit.cli.ray_options import RayAddressOption, RayOption, ReplicasOption, ray_options
 from toolkit.core.console import ProgressBar, console, info, warn
 from toolkit.core.errors import RtkError
 from toolkit.core.images import describe_ignored
 from toolkit.core.outputs import Output, check_outputs, write_text
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO
 from toolkit.usecases.opening import open_engine
 from toolkit.usecases.predict import PredictOptions, PredictResult, default_workers, format_predictions, resolve_model
 from toolkit.usecases.predict import predict as run
@@ -49,38 +52,35 @@ FORMAT_SUFFIXES = {
 }
 
 
+ModelOption = Annotated[
+    Optional[Path],
+    path_option("--model", "-m", help="Checkpoint, ONNX file or TensorRT engine. Default: $RTK_MODEL, then model = \"…\" "
+                "in rtk.toml (image folder, then working directory), then the only model file in the working directory."),
+]
+FormatOption = Annotated[
+    Optional[OutputFormat], typer.Option("--format", "-f", help="Output format (default: from the -o suffix .json/.jsonl/.csv, else table).")
+]
+WorkersOption = Annotated[
+    Optional[int], number_option(COUNT_OR_ZERO, "--workers", help="Decoding threads; 0 decodes in the main thread (default: one per core, at most 8).")
+]
+ConfusionPngOption = Annotated[
+    Optional[Path], path_option("--confusion-png", help="For a labelled folder (<class>/image), save the confusion matrix as this PNG.")
+]
+
+
 def predict(
-    path: Annotated[Path, typer.Argument(help="A folder of images, or one image file.")],
-    model: Annotated[
-        Optional[Path],
-        typer.Option("--model", "-m", help="Checkpoint, ONNX file or TensorRT engine. Default: $RTK_MODEL, then "
-                     "model = \"…\" in rtk.toml (image folder, then working directory), then the only model file "
-                     "in the working directory."),
-    ] = None,
-    engine: Annotated[
-        Optional[str],
-        typer.Option("--engine", "-e", callback=check_engine, help=f"Engine: {ENGINE_HELP}. Default: the model file's own "
-                     "(.pth eager, .onnx ort, .engine trt). A checkpoint on ONNX Runtime or TensorRT is exported (and built) "
-                     "next to itself first, and reused while fresh."),
-    ] = None,
-    device: Annotated[str, typer.Option(callback=check_device, help=f"Where eager runs and which GPU the GPU engines use: {DEVICE_HELP}.")] = "cpu",
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 5,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", "-b", help="Images per engine call (default: 32, or the engine's maximum).")
-    ] = None,
-    fmt: Annotated[
-        Optional[OutputFormat],
-        typer.Option("--format", "-f", help="Output format (default: from the -o suffix .json/.jsonl/.csv, else table)."),
-    ] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the output to this file (atomically) instead of stdout.")] = None,
+    path: Annotated[Path, path_argument(help="A folder of images, or one image file.")],
+    model: ModelOption = None,
+    engine: EngineOption = None,
+    device: DeviceOption = "cpu",
+    top_k: Annotated[int, number_option(COUNT, "--top-k", "-k", help="Classes listed per image.")] = 5,
+    batch_size: BatchSizeOption = None,
+    fmt: FormatOption = None,
+    output: Annotated[Optional[Path], path_option("--output", "-o", help="Write the output to this file (atomically) instead of stdout.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also classify images in subfolders, at any depth.")] = False,
-    workers: Annotated[
-        Optional[int], typer.Option(help="Decoding threads; 0 decodes in the main thread (default: one per core, at most 8).")
-    ] = None,
+    workers: WorkersOption = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop with an error at the first unreadable file, writing nothing.")] = False,
-    confusion_png: Annotated[
-        Optional[Path], typer.Option(help="For a labelled folder (<class>/image), save the confusion matrix as this PNG.")
-    ] = None,
+    confusion_png: ConfusionPngOption = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
     ray: RayOption = False,
@@ -93,20 +93,14 @@ def predict(
     Files with an image suffix that cannot be read (corrupt, truncated, empty, not an image) are listed on stderr
     with the reason and skipped; files without an image suffix (notes.txt, photo.heic) are named on stderr as ignored.
     A folder laid out as <class>/image with the model's class names is also scored: accuracy and confusion matrix.
-
     With --ray the same run goes to a Ray cluster (a new local instance by default) and gives the same output.
 
-    Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing written.
+    Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing
+    written; 64 a usage error.
     """
 
     on_ray = ray_options(ray, ray_address, replicas, workers)
-    options = PredictOptions(
-        top_k=top_k,
-        batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
-        recursive=recursive,
-        strict=strict,
-    )
+    options = PredictOptions(top_k, batch_size, default_workers() if workers is None else workers, recursive, strict)
     fmt = fmt or _format_from_suffix(output)
     model_path = resolve_model(model, path)
     check_outputs(
@@ -116,14 +110,19 @@ def predict(
         ],
         [path, model_path],
     )
-    loading = checkpoint_options(weights, trust_pickle)
-    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=loading)
-    with open_engine(request) as loaded:
-        with _Progress() as progress:
-            if on_ray is None:
-                result = run(path, loaded, options, progress)
-            else:
-                result = predict_on_ray(path, loaded, request, options, on_ray, progress)
+    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle))
+    with open_engine(request) as loaded, _Progress() as progress:
+        if on_ray is None:
+            result = run(path, loaded, options, progress)
+        else:
+            result = predict_on_ray(path, loaded, request, options, on_ray, progress)
+    _write(result, fmt, output, confusion_png, model_path, path)
+    if result.failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _write(result: "PredictResult", fmt: OutputFormat, output: Path | None, confusion_png: Path | None, model_path: Path, path: Path) -> None:
+    """The results on stdout or in ``--output``, the confusion matrix, and the summary on stderr."""
     for p in result.failures:
         warn(f"skipped {p.path}: {p.error}")
     if not result.classified:
@@ -138,8 +137,6 @@ def predict(
     elif confusion_png:
         warn(f"no confusion matrix: {path} is not laid out as <class>/image with the model's class names")
     _report(result, model_path, output, info)
-    if result.failures:
-        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _format_from_suffix(output: Path | None) -> OutputFormat:

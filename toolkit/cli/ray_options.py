@@ -6,8 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.options import number_option
 from toolkit.core.errors import INSTALL_HINTS
 from toolkit.core.ray_cluster import RayOptions
+from toolkit.core.validation import COUNT, UsageError
 
 # Help text is rich markup: a bracket would be read as a tag and vanish.
 _HINT = INSTALL_HINTS["ray"].replace("[", "\\[")
@@ -32,7 +34,8 @@ RayAddressOption = Annotated[
 ]
 ReplicasOption = Annotated[
     Optional[int],
-    typer.Option(
+    number_option(
+        COUNT,
         "--replicas",
         help="With --ray: engine replicas, each a Ray actor holding one engine and one CPU, or one GPU for a GPU "
         "engine. Default: one per GPU of the cluster for a GPU engine, else one per CPU.",
@@ -49,16 +52,15 @@ def ray_options(ray: bool, address: Optional[str], replicas: Optional[int], work
         workers: ``rtk predict --workers`` (decoding threads of a run in this process).
 
     Raises:
-        typer.BadParameter: ``--replicas`` without ``--ray``, or ``--workers`` with it (usage errors).
+        UsageError: ``--replicas`` without ``--ray``, or ``--workers`` with it.
     """
     if not (ray or address):
         if replicas is not None:
-            raise typer.BadParameter("applies to --ray runs only; add --ray", param_hint="--replicas")
+            raise UsageError("--replicas applies to --ray runs only; add --ray")
         return None
     if workers is not None:
-        raise typer.BadParameter(
-            "sets the decoding threads of a run in this process; with --ray, Ray runs the decoding on the cluster's CPUs",
-            param_hint="--workers",
+        raise UsageError(
+            "--workers sets the decoding threads of a run in this process; with --ray, Ray runs the decoding on the cluster's CPUs"
         )
 
     return RayOptions(address=address, replicas=replicas)

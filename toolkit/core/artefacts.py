@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from toolkit.core.errors import RtkError
+from toolkit.core.files import stat_for_reading
 from toolkit.core.hub import hub_digest, open_hub_folder
 
 # ".pth.tar" is what PyTorch's classic ImageNet example and timm's train.py write (model_best.pth.tar);
@@ -25,9 +27,7 @@ def artefact_kind(path: str | os.PathLike) -> str:
             holds no model (:func:`toolkit.core.hub.open_hub_folder`'s sentence).
     """
     path = Path(path)
-    if not path.exists():
-        raise RtkError(f"{path} does not exist")
-    if path.is_dir():
+    if stat.S_ISDIR(stat_for_reading(path).st_mode):
         open_hub_folder(path)
         return "checkpoint"
     suffix = artefact_suffix(path)

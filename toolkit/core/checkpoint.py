@@ -108,28 +108,41 @@ class Checkpoint:
         """The network with these weights loaded, in eval mode.
 
         Raises:
-            RtkError: the weights hold NaN/Inf, or do not fit the spec's architecture (see :meth:`check_fit`).
+            RtkError: the weights hold NaN/Inf or a negative variance (:meth:`check_weights`), or do
+                not fit the spec's architecture (see :meth:`check_fit`).
         """
-        self.check_finite()
+        self.check_weights()
         model = create_model(self.spec)
         self._check_against(model.state_dict())
         model.load_state_dict(self.state_dict)
         return model.eval()
 
-    def check_finite(self) -> None:
-        """Refuse weights that hold NaN or infinity: every output of such a network is meaningless.
+    def check_weights(self) -> None:
+        """Refuse weights no network can compute with: NaN or infinity anywhere, or a BatchNorm
+        layer's negative running variance (its square root is NaN). Every output of such a network
+        would be meaningless, so every command that runs a checkpoint, training included, refuses
+        it before any work, naming the tensor.
 
         Raises:
-            RtkError: naming the first tensor with a non-finite value.
+            RtkError: naming the first such tensor.
         """
         import torch
 
+        where = self.path or "the checkpoint"
         for key, tensor in self.state_dict.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if not tensor.is_floating_point():
+                continue
+            if not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise RtkError(
-                    f"the weights in {self.path or 'the checkpoint'} hold NaN/Inf in {key} ({bad} of {tensor.numel()} values), "
+                    f"the weights in {where} hold NaN/Inf in {key} ({bad} of {tensor.numel()} values), "
                     "so every answer the model gave would be meaningless"
+                )
+            if key.endswith("running_var") and bool((tensor < 0).any()):
+                bad = int((tensor < 0).sum())
+                raise RtkError(
+                    f"the weights in {where} hold a negative variance in {key} ({bad} of {tensor.numel()} values), "
+                    "which BatchNorm turns into NaN, so every answer the model gave would be meaningless"
                 )
 
     def check_fit(self) -> None:
@@ -204,15 +217,44 @@ def save_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the destination folder, then rename into place."""
+    """``torch.save`` to a temporary file in the destination folder, then rename into place.
+
+    Raises:
+        RtkError: the operating system refused the write (``cannot write X: file too large``…).
+    """
     import torch
 
-
     with staged(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+        sink = _Sink(fh)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            # torch's zip writer swallows the OSError of a failed write (a full disk, a file-size
+            # limit) and fails later with "unexpected pos": the OSError is the reason to give.
+            if sink.error is not None:
+                raise sink.error from None
+            raise
         fh.flush()
         os.fsync(fh.fileno())
     return Path(path)
+
+
+class _Sink:
+    """A file object for ``torch.save`` that remembers the operating system's refusal of a write."""
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
 
 
 def unwrap_model(model: "nn.Module") -> "nn.Module":

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from toolkit.core.errors import RtkError
+from toolkit.core.outputs import json_ready
+from toolkit.core.validation import COSINE, FRACTION, NON_NEGATIVE
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,11 @@ def tolerance_for(
     if precision not in DEFAULT_TOLERANCES:
         raise RtkError(f"unknown precision {precision!r}; choose one of {', '.join(DEFAULT_TOLERANCES)}")
     base = DEFAULT_TOLERANCES[precision]
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not value >= 0:
-            raise RtkError(f"--{name} must be >= 0, got {value}")
-    for name, value in (("min-cosine", min_cosine), ("min-top1", min_top1)):
-        if value is not None and not -1.0 <= value <= 1.0:
-            raise RtkError(f"--{name} must be within [-1, 1], got {value}")
-    if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 1.0:
-        raise RtkError(f"--max-accuracy-drop must be within [0, 1] (0.01 is one point), got {max_accuracy_drop}")
+    for name, value, rule in (
+        ("--atol", atol, NON_NEGATIVE), ("--rtol", rtol, NON_NEGATIVE), ("--min-cosine", min_cosine, COSINE),
+        ("--min-top1", min_top1, FRACTION), ("--max-accuracy-drop", max_accuracy_drop, FRACTION),
+    ):
+        rule.check(value, name)
     return replace(
         base,
         atol=base.atol if atol is None else atol,
@@ -145,7 +144,9 @@ class ParityMetrics:
         return self.accuracy - self.reference_accuracy
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The metrics as JSON-ready values; a metric that is not finite (the error of a NaN logit)
+        is ``None``, since JSON has no NaN or infinity: ``failures`` says why."""
+        d = json_ready(asdict(self))
         d["failures"] = list(self.failures)
         d["passed"] = self.passed
         d["accuracy_delta"] = self.accuracy_delta

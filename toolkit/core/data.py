@@ -30,6 +30,7 @@ from toolkit.core.errors import RtkError, first_line
 from toolkit.core.images import find_images, load_image
 from toolkit.core.spec import Preprocess
 from toolkit.core.transforms import image_to_array
+from toolkit.core.validation import COUNT, PART, SEED
 
 if TYPE_CHECKING:
     import torch
@@ -255,13 +256,14 @@ def resolve_data(
         The data source, with class names and its default :class:`Preprocess`.
 
     Raises:
+        UsageError: ``val_split``, ``max_samples``, ``input_size`` or ``seed`` outside its rule.
         RtkError: unknown name, missing or empty folder, class folder without images, a built-in
             that is not on disk (or cannot be downloaded).
     """
-    if not 0.0 <= val_split < 1.0:
-        raise RtkError(f"--val-split must be in [0, 1), got {val_split}")
-    if input_size is not None and input_size < 1:
-        raise RtkError(f"input size must be positive, got {input_size}")
+    PART.check(val_split, "--val-split")
+    COUNT.check(max_samples, "--max-samples")
+    COUNT.check(input_size, "--input-size")
+    SEED.check(seed, "--seed")
     key = str(name).lower()
     if key == DIGITS:
         source = _digits(input_size)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from toolkit.core.errors import RtkError
+from toolkit.core.validation import UsageError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
         if device == "cuda":
             device = f"cuda:{local_rank}"
     elif device != "cpu":
-        raise RtkError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 

@@ -56,6 +56,8 @@ def first_line(exc: BaseException | str, limit: int = 300) -> str:
     """
     text = str(exc).strip()
     line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if line.endswith(":") and ". " in line:  # "… arguments. The following types are supported:" goes on below
+        line = line[: line.rfind(". ") + 1]
     if len(line) <= limit:
         return line
     cut = line[:limit]

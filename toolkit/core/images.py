@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line
-from toolkit.core.files import not_regular, os_reason
+from toolkit.core.files import not_regular, os_error, os_reason, readable_folder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,16 +55,17 @@ def scan_folder(folder: str | os.PathLike, recursive: bool = False) -> FolderSca
         Image paths and ignored paths, each in a stable (sorted) order.
 
     Raises:
-        RtkError: the folder does not exist or is not a folder.
+        RtkError: the folder does not exist, is not a folder, or cannot be read (a subfolder that
+            cannot be read is named in a warning and passed over).
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise RtkError(f"{folder} does not exist")
-    if not folder.is_dir():
-        raise RtkError(f"{folder} is not a folder")
+    folder = readable_folder(folder)
     images: list[Path] = []
     ignored: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:  # os.walk would pass over it silently
+        warn(f"{os_error(exc, exc.filename, 'read')}; its files are passed over")
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         # Sorting in place fixes os.walk's order; pruning stops it entering hidden folders.
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         for f in files:

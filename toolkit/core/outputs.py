@@ -7,21 +7,25 @@ renamed onto the destination only once it is complete. The file gets the permiss
 operating-system error on the way (disk full, name too long, read-only file system, no
 permission) becomes one sentence naming the path, and the temporary file is removed.
 
-Before any work, a command passes its outputs and inputs to :func:`check_outputs`, which
-refuses an output that is one of the inputs (or an image in a folder being read) or whose
-suffix names another format than the one written.
+Before any work, every command that writes passes its outputs and inputs to
+:func:`check_outputs`, the one guard: it refuses an output that is one of the inputs, or an image
+in a folder being read (both compared after following symlinks, the output's too, and hard
+links), an artefact at that path that rtk did not write (an ONNX file without rtk's metadata, an
+engine without its sidecar), and a suffix that names another format than the one written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from toolkit.core.errors import RtkError
 from toolkit.core.files import USER_ERRNOS, not_regular, os_error
@@ -38,28 +42,34 @@ class Output:
         suffixes: the suffixes (lower case, with the dot) its format may carry; ``""`` allows
             none; empty: any suffix.
         format: what is written, e.g. ``"ONNX"``, for the message.
+        written_by_rtk: for an artefact rtk can recognise as its own, whether an existing file at
+            ``path`` is one (an ONNX file carries rtk's metadata, an engine its sidecar); a file
+            that is not is never replaced. ``None``: any file there may be replaced (a report).
     """
 
     path: Path
     flag: str = "--output"
     suffixes: tuple[str, ...] = ()
     format: str = ""
+    written_by_rtk: Callable[[Path], bool] | None = None
 
 
 def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[str | os.PathLike | None] = ()) -> None:
-    """Refuse, before any work is done, outputs that would destroy an input or lie about their format.
+    """Refuse, before any work is done, outputs that would destroy an input or a file rtk did not
+    write, or lie about their format.
 
     An output is refused when it is one of the inputs (compared after following symlinks, and
-    as the same file on disk where both exist, so hard links count), when it is an image file
-    inside an input folder (a folder of images being read), or when its suffix is not one of
-    its format's.
+    as the same file on disk where both exist, so hard links count); when it, or the file it
+    links to, is an image inside an input folder (a folder of images being read); when it is an
+    existing artefact rtk did not write (:attr:`Output.written_by_rtk`); or when its suffix is not
+    one of its format's.
 
     Args:
         outputs: the files to be written (``None`` entries are skipped).
         inputs: the files and folders the command reads (``None`` entries are skipped).
 
     Raises:
-        RtkError: naming the output, the option and the input it would overwrite.
+        RtkError: naming the output, the option and the input or file it would overwrite.
     """
     sources = [Path(p) for p in inputs if p is not None and str(p) not in ("", "-")]
     for out in outputs:
@@ -74,11 +84,26 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[str | os.Pa
                 f"refusing {out.flag} {path}: it would hold {out.format or 'another format'}, whose files end in {allowed}, "
                 f"not {suffix or 'no suffix'}"
             )
+        # A symlink is checked as the file it points to too: `-o out.jsonl` linking to an image read.
+        target = _resolve(path)
         for source in sources:
             if _same_file(path, source):
                 raise RtkError(f"refusing {out.flag} {path}: it is the input {source}, which would be overwritten")
-            if is_image_path(path) and _is_folder(source) and is_inside(path, source):
-                raise RtkError(f"refusing {out.flag} {path}: it lies in the image folder {source}, which is being read")
+            if (is_image_path(path) or is_image_path(target)) and _is_folder(source) and is_inside(path, source):
+                where = f"links to {target}, in" if path.is_symlink() else "lies in"
+                raise RtkError(f"refusing {out.flag} {path}: it {where} the image folder {source}, which is being read")
+        if out.written_by_rtk is not None and _is_file(path) and not out.written_by_rtk(path):
+            raise RtkError(
+                f"refusing {out.flag} {path}: it exists and was not written by rtk, so it is not overwritten; "
+                f"move it away or choose another {out.flag}"
+            )
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _check_name_length(path: Path) -> None:
@@ -92,7 +117,7 @@ def _check_name_length(path: Path) -> None:
         return
     too_long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
     if too_long is not None:
-        raise os_error(OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)), path)
+        raise os_error(OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)), path, "write")
 
 
 def _is_special(path: Path) -> bool:
@@ -103,7 +128,7 @@ def _is_special(path: Path) -> bool:
 def _resolve(path: Path) -> Path:
     try:
         return path.resolve()
-    except OSError:  # a name too long to resolve: compare it as written
+    except (OSError, RuntimeError):  # a name too long to resolve, a symlink loop: compare it as written
         return Path(os.path.abspath(path))
 
 
@@ -146,7 +171,7 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
         # The name is cut so that a destination name near the 255-byte limit still gets a temporary one.
         fd, name = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise os_error(exc, path) from None
+        raise os_error(exc, path, "write") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -158,7 +183,7 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
             raise
         # Disk full, quota, read-only… while the file was being written: name the destination,
         # not the temporary file, which is removed below.
-        raise os_error(exc, path) from None
+        raise os_error(exc, path, "write") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -178,6 +203,31 @@ def _umask() -> int:
     return mask
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with every float that is not finite, at any depth, replaced by ``None``.
+
+    JSON has no NaN or infinity (Python's ``json`` writes them as the invalid ``NaN``); a metric
+    that is not finite (the error of an engine that computed NaN) is written as ``null``, and the
+    report says why beside it.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """``value`` as valid JSON text (:func:`json_ready`), ending in a newline when indented.
+
+    ``default`` turns what JSON cannot hold (a path, say) into what it can, as for :func:`json.dumps`.
+    """
+    text = json.dumps(json_ready(value), indent=indent, allow_nan=False, default=default)
+    return text + "\n" if indent is not None else text
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a report or result text where the user pointed it: atomically (:func:`write_atomic`) to
     a file, straight through to a device or pipe (``/dev/stdout``, ``/dev/null``, a named pipe),
@@ -195,7 +245,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
         with open(path, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     except OSError as exc:  # /dev/full: no space left on device
-        raise os_error(exc, path) from None
+        raise os_error(exc, path, "write") from None
     return path
 
 
@@ -217,13 +267,13 @@ def staged_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
         folder = Path(tempfile.mkdtemp(prefix=f".{prefix[:64]}.", suffix=".tmp", dir=parent))
         os.chmod(folder, 0o777 & ~_umask())
     except OSError as exc:
-        raise os_error(exc, parent) from None
+        raise os_error(exc, parent, "write") from None
     try:
         yield folder
     except OSError as exc:
         if exc.errno not in USER_ERRNOS:
             raise
-        raise os_error(exc, parent) from None
+        raise os_error(exc, parent, "write") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from toolkit.core.errors import RtkError, first_line, require
+from toolkit.core.validation import COUNT
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -44,8 +45,7 @@ class RayOptions:
     replicas: int | None = None
 
     def __post_init__(self) -> None:
-        if self.replicas is not None and self.replicas < 1:
-            raise RtkError(f"--replicas must be at least 1, got {self.replicas}")
+        COUNT.check(self.replicas, "--replicas")
 
 
 @dataclass(frozen=True)

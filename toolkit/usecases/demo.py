@@ -27,11 +27,12 @@ from toolkit.core.errors import RtkError
 from toolkit.core.files import os_error
 from toolkit.core.outputs import write_text
 from toolkit.core.spec import ARCHS
+from toolkit.core.validation import COUNT, POSITIVE, UsageError
 from toolkit.usecases.bench import benchmark_model
 from toolkit.usecases.opening import open_engine
 from toolkit.usecases.parity import ParityOptions, ParityReport, run_parity
 from toolkit.usecases.predict import PredictOptions, PredictResult, format_predictions, predict
-from toolkit.usecases.train import TrainOptions, TrainResult, train
+from toolkit.usecases.train import TRAINING_BATCH, TrainOptions, TrainResult, train
 
 #: Sub-folders the demo owns inside its output folder; a re-run replaces exactly these.
 DEMO_PARTS = ("train", "bench", "samples", "predictions")
@@ -73,17 +74,16 @@ class DemoOptions:
         # Every option is checked here, before run_demo clears the previous run's folders: a
         # typo must not cost the results already on disk.
         if self.arch not in ARCHS:
-            raise RtkError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise RtkError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.max_samples is not None and self.max_samples < 2:
-            raise RtkError(f"--max-samples must be at least 2 (a training batch needs two images), got {self.max_samples}")
-        if not self.bench_seconds > 0:
-            raise RtkError(f"--bench-seconds must be more than 0, got {self.bench_seconds}")
-        if not self.bench_batch_sizes or any(b < 1 for b in self.bench_batch_sizes):
-            raise RtkError(f"benchmark batch sizes must be positive integers, got {list(self.bench_batch_sizes)}")
-        if self.samples_per_class < 1:
-            raise RtkError(f"samples per class must be at least 1, got {self.samples_per_class}")
+            raise UsageError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        for flag, value, rule in (
+            ("--epochs", self.epochs, COUNT), ("--max-samples", self.max_samples, TRAINING_BATCH),
+            ("--bench-seconds", self.bench_seconds, POSITIVE), ("samples per class", self.samples_per_class, COUNT),
+        ):
+            rule.check(value, flag)
+        if not self.bench_batch_sizes:
+            raise UsageError("the demo's benchmark needs at least one batch size")
+        for size in self.bench_batch_sizes:
+            COUNT.check(size, "a benchmark batch size")
 
 
 @dataclass

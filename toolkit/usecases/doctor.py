@@ -27,9 +27,10 @@ from exporters.onnx import ExportOptions, export_onnx
 from toolkit.core.checkpoint import save_checkpoint
 from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line
 from toolkit.core.models import create_model
-from toolkit.core.outputs import write_atomic
+from toolkit.core.outputs import json_text, write_atomic
 from toolkit.core.spec import ModelSpec, Preprocess
 from toolkit.core.trt.library import has_fp16_flag, import_tensorrt, major_version
+from toolkit.core.validation import POSITIVE
 from toolkit.usecases.bench import benchmark_model
 from toolkit.usecases.parity import ParityOptions, run_parity
 
@@ -149,7 +150,6 @@ def _provider_starts(ort, provider: str) -> dict[str, Any]:
 
 
 def _relu_onnx(path: Path) -> Path:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -157,8 +157,7 @@ def _relu_onnx(path: Path) -> Path:
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return write_atomic(path, model.SerializeToString())
 
 
 def _tensorrt_info() -> dict[str, Any]:
@@ -291,6 +290,7 @@ def run_check(
     """
 
 
+    POSITIVE.check(bench_s, "--bench-seconds")
     statuses = {e.engine: e for e in diagnosis.engines}
     device = device or ("cuda" if diagnosis.torch["cuda_available"] else "cpu")
     names = engines or engine_families()
@@ -339,8 +339,6 @@ def _check_engine(checkpoint: Path, name: str, device: str, bench_s: float) -> E
 
 def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
     """The report as JSON at ``path``, written atomically."""
-    import json
 
-
-    return write_atomic(Path(path), json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return write_atomic(Path(path), json_text(report.to_dict(), default=str))
 

@@ -24,6 +24,7 @@ from toolkit.core.errors import RtkError
 from toolkit.core.metrics import ClassificationReport
 from toolkit.core.outputs import Output, check_outputs
 from toolkit.core.spec import ModelSpec
+from toolkit.core.validation import COUNT, PART, SEED
 from toolkit.usecases.opening import open_engine
 
 
@@ -81,8 +82,7 @@ def evaluate(
     n = len(dataset)
     if n == 0:
         raise RtkError("the evaluation set is empty")
-    if batch_size < 1:
-        raise RtkError(f"batch size must be at least 1, got {batch_size}")
+    COUNT.check(batch_size, "the batch size")
     if engine.max_batch is not None:
         batch_size = min(batch_size, engine.max_batch)
     mapping = label_mapping(class_names, engine.spec) if class_names is not None else None
@@ -138,6 +138,13 @@ class EvalOptions:
     max_samples: int | None = None
     progress: bool = True
     checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
+
+    def __post_init__(self) -> None:
+        for flag, value, rule in (
+            ("--batch-size", self.batch_size, COUNT), ("--val-split", self.val_split, PART), ("--seed", self.seed, SEED),
+            ("--max-samples", self.max_samples, COUNT),
+        ):
+            rule.check(value, flag)
 
 
 @dataclass(frozen=True)

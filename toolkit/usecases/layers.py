@@ -33,7 +33,7 @@ from toolkit.core.checkpoint import Checkpoint, load_checkpoint
 from toolkit.core.errors import RtkError, require
 from toolkit.core.image_sets import judged_set, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision
-from toolkit.core.outputs import write_atomic
+from toolkit.core.outputs import json_text, write_atomic
 from toolkit.core.plots import pyplot, save_figure
 
 if TYPE_CHECKING:
@@ -390,13 +390,10 @@ def plot_layers(report: LayerReport):
 
 def write_layer_report(report: LayerReport, folder: str | os.PathLike) -> list[Path]:
     """``ENGINE.layers.json`` and ``ENGINE.layers.png`` in ``folder`` (made when missing)."""
-    import json
-
-
     folder = Path(folder)
     stem = report.engine.replace("/", "_")
     return [
-        write_atomic(folder / f"{stem}.layers.json", json.dumps(report.to_dict(), indent=2) + "\n"),
+        write_atomic(folder / f"{stem}.layers.json", json_text(report.to_dict())),
         save_figure(plot_layers(report), folder / f"{stem}.layers.png"),
     ]
 

@@ -33,6 +33,7 @@ from toolkit.core.errors import RtkError
 from toolkit.core.image_sets import judged_set, prepare_images
 from toolkit.core.precision import CALIBRATED_PRECISIONS
 from toolkit.core.spec import ArtefactMeta
+from toolkit.core.validation import COUNT, SEED, UsageError
 from toolkit.usecases.opening import open_engine
 
 __all__ = ["DEFAULT_TOLERANCES", "EngineResult", "ParityMetrics", "ParityOptions", "ParityReport", "Tolerance", "compare", "run_parity", "tolerance_for"]
@@ -83,16 +84,18 @@ class ParityOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engines", parse_engines(self.engines))
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
-            raise RtkError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise RtkError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if not self.batch_sizes:
+            raise UsageError("parity needs at least one batch size")
+        for size in self.batch_sizes:
+            COUNT.check(size, "--batch-size")
+        COUNT.check(self.max_samples, "--max-samples")
+        SEED.check(self.seed, "--seed")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise RtkError(f"device must be cpu or cuda[:N], got {self.device!r}")
+            raise UsageError(f"device must be cpu or cuda[:N], got {self.device!r}")
         self.tolerance("fp32")  # the overrides are checked once, up front
         unjudged = [str(e) for e in self.engines if e.precision in CALIBRATED_PRECISIONS]
         if unjudged and self.data is None:
-            raise RtkError(
+            raise UsageError(
                 f"{', '.join(unjudged)} is judged on real images, not random ones; add --data DATA "
                 "(e.g. the data it was calibrated on, whose test split it never saw, or any folder of images)"
             )
@@ -249,10 +252,14 @@ def _measure(engine: "Engine", inputs: _Inputs, options: ParityOptions, fallback
     """One engine's logits on the shared inputs, compared with the reference's."""
     precision = engine.precision
     tol = options.tolerance(precision)
-    random_metrics = compare(inputs.reference, engine.run_batches(inputs.batches), precision, tolerance=tol, judge_top1=judge_random_top1(precision))
+    # finite=False: a candidate's NaN or infinite logits are measured as its failure (compare
+    # counts them), so the report still judges every other engine.
+    random_logits = engine.run_batches(inputs.batches, finite=False)
+    random_metrics = compare(inputs.reference, random_logits, precision, tolerance=tol, judge_top1=judge_random_top1(precision))
     data_metrics = None
     if inputs.data_reference is not None:
-        data_metrics = compare(inputs.data_reference, engine.run_batches(inputs.data_batches), precision, tolerance=tol, labels=inputs.labels)
+        data_logits = engine.run_batches(inputs.data_batches, finite=False)
+        data_metrics = compare(inputs.data_reference, data_logits, precision, tolerance=tol, labels=inputs.labels)
     return EngineResult(engine.name, str(getattr(engine, "path", fallback_artefact)), precision, random_metrics, data_metrics)
 
 

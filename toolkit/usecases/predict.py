@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,13 +20,16 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import Engine, NonFiniteOutput
 from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
 from toolkit.core.errors import RtkError, require
+from toolkit.core.files import readable_folder, stat_for_reading
 from toolkit.core.images import IMAGE_SUFFIXES, describe_ignored, load_image, scan_folder
 from toolkit.core.metrics import ClassificationReport
+from toolkit.core.outputs import json_text
 from toolkit.core.spec import Preprocess
 from toolkit.core.transforms import image_to_array
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO
 
 #: Output formats of :func:`format_predictions`.
 FORMATS = ("json", "jsonl", "csv")
@@ -64,12 +67,8 @@ class PredictOptions:
     strict: bool = False
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise RtkError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise RtkError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise RtkError(f"--workers must be 0 or more, got {self.workers}")
+        for flag, value, rule in (("--top-k", self.top_k, COUNT), ("--batch-size", self.batch_size, COUNT), ("--workers", self.workers, COUNT_OR_ZERO)):
+            rule.check(value, flag)
 
 
 @dataclass(frozen=True)
@@ -211,10 +210,24 @@ def _model_from_config(config: Path) -> str:
         data = tomllib.loads(config.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RtkError(f"{config} is not valid TOML: {exc}") from None
-    value = data.get("predict", {}).get("model", data.get("model"))
-    if not isinstance(value, str) or not value:
+    section = data.get("predict", {})
+    if not isinstance(section, dict):  # predict = "model.pth" where a table belongs
+        raise RtkError(
+            f'{config}: predict must be a table ([predict] with model = "path"), not a {_toml_type(section)}; '
+            'or write model = "path" at the top'
+        )
+    key, value = ("predict.model", section["model"]) if "model" in section else ("model", data.get("model"))
+    if value is None:
         raise RtkError(f'{config} does not name a model; add a line model = "path/to/model.pth"')
+    if not isinstance(value, str) or not value.strip():
+        raise RtkError(f'{config}: {key} must be a path in quotes (model = "path/to/model.pth"), not the {_toml_type(value)} {value!r}')
     return value
+
+
+def _toml_type(value: Any) -> str:
+    """What TOML calls a value's type, for a message."""
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), type(value).__name__)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -256,10 +269,9 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
         RtkError: the path does not exist, or the folder holds no image files.
     """
     path = Path(path)
-    if not path.exists():
-        raise RtkError(f"{path} does not exist")
-    if not path.is_dir():  # one file (a named pipe or device too: load_image says what it is)
+    if not stat.S_ISDIR(stat_for_reading(path).st_mode):  # one file (a pipe or device too: load_image says what it is)
         return ImageInputs(path.parent, [path], [None])
+    readable_folder(path)
     names = set(class_names)
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name in names)
     scans = [scan_folder(path, recursive)]
@@ -353,11 +365,12 @@ def predict(
     class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
     inputs = collect_images(path, class_names, options.recursive)
     files, labels = inputs.files, inputs.labels
-    batch_size = engine_batch_size(engine, options.batch_size)
+    # Never more rows than there are files: -b 100000 on a folder of ten allocates ten.
+    batch_size = max(min(engine_batch_size(engine, options.batch_size), len(files)), engine.min_batch)
     top_k = min(options.top_k, engine.spec.num_classes)
     window = 2 * batch_size + options.workers
     results: list[Prediction | None] = [None] * len(files)
-    batch = np.empty((batch_size, *engine.input_shape), dtype=np.float32)
+    batch = _batch_buffer(batch_size, engine.input_shape)
     members: list[int] = []  # file indices in the current batch
     done = 0
     start = time.perf_counter()
@@ -368,7 +381,7 @@ def predict(
         # A batch smaller than the engine's minimum (a static-batch model) is padded with zeros.
         size = max(n, engine.min_batch)
         batch[n:size] = 0.0
-        logits = engine(batch[:size])[:n]
+        logits = _logits(engine, batch[:size], [files[i] for i in members])[:n]
         for index, row in zip(members, top_k_probs(logits, top_k)):
             results[index] = Prediction(files[index], labels[index], row)
         done += n
@@ -395,6 +408,24 @@ def predict(
         inputs.root, predictions, class_names, engine.name, engine.device, seconds,
         evaluate_predictions(predictions, class_names), inputs.ignored,
     )
+
+
+def _logits(engine: "Engine", batch: np.ndarray, files: Sequence[Path]) -> np.ndarray:
+    """The engine's logits for a batch of ``files``; NaN ones are refused naming the first file without an answer."""
+    try:
+        return engine(batch)
+    except NonFiniteOutput as exc:  # rows past the files are a static batch's zero padding
+        first = next((files[row] for row in exc.rows if row < len(files)), None)
+        raise RtkError(f"{exc} (first: {first})" if first is not None else str(exc)) from None
+
+
+def _batch_buffer(size: int, shape: Sequence[int]) -> np.ndarray:
+    """The reusable input batch; one too large for this machine's memory is one sentence."""
+    try:
+        return np.empty((size, *shape), dtype=np.float32)
+    except MemoryError:
+        gib = size * int(np.prod(shape)) * 4 / 2**30
+        raise RtkError(f"a batch of {size} images of {'×'.join(map(str, shape))} needs {gib:,.1f} GiB, more than this machine can give; lower --batch-size") from None
 
 
 def engine_batch_size(engine: "Engine", asked: int | None) -> int:
@@ -442,14 +473,14 @@ def format_predictions(result: PredictResult, fmt: str) -> str:
     """
     rows = [result.row(p) for p in result.predictions]
     if fmt == "json":
-        return json.dumps({**result.summary(), "predictions": rows}, indent=2) + "\n"
+        return json_text({**result.summary(), "predictions": rows})
     if fmt == "jsonl":
-        return "".join(json.dumps(r) + "\n" for r in rows)
+        return "".join(json_text(r, indent=None) + "\n" for r in rows)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "top_k": json.dumps(r["top_k"])})
+            writer.writerow({**r, "top_k": json_text(r["top_k"], indent=None)})
         return buf.getvalue()
     raise RtkError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

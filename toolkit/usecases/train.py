@@ -32,6 +32,7 @@ from toolkit.core.outputs import Output, check_outputs, write_atomic
 from toolkit.core.plots import pyplot, save_figure
 from toolkit.core.schedule import lr_factor, set_lr
 from toolkit.core.spec import WIDTHS, ModelSpec, Preprocess
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO, INT32_MAX, NON_NEGATIVE, PART, POSITIVE, SEED, Number, UsageError
 from toolkit.usecases.evaluate import evaluate
 from toolkit.usecases.opening import open_engine
 
@@ -175,30 +176,34 @@ def train(options: TrainOptions) -> TrainResult:
         cleanup(ctx)
 
 
+#: Images in a training batch (and per split with ``--max-samples``): BatchNorm needs two.
+TRAINING_BATCH = Number(int, 2, INT32_MAX, why="BatchNorm normalises a training batch by its own statistics, which one image cannot give")
+
+
 def _check_options(o: TrainOptions) -> None:
-    finite = lambda v: v is None or math.isfinite(v)  # noqa: E731 - inf and nan pass every comparison check
+    """Every option against its rule, and the options that exclude each other, before any work.
+
+    Raises:
+        UsageError: naming the flag.
+    """
+    for flag, value, rule in (
+        ("--epochs", o.epochs, COUNT), ("--batch-size", o.batch_size, TRAINING_BATCH), ("--lr", o.lr, POSITIVE),
+        ("--weight-decay", o.weight_decay, NON_NEGATIVE), ("--label-smoothing", o.label_smoothing, PART),
+        ("--warmup-epochs", o.warmup_epochs, NON_NEGATIVE), ("--val-split", o.val_split, PART), ("--seed", o.seed, SEED),
+        ("--max-samples", o.max_samples, TRAINING_BATCH), ("--workers", o.workers, COUNT_OR_ZERO), ("--input-size", o.input_size, COUNT),
+    ):
+        rule.check(value, flag)
     checks = [
-        *((finite(v), f"{flag} must be a finite number, got {v}") for flag, v in (
-            ("--lr", o.lr), ("--weight-decay", o.weight_decay), ("--label-smoothing", o.label_smoothing),
-            ("--warmup-epochs", o.warmup_epochs), ("--val-split", o.val_split))),
-        (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
-        (o.batch_size >= 2, f"--batch-size must be at least 2, got {o.batch_size}: BatchNorm normalises a training batch by its own statistics, which one image cannot give"),
         (o.optimizer in OPTIMIZERS, f"unknown optimizer {o.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (o.freeze in FREEZE, f"unknown --freeze {o.freeze!r}; choose one of {', '.join(FREEZE)}"),
-        (o.lr is None or o.lr > 0, f"--lr must be positive, got {o.lr}"),
-        (o.weight_decay is None or o.weight_decay >= 0, f"--weight-decay must not be negative, got {o.weight_decay}"),
-        (0.0 <= o.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {o.label_smoothing}"),
-        (o.warmup_epochs >= 0, f"--warmup-epochs must not be negative, got {o.warmup_epochs}"),
-        (o.max_samples is None or o.max_samples >= 2, f"--max-samples must be at least 2, got {o.max_samples}: a training batch of one image cannot be normalised by BatchNorm"),
-        (o.workers is None or o.workers >= 0, f"--workers must not be negative, got {o.workers} (0 loads data in the training process)"),
-        (o.seed >= 0, f"--seed must not be negative, got {o.seed}"),
         (o.width is None or o.width in WIDTHS, f"--width must be 16, 32, 48 or 64 (every published ResNet's), got {o.width}"),
+        (o.in_chans is None or o.in_chans in (1, 3), f"--in-chans must be 1 or 3, got {o.in_chans}"),
         (o.freeze == "none" or o.pretrained is not None or o.resume, "--freeze backbone needs --pretrained: a random backbone is not worth freezing"),
         (not (o.resume and o.pretrained), "--resume and --pretrained exclude each other: resume continues the run in --out"),
     ]
     for ok, message in checks:
         if not ok:
-            raise RtkError(message)
+            raise UsageError(message)
     _check_out(o)
 
 
@@ -345,6 +350,7 @@ class _Run:
         if not last.exists():
             raise RtkError(f"nothing to resume: {last} does not exist (train without --resume first, or point --out at the run)")
         ckpt = load_checkpoint(last)
+        ckpt.check_weights()
         if "optimizer" not in ckpt.train or "epoch" not in ckpt.train:
             raise RtkError(f"{last} holds no optimizer state to resume from; start a new run, e.g. with --pretrained {last}")
         if self.o.arch and self.o.arch != ckpt.spec.arch:
@@ -358,6 +364,9 @@ class _Run:
 
     def _pretrained_checkpoint(self) -> "Checkpoint":
         ckpt = load_checkpoint(self.o.pretrained, options=self.o.checkpoint_options)
+        # Before any training: NaN in the starting weights would surface as a diverging loss,
+        # blamed on the learning rate.
+        ckpt.check_weights()
         if self.o.arch and self.o.arch != ckpt.spec.arch:
             raise RtkError(
                 f"{self.o.pretrained} holds a {ckpt.spec.arch}, but --arch {self.o.arch} was asked; "

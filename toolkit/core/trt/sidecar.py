@@ -218,6 +218,12 @@ def write_sidecar(sidecar: EngineSidecar, engine_path: str | os.PathLike) -> Pat
     return write_atomic(sidecar_path(engine_path), text)
 
 
+def has_sidecar(engine_path: str | os.PathLike) -> bool:
+    """Whether an engine file has rtk's sidecar beside it: rtk writes one with every engine it builds,
+    so an engine without one (built by trtexec, say) is not rtk's to replace."""
+    return sidecar_path(engine_path).is_file()
+
+
 def read_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
     """Read and validate the sidecar of ``engine_path``.
 
