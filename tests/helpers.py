@@ -19,6 +19,7 @@ from toolkit.core.checkpoint import save_checkpoint
 from toolkit.core.models import create_model
 from toolkit.core.spec import METADATA_KEY, ModelSpec, Preprocess
 from toolkit.usecases.opening import open_engine
+from toolkit.core.errors import install_hint
 
 # Narrow (a quarter of resnet18's channels): the same graph, a sixteenth of the weights and compute.
 TINY_SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"c{i}" for i in range(10)), stem="small", width=16)
@@ -68,7 +69,7 @@ def tensorrt_skip_reason() -> str | None:
     reason to skip, like no install at all: those tests verify TensorRT, not the install.
     """
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'rtk[trt]')"
+        return f"TensorRT is not installed ({install_hint('trt')})"
     try:
         import tensorrt  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - whatever a broken install raises
