@@ -9,9 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from exporters.trt import BuildOptions, build_engine, onnx_weight_precision, parse_workspace
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import EnginePrecision
 from toolkit.core.console import console
 from toolkit.core.outputs import Output, check_outputs
+from toolkit.core.trt.library import import_tensorrt
 from toolkit.core.trt.sidecar import read_sidecar, sidecar_path
 
 
@@ -22,7 +24,7 @@ class ProfilingVerbosity(str, Enum):
 
 
 def build(
-    onnx: Annotated[Path, typer.Argument(help="An ONNX file exported by `rtk export` (fp32, fp16, or int8 QDQ: MODEL.int8.onnx).")],
+    onnx: Annotated[Path, typer.Argument(help="An ONNX file: exported by `rtk export` (fp32, fp16, or int8 QDQ: MODEL.int8.onnx), or by another tool (its spec read from the graph and the options below).")],
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Engine path [default: MODEL.engine for fp16, MODEL.fp32.engine for fp32]."),
@@ -56,6 +58,10 @@ def build(
     device: Annotated[
         Optional[str], typer.Option(help="GPU to build on, e.g. cuda:1 [default: the current CUDA device]; the engine runs on that GPU family.")
     ] = None,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
 
@@ -82,7 +88,9 @@ def build(
         builder_optimization_level=builder_optimization_level,
         profiling_verbosity=profiling_verbosity.value,
     )
-    print_built(build_engine(onnx, output, options, device=device))
+    import_tensorrt("building a TensorRT engine")  # the likeliest refusal, before the graph is read
+    meta = onnx_meta(onnx, input_size, class_names, mean, std)
+    print_built(build_engine(onnx, output, options, device=device, meta=meta))
 
 
 def print_built(path: Path) -> None:

@@ -12,9 +12,12 @@ from exporters.int8 import DEFAULT_CALIB_SAMPLES, CalibOptions
 from exporters.onnx import ExportOptions, export_onnx
 from exporters.trt import build_engine
 from toolkit.cli.build import print_built
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import OnnxPrecision, TrustPickleOption, Weights, WeightsOption, check_finite, checkpoint_options
+from toolkit.core.artefacts import ONNX_SUFFIXES, artefact_suffix
 from toolkit.core.console import console, info
-from toolkit.core.errors import RtkError, require
+from toolkit.core.errors import RtkError
+from toolkit.core.trt.library import import_tensorrt
 
 
 class CalibMethod(str, Enum):
@@ -36,7 +39,7 @@ FILE_KINDS = {
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, transformers, mmpretrain, .safetensors, TorchScript, .pt2, a Hugging Face model folder…).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, transformers, mmpretrain, .safetensors, TorchScript, .pt2, a Hugging Face model folder…); or an fp32 ONNX file to quantize (--precision int8).")],
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Destination file or folder. Default: MODEL.onnx (and MODEL.fp16.onnx) next to the checkpoint.")
     ] = None,
@@ -82,10 +85,15 @@ def export(
     trt: Annotated[bool, typer.Option("--trt", help="Then build the fp16 TensorRT engine (MODEL.engine), as `rtk build` does with its defaults.")] = False,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Export a checkpoint to ONNX, checked by the ONNX checker and by a parity run against eager PyTorch.
 
-    The file appears only once it has passed: a failed check leaves nothing behind. The int8
+    The file appears only once it has passed: a failed check leaves nothing behind. An fp32 ONNX file
+    (another tool's too) can be quantized to int8 the same way, checked against itself on ONNX Runtime. The int8
     files are judged on real images held out of calibration: top-1 agreement and accuracy drop
     against eager fp32 where they carry the model's classes, top-1 agreement and cosine where not.
     """
@@ -115,9 +123,14 @@ def export(
         console.print(line, highlight=False)
 
     if trt:  # fail before a long export, not after it
-
-        require("tensorrt", "--trt")
-    info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
-    paths = export_onnx(checkpoint, output, options, on_checked=report)
+        import_tensorrt("--trt")
+    # An ONNX file can only be quantized: anything else is refused by export_onnx, before its spec is read.
+    from_onnx = artefact_suffix(checkpoint) in ONNX_SUFFIXES
+    meta = onnx_meta(checkpoint, input_size, class_names, mean, std) if options.precision == "int8" or not from_onnx else None
+    if from_onnx and options.precision == "int8":
+        info(f"quantizing {checkpoint} to int8, checked against itself on ONNX Runtime fp32")
+    elif not from_onnx:
+        info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
+    paths = export_onnx(checkpoint, output, options, on_checked=report, meta=meta)
     if trt:
         print_built(build_engine(paths[0]))
