@@ -165,7 +165,7 @@ def plot(report: dict[str, Any]):
         color = colors[i % len(colors)]
         bs = [r["batch_size"] for r in rows]
         ax_t.plot(bs, [r["throughput_ips"] for r in rows], marker="o", color=color, label=label)
-        ax_l.plot(bs, [r["latency_ms"]["p50"] for r in rows], marker="o", color=color, label=f"{label} p50")
+        ax_l.plot(bs, [r["latency_ms"]["p50"] for r in rows], marker="o", color=color, label=label)
         ax_l.fill_between(
             bs, [r["latency_ms"]["p50"] for r in rows], [r["latency_ms"]["p99"] for r in rows], color=color, alpha=0.15
         )
@@ -182,16 +182,32 @@ def plot(report: dict[str, Any]):
     ax_t.set_ylim(bottom=0)  # a cut axis exaggerates differences
     ax_t.set_title("throughput")
     ax_l.set_yscale("log")
-    ax_l.set_ylabel("latency per batch, ms (p50 solid, p90 dotted, p99 dashed)")
+    ax_l.set_ylabel("latency per batch, ms")
     ax_l.set_title("latency percentiles")
     if series:
         ax_t.legend(fontsize=8)
+        _latency_legend(ax_l)
     env = report["environment"]
     fig.suptitle(
         f"{report['model'].get('arch') or report['model']['name']} on {env['device_name']}, {env['cpu']['threads']} threads",
         fontsize=11,
     )
     return fig
+
+
+def _latency_legend(ax) -> None:
+    """The latency panel's key: each engine's colour, then what the line styles and the shaded band mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    engines, labels = ax.get_legend_handles_labels()
+    styles = [
+        Line2D([], [], color="grey", marker="o", label="p50 (median)"),
+        Line2D([], [], color="grey", linestyle=":", label="p90"),
+        Line2D([], [], color="grey", linestyle="--", label="p99"),
+        Patch(color="grey", alpha=0.15, label="shaded: p50 to p99 (49% of the calls; 1% are slower still)"),
+    ]
+    ax.legend(engines + styles, labels + [h.get_label() for h in styles], fontsize=8)
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
