@@ -280,3 +280,21 @@ def test_measures_that_are_reported_but_not_judged_are_marked(model_dir, cli):
     assert rows["top-1 agreement"].rstrip(" │").endswith("*")  # near-ties of random inputs: reported only
     assert not rows["cosine (min)"].rstrip(" │").endswith("*")
     assert "* reported, not judged: the verdict rests on the other measures" in " ".join(result.stdout.split())
+
+
+def test_a_checkpoint_without_class_names_says_how_the_folders_were_taken(cli, tmp_path):
+    from PIL import Image
+
+    from helpers import noise_image
+
+    nameless = make_checkpoint(tmp_path / "nameless.pth", ModelSpec(arch="resnet18", num_classes=3, stem="small", width=16), PRE)
+    rng = np.random.default_rng(1)
+    for name in ("cat", "dog", "fox"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(noise_image(rng, 32, 32)).save(tmp_path / "photos" / name / f"{i}.png")
+    result = cli("parity", nameless, "-e", "ort", "-b", "2", "--data", tmp_path / "photos")
+    assert result.exit_code == 0, result.output
+    assert "the model has no class names, so the data's 3 classes in sorted order (cat, dog, fox)" in " ".join(result.stderr.split())
+    assert "only 9 images judged" in result.stderr and "real images judged: 9" in result.stdout
+    assert "accuracy (Δ)" in result.stdout  # scored, with the assumption said

@@ -183,7 +183,7 @@ def _print(report, console) -> None:
                     highlight=False,
                 )
     if report.images:
-        console.print(f"real images judged: {report.images} ({report.data_source})", highlight=False, markup=False)
+        console.print(f"real images judged: {report.images}", highlight=False, markup=False)
     if report.passed:
         console.print(f"[green]all {len(report.results)} engine(s) match the reference[/green]", highlight=False)
 
