@@ -436,7 +436,6 @@ def _add_metadata(
 ) -> None:
     import torch
 
-
     record: dict[str, Any] = {
         "spec": ckpt.spec.to_dict(),
         "preprocess": ckpt.preprocess.to_dict(),
