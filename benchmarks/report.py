@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import BenchResult
-from toolkit.core.errors import RtkError
-from toolkit.core.outputs import write_atomic
+from toolkit.core.outputs import check_output_folder, write_atomic
 from toolkit.core.plots import pyplot, save_figure
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -219,17 +218,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
         RtkError: ``out_dir`` is a file, lies under a file, or its nearest existing folder
             cannot be written.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RtkError(f"--out {out} is a file; give a folder for the report files")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RtkError(f"--out {out} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RtkError(f"--out {out} cannot be written: no permission to write in {existing}")
-    return out
+    return check_output_folder(out_dir, "--out")
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str | None = None) -> list[Path]:

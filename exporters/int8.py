@@ -305,7 +305,6 @@ class Int8Quantizer:
         """
         import onnx
 
-
         signed = layout == "s8"
         reader = None
         if not self.cache.exists():

@@ -48,7 +48,6 @@ def print_error(message: str) -> None:
     """One red ``error:`` line on stderr."""
     from rich.markup import escape
 
-
     # Escaped: messages hold text like pip install 'resnet-toolkit[trt]' that rich would eat as markup.
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 

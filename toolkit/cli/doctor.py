@@ -75,7 +75,6 @@ def _print_diagnosis(diagnosis) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-
     env, torch_info, ort, trt = diagnosis.environment, diagnosis.torch, diagnosis.onnxruntime, diagnosis.tensorrt
     lines = [
         f"python {env['python']} on {env['os']}, {env['cpu']['model']} ({env['cpu']['cores']} cores)",
@@ -117,7 +116,6 @@ def _print_diagnosis(diagnosis) -> None:
 def _print_check(report, path: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
-
 
     table = Table(title=f"rtk doctor --check on {report.model['device']}", title_justify="left")
     for column in ("engine", "result", "max abs err", "top-1 agree", "images/s (batch 1 / 4)", "why"):

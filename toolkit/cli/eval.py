@@ -92,7 +92,6 @@ def eval_command(
 def _print_tables(result) -> None:
     from rich.table import Table
 
-
     report = result.report
     console.print(
         f"[bold]{result.model}[/bold] ({result.engine}) on {result.data} ({result.split}, {report.total} images): "

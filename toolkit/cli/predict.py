@@ -177,7 +177,6 @@ def _render_table(result: "PredictResult") -> str:
     from rich.console import Console
     from rich.table import Table
 
-
     buf = Console(record=True, width=console.width if console.is_terminal else 120, file=_Null())
     table = Table(title=f"{result.classified} image(s) in {result.root}", title_justify="left")
     labelled = any(p.label is not None for p in result.predictions)

@@ -207,7 +207,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the destination folder, then rename into place."""
     import torch
 
-
     with staged(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
         fh.flush()

@@ -424,7 +424,6 @@ def _readable(paths: list[Path]) -> list[Path]:
     """
     from PIL import Image
 
-
     good = []
     for path in paths:
         try:

@@ -295,7 +295,6 @@ def check_model(folder: Path) -> Path:
     """A small real checkpoint (ResNet-18, small stem, 32×32 RGB, 10 classes, BatchNorm statistics set)."""
     import torch
 
-
     spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"class{i}" for i in range(10)), stem="small")
     pre = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     generator = torch.Generator().manual_seed(0)
@@ -328,7 +327,6 @@ def run_check(
     Returns:
         The report; ``report.passed`` is false when an engine that should run failed.
     """
-
 
     statuses = {e.engine: e for e in diagnosis.engines}
     device = device or ("cuda" if diagnosis.torch["cuda_available"] else "cpu")
@@ -381,7 +379,6 @@ def _check_engine(checkpoint: Path, name: str, device: str, bench_s: float) -> E
 def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
     """The report as JSON at ``path``, written atomically."""
     import json
-
 
     return write_atomic(Path(path), json.dumps(report.to_dict(), indent=2, default=str) + "\n")
 

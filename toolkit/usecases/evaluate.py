@@ -45,6 +45,19 @@ def label_mapping(data_classes: Sequence[str], spec: ModelSpec) -> np.ndarray:
     return np.asarray(match.mapping, dtype=np.int64)
 
 
+def evaluation_batch_size(n: int, batch_size: int, engine: Engine) -> int:
+    """Images per engine call when scoring ``n`` images: ``batch_size``, capped at what the engine takes.
+
+    Raises:
+        RtkError: nothing to score, or a batch size below 1.
+    """
+    if n == 0:
+        raise RtkError("the evaluation set is empty")
+    if batch_size < 1:
+        raise RtkError(f"batch size must be at least 1, got {batch_size}")
+    return min(batch_size, engine.max_batch) if engine.max_batch is not None else batch_size
+
+
 def evaluate(
     engine: "Engine",
     dataset: Any,
@@ -68,14 +81,8 @@ def evaluate(
     """
     import torch
 
-
     n = len(dataset)
-    if n == 0:
-        raise RtkError("the evaluation set is empty")
-    if batch_size < 1:
-        raise RtkError(f"batch size must be at least 1, got {batch_size}")
-    if engine.max_batch is not None:
-        batch_size = min(batch_size, engine.max_batch)
+    batch_size = evaluation_batch_size(n, batch_size, engine)
     mapping = label_mapping(class_names, engine.spec) if class_names is not None else None
     labels = np.empty(n, dtype=np.int64)
     predictions = np.empty(n, dtype=np.int64)

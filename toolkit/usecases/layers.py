@@ -31,7 +31,7 @@ from exporters.prepare import prepare
 from toolkit.core.errors import RtkError, require
 from toolkit.core.image_sets import judged_set, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision
-from toolkit.core.outputs import write_atomic
+from toolkit.core.outputs import check_output_folder, write_atomic
 from toolkit.core.plots import pyplot, save_figure
 from toolkit.usecases.parity import candidate_request, reference_for
 
@@ -149,7 +149,6 @@ def ort_runner(path: Path, names: Sequence[str], provider: str = "cpu", threads:
         RtkError: onnxruntime missing, or the graph cannot be loaded.
     """
     import onnx
-
 
     ort = require("onnxruntime", "rtk parity --layers")
     options = ort.SessionOptions()
@@ -300,15 +299,7 @@ def check_folder(folder: str | os.PathLike) -> Path:
     Raises:
         RtkError: one sentence naming the file in the way.
     """
-    folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RtkError(f"--layers {folder} cannot be a folder: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RtkError(f"--layers {folder} cannot be written: no permission to write in {existing}")
-    return folder
+    return check_output_folder(folder, "--layers")
 
 
 def layer_reports(
@@ -399,7 +390,6 @@ def plot_layers(report: LayerReport):
 def write_layer_report(report: LayerReport, folder: str | os.PathLike) -> list[Path]:
     """``ENGINE.layers.json`` and ``ENGINE.layers.png`` in ``folder`` (made when missing)."""
     import json
-
 
     folder = Path(folder)
     stem = report.engine.replace("/", "_")

@@ -40,7 +40,7 @@ from toolkit.core.metrics import ClassificationReport
 from toolkit.core.ray_cluster import Cluster, RayOptions, connect, quiet_console, ray_module
 from toolkit.core.spec import Preprocess
 from toolkit.core.transforms import image_to_array
-from toolkit.usecases.evaluate import EvalOptions, EvalResult, evaluate_artefact, label_mapping
+from toolkit.usecases.evaluate import EvalOptions, EvalResult, evaluate_artefact, evaluation_batch_size, label_mapping
 from toolkit.usecases.opening import open_engine
 from toolkit.usecases.predict import (
     Prediction,
@@ -150,12 +150,7 @@ def score_on_ray(
 
     data = source.split(split)
     n = len(data)
-    if n == 0:
-        raise RtkError("the evaluation set is empty")
-    if batch_size < 1:
-        raise RtkError(f"batch size must be at least 1, got {batch_size}")
-    if engine.max_batch is not None:
-        batch_size = min(batch_size, engine.max_batch)
+    batch_size = evaluation_batch_size(n, batch_size, engine)
     mapping = label_mapping(source.class_names, engine.spec)
     rows = _split_rows(data)
     predictions = np.full(n, -1, dtype=np.int64)
