@@ -116,7 +116,7 @@ def _file_set(files: Sequence[Path], description: str, labels: Sequence[int] | N
 def _folder_set(folder: ImageFolder, split: str | None) -> ImageSet:
     """One split of a folder (the whole folder for ``None``) as an image set, labelled where the folder is."""
     files, labels = folder.part(split)
-    return _file_set(files, f"{folder.describe(split)}", labels, folder.class_names)
+    return _file_set(files, folder.describe(split), labels, folder.class_names)
 
 
 def _collection(data: str | os.PathLike) -> "ImageFolder | list[Path] | None":
@@ -156,10 +156,9 @@ def calibration_pool(data: str | os.PathLike, input_size: int, samples: int, see
         pool = ImageSet(source.splits[train], source.class_names, f"{source.name} ({train})")
         held = ImageSet(source.splits[judge], source.class_names, f"{source.name} ({judge})") if judge else None
         return pool, held
-    if isinstance(found, ImageFolder) and found.layout == "splits":
-        train = "train"
-        judge = found.judged_split if found.judged_split != "train" else None
-        return _folder_set(found, train), (_folder_set(found, judge) if judge else None)
+    if isinstance(found, ImageFolder) and found.layout == "splits":  # calibrate on train, judge on test (else val)
+        judge = found.judged_split
+        return _folder_set(found, "train"), (_folder_set(found, judge) if judge else None)
     if isinstance(found, ImageFolder):
         everything, kind = _folder_set(found, None), found.describe()
     else:

@@ -197,7 +197,7 @@ def candidate_request(reference: Reference, name: EngineName, options: "ParityOp
     path = reference.path
     if name.runtime == "eager":
         raise RtkError(f"{name} runs a PyTorch checkpoint, and {path.name} is an ONNX file; compare the runtimes that run it (ort…, ov…, trt…)")
-    if given is None and name.precision in ("fp16", "int8") and not (name.precision == "fp16" and (name.provider == "trt" or name.runtime in ("trt", "ov"))):
+    if given is None and _runs_own_file(name):
         given = onnx_path_for(path, name.precision)
         if not given.exists():
             make = (
@@ -206,6 +206,15 @@ def candidate_request(reference: Reference, name: EngineName, options: "ParityOp
             )
             raise RtkError(f"{name} runs {given.name}, which is not beside {path.name}; {make}")
     return EngineRequest.of(given or path, name, device=options.device, meta=reference.meta)
+
+
+def _runs_own_file(name: EngineName) -> bool:
+    """Whether an engine runs an ONNX file of its own precision rather than the fp32 one: every int8
+    engine (a calibrated file), and fp16 on ONNX Runtime's CPU and CUDA providers. TensorRT, its ONNX
+    Runtime provider and OpenVINO make their fp16 from the fp32 graph."""
+    if name.precision == "int8":
+        return True
+    return name.precision == "fp16" and name.runtime == "ort" and name.provider != "trt"
 
 
 def _open_candidate(reference: Reference, name: EngineName, options: "ParityOptions") -> Engine:
