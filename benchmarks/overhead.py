@@ -171,7 +171,6 @@ def fixed_cost_us(checkpoint: Path, batch_size: int = 1, iters: int = 2000) -> d
     import numpy as np
     import torch
 
-
     ckpt = load_checkpoint(checkpoint)
     x = np.zeros((batch_size, ckpt.spec.in_chans, *ckpt.preprocess.input_size), dtype=np.float32)
     xt = torch.from_numpy(x)

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import BenchResult
-from toolkit.core.errors import RtkError
-from toolkit.core.outputs import write_atomic
+from toolkit.core.outputs import check_output_folder, write_atomic
 from toolkit.core.plots import pyplot, save_figure
 from toolkit.core.validation import check_name
 
@@ -166,7 +165,7 @@ def plot(report: dict[str, Any]):
         color = colors[i % len(colors)]
         bs = [r["batch_size"] for r in rows]
         ax_t.plot(bs, [r["throughput_ips"] for r in rows], marker="o", color=color, label=label)
-        ax_l.plot(bs, [r["latency_ms"]["p50"] for r in rows], marker="o", color=color, label=f"{label} p50")
+        ax_l.plot(bs, [r["latency_ms"]["p50"] for r in rows], marker="o", color=color, label=label)
         ax_l.fill_between(
             bs, [r["latency_ms"]["p50"] for r in rows], [r["latency_ms"]["p99"] for r in rows], color=color, alpha=0.15
         )
@@ -183,16 +182,32 @@ def plot(report: dict[str, Any]):
     ax_t.set_ylim(bottom=0)  # a cut axis exaggerates differences
     ax_t.set_title("throughput")
     ax_l.set_yscale("log")
-    ax_l.set_ylabel("latency per batch, ms (p50 solid, p90 dotted, p99 dashed)")
+    ax_l.set_ylabel("latency per batch, ms")
     ax_l.set_title("latency percentiles")
     if series:
         ax_t.legend(fontsize=8)
+        _latency_legend(ax_l)
     env = report["environment"]
     fig.suptitle(
         f"{report['model'].get('arch') or report['model']['name']} on {env['device_name']}, {env['cpu']['threads']} threads",
         fontsize=11,
     )
     return fig
+
+
+def _latency_legend(ax) -> None:
+    """The latency panel's key: each engine's colour, then what the line styles and the shaded band mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    engines, labels = ax.get_legend_handles_labels()
+    styles = [
+        Line2D([], [], color="grey", marker="o", label="p50 (median)"),
+        Line2D([], [], color="grey", linestyle=":", label="p90"),
+        Line2D([], [], color="grey", linestyle="--", label="p99"),
+        Patch(color="grey", alpha=0.15, label="shaded: p50 to p99 (49% of the calls; 1% are slower still)"),
+    ]
+    ax.legend(engines + styles, labels + [h.get_label() for h in styles], fontsize=8)
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -204,17 +219,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
         RtkError: ``out_dir`` is a file, lies under a file, or its nearest existing folder
             cannot be written.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RtkError(f"--out {out} is a file; give a folder for the report files")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RtkError(f"--out {out} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RtkError(f"--out {out} cannot be written: no permission to write in {existing}")
-    return out
+    return check_output_folder(out_dir, "--out")
 
 
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike, name: str | None = None) -> list[Path]:

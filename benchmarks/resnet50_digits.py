@@ -49,7 +49,6 @@ def make(path: Path, seed: int = 0) -> float:
     """Write the checkpoint; returns its test accuracy on the digits."""
     import torch
 
-
     torch.manual_seed(seed)
     source = resolve_data("digits", input_size=224)
     spec = ModelSpec(arch="resnet50", num_classes=10, class_names=source.class_names, in_chans=3, stem="imagenet")

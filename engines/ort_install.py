@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from toolkit.core.errors import RtkError
+from toolkit.core.errors import RtkError, install_hint
 from toolkit.core.trt.library import import_tensorrt, major_version
 
 
@@ -75,7 +75,7 @@ def ort_conflict() -> str | None:
     listed = " and ".join(f"{name} {version}" for name, version in found)
     return (
         f"{listed} are installed together and overwrite each other's onnxruntime module, so its GPU providers may be "
-        f"missing; keep one: pip uninstall -y {' '.join(names)} && pip install onnxruntime-gpu (or onnxruntime for the CPU)"
+        f"missing; keep one: pip uninstall -y {' '.join(names)} && {install_hint('gpu')} (the cpu extra for the CPU)"
     )
 
 
@@ -85,5 +85,5 @@ def gpu_install_hint() -> str:
     if conflict is not None:
         return conflict
     if any(name == "onnxruntime" for name, _ in installed_ort_distributions()):
-        return "install onnxruntime-gpu in place of the CPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
-    return "install onnxruntime-gpu: pip install 'rtk[gpu]'"
+        return f"install onnxruntime-gpu in place of the CPU build: pip uninstall -y onnxruntime && {install_hint('gpu')}"
+    return f"install onnxruntime-gpu: {install_hint('gpu')}"

@@ -42,6 +42,7 @@ from toolkit.core.console import ProgressBar, warn
 from toolkit.core.errors import RtkError, first_line, require
 from toolkit.core.image_sets import ImageSet, calibration_draw, calibration_pool, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
+from toolkit.core.spec import ArtefactMeta
 from toolkit.core.validation import COUNT, SEED, Number, UsageError
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class CalibrationSet:
         return line + f" ({self.asked} asked: the split has {self.available})"
 
 
-def calibration_images(ckpt: "Checkpoint", options: CalibOptions) -> CalibrationSet:
+def calibration_images(ckpt: "Checkpoint | ArtefactMeta", options: CalibOptions) -> CalibrationSet:
     """Draw ``options.samples`` images (seeded) to calibrate on, prepared like the model's inputs.
 
     Raises:
@@ -305,7 +306,6 @@ class Int8Quantizer:
             RtkError: onnxruntime fails to calibrate or quantize the graph.
         """
         import onnx
-
 
         signed = layout == "s8"
         reader = None

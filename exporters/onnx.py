@@ -32,7 +32,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from engines.eager import EagerEngine
 from engines.ort import OrtEngine
@@ -40,16 +40,43 @@ from exporters.fp16 import check_fp16_compute, to_fp16
 from exporters.int8 import CalibOptions, Int8Quantizer, calibration_images, export_hint
 from exporters.mixed_precision import Judge, keep_within
 from toolkit import __version__
-from toolkit.core.artefacts import onnx_path_for, sha256_file, u8_path_for
-from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, chosen_weights, load_model
-from toolkit.core.compare import ParityMetrics, Tolerance, compare, judge_random_top1, random_batches, tolerance_for
+from toolkit.core.artefacts import (
+    ONNX_SUFFIXES,
+    artefact_suffix,
+    onnx_path_for,
+    sha256_file,
+    u8_path_for,
+)
+from toolkit.core.checkpoint import (
+    Checkpoint,
+    CheckpointOptions,
+    chosen_weights,
+    load_model,
+)
+from toolkit.core.compare import (
+    ParityMetrics,
+    Tolerance,
+    compare,
+    judge_random_top1,
+    random_batches,
+    tolerance_for,
+)
 from toolkit.core.console import info, warn
 from toolkit.core.errors import RtkError, first_line, require
 from toolkit.core.files import stat_for_reading
 from toolkit.core.image_sets import few_judged_warning, judged_set, prepare_images
-from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
+from toolkit.core.onnx_graph import (
+    foreign_onnx_error,
+    load_onnx_graph,
+    metadata_dict,
+    onnx_precision,
+)
 from toolkit.core.outputs import Output, check_outputs, staged
-from toolkit.core.precision import CALIBRATED_PRECISIONS, ONNX_PRECISIONS, check_precision
+from toolkit.core.precision import (
+    CALIBRATED_PRECISIONS,
+    ONNX_PRECISIONS,
+    check_precision,
+)
 from toolkit.core.spec import METADATA_KEY, ArtefactMeta
 from toolkit.core.validation import COUNT, UsageError
 
@@ -155,14 +182,20 @@ def export_onnx(
     output: str | os.PathLike | None = None,
     options: ExportOptions | None = None,
     on_checked=None,
+    meta: ArtefactMeta | None = None,
 ) -> list[Path]:
-    """Export a checkpoint (rtk or foreign) to checked ONNX file(s).
+    """Export a checkpoint (rtk or foreign) to checked ONNX file(s), or quantize an fp32 ONNX file to int8.
+
+    An ONNX file given in place of the checkpoint (another tool's, say) can only be made int8: its
+    graph is quantized as it is, and the check's reference is that file on ONNX Runtime in fp32.
 
     Args:
-        checkpoint_path: the ``.pth``/``.pt`` file.
+        checkpoint_path: the ``.pth``/``.pt`` file, a Hub folder, or an fp32 ``.onnx`` for int8.
         output: destination file (or folder); default next to the checkpoint.
         options: precision, opset, exporter, the check and its data (:class:`ExportOptions`).
         on_checked: called as ``on_checked(path, precision, metrics)`` after each file passes.
+        meta: the spec and preprocessing of an ONNX file that carries none
+            (:func:`toolkit.core.foreign_onnx.foreign_meta`).
 
     Returns:
         The files written, fp32 first.
@@ -174,24 +207,25 @@ def export_onnx(
 
     options = options or ExportOptions()
     checkpoint_path = Path(checkpoint_path)
+    from_onnx = artefact_suffix(checkpoint_path) in ONNX_SUFFIXES
+    if from_onnx:
+        _check_onnx_export(checkpoint_path, options)
     outputs = _output_paths(checkpoint_path, Path(output) if output is not None else None, options.precisions)
     check_outputs(
         [Output(p, "--output", (".onnx",), "ONNX", written_by_rtk=exported_by_rtk) for p in outputs.values()],
         [checkpoint_path, options.data],
     )
-    model, ckpt = load_model(checkpoint_path, options=options.checkpoint_options)
+    source = _onnx_source(checkpoint_path, meta) if from_onnx else _checkpoint_source(checkpoint_path, options)
     for path in outputs.values():
         _check_writable(path)
     calib = None
     if "int8" in options.precisions:  # before the check's images: a bad --calib is the likelier mistake
-
-        calib = calibration_images(ckpt, options.calib)
+        calib = calibration_images(source.meta, options.calib)
         info(calib.summary())
-    inputs = _check_inputs(ckpt, options, calib) if options.check else None
-    if calib is not None and inputs is not None:
-        _announce_judged(inputs)
-    digest = sha256_file(checkpoint_path)  # recorded in every file, and the key of the trace kept for reuse
-    traced = _trace_once(model, ckpt, digest, options)  # fp16 and int8 are made from the fp32 graph
+    inputs = _check_inputs(source, options, calib) if options.check else None
+    if inputs is not None and inputs.images is not None:
+        _announce_judged(inputs, "the int8 files" if calib is not None else "the ONNX files")
+    traced = source.trace(options)  # fp16 and int8 are made from the fp32 graph
     quantized = _quantize(traced, calib, options, inputs) if calib is not None else {}
     checked = []
     # Every file is staged until all have passed: with --precision all, a failed fp16 check must
@@ -199,20 +233,98 @@ def export_onnx(
     with contextlib.ExitStack() as stack:
         for key, path in outputs.items():
             tmp = stack.enter_context(staged(path))
-            checked.append((path, key, _export_one(traced, digest, ckpt, key, tmp, path, options, inputs, quantized.get(key))))
+            checked.append((path, key, _export_one(traced, source, key, tmp, path, options, inputs, quantized.get(key))))
     if on_checked is not None:
         for path, key, metrics in checked:
             on_checked(path, key, metrics)
     return [path for path, _, _ in checked]
 
 
-def _announce_judged(inputs: "_CheckInputs") -> None:
-    """Say what judges the int8 files, and warn when it is too few images to mean much."""
+@dataclass(frozen=True)
+class _Source:
+    """What an export reads: the model's spec and preprocess, its fp32 reference, its fp32 graph,
+    and what every file written records of where it came from.
+
+    Attributes:
+        path: the checkpoint (or Hub folder), or the fp32 ONNX file quantized as it is.
+        meta: spec and preprocess.
+        reference: opens the engine the files are checked against (eager fp32, or the ONNX file on ONNX Runtime).
+        trace: the fp32 graph, given the export options.
+        record: the metadata keys saying where the files came from (``checkpoint_sha256``…).
+        reference_name: the reference, in messages.
+    """
+
+    path: Path
+    meta: ArtefactMeta
+    reference: Callable[[], Any]
+    trace: Callable[[ExportOptions], "onnx.ModelProto"]
+    record: dict[str, Any]
+    reference_name: str = "eager PyTorch"
+
+
+def _checkpoint_source(path: Path, options: ExportOptions) -> _Source:
+    model, ckpt = load_model(path, options=options.checkpoint_options)
+    digest = sha256_file(path)  # recorded in every file, and the key of the trace kept for reuse
+    record: dict[str, Any] = {
+        "checkpoint": ckpt.path.name if ckpt.path else None, "checkpoint_sha256": digest, "checkpoint_source": ckpt.source,
+        "weights": ckpt.weights, "weights_available": list(ckpt.weights_available),
+    }  # fmt: skip
+    if options.checkpoint_options.trust_pickle:
+        record["checkpoint_pickle_trusted"] = True
+    if ckpt.source == "foreign":  # where a foreign file's preprocessing was read, for `rtk inspect MODEL.onnx`
+        record["preprocess_sources"] = ckpt.sources
+    meta = ArtefactMeta(ckpt.spec, ckpt.preprocess)
+    return _Source(
+        path, meta, lambda: EagerEngine(ckpt.build_model(), ckpt.spec, ckpt.preprocess),
+        lambda opts: _trace_once(model, meta, digest, opts), record,
+    )  # fmt: skip
+
+
+def _check_onnx_export(path: Path, options: ExportOptions) -> None:
+    """An ONNX file in place of a checkpoint: it can be quantized to int8, and nothing else can be made of it."""
+    if options.precision != "int8":
+        raise RtkError(
+            f"{path} already is an ONNX file, and rtk export makes ONNX files from a checkpoint; run it as it is "
+            f"(rtk parity {path}, rtk bench {path}, rtk predict DIR -m {path}, rtk build {path} for TensorRT), or quantize "
+            f"it with `rtk export {path} --precision int8 --calib DATA`"
+        )
+
+
+def _onnx_source(path: Path, meta: ArtefactMeta | None) -> _Source:
+    """An fp32 ONNX file as the source of an int8 export: its graph quantized as it is, checked against itself on ONNX Runtime."""
+    import onnx
+
+    graph = load_onnx_graph(path)
+    stored = metadata_dict(graph)
+    if stored is None and meta is None:
+        raise foreign_onnx_error(path)
+    meta = ArtefactMeta.from_dict(stored) if stored is not None else meta
+    precision = onnx_precision(graph)
+    if precision != "fp32":
+        raise RtkError(f"{path} holds {precision} weights; int8 is calibrated from an fp32 graph, so give the fp32 ONNX file")
+    digest = sha256_file(path)
+    record: dict[str, Any] = {"source_onnx": path.name, "source_onnx_sha256": digest}
+    record.update({k: v for k, v in (stored or {}).items() if k.startswith(("checkpoint", "weights", "preprocess_sources"))})
+
+    def trace(options: ExportOptions) -> "onnx.ModelProto":
+        try:
+            return onnx.load(str(path))  # with its external weights: the quantizer needs them
+        except Exception as exc:  # protobuf's and onnx's own errors
+            raise RtkError(f"{path} cannot be read whole ({type(exc).__name__}: {first_line(exc, 200)})") from None
+
+    return _Source(path, meta, lambda: OrtEngine(path, meta=meta, precision="fp32"), trace, record, f"{path.name} on ONNX Runtime fp32")
+
+
+def _announce_judged(inputs: "_CheckInputs", what: str) -> None:
+    """Say how many images judge the files and by what, and warn when they are too few to mean much."""
 
     count = sum(len(b) for b in inputs.images)
     how = "accuracy and top-1 agreement" if inputs.labels is not None else f"top-1 agreement and cosine, no accuracy ({inputs.unlabelled_reason})"
-    info(f"judging the int8 files on {inputs.source}, none of them calibrated on: by {how}")
-    warning = few_judged_warning(count, "the int8 files")
+    unseen = ", none of them calibrated on" if what == "the int8 files" else ""
+    info(f"judging {what} on {inputs.source}{unseen}: by {how}")
+    if inputs.assumed:
+        warn(inputs.assumed)
+    warning = few_judged_warning(count, what)
     if warning:
         warn(warning)
 
@@ -342,13 +454,13 @@ def _export_record(path: Path) -> dict[str, Any] | None:
 _LAST_TRACE: dict[tuple, "onnx.ModelProto"] = {}
 
 
-def _trace_once(model: "nn.Module", ckpt: "Checkpoint", digest: str, options: ExportOptions) -> "onnx.ModelProto":
+def _trace_once(model: "nn.Module", meta: ArtefactMeta, digest: str, options: ExportOptions) -> "onnx.ModelProto":
     """:func:`trace_to_onnx`, or the graph it gave for the checkpoint bytes of sha256 ``digest`` and
     these settings last time (never modified)."""
     key = (digest, options.checkpoint_options, options.exporter, options.opset, options.static_batch)
     if key not in _LAST_TRACE:
         _LAST_TRACE.clear()
-        _LAST_TRACE[key] = trace_to_onnx(model, ckpt, options)
+        _LAST_TRACE[key] = trace_to_onnx(model, meta, options)
     return _LAST_TRACE[key]
 
 
@@ -356,7 +468,7 @@ def _trace_once(model: "nn.Module", ckpt: "Checkpoint", digest: str, options: Ex
 
 
 def _export_one(
-    traced: "onnx.ModelProto", digest: str, ckpt: "Checkpoint", key: str, tmp: Path, path: Path, options: ExportOptions, inputs,
+    traced: "onnx.ModelProto", source: _Source, key: str, tmp: Path, path: Path, options: ExportOptions, inputs,
     quantized: tuple | None = None,
 ) -> "ParityMetrics | None":
     """Make one file from the traced fp32 graph (left as it is), validate and check it into ``tmp``,
@@ -370,7 +482,7 @@ def _export_one(
     extra = {"calibration": quantized[1]} if quantized is not None else None
     if precision == "fp16":
         proto = to_fp16(proto)
-    _add_metadata(proto, ckpt, digest, precision, options, extra)
+    _add_metadata(proto, source, precision, options, extra)
     proto = _validate(proto, path)
     if precision == "fp16":
         check_fp16_compute(proto)
@@ -378,7 +490,7 @@ def _export_one(
     if inputs is None:
         return None
     max_drop = options.calib.max_drop if options.calib is not None else None
-    return _parity_check(tmp, ckpt, precision, inputs, path, max_drop)
+    return _parity_check(tmp, source, precision, inputs, path, max_drop)
 
 
 @contextlib.contextmanager
@@ -400,12 +512,12 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOptions) -> "onnx.ModelProto":
+def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint | ArtefactMeta", options: ExportOptions) -> "onnx.ModelProto":
     """Export a module (already in eval mode) to an in-memory ONNX model.
 
     Args:
         module: the fp32 network.
-        ckpt: the checkpoint it came from (input size and channels).
+        ckpt: the checkpoint it came from, or its spec and preprocess (input size and channels).
         options: opset, static batch, exporter.
 
     Returns:
@@ -440,37 +552,29 @@ def trace_to_onnx(module: "nn.Module", ckpt: "Checkpoint", options: ExportOption
         raise RtkError(f"the {options.exporter} exporter failed on {ckpt.spec.name}: {first_line(exc)}; try --exporter {other}") from None
 
 
-def _add_metadata(
-    proto: "onnx.ModelProto", ckpt: "Checkpoint", digest: str, precision: str, options: ExportOptions, extra: dict[str, Any] | None = None
-) -> None:
+def _add_metadata(proto: "onnx.ModelProto", source: _Source, precision: str, options: ExportOptions, extra: dict[str, Any] | None = None) -> None:
     import torch
 
-
+    spec = source.meta.spec
+    made = f"quantized from {source.path.name}" if "source_onnx" in source.record else f"torch {torch.__version__} {options.exporter}"
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), options.opset)
     record: dict[str, Any] = {
-        "spec": ckpt.spec.to_dict(),
-        "preprocess": ckpt.preprocess.to_dict(),
+        "spec": spec.to_dict(),
+        "preprocess": source.meta.preprocess.to_dict(),
         "precision": precision,
-        "exporter": f"torch {torch.__version__} {options.exporter}",
-        "opset": options.opset,
+        "exporter": made,
+        "opset": opset,
         "static_batch": options.static_batch,
-        "checkpoint": ckpt.path.name if ckpt.path else None,
-        "checkpoint_sha256": digest,
-        "checkpoint_source": ckpt.source,
+        **source.record,
         **(extra or {}),
-        "weights": ckpt.weights,
-        "weights_available": list(ckpt.weights_available),
     }
-    if options.checkpoint_options.trust_pickle:
-        record["checkpoint_pickle_trusted"] = True
-    if ckpt.source == "foreign":  # where a foreign file's preprocessing was read, for `rtk inspect MODEL.onnx`
-        record["preprocess_sources"] = ckpt.sources
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(record, sort_keys=True)
     proto.producer_name, proto.producer_version = "rtk", __version__
-    proto.doc_string = f"{ckpt.spec.name}, {ckpt.spec.num_classes} classes, {precision}"
+    proto.doc_string = f"{spec.name}, {spec.num_classes} classes, {precision}"
 
 
 def _validate(proto: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
@@ -515,15 +619,16 @@ class _CheckInputs:
     image_reference: Any = None
     source: str | None = None  # what the real images are
     unlabelled_reason: str | None = None
+    assumed: str | None = None  # what matching the images' classes to the model's took for granted
 
 
-def _check_inputs(ckpt: "Checkpoint", options: ExportOptions, calib=None) -> _CheckInputs:
-    """The inputs of the export check and the eager fp32 reference logits, computed once for all precisions."""
+def _check_inputs(source: _Source, options: ExportOptions, calib=None) -> _CheckInputs:
+    """The inputs of the export check and the fp32 reference's logits, computed once for all precisions."""
 
-    spec, pre = ckpt.spec, ckpt.preprocess
+    spec, pre = source.meta.spec, source.meta.preprocess
     sizes = (options.static_batch,) * 2 if options.static_batch else CHECK_BATCH_SIZES
     batches = random_batches((spec.in_chans, *pre.input_size), pre.mean, pre.std, sizes, seed=0)
-    prepared = _check_images(ckpt, options, calib)
+    prepared = _check_images(source.meta, options, calib)
     images = labels = None
     if prepared is not None:
         images, labels = prepared.images, prepared.labels
@@ -534,26 +639,26 @@ def _check_inputs(ckpt: "Checkpoint", options: ExportOptions, calib=None) -> _Ch
                 raise RtkError(f"the check has {len(images)} real images, fewer than one static batch of {chunk}; give more with --data")
             images, labels = images[:keep], labels[:keep] if labels is not None else None
         images = [images[i : i + chunk] for i in range(0, len(images), chunk)]
-    with EagerEngine(ckpt.build_model(), spec, pre) as reference:
+    with source.reference() as reference:
         ref = reference.run_batches(batches)
         image_ref = reference.run_batches(images) if images else None
     if prepared is None:
         return _CheckInputs(batches, ref)
-    return _CheckInputs(batches, ref, images, labels, image_ref, prepared.source, prepared.unlabelled_reason)
+    return _CheckInputs(batches, ref, images, labels, image_ref, prepared.source, prepared.unlabelled_reason, prepared.assumed)
 
 
-def _check_images(ckpt: "Checkpoint", options: ExportOptions, calib):
+def _check_images(meta: ArtefactMeta, options: ExportOptions, calib):
     """The real images of the check: ``--data`` (less any image calibrated on), else the images of
     the calibration data held out of calibration, else none. Labels count where they are the model's."""
-    size = ckpt.preprocess.input_size[0]
+    size = meta.preprocess.input_size[0]
     if options.data is not None:
         exclude = calib.paths if calib is not None else ()
-        return prepare_images(judged_set(options.data, size), ckpt.spec, ckpt.preprocess, options.max_samples, exclude)
+        return prepare_images(judged_set(options.data, size), meta.spec, meta.preprocess, options.max_samples, exclude)
     if calib is None:
         return None
     if calib.held_out is None or len(calib.held_out) == 0:
         raise RtkError(f"--calib {options.calib.data} leaves no images out of calibration to judge the int8 files on; add --data DATA")
-    return prepare_images(calib.held_out, ckpt.spec, ckpt.preprocess, options.max_samples)
+    return prepare_images(calib.held_out, meta.spec, meta.preprocess, options.max_samples)
 
 
 #: The lowest per-image cosine similarity of an int8 file's logits to eager fp32's on unlabelled
@@ -578,9 +683,9 @@ def check_tolerance(precision: str, labelled: bool, max_drop: float | None = Non
 
 
 def _parity_check(
-    tmp: Path, ckpt: "Checkpoint", precision: str, inputs: _CheckInputs, final: Path, max_drop: float | None = None
+    tmp: Path, source: _Source, precision: str, inputs: _CheckInputs, final: Path, max_drop: float | None = None
 ) -> "ParityMetrics":
-    with OrtEngine(tmp, meta=ArtefactMeta(ckpt.spec, ckpt.preprocess)) as engine:
+    with OrtEngine(tmp, meta=source.meta) as engine:
         # finite=False: an fp16 file that overflows is refused with compare's count of its non-finite logits.
         random_logits = engine.run_batches(inputs.batches, finite=False)
         checks = [compare(inputs.reference, random_logits, precision, judge_top1=judge_random_top1(precision))]
@@ -594,8 +699,8 @@ def _parity_check(
             if precision == "int8":
                 hint = "; try --max-drop 1 (keeps the layers that lose most in float), --calib-method entropy or percentile, or more --calib-samples"
             raise RtkError(
-                f"{final.name} was not written: ONNX Runtime differs from eager PyTorch on {what}: {'; '.join(metrics.failures)} "
-                f"(worst: sample {metrics.worst_sample}, class {ckpt.spec.class_name(metrics.worst_class)}: "
-                f"eager {metrics.worst_reference:.6g} vs ort {metrics.worst_candidate:.6g}){hint}"
+                f"{final.name} was not written: on ONNX Runtime it differs from {source.reference_name} on {what}: {'; '.join(metrics.failures)} "
+                f"(worst: sample {metrics.worst_sample}, class {source.meta.spec.class_name(metrics.worst_class)}: "
+                f"reference {metrics.worst_reference:.6g} vs {final.name} {metrics.worst_candidate:.6g}){hint}"
             )
     return checks[-1]

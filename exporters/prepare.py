@@ -58,7 +58,8 @@ def prepare(request: EngineRequest) -> EngineRequest:
         return request.runs(_onnx_for_runtime(request, cpu, runtime), "onnx")
     import_tensorrt("the trt engine")
     onnx = request.path if kind == "onnx" else _onnx_for(request.path, _float_or_int8(name.resolved_precision), request.checkpoint_options)
-    return request.runs(ensure_engine(onnx, name.resolved_precision, device=request.gpu, max_batch=request.max_batch), "engine")
+    engine = ensure_engine(onnx, name.resolved_precision, device=request.gpu, max_batch=request.max_batch, meta=request.meta if kind == "onnx" else None)
+    return request.runs(engine, "engine")
 
 
 def _onnx_for_runtime(request: EngineRequest, cpu: bool, runtime: str) -> Path:

@@ -28,22 +28,28 @@ from typing import Any
 
 from exporters.int8 import refuse_u8_for_tensorrt
 from exporters.onnx import checkpoint_options_of, ensure_onnx
-from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, engine_path_for, sha256_file
+from toolkit.core.artefacts import (
+    CHECKPOINT_SUFFIXES,
+    ENGINE_SUFFIXES,
+    engine_path_for,
+    sha256_file,
+)
 from toolkit.core.console import err_console, warn
 from toolkit.core.errors import RtkError
 from toolkit.core.files import readable_file
 from toolkit.core.hub import is_hub_folder
-from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision, read_onnx_meta
+from toolkit.core.onnx_graph import foreign_onnx_error, load_onnx_graph, metadata_dict, onnx_precision
 from toolkit.core.outputs import Output, check_outputs, write_atomic
 from toolkit.core.precision import ENGINE_PRECISIONS, check_precision
+from toolkit.core.spec import ArtefactMeta
 from toolkit.core.trt import library as trt_library
 from toolkit.core.trt.sidecar import (
     DEFAULT_PROFILE,
     EngineSidecar,
     TrtPlatform,
+    has_sidecar,
     platform_mismatch,
     profile_for,
-    has_sidecar,
     read_sidecar,
     sidecar_path,
     source_onnx_path,
@@ -285,6 +291,7 @@ def build_engine(
     options: BuildOptions = BuildOptions(),
     show_progress: bool = True,
     device: str | None = None,
+    meta: "ArtefactMeta | None" = None,
 ) -> Path:
     """Build a TensorRT engine and its sidecar from an ONNX file.
 
@@ -295,6 +302,8 @@ def build_engine(
         show_progress: show TensorRT's build phases (or a spinner) on stderr.
         device: the GPU to build on, ``"cuda:N"``; default the current CUDA device. An engine
             runs only on the GPU family it was built on, so this is the GPU that will run it.
+        meta: the spec and preprocessing of an ONNX file that carries none
+            (:func:`toolkit.core.foreign_onnx.foreign_meta`); the sidecar records them.
 
     Returns:
         The engine path; the sidecar is ``<engine>.json``.
@@ -312,7 +321,11 @@ def build_engine(
     route = choose_route(options.precision, onnx_weight_precision(onnx_path), trt.BuilderFlag)
     source = resolve_fp16_onnx(onnx_path, trt.__version__) if route.needs_fp16_onnx else onnx_path
 
-    meta = read_onnx_meta(source)
+    stored = metadata_dict(load_onnx_graph(source))  # an ONNX file's own spec wins; a foreign one needs ``meta``
+    if stored is not None:
+        meta = ArtefactMeta.from_dict(stored)
+    elif meta is None:
+        raise foreign_onnx_error(source)
     log = trt_library.logger(trt)
     with dev.activate():  # TensorRT builds for, and deserialises on, the current CUDA device
         started = time.perf_counter()
@@ -370,6 +383,7 @@ def _write_engine(output: Path, data: memoryview, sidecar: EngineSidecar) -> Non
 
 def ensure_engine(
     onnx_path: str | os.PathLike, precision: str = "fp16", *, device: str | None = None, max_batch: int | None = None,
+    meta: "ArtefactMeta | None" = None,
 ) -> Path:
     """The engine next to an ONNX file, built when missing, stale, or built for another machine.
 
@@ -384,6 +398,7 @@ def ensure_engine(
         device: the GPU to build on and check against (``"cuda:N"``).
         max_batch: the largest batch the engine must take; a new engine gets
             :func:`toolkit.core.trt.sidecar.profile_for` (``max_batch``), the default profile otherwise.
+        meta: the spec of an ONNX file that carries none, as for :func:`build_engine`.
 
     Returns:
         ``MODEL.engine`` (fp16) or ``MODEL.fp32.engine``.
@@ -411,7 +426,7 @@ def ensure_engine(
                 fresh = False
             if fresh:
                 return output
-    return build_engine(onnx_path, output, options, device=device)
+    return build_engine(onnx_path, output, options, device=device, meta=meta)
 
 
 def _checked_output(onnx_path: Path, output: str | os.PathLike | None, options: BuildOptions) -> Path:
@@ -518,7 +533,13 @@ def _run_builder(trt, builder, network, config, show_progress: bool):
     if not hasattr(trt, "IProgressMonitor"):
         with err_console.status("building the TensorRT engine (minutes for large models)…"):
             return builder.build_serialized_network(network, config)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -16,6 +16,7 @@ from PIL import Image
 from engines.request import EngineRequest
 from exporters.prepare import prepare
 from toolkit.core.checkpoint import save_checkpoint
+from toolkit.core.errors import install_hint
 from toolkit.core.models import create_model
 from toolkit.core.spec import METADATA_KEY, ModelSpec, Preprocess
 from toolkit.usecases.opening import open_engine
@@ -68,7 +69,7 @@ def tensorrt_skip_reason() -> str | None:
     reason to skip, like no install at all: those tests verify TensorRT, not the install.
     """
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'rtk[trt]')"
+        return f"TensorRT is not installed ({install_hint('trt')})"
     try:
         import tensorrt  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - whatever a broken install raises

@@ -338,3 +338,14 @@ def test_missing_model_fails_with_one_line(cli, tmp_path):
     result = cli("bench", tmp_path / "nope.pth")
     assert result.exit_code == 1 and "does not exist" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_latency_panel_has_a_key_that_explains_the_shaded_band(report):
+    from benchmarks.report import plot
+
+    _, latency = plot(report).axes
+    labels = [t.get_text() for t in latency.get_legend().get_texts()]
+    engines = {r["engine"] for r in report["results"] if r["status"] == "ok"}  # both I/O modes: "eager (host)"…
+    assert all(any(label.startswith(engine) for label in labels) for engine in engines)
+    assert {"p50 (median)", "p90", "p99"} <= set(labels)
+    assert any(label.startswith("shaded: p50 to p99") for label in labels)

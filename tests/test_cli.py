@@ -49,9 +49,9 @@ def test_status_lines_print_paths_with_brackets_as_they_are(capsys):
     from toolkit.core.console import info, warn
 
     info("wrote runs/[exp 1]/best.pth")
-    warn("pip install 'rtk[trt]'")
+    warn("pip install 'resnet-toolkit[trt]'")
     err = capsys.readouterr().err
-    assert "runs/[exp 1]/best.pth" in err and "'rtk[trt]'" in err
+    assert "runs/[exp 1]/best.pth" in err and "'resnet-toolkit[trt]'" in err
 
 
 def test_usage_errors_are_one_line_with_their_own_exit_status(cli, tiny_checkpoint):
@@ -82,3 +82,14 @@ def test_the_console_script_reports_usage_errors_the_same_way():
     proc = subprocess.run([sys.executable, "-m", "toolkit", "train", "--epochs", "many"], capture_output=True, text=True)
     assert proc.returncode == 64 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Invalid value for '--epochs'" in proc.stderr
+
+
+def test_flags_show_no_value_type_in_help(cli):
+    """`--recursive` takes no value: typer's `<bool>` beside it reads as if it did."""
+    from toolkit.cli.app import COMMANDS
+
+    for argv in [["--help"]] + [[name, "--help"] for name, _ in COMMANDS]:
+        result = cli(*argv, env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "<bool>" not in result.stdout, argv
+    predict = cli("predict", "--help", env={"COLUMNS": "200"}).stdout
+    assert "<path>" in predict  # the options that take a value still say what it is

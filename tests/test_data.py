@@ -119,10 +119,12 @@ def test_file_that_fails_to_decode_later_is_replaced_not_fatal(tmp_path, capsys)
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda root: root.mkdir(), "holds no class folders"),
-        (lambda root: (root / "cat").mkdir(parents=True), "holds no readable images"),
+        (lambda root: root.mkdir(), "no images in"),
+        (lambda root: (root / "cat").mkdir(parents=True), "no images in"),
+        (lambda root: _digit_folder(root, per_class=1) and (root / "cat").mkdir(), "class folder .*cat holds no images"),
+        (lambda root: _digit_folder(root, per_class=1) and next((root / "0").iterdir()).rename(root / "a.png"), "holds images but no class folders"),
     ],
-    ids=["empty-folder", "class-without-images"],
+    ids=["empty-folder", "only-an-empty-class", "class-without-images", "images-at-the-top"],
 )
 def test_bad_folders_are_clear_errors(tmp_path, make, message):
     root = tmp_path / "ds"
@@ -175,3 +177,23 @@ def test_unknown_dataset_name():
 def test_max_samples_cuts_every_split():
     source = resolve_data("digits", max_samples=20)
     assert {k: len(s) for k, s in source.splits.items()} == {"train": 20, "val": 20, "test": 20}
+
+
+def test_a_folder_of_class_folders_is_judged_whole_and_split_only_for_training(tmp_path):
+    root = _digit_folder(tmp_path / "flat", per_class=6)
+    source = resolve_data(root, input_size=16, val_split=0.25)
+    assert source.judged_split == "all" and len(source.split("all")) == 18  # every image, not the 10% held out
+    assert len(source.splits["train"]) + len(source.splits["val"]) == 18
+    assert set(source.splits) == {"train", "val"}  # training sees train and val only
+    one_each = _digit_folder(tmp_path / "tiny", per_class=1)
+    tiny = resolve_data(one_each, input_size=16)
+    assert len(tiny.split("all")) == 3  # too small to hold any out: judged whole all the same
+    with pytest.raises(RtkError, match="leaves no images for validation"):
+        tiny.dataset("val")
+
+
+def test_a_split_folder_is_judged_on_its_test_split(tmp_path):
+    for split in ("train", "val", "test"):
+        _digit_folder(tmp_path / "ds" / split, per_class=2)
+    source = resolve_data(tmp_path / "ds", input_size=16)
+    assert source.judged_split == "test" and len(source.split("test")) == 6

@@ -66,6 +66,7 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
     for text in ("eager", "ort-fp16", "parity", "images/s", "files written", "demo finished"):
         assert text in result.output
     assert "▶ 5/5 classify" in result.stderr and "[bold" not in result.stderr  # step lines, no markup leaking
+    assert "▶ 2/5 export fp32, fp16 and int8 ONNX" in result.stderr  # the step names every file it writes
     # The benchmark step reports each engine × batch size as it finishes instead of staying silent.
     bench_lines = [line for line in result.stderr.splitlines() if "img/s" in line]
     # int8 joins parity and bench when its export passes its check; a one-epoch model may miss

@@ -110,3 +110,30 @@ def test_check_on_a_cpu_machine_passes_eager_and_ort_and_lists_the_gpu_engines(c
     assert checks["eager"]["status"] == checks["ort"]["status"] == "passed"
     for name in ("ort-cuda", "ort-trt", "trt"):
         assert checks[name]["status"] == "unavailable" and "needs an NVIDIA GPU" in checks[name]["reason"]
+
+
+def test_openvino_is_probed_like_the_other_runtimes(cli):
+    import importlib.util
+
+    report = _doctor_json(cli)
+    [ov] = [e for e in report["engines"] if e["engine"] == "ov"]
+    assert ov["status"] != "unknown"
+    if importlib.util.find_spec("openvino") is None:
+        assert ov["status"] == "unavailable" and "OpenVINO is not installed" in ov["reason"] and ov["install"]
+    else:
+        assert ov["status"] == "available" and ov["reason"].startswith(f"OpenVINO {report['openvino']['version']}")
+        assert "CPU" not in report["openvino"].get("error", "") and report["openvino"]["cpu_capabilities"]
+
+
+def test_the_cuda_hint_asks_for_a_cuda_build_of_torch_only_when_this_one_is_not():
+    from toolkit.usecases.doctor import cuda_hint
+
+    assert "already a CUDA 13.0 build" in cuda_hint("13.0") and "pip" not in cuda_hint("13.0")
+    assert "a CUDA build of torch in place of this CPU-only one" in cuda_hint(None)
+
+
+def test_check_shows_top1_agreement_as_parity_does(cli, tmp_path):
+    result = cli("doctor", "--check", "--engines", "eager", "--bench-seconds", "0.1", "-o", tmp_path / "d.json", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.stdout.splitlines() if line.startswith("│ eager")][-1]  # the check's table, after the engines'
+    assert "100.00%" in row

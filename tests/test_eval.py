@@ -79,7 +79,10 @@ def test_eval_matches_folder_classes_by_name(cli, trained, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     supported = {name for name, row in report["per_class"].items() if row["support"]}
-    assert supported == {"3", "7"} and report["total"] == 4  # ceil(3 × 0.5) = 2 per class
+    assert supported == {"3", "7"} and report["total"] == 6  # the whole folder: its split exists for training
+    assert report["split"] == "all"
+    held_out = json.loads(cli("eval", trained.best, "--data", tmp_path / "two", "--val-split", "0.5", "--split", "val", "--json").stdout)
+    assert held_out["total"] == 4  # asked for: training's hold-out, ceil(3 × 0.5) = 2 per class
 
 
 def test_eval_onnx_gives_the_checkpoints_answers(cli, trained, tmp_path):

@@ -27,9 +27,10 @@ import torchvision.models as tvm
 from foreign import export_and_check, forward, inputs, onnx_logits, settle_batchnorm
 from toolkit.core.architecture import infer_spec
 from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, find_weights, load_checkpoint
+from toolkit.core.errors import install_hint
 from toolkit.core.spec import ModelSpec, Preprocess
 
-timm = pytest.importorskip("timm", reason="timm builds the networks under test (pip install 'rtk[dev]')")
+timm = pytest.importorskip("timm", reason=f"timm builds the networks under test ({install_hint('dev')})")
 
 CLASSES = ("apple", "pear", "plum")
 _TIMM_STEM = {"conv1.0": "stem.0.conv", "conv1.1": "stem.0.bn", "conv1.3": "stem.1.conv", "conv1.4": "stem.1.bn", "conv1.6": "stem.2.conv", "bn1": "stem.2.bn"}

@@ -16,12 +16,12 @@ from PIL import Image
 from foreign import export_and_check, forward, inputs, onnx_logits, settle_batchnorm
 from toolkit.core.artefacts import artefact_kind
 from toolkit.core.checkpoint import load_checkpoint, load_model
-from toolkit.core.errors import RtkError
+from toolkit.core.errors import RtkError, install_hint
 from toolkit.core.spec import ModelSpec
 from toolkit.core.transforms import image_to_array
 
-timm = pytest.importorskip("timm", reason="timm writes the folders under test (pip install 'rtk[dev]')")
-transformers = pytest.importorskip("transformers", reason="transformers writes the folders under test (pip install 'rtk[dev]')")
+timm = pytest.importorskip("timm", reason=f"timm writes the folders under test ({install_hint('dev')})")
+transformers = pytest.importorskip("transformers", reason=f"transformers writes the folders under test ({install_hint('dev')})")
 
 #: What the issue's user saw beside timm's weights: 256 px, bicubic, mean/std 0.5, no crop border.
 TIMM_DATA = {"input_size": (3, 64, 64), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 1.0}

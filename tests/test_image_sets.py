@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from toolkit.core.data import write_digit_images
 from toolkit.core.errors import RtkError
-from toolkit.core.image_sets import calibration_pool, few_judged_warning, image_files, judged_set, model_labels, prepare_images
+from toolkit.core.image_sets import calibration_pool, few_judged_warning, judged_set, match_classes, prepare_images
 from toolkit.core.spec import ModelSpec, Preprocess
 
 SPEC = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple("0123456789"), in_chans=1, stem="small", width=16)
@@ -42,8 +41,9 @@ def test_a_file_list_names_images_relative_to_itself(flat, tmp_path):
     listing = tmp_path / "calib.txt"
     listing.write_text("# calibration images\n\n" + "\n".join(str(p.relative_to(tmp_path)) for p in images[:6]) + "\n"
                        + "\n".join(str(p) for p in images[6:]) + "\n")
-    assert image_files(listing) == [tmp_path / p.relative_to(tmp_path) for p in images[:6]] + images[6:]
-    prepared = prepare_images(judged_set(listing, 8), SPEC, PRE)
+    listed = judged_set(listing, 8)
+    assert list(listed.paths) == [tmp_path / p.relative_to(tmp_path) for p in images[:6]] + images[6:]
+    prepared = prepare_images(listed, SPEC, PRE)
     assert prepared.images.shape == (12, 1, 8, 8) and prepared.labels is None
     assert prepared.unlabelled_reason == "the images are not labelled"
 
@@ -66,7 +66,7 @@ def test_a_bad_file_list_is_one_sentence(tmp_path, content, message):
 def test_too_few_or_no_images_are_refused(tmp_path, flat):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(RtkError, match="holds no images"):
+    with pytest.raises(RtkError, match="no images in"):
         calibration_pool(empty, 8, samples=4)
     one = tmp_path / "one"
     one.mkdir()
@@ -86,15 +86,43 @@ def test_a_dataset_calibrates_on_its_training_split_and_judges_on_its_test_split
     assert prepared.labels is not None and set(prepared.labels) <= set(range(10))
 
 
-def test_labels_count_only_when_they_are_the_models_classes(tmp_path):
+def test_labels_count_where_the_data_classes_are_the_models(tmp_path):
     three = tmp_path / "three"
     write_digit_images(three, "test", classes=(0, 1, 2), per_class=2)
     prepared = prepare_images(judged_set(three, 8), SPEC, PRE)
-    assert prepared.labels is None and prepared.unlabelled_reason == "the data has 3 classes and the model 10"
-    labels = np.array([0, 1, 2])
+    assert prepared.labels.tolist() == [0, 0, 1, 1, 2, 2]  # three of the model's ten classes: matched by name
     reordered = ModelSpec(arch="resnet18", num_classes=3, class_names=("c", "a", "b"), in_chans=1, stem="small")
-    assert model_labels(reordered, ("a", "b", "c"), labels)[0].tolist() == [1, 2, 0]  # matched by name
-    assert model_labels(reordered, ("x", "y", "z"), labels) == (None, "the data's classes are not the model's")
+    assert match_classes(reordered, ("a", "b", "c")).mapping == (1, 2, 0)  # matched by name
+    foreign = match_classes(reordered, ("x", "b", "z"))
+    assert foreign.mapping == (-1, 2, -1) and not foreign.complete
+    assert foreign.reason.startswith("the data has classes the model does not know: x, z")
+    assert match_classes(reordered, None).reason == "the images are not labelled"
+
+
+def test_a_model_without_class_names_is_matched_by_folder_order_and_says_so(tmp_path):
+    nameless = ModelSpec(arch="resnet18", num_classes=3, in_chans=1, stem="small")
+    match = match_classes(nameless, ("cat", "dog", "fox"))
+    assert match.mapping == (0, 1, 2) and match.complete
+    assert "no class names" in match.assumed and "(cat, dog, fox)" in match.assumed
+    assert match_classes(nameless, ("cat", "dog")).mapping is None
+    three = tmp_path / "three"
+    write_digit_images(three, "test", classes=(0, 1, 2), per_class=1)
+    prepared = prepare_images(judged_set(three, 8), ModelSpec(arch="resnet18", num_classes=3, in_chans=1, stem="small"), PRE)
+    assert prepared.labels.tolist() == [0, 1, 2] and "sorted order" in prepared.assumed
+
+
+def test_a_folder_of_class_folders_is_judged_whole_and_a_split_folder_on_its_test_split(tmp_path):
+    classes = tmp_path / "classes"
+    write_digit_images(classes, "test", per_class=4)
+    judged = judged_set(classes, 8)
+    assert len(judged) == 40 and judged.class_names == tuple("0123456789")  # all of it, not a tenth
+    assert judged.description == f"{classes} (10 class folders)"
+    split = tmp_path / "split"
+    for name, per_class in (("train", 3), ("val", 2), ("test", 1)):
+        write_digit_images(split / name, "test", per_class=per_class)
+    assert len(judged_set(split, 8)) == 10 and judged_set(split, 8).description == f"{split} (test)"
+    pool, held = calibration_pool(split, 8, samples=256)
+    assert (len(pool), len(held)) == (30, 10)
 
 
 def test_an_unreadable_image_is_skipped_and_calibration_images_are_left_out_of_a_check(flat):

@@ -1,7 +1,7 @@
 """A fresh install works: every module rtk imports comes from a dependency pyproject.toml declares.
 
 A package that is on a machine only because something else pulled it in (typer once brought
-click) keeps the suite green there and breaks ``pip install rtk`` everywhere else. The static
+click) keeps the suite green there and breaks a fresh ``pip install`` everywhere else. The static
 test reads every import statement (and every ``require("module")``) of the shipped packages;
 the runtime test imports the CLI and runs every command's ``--help`` with each undeclared
 third-party module blocked for rtk's own code.
@@ -13,6 +13,7 @@ import ast
 import importlib.metadata as md
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,116 @@ def test_click_is_not_needed(monkeypatch):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Usage" in proc.stdout
+
+
+# --- the distribution's name, and every install hint --------------------------------------------
+
+#: pip's options that take a value (the value is no distribution).
+_PIP_VALUE_OPTIONS = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url", "-f", "--find-links"}
+
+
+def _hinted_distributions(text: str) -> list[str]:
+    """The distributions a text's ``pip install …`` commands name, lower-cased; ``.`` for a checkout."""
+    names = []
+    for match in re.finditer(r"pip install ([^\n`|&;()#]*)", text):
+        try:
+            words = shlex.split(match.group(1))
+        except ValueError:  # an unbalanced quote in prose
+            words = match.group(1).split()
+        value = False
+        for word in words:
+            if value or word in _PIP_VALUE_OPTIONS:
+                value = not value
+                continue
+            if word.startswith("-"):
+                continue
+            name = re.match(r"[A-Za-z0-9._\-/]*", word).group(0)
+            names.append("." if name.startswith((".", "/")) else name.lower())
+    return [n for n in names if n]
+
+
+def _string_constants(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)] + [
+        "".join(v.value for v in n.values if isinstance(v, ast.Constant)) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr)
+    ]
+
+
+def test_the_distribution_has_a_name_of_its_own_and_keeps_the_command_and_packages():
+    from toolkit.core.errors import DISTRIBUTION
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "resnet-toolkit"  # `rtk` on the index is an unrelated GPIO library
+    assert project["scripts"] == {"rtk": "toolkit.cli.app:main"}
+
+
+def test_no_hint_anywhere_names_another_distribution_than_rtks_own_or_one_it_declares():
+    from toolkit.core.errors import DISTRIBUTION
+
+    allowed = declared_distributions() | {DISTRIBUTION, "."}
+    texts = [(str(path.relative_to(ROOT)), text) for package in (*PACKAGES, "tests") for path in sorted((ROOT / package).rglob("*.py"))
+             for text in _string_constants(path)]
+    texts += [("README.md", (ROOT / "README.md").read_text()), (".ci/run", (ROOT / ".ci" / "run").read_text())]
+    named = [(where, name) for where, text in texts for name in _hinted_distributions(text)]
+    assert named, "the scan found no install command at all: the pattern is broken"
+    wrong = [f"{where}: pip install {name}" for where, name in named if name != "." and _norm(name) not in allowed]
+    assert not wrong, "install commands naming a distribution rtk neither is nor declares:\n" + "\n".join(wrong)
+    assert not re.search(r"pip install \S*'rtk\[", "\n".join(text for _, text in texts))
+
+
+def _distribution(site: Path, direct_url: dict | None) -> None:
+    """An installed distribution of rtk's name in ``site``, as pip leaves one (METADATA, and direct_url.json: PEP 610)."""
+    info = site / "resnet_toolkit-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: resnet-toolkit\nVersion: 0.1.0\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+
+
+@pytest.mark.parametrize(
+    ("install", "expected"),
+    [
+        ("editable", "cd {checkout} && pip install -e '.[trt]'"),
+        ("wheel", "pip install 'resnet-toolkit[trt]'"),
+        ("from a folder, not editable", "pip install 'resnet-toolkit[trt]'"),
+        ("not installed, run from this checkout", "cd {root} && pip install -e '.[trt]'"),
+    ],
+)
+def test_install_hints_follow_how_rtk_was_installed(install, expected, tmp_path, monkeypatch):
+    from toolkit.core import errors
+
+    checkout = tmp_path / "my checkout"
+    records = {
+        "editable": {"url": checkout.as_uri(), "dir_info": {"editable": True}},
+        "wheel": None,
+        "from a folder, not editable": {"url": checkout.as_uri(), "dir_info": {}},
+    }
+    if install in records:
+        _distribution(tmp_path / "site", records[install])
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    else:
+        monkeypatch.setattr(md, "distribution", lambda name: (_ for _ in ()).throw(md.PackageNotFoundError(name)))
+    errors.installed_from.cache_clear()
+    try:
+        hint = errors.install_hint("trt")
+        assert hint == expected.format(checkout="'" + str(checkout) + "'", root=ROOT)
+        with pytest.raises(errors.RtkError) as raised:  # the hint a missing package is met with
+            errors.require("openvino.nothing_here", "a test")
+        assert errors.install_hint("openvino") in str(raised.value)
+    finally:
+        errors.installed_from.cache_clear()
+
+
+def test_building_without_tensorrt_names_the_extra_and_the_gpu_it_also_needs(cli, tmp_path, monkeypatch):
+    import torch
+
+    from exporters.onnx import export_onnx
+    from helpers import make_checkpoint
+    from toolkit.core.errors import install_hint
+
+    [onnx] = export_onnx(make_checkpoint(tmp_path / "m.pth"), options=None)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as where TensorRT is not installed
+    built = cli("build", onnx)
+    assert built.exit_code == 1 and install_hint("trt") in built.stderr and "'rtk[" not in built.stderr
+    if not torch.cuda.is_available():
+        assert "TensorRT also needs an NVIDIA GPU with CUDA, and this machine has none" in built.stderr

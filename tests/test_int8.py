@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import make_checkpoint, opened, prepared
-from toolkit.core.errors import RtkError
+from toolkit.core.errors import RtkError, install_hint
 from toolkit.core.spec import ModelSpec, Preprocess
 
 # Shaped like the digits (8×8 gray, classes 0-9), so the real digits calibrate and check it.
@@ -382,7 +382,7 @@ def test_digits_resnet18_int8_keeps_accuracy_and_decisions(cli, tmp_path):
     assert data["reference_accuracy"] - data["accuracy"] <= 0.01 and data["reference_accuracy"] > 0.9
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason=f"openvino is not installed ({install_hint('openvino')})")
 def test_the_peer_benchmark_runs_rtks_files_against_onnx_runtimes_own(int8_model, tmp_path, capsys):
     """benchmarks.int8_peer makes ONNX Runtime's documented U8S8 file from the same calibration images
     and times it beside ort-int8 and ov-int8 in one run; the ratio table and files come out."""

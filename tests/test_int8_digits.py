@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from toolkit.core.errors import RtkError
+from toolkit.core.errors import RtkError, install_hint
 
-needs_openvino = pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
+needs_openvino = pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason=f"openvino is not installed ({install_hint('openvino')})")
 
 
 def test_the_plain_export_keeps_accuracy_on_both_layouts(digits_int8):

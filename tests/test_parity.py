@@ -12,6 +12,7 @@ import torch
 
 from exporters.onnx import ExportOptions, export_onnx
 from helpers import TINY_PRE, TINY_SPEC, fails_cleanly, make_checkpoint, opened
+from toolkit.core.errors import install_hint
 from toolkit.core.spec import ModelSpec, Preprocess
 from toolkit.usecases.parity import DEFAULT_TOLERANCES, ParityOptions, compare, run_parity, tolerance_for
 
@@ -149,7 +150,7 @@ def test_parity_refuses_an_onnx_with_another_class_count(model_dir, cli, tmp_pat
     other = make_checkpoint(tmp_path / "other.pth", ModelSpec(arch="resnet18", num_classes=4, width=16), PRE)
     # The quicker exporter: the subject is the refusal, which reads the graph and its metadata.
     (path,) = export_onnx(other, options=ExportOptions(check=False, exporter="torchscript", opset=17))
-    fails_cleanly(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "4 classes but the checkpoint")
+    fails_cleanly(cli("parity", model_dir / "m.pth", "--engines", "ort", "--onnx", path), "4 classes but the reference")
     model = onnx.load(str(path))
     del model.metadata_props[:]  # without metadata the graph's own output size gives it away
     onnx.save(model, str(path))
@@ -222,7 +223,7 @@ def test_parity_on_a_digits_trained_model_and_its_test_images(digits_model, cli,
     assert abs(fp16["accuracy_delta"]) <= 0.01 and ort["accuracy"] == ort["reference_accuracy"]
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed (pip install 'rtk[openvino]')")
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason=f"openvino is not installed ({install_hint('openvino')})")
 def test_openvino_parity_on_the_digits_test_images(digits_model, cli, tmp_path):
     # ov is judged as fp32, ov-bf16 as bf16 (where the CPU has bf16 units), ov-int8 as int8, on
     # real images; the int8 file is calibrated on training images, as `rtk export --calib` does.
@@ -249,3 +250,53 @@ def test_openvino_parity_on_the_digits_test_images(digits_model, cli, tmp_path):
     assert ov["samples"] == 360 and ov["top1_agreement"] == 1.0 and ov["accuracy"] == ov["reference_accuracy"]
     int8 = by_name["ov-int8"]["data"]
     assert int8["min_cosine"] >= 0.98 and abs(int8["accuracy_delta"]) <= 0.02
+
+
+# --- engines that cannot run here -------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA reports")
+def test_an_engine_that_cannot_run_here_is_listed_and_the_others_are_still_judged(model_dir, cli, tmp_path):
+    """The README's own line on a CPU machine: the GPU engines are named with the reason, before any slow work, and
+    the run still exits 1, so a CI gate never passes on engines it did not judge."""
+    report_path = tmp_path / "parity.json"
+    result = cli("parity", model_dir / "m.pth", "-e", "eager,ort,trt,ort-cuda", "-b", "2", "--json", report_path)
+    assert result.exit_code == 1, result.output
+    report = json.loads(report_path.read_text())
+    assert [e["engine"] for e in report["engines"]] == ["eager", "ort"] and all(e["passed"] for e in report["engines"])
+    reasons = {s["engine"]: s["reason"] for s in report["skipped"]}
+    assert reasons["trt"].startswith("trt needs an NVIDIA GPU with CUDA") and install_hint("trt") in reasons["trt"]
+    assert "CUDAExecutionProvider" in reasons["ort-cuda"] or "NVIDIA GPU" in reasons["ort-cuda"]
+    assert report["passed"] is False and report["failed"] == []
+    assert "random inputs (batches 2, seed 0)" in result.stdout  # the table of what ran is printed
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: parity incomplete: trt needs an NVIDIA GPU") and "2 other engine(s) judged above" in last
+    assert not (model_dir / "m.engine").exists()  # nothing was built or exported for an engine that cannot run
+
+
+def test_measures_that_are_reported_but_not_judged_are_marked(model_dir, cli):
+    result = cli("parity", model_dir / "m.pth", "-e", "ort-fp16", "-b", "2", env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 3}
+    assert rows["logits beyond atol+rtol"].rstrip(" │").endswith("*")  # fp16: judged by cosine, not per logit
+    assert rows["top-1 agreement"].rstrip(" │").endswith("*")  # near-ties of random inputs: reported only
+    assert not rows["cosine (min)"].rstrip(" │").endswith("*")
+    assert "* reported, not judged: the verdict rests on the other measures" in " ".join(result.stdout.split())
+
+
+def test_a_checkpoint_without_class_names_says_how_the_folders_were_taken(cli, tmp_path):
+    from PIL import Image
+
+    from helpers import noise_image
+
+    nameless = make_checkpoint(tmp_path / "nameless.pth", ModelSpec(arch="resnet18", num_classes=3, stem="small", width=16), PRE)
+    rng = np.random.default_rng(1)
+    for name in ("cat", "dog", "fox"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(noise_image(rng, 32, 32)).save(tmp_path / "photos" / name / f"{i}.png")
+    result = cli("parity", nameless, "-e", "ort", "-b", "2", "--data", tmp_path / "photos")
+    assert result.exit_code == 0, result.output
+    assert "the model has no class names, so the data's 3 classes in sorted order (cat, dog, fox)" in " ".join(result.stderr.split())
+    assert "only 9 images judged" in result.stderr and "real images judged: 9" in result.stdout
+    assert "accuracy (Δ)" in result.stdout  # scored, with the assumption said

@@ -129,7 +129,7 @@ def test_strict_fails_before_writing(cli, model, messy, tmp_path):
     "setup,args,message",
     [
         ("empty", [], "no images in"),
-        ("only_sub", [], "pass --recursive"),
+        ("empty_subs", [], "no images in"),
         ("all_bad", [], "none of the 2 file(s) could be read"),
         ("missing", [], "does not exist"),
         ("flat", ["--top-k", "0"], "--top-k must be at least 1"),
@@ -143,9 +143,9 @@ def test_bad_input_is_one_line_and_exit_one(cli, model, tmp_path, setup, args, m
     folder = tmp_path / "in"
     if setup != "missing":
         folder.mkdir()
-    if setup == "only_sub":
-        (folder / "sub").mkdir()
-        Image.new("RGB", (8, 8)).save(folder / "sub" / "a.png")
+    if setup == "empty_subs":
+        (folder / "sub" / "deeper").mkdir(parents=True)
+        (folder / "sub" / "notes.txt").write_text("no image anywhere")
     if setup == "all_bad":
         (folder / "a.jpg").write_bytes(b"")
         (folder / "b.png").write_text("text")
@@ -258,11 +258,12 @@ def test_labelled_folder_reports_accuracy_and_confusion(cli, model, tmp_path):
         (labelled / label).mkdir(parents=True, exist_ok=True)
         (flat / name).rename(labelled / label / name)
     (labelled / "unsorted").mkdir()
-    Image.fromarray(noise_image(rng, 32, 32)).save(labelled / "unsorted" / "x.png")  # not a class: not searched
+    Image.fromarray(noise_image(rng, 32, 32)).save(labelled / "unsorted" / "x.png")  # not a class: classified, not scored
     png = tmp_path / "confusion.png"
     result, out = run_json(cli, labelled, "--model", model, "--confusion-png", png)
     assert result.exit_code == 0, result.output
-    assert {Path(r["path"]).name: r["label"] for r in out["predictions"]} == truth
+    assert {Path(r["path"]).name: r["label"] for r in out["predictions"]} == {**truth, "x.png": "unsorted"}
+    assert "1 image in class folders not scored: the data has classes the model does not know: unsorted" in result.stderr
     ev = out["evaluation"]
     assert ev["correct"] == 8 and ev["total"] == 12 and ev["accuracy"] == pytest.approx(8 / 12)
     confusion = np.array(ev["confusion_matrix"])
@@ -356,3 +357,24 @@ def test_static_batch_onnx_gets_padded_batches(cli, model, messy, tmp_path):
     assert [r["top1"] for r in out["predictions"]] == [r["top1"] for r in ref["predictions"]]
     result = cli("predict", messy, "--model", static, "--batch-size", "8")
     assert result.exit_code == 1 and "larger than the ort engine accepts (at most 4)" in result.stderr
+
+
+def test_class_folders_are_read_whatever_their_names_and_a_nameless_model_says_what_it_assumes(cli, tmp_path):
+    """The layout rtk eval, parity and export --data read as labelled data is read so by predict too."""
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    for name in ("daisy", "rose", "tulip"):
+        (photos / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(noise_image(rng, 32, 32)).save(photos / name / f"{i}.jpg")
+    named, out = run_json(cli, photos, "--model", make_checkpoint(tmp_path / "named.pth"))  # classes c0…c9
+    assert named.exit_code == 0, named.output
+    assert out["classified"] == 6 and {r["label"] for r in out["predictions"]} == {"daisy", "rose", "tulip"}
+    assert out["evaluation"] is None and "the model does not know: daisy, rose, tulip" in out["notes"][0]
+    nameless_spec = ModelSpec(arch="resnet18", num_classes=3, stem="small", width=16)
+    nameless = make_checkpoint(tmp_path / "nameless.pth", nameless_spec, Preprocess(input_size=(32, 32), resize=32, crop=False))
+    result, out = run_json(cli, photos, "--model", nameless)
+    assert result.exit_code == 0, result.output
+    assert out["evaluation"]["total"] == 6
+    assert "no class names" in result.stderr and "(daisy, rose, tulip)" in result.stderr
+    assert any("sorted order" in note for note in out["notes"])

@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import opened, write_messy_folder
 from toolkit.core.data import write_digit_images
-from toolkit.core.errors import RtkError
+from toolkit.core.errors import RtkError, install_hint
 from toolkit.usecases.train import TrainOptions, train
 
 pytestmark = pytest.mark.ray
@@ -67,7 +67,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[data]>=2.40')")
+    ray = pytest.importorskip("ray", reason=f"Ray is not installed ({install_hint('ray')})")
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2, log_to_driver=False, logging_level="ERROR")
@@ -84,7 +84,7 @@ def test_without_ray_installed_is_one_sentence_with_the_install_command(cli, dig
     result = cli("predict", photos, "-m", digits_model, "--ray")
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
-    assert "pip install 'ray[data]>=2.40'" in line
+    assert install_hint("ray") in line
 
 
 @pytest.mark.parametrize("how", ["option", "environment"])

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from helpers import TINY_PRE, TINY_SPEC, opened
+from toolkit.core.errors import install_hint
 from toolkit.core.spec import ArtefactMeta, ModelSpec
 
-mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (pip install 'rtk[dev]')")
+mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason=f"tritonclient is not installed ({install_hint('dev')})")
 text_format = pytest.importorskip("google.protobuf.text_format")
 
 
@@ -378,7 +379,7 @@ def test_tensorrt_platform_without_tensorrt_fails_before_exporting(cli, onnx_mod
     ckpt, _ = onnx_model
     result = cli("triton", ckpt, "--repo", tmp_path / "repo", "--platform", "tensorrt")
     assert result.exit_code == 1
-    assert "tensorrt is needed" in result.stderr and "pip install 'rtk[trt]'" in result.stderr
+    assert "tensorrt is needed" in result.stderr and install_hint("trt") in result.stderr
     assert "Traceback" not in result.output
     assert not ckpt.with_name("tiny.fp16.onnx").exists() and not (tmp_path / "repo").exists()
 

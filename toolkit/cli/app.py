@@ -50,8 +50,7 @@ def print_error(message: str) -> None:
     """One red ``error:`` line on stderr."""
     from rich.markup import escape
 
-
-    # Escaped: messages hold text like pip install 'rtk[trt]' that rich would eat as markup.
+    # Escaped: messages hold text like pip install 'resnet-toolkit[trt]' that rich would eat as markup.
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
@@ -112,6 +111,24 @@ class _ErrorBoundary(TyperGroup):
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # registration order, not alphabetical
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _plain_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _plain_flags(command: Any, ctx: Any) -> None:
+    """Show flags without a value type in ``--help``: typer prints ``<bool>`` beside ``--recursive``,
+    which reads as if the flag took a value."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 app = typer.Typer(

@@ -11,6 +11,7 @@ import typer
 from benchmarks.harness import DEFAULT_BATCH_SIZES, BenchOptions
 from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
 from engines.names import parse_engines
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import (
     DeviceOption,
     EnginesOption,
@@ -81,6 +82,10 @@ def bench(
     name: Annotated[Optional[str], typer.Option("--name", callback=_name, help="File stem for --out, a name, not a path (default: model and device, e.g. resnet50-cpu-amd-epyc-2c).")] = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Benchmark engines on a model: images/s, latency mean/p50/p90/p99/min/max, speed-up over eager fp32.
 
@@ -110,7 +115,8 @@ def bench(
         baseline=baseline,
         checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
-    report = benchmark_model(model, options, progress=lambda row: info(progress_line(row))).to_dict()
+    meta = onnx_meta(model, input_size, class_names, mean, std)
+    report = benchmark_model(model, options, progress=lambda row: info(progress_line(row)), meta=meta).to_dict()
     results_console().print(render_table(report))
     if out is not None:
         _check_report_files(out, name or report_name(report), model)

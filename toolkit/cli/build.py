@@ -9,10 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from exporters.trt import OPTIMIZATION_LEVEL, BuildOptions, build_engine, onnx_weight_precision, parse_workspace
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import EnginePrecision, check_device, number_option, path_argument, path_option
+from toolkit.core.artefacts import ENGINE_SUFFIXES
 from toolkit.core.console import console
 from toolkit.core.outputs import Output, check_outputs
-from toolkit.core.artefacts import ENGINE_SUFFIXES
+from toolkit.core.trt.library import import_tensorrt
 from toolkit.core.trt.sidecar import has_sidecar, read_sidecar, sidecar_path
 from toolkit.core.validation import COUNT
 
@@ -37,7 +39,7 @@ VerbosityOption = Annotated[
 
 
 def build(
-    onnx: Annotated[Path, path_argument(help="An ONNX file exported by `rtk export` (fp32, fp16, or int8 QDQ: MODEL.int8.onnx).")],
+    onnx: Annotated[Path, path_argument(help="An ONNX file: exported by `rtk export` (fp32, fp16, or int8 QDQ: MODEL.int8.onnx), or by another tool (its spec read from the graph and the options below).")],
     output: Annotated[
         Optional[Path],
         path_option("--output", "-o", help="Engine path. Default: MODEL.engine for fp16, MODEL.fp32.engine for fp32."),
@@ -56,6 +58,10 @@ def build(
     device: Annotated[
         Optional[str], typer.Option(callback=check_device, help="GPU to build on, e.g. cuda:1 (default: the current CUDA device); the engine runs on that GPU family.")
     ] = None,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
 
@@ -72,10 +78,13 @@ def build(
     else:
         chosen = precision.value
     options = BuildOptions(
-        chosen, min_batch, opt_batch, max_batch, parse_workspace(workspace) if workspace is not None else None, timing_cache,
-        tf32, builder_optimization_level, profiling_verbosity.value,
+        precision=chosen, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        workspace=parse_workspace(workspace) if workspace is not None else None, timing_cache=timing_cache, tf32=tf32,
+        builder_optimization_level=builder_optimization_level, profiling_verbosity=profiling_verbosity.value,
     )
-    print_built(build_engine(onnx, output, options, device=device))
+    import_tensorrt("building a TensorRT engine")  # the likeliest refusal, before the graph is read
+    meta = onnx_meta(onnx, input_size, class_names, mean, std)
+    print_built(build_engine(onnx, output, options, device=device, meta=meta))
 
 
 def print_built(path: Path) -> None:

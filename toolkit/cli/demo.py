@@ -46,7 +46,6 @@ def _log(line: str) -> None:
     """Step headings (``▶ …``) in bold cyan, everything else as plain status lines."""
     from rich.text import Text
 
-
     if line.startswith("▶"):
         err_console.print(Text(line, style="bold cyan"), soft_wrap=True)
     else:
@@ -56,7 +55,6 @@ def _log(line: str) -> None:
 def _print_summary(result) -> None:
     from rich import box
     from rich.table import Table
-
 
     rows = result.summary_rows()
     batch_keys = sorted({k for r in rows for k in r if k.startswith("images_per_s@")}, key=lambda k: int(k.split("@")[1]))

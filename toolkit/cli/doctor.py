@@ -74,7 +74,6 @@ def _print_diagnosis(diagnosis) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-
     env, torch_info, ort, trt = diagnosis.environment, diagnosis.torch, diagnosis.onnxruntime, diagnosis.tensorrt
     lines = [
         f"python {env['python']} on {env['os']}, {env['cpu']['model']} ({env['cpu']['cores']} cores)",
@@ -97,6 +96,11 @@ def _print_diagnosis(diagnosis) -> None:
         lines.append(f"tensorrt: {trt['error']}")
     else:
         lines.append(f"tensorrt {trt['version']} (fp16 engines: {trt['fp16_route']})")
+    ov = diagnosis.openvino
+    if "error" in ov:
+        lines.append(f"openvino: {ov['error']}")
+    else:
+        lines.append(f"openvino {ov['version']} (CPU capabilities: {', '.join(ov['cpu_capabilities'])})")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     table = Table(title="engines", title_justify="left")
@@ -112,7 +116,6 @@ def _print_check(report, path: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-
     table = Table(title=f"rtk doctor --check on {report.model['device']}", title_justify="left")
     for column in ("engine", "result", "max abs err", "top-1 agree", "images/s (batch 1 / 4)", "why"):
         table.add_column(column, overflow="fold")
@@ -122,7 +125,7 @@ def _print_check(report, path: Path) -> None:
         style = {"passed": "green", "failed": "red"}.get(c.status, "yellow")
         table.add_row(
             c.engine, f"[{style}]{c.status}[/{style}]",
-            _number(metrics.get("max_abs")), _number(metrics.get("top1_agreement")), speeds, escape(c.reason or ""),
+            _number(metrics.get("max_abs")), _percent(metrics.get("top1_agreement")), speeds, escape(c.reason or ""),
         )  # fmt: skip
     console.print(table)
     console.print(f"report: {path}", highlight=False, markup=False)
@@ -130,3 +133,8 @@ def _print_check(report, path: Path) -> None:
 
 def _number(value) -> str:
     return "—" if value is None else f"{value:.3g}"
+
+
+def _percent(value) -> str:
+    """A fraction as parity prints it (``100.00%``), so the two commands show one figure alike."""
+    return "—" if value is None else f"{value:.2%}"

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import (
     BatchSizeOption,
     DataRootOption,
@@ -37,12 +38,17 @@ class SplitName(str, Enum):
     test = "test"
     val = "val"
     train = "train"
+    all = "all"
 
 
 def eval_command(
     model: ModelArgument,
-    data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder.")] = "digits",
-    split: Annotated[Optional[SplitName], typer.Option(help="Which split [default: test when the data has one, else val].", show_default=False)] = None,
+    data: Annotated[str, typer.Option(help="digits, a torchvision built-in (mnist, cifar10, …) or an image folder: <class>/images, or train|val|test/<class>/images.")] = "digits",
+    split: Annotated[
+        Optional[SplitName],
+        typer.Option(help="Which split [default: test when the data has one; all of a folder of class folders; else val]. "
+                     "train and val of a folder of class folders are the ones training holds out (--val-split, --seed).", show_default=False),
+    ] = None,
     batch_size: BatchSizeOption = 256,
     engine: EngineOption = None,
     device: DeviceOption = "cpu",
@@ -58,6 +64,10 @@ def eval_command(
     ray: RayOption = False,
     ray_address: RayAddressOption = None,
     replicas: ReplicasOption = None,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Measure accuracy, per-class accuracy and the confusion matrix of a model on a labelled dataset.
 
@@ -71,6 +81,7 @@ def eval_command(
         model=model, data=data, split=split.value if split else None, batch_size=batch_size, engine=engine,
         device=device, confusion=confusion, data_root=data_root, download=download, val_split=val_split,
         seed=seed, max_samples=max_samples, progress=not as_json, checkpoint_options=checkpoint_options(weights, trust_pickle),
+        meta=onnx_meta(model, input_size, class_names, mean, std),
     )  # fmt: skip
     if on_ray is None:
         result = evaluate_artefact(options)
@@ -85,10 +96,9 @@ def eval_command(
 def _print_tables(result) -> None:
     from rich.table import Table
 
-
     report = result.report
     console.print(
-        f"[bold]{result.model}[/bold] ({result.engine}) on {result.data} {result.split}: "
+        f"[bold]{result.model}[/bold] ({result.engine}) on {result.data} ({result.split}, {report.total} images): "
         f"accuracy [bold]{report.accuracy:.2%}[/bold] ({report.correct}/{report.total}) in {result.seconds:.1f} s",
         highlight=False,
     )

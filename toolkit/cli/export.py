@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +13,7 @@ from exporters.int8 import DEFAULT_CALIB_SAMPLES, MAX_DROP, CalibOptions
 from exporters.onnx import ExportOptions, export_onnx
 from exporters.trt import build_engine
 from toolkit.cli.build import print_built
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import (
     OnnxPrecision,
     TrustPickleOption,
@@ -22,8 +24,9 @@ from toolkit.cli.options import (
     path_argument,
     path_option,
 )
+from toolkit.core.artefacts import ONNX_SUFFIXES, artefact_suffix
 from toolkit.core.console import console, info
-from toolkit.core.errors import require
+from toolkit.core.trt.library import import_tensorrt
 from toolkit.core.validation import COUNT, UsageError
 
 
@@ -77,7 +80,7 @@ MaxDropOption = Annotated[
 
 
 def export(
-    checkpoint: Annotated[Path, path_argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, transformers, mmpretrain, .safetensors, TorchScript, .pt2, a Hugging Face model folder…).")],
+    checkpoint: Annotated[Path, path_argument(help="Checkpoint to export: an rtk .pth, or a foreign one (torchvision, timm, Lightning, transformers, mmpretrain, .safetensors, TorchScript, .pt2, a Hugging Face model folder…); or an fp32 ONNX file to quantize (--precision int8).")],
     output: Annotated[
         Optional[Path], path_option("--output", "-o", help="Destination file or folder. Default: MODEL.onnx (and MODEL.fp16.onnx) next to the checkpoint.")
     ] = None,
@@ -95,10 +98,15 @@ def export(
     trt: Annotated[bool, typer.Option("--trt", help="Then build the fp16 TensorRT engine (MODEL.engine), as `rtk build` does with its defaults.")] = False,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Export a checkpoint to ONNX, checked by the ONNX checker and by a parity run against eager PyTorch.
 
-    The file appears only once it has passed: a failed check leaves nothing behind. The int8
+    The file appears only once it has passed: a failed check leaves nothing behind. An fp32 ONNX file
+    (another tool's too) can be quantized to int8 the same way, checked against itself on ONNX Runtime. The int8
     files are judged on real images held out of calibration: top-1 agreement and accuracy drop
     against eager fp32 where they carry the model's classes, top-1 agreement and cosine where not.
     An existing MODEL.onnx (or MODEL.fp16.onnx…) that rtk did not export is never replaced.
@@ -112,26 +120,33 @@ def export(
         checkpoint_options=checkpoint_options(weights, trust_pickle),
     )
     if trt:  # fail before a long export, not after it
-        require("tensorrt", "--trt")
-    info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
-    paths = export_onnx(checkpoint, output, options, on_checked=_report)
+        import_tensorrt("--trt")
+    # An ONNX file can only be quantized: anything else is refused by export_onnx, before its spec is read.
+    from_onnx = artefact_suffix(checkpoint) in ONNX_SUFFIXES
+    meta = onnx_meta(checkpoint, input_size, class_names, mean, std) if options.precision == "int8" or not from_onnx else None
+    if from_onnx and options.precision == "int8":
+        info(f"quantizing {checkpoint} to int8, checked against itself on ONNX Runtime fp32")
+    elif not from_onnx:
+        info(f"exporting {checkpoint} ({', '.join(options.precisions)}, opset {options.opset}, {options.exporter} exporter)")
+    reference = "ONNX Runtime fp32" if from_onnx else "eager"
+    paths = export_onnx(checkpoint, output, options, on_checked=functools.partial(_report, reference=reference), meta=meta)
     if trt:
         print_built(build_engine(paths[0]))
 
 
-def _report(path: Path, kind: str, metrics) -> None:
-    """One line per file written: what it is, its size, and what its check measured."""
+def _report(path: Path, kind: str, metrics, reference: str = "eager") -> None:
+    """One line per file written: what it is, its size, and what its check measured against ``reference``."""
     size = path.stat().st_size / 1e6
     what = FILE_KINDS.get(kind, kind)
     if metrics is None:
         console.print(f"[green]wrote[/green] {path} ({what}, {size:.1f} MB, not checked)", highlight=False)
         return
     line = (
-        f"[green]wrote[/green] {path} ({what}, {size:.1f} MB): vs eager on {metrics.samples} images, max abs {metrics.max_abs:.2e} "
+        f"[green]wrote[/green] {path} ({what}, {size:.1f} MB): vs {reference} on {metrics.samples} images, max abs {metrics.max_abs:.2e} "
         f"(logits up to {metrics.scale:.3g}), cosine ≥ {metrics.min_cosine:.6f}, top-1 agreement {metrics.top1_agreement:.1%}"
     )
     if metrics.accuracy is not None:
-        line += f", accuracy {metrics.accuracy:.2%} (eager {metrics.reference_accuracy:.2%})"
+        line += f", accuracy {metrics.accuracy:.2%} ({reference} {metrics.reference_accuracy:.2%})"
     elif kind.startswith("int8"):
         line += ", no accuracy measured (no labels of the model's classes)"
     console.print(line, highlight=False)

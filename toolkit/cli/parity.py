@@ -8,6 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.cli.onnx_spec import (
+    ClassNamesOption,
+    InputSizeOption,
+    MeanOption,
+    StdOption,
+    onnx_meta,
+)
 from toolkit.cli.options import (
     BatchSizesOption,
     DeviceOption,
@@ -22,12 +29,13 @@ from toolkit.cli.options import (
     path_argument,
     path_option,
 )
-from toolkit.core.console import console, err_console, info
+from toolkit.core.console import console, err_console, info, warn
+from toolkit.core.errors import RtkError
+from toolkit.core.image_sets import few_judged_warning
 from toolkit.core.outputs import Output, check_outputs, json_text, write_atomic
 from toolkit.core.validation import COSINE, FRACTION, NON_NEGATIVE, SEED, UsageError
 from toolkit.usecases.layers import check_folder, layer_reports, summary_line
 from toolkit.usecases.parity import ParityOptions, run_parity
-
 
 DataOption = Annotated[
     Optional[str],
@@ -43,7 +51,14 @@ LayersOption = Annotated[
 
 
 def parity(
-    checkpoint: Annotated[Path, path_argument(help="The reference checkpoint (.pth, .safetensors, .pt2…, or a Hugging Face model folder); eager fp32 on it is the truth.")],
+    checkpoint: Annotated[
+        Path,
+        path_argument(
+            metavar="MODEL",
+            help="The reference: a checkpoint (.pth, .safetensors, .pt2…, or a Hugging Face model folder), eager fp32 on it being the "
+            "truth; or an fp32 ONNX file (another tool's too), the truth then being that file on ONNX Runtime fp32 (CPU).",
+        ),
+    ],
     engine: EnginesOption = "eager,ort",
     onnx: Annotated[Optional[Path], path_option("--onnx", help="ONNX file for the fp32 ONNX Runtime engines and ort-trt. Default: MODEL.onnx next to the checkpoint (exported when missing or stale).")] = None,
     onnx_fp16: Annotated[Optional[Path], path_option("--onnx-fp16", help="ONNX file for ort-fp16 and ort-cuda-fp16. Default: MODEL.fp16.onnx (exported when missing or stale).")] = None,
@@ -63,19 +78,25 @@ def parity(
     layers: LayersOption = None,
     weights: WeightsOption = Weights.ema,
     trust_pickle: TrustPickleOption = False,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
-    """Compare engines with eager PyTorch fp32 on identical inputs; exit 1 if any is outside tolerance.
+    """Compare engines with a reference on identical inputs; exit 1 if any is outside tolerance or could not be judged.
 
-    Each engine is measured on seeded random batches (and labelled real images with --data):
-    max/mean absolute and max relative error, the element check (a logit fails only beyond both
-    --atol and --rtol), cosine similarity, top-1 agreement, top-5 overlap and accuracy.
+    The reference is eager PyTorch fp32 on a checkpoint, or an ONNX file on ONNX Runtime fp32. Each
+    engine is measured on seeded random batches (and real images with --data): max/mean absolute
+    and max relative error, the element check (a logit fails only beyond both --atol and --rtol),
+    cosine similarity, top-1 agreement, top-5 overlap and accuracy. An engine that cannot run here
+    is listed with the reason and the others are still judged.
     """
 
     options = ParityOptions(
         engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, onnx_int8=onnx_int8, trt_engine=trt_engine, data=data, max_samples=max_samples,
         batch_sizes=int_list(batch_size, "--batch-size"), seed=seed, device=device,
         atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1, max_accuracy_drop=max_accuracy_drop,
-        checkpoint_options=checkpoint_options(weights, trust_pickle),
+        checkpoint_options=checkpoint_options(weights, trust_pickle), meta=onnx_meta(checkpoint, input_size, class_names, mean, std),
     )
     to_stdout = json_path is not None and str(json_path) == "-"
     if layers is not None:
@@ -85,8 +106,18 @@ def parity(
     if json_path is not None and not to_stdout:
         check_outputs([Output(json_path, "--json", (".json", ""), "JSON")], [checkpoint, onnx, onnx_fp16, onnx_int8, trt_engine, data])
     if not to_stdout:
-        info(f"parity of {', '.join(map(str, options.engines))} against eager fp32 of {checkpoint}")
-    report = run_parity(checkpoint, options)
+        info(f"parity of {', '.join(map(str, options.engines))} against {checkpoint}")
+    report = run_parity(
+        checkpoint, options,
+        on_engine=lambda r: info(f"judged {r.engine}: {'pass' if r.passed else 'FAIL'}"),
+        on_skip=lambda s: warn(f"{s.engine} is not judged (the reason ends the report)"),
+    )  # fmt: skip
+    if report.assumed:
+        warn(report.assumed)
+    if data is not None and report.images:
+        few = few_judged_warning(report.images, f"in {data}")
+        if few:
+            warn(few)
     if to_stdout:
         typer.echo(json_text(report.to_dict()), nl=False)
     else:
@@ -96,10 +127,14 @@ def parity(
     if layers is not None:
         # With --json - stdout holds the JSON alone, so the per-layer lines go to stderr.
         say = info if to_stdout else (lambda line: console.print(line, highlight=False, markup=False))
-        layer_reports(checkpoint, options, layers, on_report=lambda r: say(summary_line(r)))
+        skip = {s.engine for s in report.skipped}
+        layer_reports(checkpoint, options, layers, on_report=lambda r: say(summary_line(r)), skip=skip)
+    if report.failed and not to_stdout:
+        err_console.print(f"[bold red]parity failed:[/bold red] {', '.join(report.failed)}", highlight=False)
+    if report.skipped:  # a gate stays shut while an engine asked for was not judged
+        judged = f"; {len(report.results)} other engine(s) judged above" if report.results else ""
+        raise RtkError(f"parity incomplete: {'; '.join(s.reason for s in report.skipped)}{judged}")
     if not report.passed:
-        if not to_stdout:
-            err_console.print(f"[bold red]parity failed:[/bold red] {', '.join(report.failed)}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -114,7 +149,9 @@ def _print(report, console) -> None:
         columns = [(r.engine, getattr(r, kind)) for r in report.results if getattr(r, kind) is not None]
         if not columns:
             continue
-        table = Table(title=f"{label} vs {report.reference}", title_justify="left")
+        unjudged = any(set(_JUDGED_BY.values()) - set(m.judged) for _, m in columns)
+        caption = "* reported, not judged: the verdict rests on the other measures" if unjudged else None
+        table = Table(title=f"{label} vs {report.reference}", title_justify="left", caption=caption, caption_justify="left")
         table.add_column("metric")
         for engine, _ in columns:
             table.add_column(engine, justify="right")
@@ -132,7 +169,9 @@ def _print(report, console) -> None:
             rows.append(("accuracy (Δ)", lambda m: f"{m.accuracy:.2%} ({m.accuracy_delta:+.2%})"))
         rows.append(("result", lambda m: "[green]pass[/green]" if m.passed else "[bold red]FAIL[/bold red]"))
         for name, cell in rows:
-            table.add_row(name, *(cell(m) for _, m in columns))
+            judged_as = _JUDGED_BY.get(name)
+            mark = lambda m: "" if judged_as is None or judged_as in m.judged else " *"  # noqa: E731
+            table.add_row(name, *(cell(m) + mark(m) for _, m in columns))
         console.print(table)
     for result in report.results:
         for inputs, m in (("random inputs", result.random), ("real images", result.data)):
@@ -143,6 +182,8 @@ def _print(report, console) -> None:
                     f"{result.engine} {_number(m.worst_candidate, '.6g')}",
                     highlight=False,
                 )
+    if report.images:
+        console.print(f"real images judged: {report.images}", highlight=False, markup=False)
     if report.passed:
         console.print(f"[green]all {len(report.results)} engine(s) match the reference[/green]", highlight=False)
 
@@ -150,3 +191,5 @@ def _print(report, console) -> None:
 def _number(value: float, spec: str) -> str:
     """A metric as the table shows it; one that is not finite (an engine's NaN logits) is "not finite", never "nan"."""
     return format(value, spec) if math.isfinite(value) else "not finite"
+#: Each table row that is a verdict's measure, and its name in :attr:`ParityMetrics.judged`.
+_JUDGED_BY = {"logits beyond atol+rtol": "elements", "cosine (min)": "cosine", "top-1 agreement": "top1", "accuracy (Δ)": "accuracy"}

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from engines.request import EngineRequest
+from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import (
     BatchSizeOption,
     DeviceOption,
@@ -86,13 +87,19 @@ def predict(
     ray: RayOption = False,
     ray_address: RayAddressOption = None,
     replicas: ReplicasOption = None,
+    input_size: InputSizeOption = None,
+    class_names: ClassNamesOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
 ) -> None:
     """Classify a folder of images, or one image, with any engine.
 
     Reads jpg, png, bmp, gif (first frame), tiff and webp, with any case of suffix; EXIF orientation is honoured.
     Files with an image suffix that cannot be read (corrupt, truncated, empty, not an image) are listed on stderr
     with the reason and skipped; files without an image suffix (notes.txt, photo.heic) are named on stderr as ignored.
-    A folder laid out as <class>/image with the model's class names is also scored: accuracy and confusion matrix.
+    A folder of class folders (<class>/image, as rtk train, eval and parity read it) is labelled by folder and, where
+    the folder names are the model's classes, scored: accuracy and confusion matrix.
+
     With --ray the same run goes to a Ray cluster (a new local instance by default) and gives the same output.
 
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing
@@ -110,7 +117,9 @@ def predict(
         ],
         [path, model_path],
     )
-    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=checkpoint_options(weights, trust_pickle))
+    loading = checkpoint_options(weights, trust_pickle)
+    meta = onnx_meta(model_path, input_size, class_names, mean, std)
+    request = EngineRequest.of(model_path, engine, device=device, checkpoint_options=loading, meta=meta)
     with open_engine(request) as loaded, _Progress() as progress:
         if on_ray is None:
             result = run(path, loaded, options, progress)
@@ -135,7 +144,7 @@ def _write(result: "PredictResult", fmt: OutputFormat, output: Path | None, conf
     if confusion_png and result.evaluation is not None:
         result.evaluation.save_confusion_png(confusion_png, title=f"{model_path.name} on {result.root.name}")
     elif confusion_png:
-        warn(f"no confusion matrix: {path} is not laid out as <class>/image with the model's class names")
+        warn(f"no confusion matrix: no image of {path} lies in a class folder named after one of the model's classes")
     _report(result, model_path, output, info)
 
 
@@ -154,6 +163,8 @@ def _report(result: "PredictResult", model_path: Path, output: Path | None, info
     if result.ignored:
         info(describe_ignored(result.ignored, result.root))
     ev = result.evaluation
+    for note in result.notes:
+        warn(note)
     if ev is not None:
         info(f"accuracy {ev.accuracy:.2%} ({ev.correct}/{ev.total} images in class folders)")
     if output:
@@ -165,10 +176,9 @@ def _render_table(result: "PredictResult") -> str:
     from rich.console import Console
     from rich.table import Table
 
-
     buf = Console(record=True, width=console.width if console.is_terminal else 120, file=_Null())
     table = Table(title=f"{result.classified} image(s) in {result.root}", title_justify="left")
-    labelled = result.evaluation is not None
+    labelled = any(p.label is not None for p in result.predictions)
     for name, kw in [("path", {"overflow": "fold"}), *([("label", {})] if labelled else []), ("top-1", {}), ("prob", {"justify": "right"}), ("top-k", {"overflow": "fold"})]:
         table.add_column(name, **kw)
     for p in result.predictions:
@@ -177,7 +187,7 @@ def _render_table(result: "PredictResult") -> str:
         if p.error:
             table.add_row(row["path"], *label, "[red]error[/red]", "", p.error)
             continue
-        mark = "" if not labelled or row["label"] is None else (" ✓" if row["label"] == row["top1"] else " ✗")
+        mark = "" if row["label"] not in result.class_names else (" ✓" if row["label"] == row["top1"] else " ✗")
         rest = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in row["top_k"][1:])
         table.add_row(row["path"], *label, f"{row['top1']}{mark}", f"{row['top1_prob']:.3f}", rest)
     buf.print(table)

@@ -7,18 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from toolkit.cli.options import number_option
-from toolkit.core.errors import INSTALL_HINTS
 from toolkit.core.ray_cluster import RayOptions
 from toolkit.core.validation import COUNT, UsageError
-
-# Help text is rich markup: a bracket would be read as a tag and vanish.
-_HINT = INSTALL_HINTS["ray"].replace("[", "\\[")
 
 RayOption = Annotated[
     bool,
     typer.Option(
         "--ray",
-        help=f"Run on Ray ({_HINT}): images are decoded in Ray tasks and classified by a pool of engine replicas "
+        help="Run on Ray (rtk's ray extra; without it, the error names the command that adds it): images are decoded in Ray "
+        "tasks and classified by a pool of engine replicas "
         "(Ray actors, one engine each), with the same results as without. The cluster: --ray-address, else "
         "$RAY_ADDRESS, else a new local instance on this machine.",
     ),

@@ -112,6 +112,8 @@ class ParityMetrics:
         tolerance: what the candidate was judged against.
         failures: why it failed (empty when it passed).
         accuracy, reference_accuracy: on labelled inputs, else ``None``.
+        judged: which measures the verdict rests on, of ``elements`` (the atol/rtol check), ``cosine``,
+            ``top1`` and ``accuracy``; the others are reported, not judged.
     """
 
     samples: int
@@ -132,6 +134,7 @@ class ParityMetrics:
     failures: tuple[str, ...] = ()
     accuracy: float | None = None
     reference_accuracy: float | None = None
+    judged: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -148,6 +151,7 @@ class ParityMetrics:
         is ``None``, since JSON has no NaN or infinity: ``failures`` says why."""
         d = json_ready(asdict(self))
         d["failures"] = list(self.failures)
+        d["judged"] = list(self.judged)
         d["passed"] = self.passed
         d["accuracy_delta"] = self.accuracy_delta
         return d
@@ -225,6 +229,12 @@ def compare(
     if judge_top1 and top1 < tol.min_top1:
         failures.append(f"top-1 agreement {top1:.2%} below {tol.min_top1:.2%}")
 
+    judged = [
+        name for name, on in (
+            ("elements", tol.check_elements), ("cosine", tol.min_cosine > -1.0), ("top1", judge_top1),
+            ("accuracy", labels is not None and tol.max_accuracy_drop is not None),
+        ) if on
+    ]  # fmt: skip
     accuracy = reference_accuracy = None
     if labels is not None:
         labels = np.asarray(labels)
@@ -256,6 +266,7 @@ def compare(
         failures=tuple(failures),
         accuracy=accuracy,
         reference_accuracy=reference_accuracy,
+        judged=tuple(judged),
     )
 
 

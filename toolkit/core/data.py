@@ -6,8 +6,10 @@ Three kinds of source give the same :class:`DataSource` (class names, a default
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 real 8×8 images), split
   70/10/20 with a fixed seed, so its test set is the same in every run; 8×8 by default,
   upsampled with ``input_size``.
-- an image folder: ``root/train/<class>/…`` + ``root/val/<class>/…`` (+ optional ``test/``),
-  or a flat ``root/<class>/…`` split reproducibly by ``val_split`` and ``seed``.
+- an image folder, read as every command reads one (:func:`toolkit.core.folders.read_folder`):
+  ``root/train/<class>/…`` + ``root/val/<class>/…`` (+ optional ``test/``), or a flat
+  ``root/<class>/…``, whole (split ``all``) and, for training, split reproducibly by
+  ``val_split`` and ``seed``.
 - torchvision's built-ins by name (:data:`BUILTINS`), read from ``data_root``.
 
 Every split yields PIL images that are prepared by :func:`toolkit.core.transforms.image_to_array`
@@ -27,7 +29,8 @@ import numpy as np
 
 from toolkit.core.console import warn
 from toolkit.core.errors import RtkError, first_line
-from toolkit.core.images import find_images, load_image
+from toolkit.core.folders import ImageFolder, read_folder
+from toolkit.core.images import load_image
 from toolkit.core.spec import Preprocess
 from toolkit.core.transforms import image_to_array
 from toolkit.core.validation import COUNT, PART, SEED
@@ -120,6 +123,9 @@ class DataSource:
         preprocess: the default input pipeline for this data (what training uses).
         splits: ``train``, ``val`` and possibly ``test``.
         flip: whether horizontal flips keep the label (used by training augmentation).
+        whole: every image, for a folder of class folders with no split of its own (split ``all``):
+            what an evaluation or a check judges, since the split exists for training.
+        unavailable: why a split is missing (a folder too small to hold images out for validation).
     """
 
     name: str
@@ -127,13 +133,34 @@ class DataSource:
     preprocess: Preprocess
     splits: dict[str, Split] = field(default_factory=dict)
     flip: bool = True
+    whole: Split | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def has(self, split: str) -> bool:
-        return split in self.splits
+        return split in self.splits or (split == "all" and self.whole is not None)
+
+    @property
+    def judged_split(self) -> str:
+        """What an evaluation or a check judges by default: the test split, else the whole folder, else val."""
+        return "test" if self.has("test") else ("all" if self.whole is not None else "val")
+
+    def split(self, name: str) -> Split:
+        """One split's raw images: ``train``, ``val``, ``test`` or ``all`` (a folder of class folders, whole).
+
+        Raises:
+            RtkError: the data has no such split, with the reason when it is known.
+        """
+        if name == "all" and self.whole is not None:
+            return self.whole
+        if name not in self.splits:
+            if name in self.unavailable:
+                raise RtkError(self.unavailable[name])
+            raise RtkError(f"{self.name} has no {name} split; it has {', '.join(self.splits) + (', all' if self.whole else '')}")
+        return self.splits[name]
 
     def dataset(self, split: str, preprocess: Preprocess | None = None, augment: bool = False) -> "PreparedDataset":
         """One split as a map-style dataset of ``(CHW float32 tensor, label)`` pairs.
@@ -144,17 +171,17 @@ class DataSource:
                 (evaluation passes the artefact's own).
             augment: random shifts (and flips where they keep the label), for training only.
         """
-        if split not in self.splits:
-            raise RtkError(f"{self.name} has no {split} split; it has {', '.join(self.splits)}")
+        data = self.split(split)
         pre = preprocess or self.preprocess
         aug = Augment(shift=max(1, min(pre.input_size) // 8), flip=self.flip) if augment else None
-        return PreparedDataset(self.splits[split], pre, aug)
+        return PreparedDataset(data, pre, aug)
 
     def limited(self, max_samples: int | None) -> "DataSource":
         """The same source with each split cut to its first ``max_samples`` images (quick trials)."""
         if not max_samples:
             return self
-        return replace(self, splits={k: s.subset(range(min(len(s), max_samples))) for k, s in self.splits.items()})
+        cut = lambda s: s.subset(range(min(len(s), max_samples)))  # noqa: E731
+        return replace(self, splits={k: cut(s) for k, s in self.splits.items()}, whole=cut(self.whole) if self.whole is not None else None)
 
 
 @dataclass(frozen=True)
@@ -355,45 +382,40 @@ def write_digit_images(
 
 
 def _folder(root: Path, input_size: int | None, val_split: float, seed: int) -> DataSource:
-    if not root.is_dir():
-        raise RtkError(f"{root} is not a folder of images")
-    pre = Preprocess.imagenet(input_size or 224)
-    if (root / "train").is_dir():
-        classes, train = _scan_classes(root / "train")
-        splits = {"train": train}
-        for name in ("val", "test"):
-            if (root / name).is_dir():
-                splits[name] = _scan_classes(root / name, classes)[1]
-        if "val" not in splits:
-            splits["train"], splits["val"] = _hold_out(train, val_split, seed, root / "train")
-    else:
-        classes, everything = _scan_classes(root)
-        splits = dict(zip(("train", "val"), _hold_out(everything, val_split, seed, root)))
-    return DataSource(str(root), classes, pre, splits, flip=True)
-
-
-def _scan_classes(folder: Path, expected: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], Split]:
-    """Class names (sub-folder names, sorted) and the readable images under them."""
-
-    classes = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")))
-    if not classes:
+    folder = read_folder(root)
+    if folder.layout == "images":
         raise RtkError(
-            f"{folder} holds no class folders; expected {folder}/<class>/<images> "
-            f"(or {folder}/train/<class>/… and {folder}/val/<class>/…)"
+            f"{root} holds images but no class folders; expected {root}/<class>/<images> "
+            f"(or {root}/train/<class>/… and {root}/val/<class>/…): training and evaluation need labelled images"
         )
-    if expected is not None and classes != expected:
-        extra, missing = sorted(set(classes) - set(expected)), sorted(set(expected) - set(classes))
-        detail = "; ".join(p for p in (f"extra {', '.join(extra)}" if extra else "", f"missing {', '.join(missing)}" if missing else "") if p)
-        raise RtkError(f"{folder} has other class folders than the training set: {detail}")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        found = _readable(find_images(folder / name, recursive=True))
-        if not found:
-            raise RtkError(f"class folder {folder / name} holds no readable images; add some or remove the folder")
-        paths += found
-        labels += [label] * len(found)
-    return classes, _file_split(paths, np.asarray(labels, dtype=np.int64))
+    pre = Preprocess.imagenet(input_size or 224)
+    classes = folder.class_names or ()
+    if folder.layout == "splits":
+        splits = {name: _labelled_split(folder, name) for name in folder.splits}
+        if "val" not in splits:
+            splits["train"], splits["val"] = _hold_out(splits["train"], val_split, seed, root / "train")
+        return DataSource(str(root), classes, pre, splits, flip=True)
+    everything = _labelled_split(folder, None)
+    try:
+        splits = dict(zip(("train", "val"), _hold_out(everything, val_split, seed, root)))
+        unavailable = {}
+    except RtkError as exc:  # too few images to hold any out: only training needs the split
+        splits, unavailable = {}, {"train": str(exc), "val": str(exc)}
+    return DataSource(str(root), classes, pre, splits, flip=True, whole=everything, unavailable=unavailable)
+
+
+def _labelled_split(folder: ImageFolder, split: str | None) -> Split:
+    """One split of a labelled folder (the whole folder for ``None``), its unreadable files left out with a warning."""
+    files, labels = folder.part(split)
+    good = set(_readable(list(files)))
+    kept = [(f, lab) for f, lab in zip(files, labels) if f in good]
+    present = {lab for _, lab in kept}
+    names = folder.class_names or ()
+    for label in range(len(names)):
+        if label not in present:
+            where = folder.root / split if split else folder.root
+            raise RtkError(f"class folder {where / names[label]} holds no readable images; add some or remove the folder")
+    return _file_split([f for f, _ in kept], np.asarray([lab for _, lab in kept], dtype=np.int64))
 
 
 def _readable(paths: list[Path]) -> list[Path]:
@@ -403,7 +425,6 @@ def _readable(paths: list[Path]) -> list[Path]:
     file that still fails to decode later is skipped by :class:`PreparedDataset`.
     """
     from PIL import Image
-
 
     good = []
     for path in paths:

@@ -6,7 +6,12 @@ line on stderr and exit status 1; anything else is a bug and keeps its traceback
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
+import shlex
+import urllib.parse
+from pathlib import Path
 from types import ModuleType
 
 
@@ -14,15 +19,60 @@ class RtkError(Exception):
     """A user-facing error: bad input, a missing optional package, a failed check."""
 
 
-# Module name -> the pip command that provides it.
-INSTALL_HINTS = {
-    "tensorrt": "pip install 'rtk[trt]'",
-    "onnxruntime": "pip install 'rtk[cpu]' (or 'rtk[gpu]' on an NVIDIA GPU)",
-    "tritonclient": "pip install 'rtk[triton]'",
-    "openvino": "pip install 'rtk[openvino]'",
-    # Ray Data (and the pyarrow it brings); the package itself, so the hint holds under any distribution name.
-    "ray": "pip install 'ray[data]>=2.40'",
-}
+#: The distribution rtk is published as. The command is ``rtk`` and the import packages are
+#: ``toolkit``, ``engines``, ``exporters`` and ``benchmarks``; ``rtk`` on the package index is another project.
+DISTRIBUTION = "resnet-toolkit"
+
+#: Optional module -> the extra of rtk's distribution that provides it (``onnxruntime``: the CPU build).
+EXTRAS = {"tensorrt": "trt", "onnxruntime": "cpu", "tritonclient": "triton", "openvino": "openvino", "ray": "ray"}
+
+
+@functools.lru_cache(maxsize=1)
+def installed_from() -> Path | None:
+    """The source checkout rtk runs from, or ``None`` when it was installed from a wheel.
+
+    An editable install records its checkout in the distribution's ``direct_url.json``
+    (PEP 610); code run from a checkout that is not installed at all (``PYTHONPATH``) is that
+    checkout when a ``pyproject.toml`` naming :data:`DISTRIBUTION` sits above it.
+    """
+    from importlib import (
+        metadata,  # its import pulls in the email package: only an install hint pays for it
+    )
+
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        root = Path(__file__).resolve().parents[2]
+        project = root / "pyproject.toml"
+        named = project.is_file() and f'name = "{DISTRIBUTION}"' in project.read_text(encoding="utf-8", errors="replace")
+        return root if named else None
+    try:
+        record = json.loads(dist.read_text("direct_url.json") or "{}")
+    except json.JSONDecodeError:
+        return None
+    url = record.get("url", "")
+    if record.get("dir_info", {}).get("editable") and url.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    return None
+
+
+def install_hint(extra: str) -> str:
+    """The command that adds one of rtk's extras (``trt``, ``gpu``, ``openvino``…), for the way rtk is installed here.
+
+    From a checkout: ``cd CHECKOUT && pip install -e '.[trt]'``; from a wheel: ``pip install 'resnet-toolkit[trt]'``.
+    """
+    checkout = installed_from()
+    if checkout is not None:
+        return f"cd {shlex.quote(str(checkout))} && pip install -e '.[{extra}]'"
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
+def module_install_hint(module: str) -> str:
+    """The command that installs an optional module: rtk's extra that provides it, else the module by name."""
+    top = module.split(".")[0]
+    if top == "onnxruntime":
+        return f"{install_hint('cpu')} (the gpu extra on an NVIDIA GPU)"
+    return install_hint(EXTRAS[top]) if top in EXTRAS else f"pip install {top}"
 
 
 def require(module: str, purpose: str | None = None) -> ModuleType:
@@ -42,7 +92,7 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
-        hint = INSTALL_HINTS.get(top, f"pip install {top}")
+        hint = module_install_hint(top)
         need = f" for {purpose}" if purpose else ""
         raise RtkError(f"{top} is needed{need} but is not installed ({exc}); install it with: {hint}") from None
 

@@ -4,12 +4,14 @@ comparison run on.
 Calibration needs no labels, and neither does comparing one runtime with another, so any of
 these will do as ``DATA``:
 
-- a dataset rtk reads (:func:`toolkit.core.data.resolve_data`): ``digits``, a torchvision name, or a
-  folder of class folders (``ROOT/<class>/…``, ``ROOT/train|val[|test]/<class>/…``); its images
-  are labelled, and the labels count when they are the model's classes;
-- any folder with image files in it, searched recursively (``photos/``, ``photos/2024/…``);
+- a dataset rtk reads (:func:`toolkit.core.data.resolve_data`): ``digits`` or a torchvision name;
+- a folder, read as every command reads one (:func:`toolkit.core.folders.read_folder`): class
+  folders (``ROOT/<class>/…``, judged whole) or split ones (``ROOT/train|val[|test]/<class>/…``),
+  labelled, or any folder with image files at its top, searched recursively, unlabelled;
 - a file list: a text file with one image path per line (relative to the list's folder; blank
   lines and lines starting with ``#`` are skipped).
+
+Labels count where the data's classes are the model's (:func:`match_classes`).
 
 :func:`calibration_pool` gives the images to calibrate on and, apart from them, the held-out
 images that judge the result, so an image that set a range never grades it.
@@ -28,7 +30,8 @@ import numpy as np
 from toolkit.core.console import warn
 from toolkit.core.data import Split, resolve_data
 from toolkit.core.errors import RtkError
-from toolkit.core.images import find_images, is_image_path, load_image
+from toolkit.core.folders import ImageFolder, read_folder
+from toolkit.core.images import is_image_path, load_image
 from toolkit.core.spec import ModelSpec, Preprocess
 from toolkit.core.transforms import image_to_array
 
@@ -73,6 +76,7 @@ class PreparedImages:
         source: what they are (``digits (test), 360 images``).
         unlabelled_reason: why no accuracy can be measured on them, when ``labels`` is ``None``.
         paths: the files they were read from, when they are files.
+        assumed: what matching the data's classes to the model's assumed (a model without class names).
     """
 
     images: np.ndarray
@@ -80,29 +84,10 @@ class PreparedImages:
     source: str
     unlabelled_reason: str | None = None
     paths: tuple[Path, ...] = ()
+    assumed: str | None = None
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def image_files(data: str | os.PathLike) -> list[Path] | None:
-    """The image files of a file list or of a folder holding image files (recursively); ``None``
-    when ``data`` is a dataset rtk reads with labels (a name, or a folder of class folders only).
-
-    Raises:
-        RtkError: a file list that cannot be read, or that names no image.
-    """
-    path = Path(data)
-    if path.is_file():
-        return _read_list(path)
-    if not path.is_dir() or (path / "train").is_dir():
-        return None
-    if find_images(path):  # images at the top: a collection, whatever its sub-folders are called
-        return find_images(path, recursive=True)
-    subfolders = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if not subfolders:
-        raise RtkError(f"{path} holds no images (jpg, png, bmp, gif, tif, webp)")
-    return None
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -121,9 +106,27 @@ def _read_list(path: Path) -> list[Path]:
     return [p if p.is_absolute() else path.parent / p for p in map(Path, entries)]
 
 
-def _file_set(files: list[Path], description: str) -> ImageSet:
-    split = Split(lambda i: load_image(files[i]), np.full(len(files), -1, dtype=np.int64), lambda i: str(files[i]))
-    return ImageSet(split, None, description, tuple(files))
+def _file_set(files: Sequence[Path], description: str, labels: Sequence[int] | None = None, class_names: tuple[str, ...] | None = None) -> ImageSet:
+    files = list(files)
+    values = np.full(len(files), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    split = Split(lambda i: load_image(files[i]), values, lambda i: str(files[i]), files=tuple(files))
+    return ImageSet(split, class_names if labels is not None else None, description, tuple(files))
+
+
+def _folder_set(folder: ImageFolder, split: str | None) -> ImageSet:
+    """One split of a folder (the whole folder for ``None``) as an image set, labelled where the folder is."""
+    files, labels = folder.part(split)
+    return _file_set(files, folder.describe(split), labels, folder.class_names)
+
+
+def _collection(data: str | os.PathLike) -> "ImageFolder | list[Path] | None":
+    """A file list's images, a folder as :func:`read_folder` reads it, or ``None`` for a dataset name."""
+    path = Path(data)
+    if path.is_file():
+        return _read_list(path)
+    if path.is_dir():
+        return read_folder(path)
+    return None
 
 
 def calibration_pool(data: str | os.PathLike, input_size: int, samples: int, seed: int = 0) -> tuple[ImageSet, ImageSet | None]:
@@ -145,23 +148,28 @@ def calibration_pool(data: str | os.PathLike, input_size: int, samples: int, see
     Raises:
         RtkError: the data cannot be found or read, or holds fewer than two images.
     """
-    files = image_files(data)
-    if files is None:
+    found = _collection(data)
+    if found is None:
         source = resolve_data(data, input_size=input_size)
         train = "train" if source.has("train") else "val"
         judge = "test" if source.has("test") else ("val" if train == "train" else None)
         pool = ImageSet(source.splits[train], source.class_names, f"{source.name} ({train})")
         held = ImageSet(source.splits[judge], source.class_names, f"{source.name} ({judge})") if judge else None
         return pool, held
-    kind = "file list" if Path(data).is_file() else "folder"
-    if len(files) < 2:
-        raise RtkError(f"{data} holds {len(files)} image; calibrating and judging an int8 file needs at least two")
-    order = np.random.default_rng(seed).permutation(len(files))
-    held = min(len(files) - 1, max(math.ceil(len(files) * HELD_OUT_FRACTION), len(files) - samples))
-    everything = _file_set(files, f"{data} ({kind})")
+    if isinstance(found, ImageFolder) and found.layout == "splits":  # calibrate on train, judge on test (else val)
+        judge = found.judged_split
+        return _folder_set(found, "train"), (_folder_set(found, judge) if judge else None)
+    if isinstance(found, ImageFolder):
+        everything, kind = _folder_set(found, None), found.describe()
+    else:
+        everything, kind = _file_set(found, f"{data} (file list)"), f"{data} (file list)"
+    if len(everything) < 2:
+        raise RtkError(f"{data} holds {len(everything)} image; calibrating and judging an int8 file needs at least two")
+    order = np.random.default_rng(seed).permutation(len(everything))
+    held = min(len(everything) - 1, max(math.ceil(len(everything) * HELD_OUT_FRACTION), len(everything) - samples))
     return (
-        everything.subset(np.sort(order[held:]), f"{data} ({kind})"),
-        everything.subset(np.sort(order[:held]), f"{data} ({kind}, held out)"),
+        everything.subset(np.sort(order[held:]), kind),
+        everything.subset(np.sort(order[:held]), kind[:-1] + ", held out)"),
     )
 
 
@@ -177,18 +185,20 @@ def calibration_draw(pool: ImageSet, samples: int, seed: int = 0) -> ImageSet:
 
 
 def judged_set(data: str | os.PathLike, input_size: int) -> ImageSet:
-    """The images a check or comparison runs on: a dataset's test split (else validation), or
-    every image of a folder or file list.
+    """The images a check or comparison runs on: a dataset's test split (else validation), a split
+    folder's test split (else val), or every image of any other folder or of a file list.
 
     Raises:
         RtkError: the data cannot be found or read.
     """
-    files = image_files(data)
-    if files is not None:
-        return _file_set(files, f"{data} ({'file list' if Path(data).is_file() else 'folder'})")
+    found = _collection(data)
+    if isinstance(found, ImageFolder):
+        return _folder_set(found, found.judged_split)
+    if found is not None:
+        return _file_set(found, f"{data} (file list)")
     source = resolve_data(data, input_size=input_size)
-    split = "test" if source.has("test") else "val"
-    return ImageSet(source.splits[split], source.class_names, f"{source.name} ({split})")
+    split = source.judged_split
+    return ImageSet(source.split(split), source.class_names, f"{source.name} ({split})")
 
 
 def prepare_images(
@@ -226,26 +236,60 @@ def prepare_images(
         paths += [path] if path is not None else []
     if not arrays:
         raise RtkError(f"no image of {images.description} could be read")
-    mapped, reason = model_labels(spec, images.class_names, np.asarray(labels, dtype=np.int64))
+    match = match_classes(spec, images.class_names)
+    mapped = np.asarray(match.mapping, dtype=np.int64)[np.asarray(labels, dtype=np.int64)] if match.complete else None
     described = f"{images.description}, {len(arrays)} images"
-    return PreparedImages(np.ascontiguousarray(np.stack(arrays), dtype=np.float32), mapped, described, reason, tuple(paths))
+    array = np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+    return PreparedImages(array, mapped, described, match.reason, tuple(paths), match.assumed if match.complete else None)
 
 
-def model_labels(spec: "ModelSpec", class_names: Sequence[str] | None, labels: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """Labels in the model's class order, or ``None`` and the reason they cannot count.
+@dataclass(frozen=True)
+class ClassMatch:
+    """How a data set's classes map onto a model's.
 
-    Classes are matched by name when both sides have names, else by index when the counts agree.
+    Attributes:
+        mapping: for each class of the data, the model's index of it, or -1 where the model has no
+            such class; ``None`` when nothing can be matched (unlabelled data, or counts that differ
+            with no class names to go by).
+        reason: why some or all images cannot be scored, or ``None``.
+        assumed: what the mapping takes for granted (a model without class names), or ``None``.
+    """
+
+    mapping: tuple[int, ...] | None
+    reason: str | None = None
+    assumed: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every class of the data is one of the model's: the accuracy over all images can be measured."""
+        return self.mapping is not None and all(m >= 0 for m in self.mapping)
+
+
+def match_classes(spec: "ModelSpec", class_names: Sequence[str] | None) -> ClassMatch:
+    """Match the data's classes (folder names) to the model's: by name, or, for a model without
+    names, by sorted folder order when the counts agree (torchvision's ``ImageFolder`` numbers
+    classes so, and so did whatever trained the model on such folders); the assumption is said.
     """
     if class_names is None:
-        return None, "the images are not labelled"
+        return ClassMatch(None, "the images are not labelled")
+    if spec.class_names:
+        index = {name: i for i, name in enumerate(spec.class_names)}
+        mapping = tuple(index.get(name, -1) for name in class_names)
+        unknown = [name for name, m in zip(class_names, mapping) if m < 0]
+        if not unknown:
+            return ClassMatch(mapping)
+        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        known = f" (it knows {', '.join(spec.class_names[:10])}{' …' if spec.num_classes > 10 else ''})"
+        return ClassMatch(mapping, f"the data has classes the model does not know: {shown}{known}")
     if len(class_names) != spec.num_classes:
-        return None, f"the data has {len(class_names)} classes and the model {spec.num_classes}"
-    if spec.class_names and tuple(spec.class_names) != tuple(class_names):
-        if set(spec.class_names) != set(class_names):
-            return None, "the data's classes are not the model's"
-        order = {name: i for i, name in enumerate(spec.class_names)}
-        labels = np.asarray([order[class_names[int(label)]] for label in labels], dtype=np.int64)
-    return labels, None
+        return ClassMatch(None, f"the data has {len(class_names)} classes and the model {spec.num_classes} outputs, and no class names to match them by")
+    shown = ", ".join(class_names[:5]) + (" …" if len(class_names) > 5 else "")
+    assumed = (
+        f"the model has no class names, so the data's {len(class_names)} classes in sorted order ({shown}) are taken "
+        f"as its classes 0–{spec.num_classes - 1}, as torchvision's ImageFolder numbers them; if it was trained otherwise, "
+        "the accuracy is meaningless"
+    )
+    return ClassMatch(tuple(range(len(class_names))), assumed=assumed)
 
 
 def few_judged_warning(count: int, what: str) -> str | None:
@@ -254,5 +298,5 @@ def few_judged_warning(count: int, what: str) -> str | None:
         return None
     return (
         f"only {count} image{'s' if count != 1 else ''} judged {what}: one image is {100 / max(count, 1):.1f} points of top-1 "
-        f"agreement, too coarse to mean much; give data with at least {FEW_JUDGED} images to hold out"
+        f"agreement (or accuracy), too coarse to mean much; give at least {FEW_JUDGED} images"
     )

@@ -106,6 +106,25 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def check_output_folder(folder: str | os.PathLike, flag: str) -> Path:
+    """A folder a command will write several files into: it may not exist yet, but it must be able to.
+
+    Raises:
+        RtkError: it is a file, lies below a file, or its nearest existing folder cannot be written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RtkError(f"{flag} {folder} is a file; give a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RtkError(f"{flag} {folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RtkError(f"{flag} {folder} cannot be written: no permission to write in {existing}")
+    return folder
+
+
 def _check_name_length(path: Path) -> None:
     """A name longer than its file system allows fails now, not after the work at the final rename."""
     folder = path.parent

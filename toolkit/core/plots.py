@@ -24,7 +24,6 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-
     try:
         with staged(path) as tmp:
             fig.tight_layout()

@@ -30,6 +30,9 @@ ARCHS = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
+#: The architecture of an ONNX file that carries no rtk metadata: its graph does not name one
+#: (:mod:`toolkit.core.foreign_onnx`). Nothing is ever built from it.
+UNKNOWN_ARCH = "unknown"
 #: Classification heads by name. ``mlp1024`` stands for the family ``mlpN`` (any hidden width N);
 #: see :func:`head_layers`.
 HEADS = ("fc", "dropout-fc", "mlp1024", "mlp1024-dropout")
@@ -115,7 +118,8 @@ class ModelSpec:
     """What network an artefact holds.
 
     Attributes:
-        arch: torchvision architecture name, one of :data:`ARCHS`.
+        arch: torchvision architecture name, one of :data:`ARCHS`; :data:`UNKNOWN_ARCH` for an ONNX
+            file that does not say.
         num_classes: number of output logits.
         class_names: one name per class, or ``None`` (indices are used then).
         head: ``"fc"`` (one linear layer), ``"mlp1024"`` (Linear→1024, ReLU, Linear→n) or another
@@ -146,7 +150,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.class_names is not None and not isinstance(self.class_names, tuple):
             object.__setattr__(self, "class_names", tuple(self.class_names))
-        _check(self.arch in ARCHS, f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        _check(self.arch in ARCHS or self.arch == UNKNOWN_ARCH, f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         _check(
             isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and self.num_classes >= 1,
             f"num_classes must be a positive integer, got {self.num_classes!r}",

@@ -19,11 +19,12 @@ from engines.ort_install import gpu_install_hint
 from engines.request import EngineRequest
 from toolkit.core.artefacts import artefact_kind
 from toolkit.core.errors import RtkError
+from toolkit.core.spec import ArtefactMeta
 from toolkit.usecases.opening import open_engine
 
 
 def benchmark_model(
-    model: str | os.PathLike, options: BenchOptions, progress: Callable[[BenchResult], None] | None = None
+    model: str | os.PathLike, options: BenchOptions, progress: Callable[[BenchResult], None] | None = None, meta: ArtefactMeta | None = None,
 ) -> BenchReport:
     """Benchmark every engine in ``options`` on ``model`` across the batch sizes.
 
@@ -35,6 +36,7 @@ def benchmark_model(
         model: a checkpoint, ONNX file or TensorRT engine.
         options: which engines, and what to time (:class:`~benchmarks.harness.BenchOptions`).
         progress: called with each finished row (for live output).
+        meta: the spec and preprocessing of an ONNX file that carries none (:mod:`toolkit.core.foreign_onnx`).
 
     Returns:
         The report: model, settings, environment and one row per engine, batch size and I/O mode.
@@ -58,7 +60,7 @@ def benchmark_model(
             if choice in added and not any(fp32_counterpart(name) == str(choice) for name in engines):
                 continue
             try:
-                engines[str(choice)] = _open(model, choice, options)
+                engines[str(choice)] = _open(model, choice, options, meta)
             except RtkError as exc:
                 skipped.append(BenchResult(str(choice), choice.resolved_precision, options.device, "skipped", reason=str(exc)))
                 emit(skipped[-1])
@@ -83,7 +85,7 @@ def with_baselines(choices: list[EngineName]) -> list[EngineName]:
     return out
 
 
-def _open(model: Path, choice: EngineName, options: BenchOptions) -> Engine:
+def _open(model: Path, choice: EngineName, options: BenchOptions, meta: ArtefactMeta | None = None) -> Engine:
     """Open one engine for timing, or say why it cannot be timed here.
 
     Raises:
@@ -96,7 +98,7 @@ def _open(model: Path, choice: EngineName, options: BenchOptions) -> Engine:
         model, choice, device=options.device, threads=options.threads,
         # trt and ort-trt get the same profile for the batches timed (toolkit.core.trt.sidecar.profile_for).
         max_batch=max(options.batch_sizes) if "trt" in (choice.runtime, choice.provider) else None,
-        checkpoint_options=options.checkpoint_options,
+        checkpoint_options=options.checkpoint_options, meta=meta,
     )
     engine = open_engine(request)
     if engine.fell_back_from is not None:

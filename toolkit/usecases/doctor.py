@@ -22,10 +22,15 @@ from typing import Any
 from benchmarks.environment import collect_environment, gpu_info
 from benchmarks.harness import BenchOptions
 from engines.names import ALL_ENGINES, parse_engine
-from engines.ort_install import gpu_install_hint, installed_ort_distributions, load_gpu_libraries, ort_conflict
+from engines.ort_install import (
+    gpu_install_hint,
+    installed_ort_distributions,
+    load_gpu_libraries,
+    ort_conflict,
+)
 from exporters.onnx import ExportOptions, export_onnx
 from toolkit.core.checkpoint import save_checkpoint
-from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line
+from toolkit.core.errors import RtkError, first_line, install_hint, module_install_hint
 from toolkit.core.models import create_model
 from toolkit.core.outputs import json_text, write_atomic
 from toolkit.core.spec import ModelSpec, Preprocess
@@ -34,9 +39,18 @@ from toolkit.core.validation import POSITIVE
 from toolkit.usecases.bench import benchmark_model
 from toolkit.usecases.parity import ParityOptions, run_parity
 
-#: Why an engine needing CUDA cannot run, and what gives it CUDA.
+#: Why an engine needing CUDA cannot run.
 NO_CUDA = "needs an NVIDIA GPU with CUDA; torch sees none"
-CUDA_HINT = "a machine with an NVIDIA GPU and driver, and a CUDA build of torch (pip install torch)"
+
+
+def cuda_hint(cuda_build: str | None) -> str:
+    """What gives this environment CUDA: a GPU and its driver, and a CUDA build of torch when this one is not."""
+    if cuda_build:
+        return f"a machine with an NVIDIA GPU and its driver (this torch is already a CUDA {cuda_build} build)"
+    return (
+        "a machine with an NVIDIA GPU and its driver, and a CUDA build of torch in place of this CPU-only one "
+        "(pip uninstall -y torch torchvision, then reinstall rtk without PyTorch's CPU wheel index)"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class Diagnosis:
     onnxruntime: dict[str, Any]
     tensorrt: dict[str, Any]
     engines: tuple[EngineStatus, ...]
+    openvino: dict[str, Any] = field(default_factory=dict)
 
     def available(self) -> list[str]:
         return [e.engine for e in self.engines if e.status == "available"]
@@ -78,6 +93,7 @@ class Diagnosis:
             "torch": self.torch,
             "onnxruntime": self.onnxruntime,
             "tensorrt": self.tensorrt,
+            "openvino": self.openvino,
             "engines": [e.to_dict() for e in self.engines],
         }
 
@@ -105,9 +121,11 @@ def diagnose() -> Diagnosis:
     }
     ort_info = _onnxruntime_info(cuda)
     trt_info = _tensorrt_info()
-    engines = tuple(_engine_status(name, cuda, ort_info, trt_info) for name in engine_families())
+    ov_info = _openvino_info()
+    found = {"ort": ort_info, "trt": trt_info, "ov": ov_info, "cuda_build": torch.version.cuda}
+    engines = tuple(_engine_status(name, cuda, found) for name in engine_families())
     environment = collect_environment("cuda" if cuda else "cpu")
-    return Diagnosis(environment, torch_info, ort_info, trt_info, engines)
+    return Diagnosis(environment, torch_info, ort_info, trt_info, engines, ov_info)
 
 
 def _onnxruntime_info(cuda: bool) -> dict[str, Any]:
@@ -116,7 +134,7 @@ def _onnxruntime_info(cuda: bool) -> dict[str, Any]:
         "conflict": ort_conflict(),
     }
     if importlib.util.find_spec("onnxruntime") is None:
-        info["error"] = f"onnxruntime is not installed; install it with: {INSTALL_HINTS['onnxruntime']}"
+        info["error"] = f"onnxruntime is not installed; install it with: {module_install_hint('onnxruntime')}"
         return info
     import onnxruntime as ort
 
@@ -162,7 +180,7 @@ def _relu_onnx(path: Path) -> Path:
 
 def _tensorrt_info() -> dict[str, Any]:
     if importlib.util.find_spec("tensorrt") is None:
-        return {"installed": False, "error": f"TensorRT is not installed ({INSTALL_HINTS['tensorrt']})"}
+        return {"installed": False, "error": f"TensorRT is not installed ({install_hint('trt')})"}
     try:
         trt = import_tensorrt("TensorRT engines")
     except RtkError as exc:
@@ -175,24 +193,45 @@ def _tensorrt_info() -> dict[str, Any]:
     }
 
 
-def _engine_status(name: str, cuda: bool, ort_info: dict[str, Any], trt_info: dict[str, Any]) -> EngineStatus:
-    """The engine's status from what was found; without CUDA, the GPU is named first among the reasons."""
+def _openvino_info() -> dict[str, Any]:
+    """OpenVINO's version and the CPU plugin's capabilities (which say whether ov-bf16 and ov-fp16 run here)."""
+    if importlib.util.find_spec("openvino") is None:
+        return {"installed": False, "error": f"OpenVINO is not installed ({install_hint('openvino')})"}
+    try:
+        import openvino as ov
+
+        capabilities = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception as exc:  # noqa: BLE001 - a broken install raises whatever its loader raises; the reason is what matters
+        return {"installed": True, "error": f"OpenVINO is installed but its CPU plugin does not start ({first_line(exc)})"}
+    return {"installed": True, "version": ov.get_version(), "cpu_capabilities": capabilities}
+
+
+def _engine_status(name: str, cuda: bool, found: dict[str, Any]) -> EngineStatus:
+    """The engine's status from what was found (``found``: the ``ort``, ``trt`` and ``ov`` sections and
+    torch's ``cuda_build``); without CUDA, the GPU is named first among the reasons."""
 
     parsed = parse_engine(name)
-    status = _software_status(name, parsed.family, ort_info, trt_info)
+    status = _software_status(name, parsed.family, found)
     if not parsed.needs_cuda or cuda:
         return status
     reasons = [NO_CUDA] + ([status.reason] if status.status == "unavailable" and status.reason else [])
-    installs = [CUDA_HINT] + ([status.install] if status.status == "unavailable" and status.install else [])
+    installs = [cuda_hint(found["cuda_build"])] + ([status.install] if status.status == "unavailable" and status.install else [])
     return EngineStatus(name, "unavailable", "; ".join(reasons), "; then ".join(installs))
 
 
-def _software_status(name: str, family: str, ort_info: dict[str, Any], trt_info: dict[str, Any]) -> EngineStatus:
+def _software_status(name: str, family: str, found: dict[str, Any]) -> EngineStatus:
+    ort_info, trt_info, ov_info = found["ort"], found["trt"], found["ov"]
     if family == "eager":
         return EngineStatus(name, "available")
+    if family == "ov":
+        if "error" in ov_info:
+            return EngineStatus(name, "unavailable", ov_info["error"], install_hint("openvino"))
+        units = [c for c in ("BF16", "FP16") if c in ov_info["cpu_capabilities"]]
+        extra = f"; this CPU also runs {', '.join('ov-' + u.lower() for u in units)}" if units else "; this CPU has no bf16 or fp16 units (ov-bf16, ov-fp16 refused)"
+        return EngineStatus(name, "available", f"OpenVINO {ov_info['version']}{extra}")
     if family.startswith("ort"):
         if "error" in ort_info:
-            return EngineStatus(name, "unavailable", ort_info["error"], INSTALL_HINTS["onnxruntime"])
+            return EngineStatus(name, "unavailable", ort_info["error"], module_install_hint("onnxruntime"))
         provider = {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}.get(family)
         if provider is None:
             return EngineStatus(name, "unknown", "rtk doctor has no probe for this provider; rtk doctor --check tries it")
@@ -206,7 +245,7 @@ def _software_status(name: str, family: str, ort_info: dict[str, Any], trt_info:
         return EngineStatus(name, "available")
     if family == "trt":
         if "error" in trt_info:
-            return EngineStatus(name, "unavailable", trt_info["error"], INSTALL_HINTS["tensorrt"])
+            return EngineStatus(name, "unavailable", trt_info["error"], install_hint("trt"))
         return EngineStatus(name, "available")
     return EngineStatus(name, "unknown", "rtk doctor has no probe for this runtime; rtk doctor --check tries it")
 
@@ -255,7 +294,6 @@ def check_model(folder: Path) -> Path:
     """A small real checkpoint (ResNet-18, small stem, 32×32 RGB, 10 classes, BatchNorm statistics set)."""
     import torch
 
-
     spec = ModelSpec(arch="resnet18", num_classes=10, class_names=tuple(f"class{i}" for i in range(10)), stem="small")
     pre = Preprocess(input_size=(32, 32), resize=32, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     generator = torch.Generator().manual_seed(0)
@@ -288,7 +326,6 @@ def run_check(
     Returns:
         The report; ``report.passed`` is false when an engine that should run failed.
     """
-
 
     POSITIVE.check(bench_s, "--bench-seconds")
     statuses = {e.engine: e for e in diagnosis.engines}
@@ -323,6 +360,8 @@ def _check_engine(checkpoint: Path, name: str, device: str, bench_s: float) -> E
         )
     except RtkError as exc:
         return EngineCheck(name, "failed", str(exc))
+    if parity.skipped:
+        return EngineCheck(name, "failed", parity.skipped[0].reason)
     result = parity.results[0].to_dict()
     rows = [
         {"batch_size": r.batch_size, "status": r.status, "throughput_ips": r.throughput_ips,

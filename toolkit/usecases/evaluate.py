@@ -18,12 +18,13 @@ import numpy as np
 from engines.base import Engine
 from engines.request import EngineRequest
 from toolkit.core.checkpoint import CheckpointOptions
-from toolkit.core.console import ProgressBar
+from toolkit.core.console import ProgressBar, warn
 from toolkit.core.data import DataSource, resolve_data
 from toolkit.core.errors import RtkError
+from toolkit.core.image_sets import few_judged_warning, match_classes
 from toolkit.core.metrics import ClassificationReport
 from toolkit.core.outputs import Output, check_outputs
-from toolkit.core.spec import ModelSpec
+from toolkit.core.spec import ArtefactMeta, ModelSpec
 from toolkit.core.validation import COUNT, PART, SEED
 from toolkit.usecases.opening import open_engine
 
@@ -31,28 +32,31 @@ from toolkit.usecases.opening import open_engine
 def label_mapping(data_classes: Sequence[str], spec: ModelSpec) -> np.ndarray:
     """For each class of the data, the index of the same class in the model's output.
 
-    Classes are matched by name, so a folder whose classes are a subset of the model's, or
-    are listed in another order, is scored correctly. A model without class names must have
-    exactly as many outputs as the data has classes.
+    Classes are matched by name (:func:`toolkit.core.image_sets.match_classes`), so a folder whose
+    classes are a subset of the model's, or are listed in another order, is scored correctly. A
+    model without class names must have exactly as many outputs as the data has classes, which
+    are then taken in sorted order.
 
     Raises:
         RtkError: the data has classes the model does not know.
     """
-    if spec.class_names is None:
-        if len(data_classes) != spec.num_classes:
-            raise RtkError(
-                f"the data has {len(data_classes)} classes but the model has {spec.num_classes} outputs and no class names to match them by"
-            )
-        return np.arange(len(data_classes))
-    index = {name: i for i, name in enumerate(spec.class_names)}
-    unknown = [name for name in data_classes if name not in index]
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-        raise RtkError(
-            f"the data has classes the model does not know: {shown} (the model knows {', '.join(spec.class_names[:10])}"
-            f"{' …' if spec.num_classes > 10 else ''})"
-        )
-    return np.asarray([index[name] for name in data_classes], dtype=np.int64)
+    match = match_classes(spec, data_classes)
+    if not match.complete:
+        raise RtkError(f"cannot score these images: {match.reason}")
+    return np.asarray(match.mapping, dtype=np.int64)
+
+
+def evaluation_batch_size(n: int, batch_size: int, engine: Engine) -> int:
+    """Images per engine call when scoring ``n`` images: ``batch_size``, capped at what the engine takes.
+
+    Raises:
+        RtkError: nothing to score.
+        UsageError: a batch size outside :data:`~toolkit.core.validation.COUNT`.
+    """
+    if n == 0:
+        raise RtkError("the evaluation set is empty")
+    COUNT.check(batch_size, "the batch size")
+    return min(batch_size, engine.max_batch) if engine.max_batch is not None else batch_size
 
 
 def evaluate(
@@ -78,13 +82,8 @@ def evaluate(
     """
     import torch
 
-
     n = len(dataset)
-    if n == 0:
-        raise RtkError("the evaluation set is empty")
-    COUNT.check(batch_size, "the batch size")
-    if engine.max_batch is not None:
-        batch_size = min(batch_size, engine.max_batch)
+    batch_size = evaluation_batch_size(n, batch_size, engine)
     mapping = label_mapping(class_names, engine.spec) if class_names is not None else None
     labels = np.empty(n, dtype=np.int64)
     predictions = np.empty(n, dtype=np.int64)
@@ -113,7 +112,8 @@ class EvalOptions:
     Attributes:
         model: a checkpoint, ONNX file or TensorRT engine.
         data: ``digits``, a built-in dataset name, or an image folder.
-        split: ``test``, ``val`` or ``train``; the test split when the data has one, else val.
+        split: ``test``, ``val``, ``train`` or ``all``; by default the test split when the data has one,
+            else the whole of a folder of class folders (``all``), else val.
         batch_size: images per engine call.
         engine: an engine name (:mod:`engines.names`); the artefact's own runtime when omitted. A
             checkpoint on ONNX Runtime or TensorRT is exported (and built) next to it first.
@@ -122,6 +122,7 @@ class EvalOptions:
         data_root, download, val_split, seed, max_samples: as for :func:`toolkit.core.data.resolve_data`.
         checkpoint_options: which of a checkpoint's weights to evaluate (EMA or raw), and whether
             to trust a pickle.
+        meta: the spec and preprocessing of an ONNX file that carries none (:mod:`toolkit.core.foreign_onnx`).
     """
 
     model: Path
@@ -138,6 +139,7 @@ class EvalOptions:
     max_samples: int | None = None
     progress: bool = True
     checkpoint_options: CheckpointOptions = field(default_factory=CheckpointOptions)
+    meta: ArtefactMeta | None = None
 
     def __post_init__(self) -> None:
         for flag, value, rule in (
@@ -158,6 +160,7 @@ class EvalResult:
     split: str
     seconds: float
     confusion_png: Path | None
+    assumed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +170,7 @@ class EvalResult:
             "split": self.split,
             "seconds": round(self.seconds, 3),
             "confusion_png": str(self.confusion_png) if self.confusion_png else None,
+            "assumed": self.assumed,
             **self.report.to_dict(),
         }
 
@@ -198,18 +202,21 @@ def evaluate_artefact(options: EvalOptions, score: Scorer | None = None) -> Eval
         download=options.download,
         max_samples=options.max_samples,
     )
-    split = options.split or ("test" if source.has("test") else "val")
-    if not source.has(split):
-        raise RtkError(f"{source.name} has no {split} split; it has {', '.join(source.splits)}")
-    request = EngineRequest.of(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options)
+    split = options.split or source.judged_split
+    images = len(source.split(split))  # a missing split fails here, before the engine is opened
+    request = EngineRequest.of(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options, meta=options.meta)
     with open_engine(request) as engine:
         label_mapping(source.class_names, engine.spec)  # fail on foreign classes before any work
+        assumed = match_classes(engine.spec, source.class_names).assumed
+        for warning in (assumed, few_judged_warning(images, f"in {source.name} ({split})")):
+            if warning:
+                warn(warning)
         report = (score or _score_here(options))(engine, source, split)
         name = engine.name
     png = options.confusion or Path(options.model).with_name(f"{Path(options.model).stem}.confusion-{split}.png")
     check_outputs([Output(png, "--confusion")], [options.model, options.data])
     report.save_confusion_png(png, title=f"{Path(options.model).name} on {_short(source.name)} {split}")
-    return EvalResult(report, Path(options.model), name, source.name, split, time.perf_counter() - started, png)
+    return EvalResult(report, Path(options.model), name, source.name, split, time.perf_counter() - started, png, assumed)
 
 
 def _score_here(options: EvalOptions) -> Scorer:

@@ -14,7 +14,7 @@ from typing import Any
 
 from toolkit.core.artefacts import artefact_kind, u8_path_for
 from toolkit.core.checkpoint import Checkpoint, CheckpointOptions, load_checkpoint
-from toolkit.core.errors import RtkError
+from toolkit.core.errors import RtkError, install_hint
 from toolkit.core.hub import open_hub_folder
 from toolkit.core.onnx_graph import external_data_files, graph_io, load_onnx_graph, metadata_dict, onnx_precision
 from toolkit.core.spec import ArtefactMeta
@@ -189,7 +189,7 @@ def describe_engine(path: str | os.PathLike) -> dict[str, Any]:
 
 def _compatibility_here(sidecar: EngineSidecar, path: Path) -> str:
     if importlib.util.find_spec("tensorrt") is None:
-        return "unknown: TensorRT is not installed here (pip install 'rtk[trt]')"
+        return f"unknown: TensorRT is not installed here ({install_hint('trt')})"
     try:
         platform = current_platform()
     except RtkError as exc:

@@ -26,15 +26,14 @@ import numpy as np
 
 from engines.openvino import compile_config
 from engines.ort import PROVIDERS
-from engines.request import EngineRequest
 from exporters.onnx import ensure_onnx
 from exporters.prepare import prepare
-from toolkit.core.checkpoint import Checkpoint, load_checkpoint
 from toolkit.core.errors import RtkError, require
 from toolkit.core.image_sets import judged_set, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, onnx_precision
-from toolkit.core.outputs import json_text, write_atomic
+from toolkit.core.outputs import check_output_folder, json_text, write_atomic
 from toolkit.core.plots import pyplot, save_figure
+from toolkit.usecases.parity import candidate_request, reference_for
 
 if TYPE_CHECKING:
     import onnx
@@ -150,7 +149,6 @@ def ort_runner(path: Path, names: Sequence[str], provider: str = "cpu", threads:
         RtkError: onnxruntime missing, or the graph cannot be loaded.
     """
     import onnx
-
 
     ort = require("onnxruntime", "rtk parity --layers")
     options = ort.SessionOptions()
@@ -301,48 +299,49 @@ def check_folder(folder: str | os.PathLike) -> Path:
     Raises:
         RtkError: one sentence naming the file in the way.
     """
-    folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RtkError(f"--layers {folder} cannot be a folder: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RtkError(f"--layers {folder} cannot be written: no permission to write in {existing}")
-    return folder
+    return check_output_folder(folder, "--layers")
 
 
-def layer_reports(checkpoint, options, folder: str | os.PathLike, on_report: Callable[[LayerReport], None] | None = None) -> list[LayerReport]:
+def layer_reports(
+    model, options, folder: str | os.PathLike, on_report: Callable[[LayerReport], None] | None = None, skip: Sequence[str] = (),
+) -> list[LayerReport]:
     """Per-layer reports of every ONNX-based engine of a parity run, written into ``folder``.
 
     Args:
-        checkpoint: the reference checkpoint (path or loaded); its fp32 ONNX is the reference graph.
+        model: the parity run's reference: a checkpoint (path or loaded), whose fp32 ONNX is the
+            reference graph, or an fp32 ONNX file, itself the reference graph.
         options: the parity run's :class:`toolkit.usecases.parity.ParityOptions` (engines, files, ``data``).
         folder: where ``ENGINE.layers.json`` and ``.png`` go.
         on_report: called with each report as it is ready.
+        skip: engines left out (the ones the parity run could not judge).
 
     Raises:
         RtkError: no ``data``; an engine whose artefact cannot be made or run.
     """
 
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, options=options.checkpoint_options)
     if options.data is None:
         raise RtkError("--layers compares every tensor on real images; add --data DATA (a dataset, a folder of images or a file list)")
-    reading = dataclasses.replace(options.checkpoint_options, weights=ckpt.weights)
-    reference = Path(options.onnx) if options.onnx is not None else Path(ensure_onnx(ckpt.path, "fp32", reading))
-    prepared = prepare_images(judged_set(options.data, ckpt.preprocess.input_size[0]), ckpt.spec, ckpt.preprocess, min(LAYER_IMAGES, options.max_samples or LAYER_IMAGES))
+    reference = reference_for(model, options)
+    ckpt, meta = reference.checkpoint, reference.meta
+    if options.onnx is not None:
+        fp32 = Path(options.onnx)
+    elif ckpt is not None:
+        fp32 = Path(ensure_onnx(ckpt.path, "fp32", dataclasses.replace(options.checkpoint_options, weights=ckpt.weights)))
+    else:
+        fp32 = reference.path
+    pre = meta.preprocess
+    prepared = prepare_images(judged_set(options.data, pre.input_size[0]), meta.spec, pre, min(LAYER_IMAGES, options.max_samples or LAYER_IMAGES))
     reports = []
     for name in options.engines:
-        if name.runtime not in ("ort", "ov"):
+        if name.runtime not in ("ort", "ov") or str(name) in skip:
             continue  # eager has no graph to match; rtk's TensorRT engines expose only their logits
-        request = EngineRequest.of(options.artefact_for(name) or ckpt.path, name, device=options.device, checkpoint_options=reading)
-        artefact = prepare(request).path
+        artefact = prepare(candidate_request(reference, name, options)).path
         precision = _precision_of(artefact, name)
         if name.runtime == "ort":
             tap: Tap = lambda path, names, provider=name.provider or "cpu": ort_runner(path, names, provider)  # noqa: E731
         else:
             tap = lambda path, names, precision=precision: ov_runner(path, names, precision)  # noqa: E731
-        report = compare_layers(reference, artefact, tap, prepared.images, engine=str(name.with_precision(precision)), precision=precision, source=prepared.source)
+        report = compare_layers(fp32, artefact, tap, prepared.images, engine=str(name.with_precision(precision)), precision=precision, source=prepared.source)
         write_layer_report(report, folder)
         reports.append(report)
         if on_report is not None:

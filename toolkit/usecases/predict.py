@@ -2,8 +2,10 @@
 
 Decoding runs in a thread pool, ahead of inference by a bounded window, so the engine is fed
 full batches while the next ones are being decoded (Pillow and NumPy release the GIL for the
-heavy parts). Unreadable files become rows with an ``error`` and are skipped; a folder laid out
-as ``<class>/image`` with the model's class names is also scored (accuracy, confusion matrix).
+heavy parts). Unreadable files become rows with an ``error`` and are skipped. A folder is read as
+every command reads one (:func:`toolkit.core.folders.read_folder`): images laid out as
+``<class>/image`` are labelled by their folder and scored where the folder names are the model's
+classes (accuracy, confusion matrix).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import numpy as np
 from engines.base import Engine, NonFiniteOutput
 from toolkit.core.artefacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, artefact_suffix
 from toolkit.core.errors import RtkError, require
-from toolkit.core.files import readable_folder, stat_for_reading
-from toolkit.core.images import IMAGE_SUFFIXES, describe_ignored, load_image, scan_folder
+from toolkit.core.files import stat_for_reading
+from toolkit.core.folders import read_folder
+from toolkit.core.image_sets import match_classes
+from toolkit.core.images import load_image
 from toolkit.core.metrics import ClassificationReport
 from toolkit.core.outputs import json_text
-from toolkit.core.spec import Preprocess
+from toolkit.core.spec import ModelSpec, Preprocess
 from toolkit.core.transforms import image_to_array
 from toolkit.core.validation import COUNT, COUNT_OR_ZERO
 
@@ -55,8 +59,8 @@ class PredictOptions:
         top_k: classes kept per image (capped at the number of classes).
         batch_size: images per engine call; ``None`` = 32, or the engine's maximum if smaller.
         workers: decoding threads; 0 decodes in the calling thread, one image at a time.
-        recursive: also search subfolders at any depth (class folders of a labelled folder are
-            always searched).
+        recursive: also search the subfolders of a folder with images at its top, at any depth
+            (class folders, ``<class>/image``, are always searched).
         strict: stop with an error at the first file that cannot be read.
     """
 
@@ -105,6 +109,7 @@ class PredictResult:
         evaluation: accuracy and confusion matrix over the labelled images, when there are any.
         ignored: files passed over because their suffix is not an image suffix (not failures:
             a README beside the photos is normal, but the user should see what was not read).
+        notes: what the scoring assumed, or why images in class folders were not scored.
     """
 
     root: Path
@@ -115,6 +120,7 @@ class PredictResult:
     seconds: float
     evaluation: "ClassificationReport | None" = None
     ignored: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Prediction]:
@@ -156,6 +162,7 @@ class PredictResult:
             "seconds": round(self.seconds, 4),
             "images_per_s": round(self.images_per_s, 2) if self.classified else None,
             "evaluation": ev.to_dict() if ev is not None else None,
+            "notes": list(self.notes),
         }
 
 
@@ -242,25 +249,27 @@ class ImageInputs:
         files: the image files to classify, sorted.
         labels: ``labels[i]`` is the class folder ``files[i]`` lies in, or ``None``.
         ignored: visible files passed over because their suffix is not an image suffix.
+        class_names: the class folders, sorted, when the folder is laid out as ``<class>/image``.
     """
 
     root: Path
     files: list[Path]
     labels: list[str | None]
     ignored: list[Path] = field(default_factory=list)
+    class_names: tuple[str, ...] | None = None
 
 
-def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursive: bool = False) -> ImageInputs:
-    """The files to classify and, for those inside a class folder, their label.
+def collect_images(path: str | os.PathLike, recursive: bool = False) -> ImageInputs:
+    """The files to classify and, for a folder of class folders, their labels.
 
-    A folder with subfolders named after the model's classes is a labelled folder
-    (``<class>/image``, as torchvision's ImageFolder): those subfolders are searched (at any
-    depth) even without ``recursive``, and each image in one is labelled with its name.
+    The folder is read as every command reads one (:func:`toolkit.core.folders.read_folder`): a
+    folder with no image at its top whose sub-folders hold images is a labelled folder
+    (``<class>/image``, as torchvision's ImageFolder), each class folder searched at any depth;
+    a folder with images at its top is read at the top only, or at any depth with ``recursive``.
 
     Args:
         path: a folder or one image file.
-        class_names: the model's class names.
-        recursive: search every subfolder.
+        recursive: search every subfolder of a folder with images at its top.
 
     Returns:
         The root, the image files with their labels, and the files ignored for their suffix.
@@ -271,24 +280,10 @@ def collect_images(path: str | os.PathLike, class_names: Sequence[str], recursiv
     path = Path(path)
     if not stat.S_ISDIR(stat_for_reading(path).st_mode):  # one file (a pipe or device too: load_image says what it is)
         return ImageInputs(path.parent, [path], [None])
-    readable_folder(path)
-    names = set(class_names)
-    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name in names)
-    scans = [scan_folder(path, recursive)]
-    if not recursive:
-        scans += [scan_folder(d, recursive=True) for d in class_dirs]
-    files = sorted(f for scan in scans for f in scan.images)
-    ignored = sorted(f for scan in scans for f in scan.ignored)
-    if not files:
-        subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        hint = f"; it has {len(subdirs)} subfolder(s): pass --recursive to search them" if subdirs and not recursive else ""
-        others = f"; {describe_ignored(ignored, path)}" if ignored else ""
-        raise RtkError(f"no images in {path} (looked for {', '.join(IMAGE_SUFFIXES)} in any case){hint}{others}")
-    labels = []
-    for f in files:
-        parts = f.relative_to(path).parts
-        labels.append(parts[0] if len(parts) > 1 and parts[0] in names else None)
-    return ImageInputs(path, files, labels, ignored)
+    folder = read_folder(path, recursive)
+    names = folder.class_names
+    labels = [names[i] for i in folder.labels] if names is not None and folder.labels is not None else [None] * len(folder.files)
+    return ImageInputs(path, list(folder.files), labels, list(folder.ignored), names)
 
 
 def prepare_image(path: Path, pre: Preprocess) -> tuple[np.ndarray | None, str | None]:
@@ -363,7 +358,7 @@ def predict(
             file that cannot be read.
     """
     class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
-    inputs = collect_images(path, class_names, options.recursive)
+    inputs = collect_images(path, options.recursive)
     files, labels = inputs.files, inputs.labels
     # Never more rows than there are files: -b 100000 on a folder of ten allocates ten.
     batch_size = max(min(engine_batch_size(engine, options.batch_size), len(files)), engine.min_batch)
@@ -404,10 +399,8 @@ def predict(
         flush()
     seconds = time.perf_counter() - start
     predictions = [p for p in results if p is not None]
-    return PredictResult(
-        inputs.root, predictions, class_names, engine.name, engine.device, seconds,
-        evaluate_predictions(predictions, class_names), inputs.ignored,
-    )
+    evaluation, notes = evaluate_predictions(predictions, engine.spec, inputs.class_names)
+    return PredictResult(inputs.root, predictions, class_names, engine.name, engine.device, seconds, evaluation, inputs.ignored, notes)
 
 
 def _logits(engine: "Engine", batch: np.ndarray, files: Sequence[Path]) -> np.ndarray:
@@ -448,13 +441,32 @@ def top_k_probs(logits: np.ndarray, k: int) -> list[tuple[tuple[int, float], ...
     return [tuple((int(i), float(p[i])) for i in idx) for p, idx in zip(probs, order)]
 
 
-def evaluate_predictions(predictions: Sequence[Prediction], class_names: tuple[str, ...]) -> "ClassificationReport | None":
-    scored = [p for p in predictions if p.label is not None and p.error is None]
-    if not scored:
-        return None
+def evaluate_predictions(
+    predictions: Sequence[Prediction], spec: ModelSpec, data_classes: Sequence[str] | None
+) -> tuple["ClassificationReport | None", list[str]]:
+    """Accuracy and confusion matrix over the images in class folders that are the model's classes.
 
-    index = {name: i for i, name in enumerate(class_names)}
-    return ClassificationReport.from_predictions([index[p.label] for p in scored], [p.top1 for p in scored], class_names)
+    Classes are matched as every command matches them (:func:`toolkit.core.image_sets.match_classes`):
+    by name, or by folder order for a model without class names. Images in a folder that is not
+    one of the model's classes are classified and listed, not scored.
+
+    Returns:
+        The report (``None`` when no image can be scored) and notes: what was assumed, and why
+        images were left unscored.
+    """
+    if data_classes is None:
+        return None, []
+    match = match_classes(spec, data_classes)
+    index = {name: m for name, m in zip(data_classes, match.mapping or ()) if m >= 0}
+    scored = [p for p in predictions if p.label in index and p.error is None]
+    notes = [match.assumed] if match.assumed else []
+    unscored = sum(1 for p in predictions if p.label is not None and p.label not in index)
+    if unscored:
+        notes.append(f"{unscored} image{'s' if unscored != 1 else ''} in class folders not scored: {match.reason}")
+    if not scored:
+        return None, notes
+    names = tuple(spec.class_name(i) for i in range(spec.num_classes))
+    return ClassificationReport.from_predictions([index[p.label] for p in scored], [p.top1 for p in scored], names), notes
 
 
 # ----------------------------------------------------------------------------- output

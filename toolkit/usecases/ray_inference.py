@@ -40,7 +40,7 @@ from toolkit.core.metrics import ClassificationReport
 from toolkit.core.ray_cluster import Cluster, RayOptions, connect, quiet_console, ray_module
 from toolkit.core.spec import Preprocess
 from toolkit.core.transforms import image_to_array
-from toolkit.usecases.evaluate import EvalOptions, EvalResult, evaluate_artefact, label_mapping
+from toolkit.usecases.evaluate import EvalOptions, EvalResult, evaluate_artefact, evaluation_batch_size, label_mapping
 from toolkit.usecases.opening import open_engine
 from toolkit.usecases.predict import (
     Prediction,
@@ -96,7 +96,7 @@ def predict_on_ray(
             "(Mountpoint for Amazon S3, gcsfuse, blobfuse2) at the same path on every node and give that path"
         )
     class_names = tuple(engine.spec.class_name(i) for i in range(engine.spec.num_classes))
-    inputs = collect_images(path, class_names, options.recursive)
+    inputs = collect_images(path, options.recursive)
     files, labels = inputs.files, inputs.labels
     batch_size = engine_batch_size(engine, options.batch_size)
     top_k = min(options.top_k, engine.spec.num_classes)
@@ -117,10 +117,8 @@ def predict_on_ray(
                 progress(done, len(files))
         seconds = time.perf_counter() - start
     predictions = _complete(results)
-    return PredictResult(
-        inputs.root, predictions, class_names, engine.name, engine.device, seconds,
-        evaluate_predictions(predictions, class_names), inputs.ignored,
-    )  # fmt: skip
+    evaluation, notes = evaluate_predictions(predictions, engine.spec, inputs.class_names)
+    return PredictResult(inputs.root, predictions, class_names, engine.name, engine.device, seconds, evaluation, inputs.ignored, notes)
 
 
 def evaluate_on_ray(options: EvalOptions, ray_options: RayOptions = RayOptions()) -> EvalResult:
@@ -133,7 +131,9 @@ def evaluate_on_ray(options: EvalOptions, ray_options: RayOptions = RayOptions()
     Raises:
         RtkError: what a local run raises, or a failure on the cluster (its first line).
     """
-    request = EngineRequest.of(options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options)
+    request = EngineRequest.of(
+        options.model, options.engine, device=options.device, checkpoint_options=options.checkpoint_options, meta=options.meta,
+    )
     score = partial(score_on_ray, request=request, batch_size=options.batch_size, ray_options=ray_options, progress=options.progress)
     return evaluate_artefact(options, score=score)
 
@@ -148,14 +148,9 @@ def score_on_ray(
     label kept), so the figures match a local run exactly.
     """
 
-    data = source.splits[split]
+    data = source.split(split)
     n = len(data)
-    if n == 0:
-        raise RtkError("the evaluation set is empty")
-    if batch_size < 1:
-        raise RtkError(f"batch size must be at least 1, got {batch_size}")
-    if engine.max_batch is not None:
-        batch_size = min(batch_size, engine.max_batch)
+    batch_size = evaluation_batch_size(n, batch_size, engine)
     mapping = label_mapping(source.class_names, engine.spec)
     rows = _split_rows(data)
     predictions = np.full(n, -1, dtype=np.int64)

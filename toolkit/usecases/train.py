@@ -272,7 +272,6 @@ class _Run:
         """The network with its starting weights and frozen layers, on the run's device."""
         import torch
 
-
         torch.manual_seed(self.o.seed)
         model = create_model(spec)
         if resume:

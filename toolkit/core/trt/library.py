@@ -19,7 +19,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from toolkit.core.errors import INSTALL_HINTS, RtkError, first_line, require
+from toolkit.core.errors import RtkError, first_line, install_hint, require
 from toolkit.core.trt.sidecar import TensorInfo, TrtPlatform
 
 #: TensorRT binds a tensor only at an address aligned to this many bytes; at another address
@@ -44,12 +44,27 @@ def import_tensorrt(purpose: str) -> ModuleType:
     try:
         return importlib.import_module("tensorrt")
     except ImportError:
-        return require("tensorrt", purpose)  # raises the install hint
+        try:
+            return require("tensorrt", purpose)  # raises the install hint
+        except RtkError as exc:
+            raise RtkError(f"{exc}{_no_gpu_note()}") from None
     except Exception as exc:  # noqa: BLE001 - a broken install raises whatever its loader raises
         raise RtkError(
             f"tensorrt is installed but cannot be imported ({type(exc).__name__}: {first_line(exc)}), so {purpose} "
-            f"cannot run; reinstall it with: {INSTALL_HINTS['tensorrt']}"
+            f"cannot run; reinstall it with: {install_hint('trt')}"
         ) from None
+
+
+def cuda_gpu_present() -> bool:
+    """Whether torch sees an NVIDIA GPU with CUDA here (torch is a dependency; only the GPU may be missing)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _no_gpu_note() -> str:
+    """Said after TensorRT's install hint on a machine where installing it would not be enough."""
+    return "" if cuda_gpu_present() else "; TensorRT also needs an NVIDIA GPU with CUDA, and this machine has none that torch sees"
 
 
 def major_version(trt: ModuleType) -> int:
