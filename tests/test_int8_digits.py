@@ -76,18 +76,25 @@ def test_an_unlabelled_folder_calibrates_and_judges_without_labels(digits_model,
 
 
 def test_few_held_out_images_or_other_classes_are_judged_without_labels_and_warned_about(digits_model, cli, tmp_path):
-    """Real images of 3 of the model's 10 classes: judged by agreement, without accuracy, never
-    refused for lack of labels; its 12 validation images get the warning that they are too few."""
+    """Real images in class folders the model does not know: judged by agreement, without accuracy,
+    never refused for lack of labels; its 24 held-out images get the warning that they are too few.
+    The same images in folders named after 3 of the model's 10 classes are judged by accuracy too."""
     from toolkit.core.data import write_digit_images
 
-    folder = tmp_path / "three"
-    write_digit_images(folder, "train", classes=(0, 1, 2), per_class=40)
+    named = tmp_path / "named"
+    write_digit_images(named, "train", classes=(0, 1, 2), per_class=40)
+    other = tmp_path / "other"
+    shutil.copytree(named, other)
+    for digit in "012":
+        (other / digit).rename(other / f"c{digit}")
     ckpt = shutil.copy(digits_model, tmp_path / "m.pth")
-    result = cli("export", ckpt, "--precision", "int8", "--calib", folder)
-    assert "no accuracy (the data has 3 classes and the model 10)" in result.stderr
-    assert "warning: only 12 images judged the int8 files: one image is 8.3 points of top-1 agreement" in result.stderr
-    # On 12 images one changed decision is already below 99% agreement: the check may refuse, for that reason only.
+    result = cli("export", ckpt, "--precision", "int8", "--calib", other)
+    assert "no accuracy (the data has classes the model does not know: c0, c1, c2" in result.stderr
+    assert "warning: only 24 images judged the int8 files: one image is 4.2 points of top-1 agreement" in result.stderr
+    # On 24 images one changed decision is already below 99% agreement: the check may refuse, for that reason only.
     assert result.exit_code == 0 or "top-1 agreement" in result.stderr.splitlines()[-1]
+    result = cli("export", ckpt, "--precision", "int8", "--calib", named)
+    assert "24 images, none of them calibrated on: by accuracy and top-1 agreement" in result.stderr
 
 
 def test_max_drop_keeps_the_fewest_layers_in_float_that_meet_it(digits_model, cli, tmp_path):

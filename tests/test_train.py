@@ -137,9 +137,9 @@ def test_cli_train_prints_best_checkpoint(cli, tmp_path):
 
 def test_cli_bad_data(cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    fails_cleanly(cli("train", "--data", tmp_path / "empty", "--out", tmp_path / "o"), "holds no class folders")
+    fails_cleanly(cli("train", "--data", tmp_path / "empty", "--out", tmp_path / "o"), "and no class folders")
     (tmp_path / "classes" / "cat").mkdir(parents=True)
-    fails_cleanly(cli("train", "--data", tmp_path / "classes", "--out", tmp_path / "o"), "holds no readable images")
+    fails_cleanly(cli("train", "--data", tmp_path / "classes", "--out", tmp_path / "o"), "no images in")
     fails_cleanly(cli("train", "--data", "cifar10", "--data-root", tmp_path / "none", "--out", tmp_path / "o"), "pass --download")
     assert not (tmp_path / "o").exists()  # nothing half-written
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from exporters.int8 import refuse_u8_for_tensorrt
 from exporters.trt import OPTIMIZATION_LEVEL, BuildOptions, build_engine, onnx_weight_precision, parse_workspace
 from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import EnginePrecision, check_device, number_option, path_argument, path_option
@@ -82,6 +83,7 @@ def build(
         workspace=parse_workspace(workspace) if workspace is not None else None, timing_cache=timing_cache, tf32=tf32,
         builder_optimization_level=builder_optimization_level, profiling_verbosity=profiling_verbosity.value,
     )
+    refuse_u8_for_tensorrt(onnx)  # a file TensorRT can never build is said first, on any machine
     import_tensorrt("building a TensorRT engine")  # the likeliest refusal, before the graph is read
     meta = onnx_meta(onnx, input_size, class_names, mean, std)
     print_built(build_engine(onnx, output, options, device=device, meta=meta))

@@ -103,7 +103,7 @@ def read_folder(root: str | os.PathLike, recursive: bool = True) -> ImageFolder:
         return ImageFolder(root, "images", tuple(found.images), ignored=tuple(found.ignored))
     subfolders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subfolders:
-        raise _no_images(root, top.ignored)
+        raise _no_images(root, top.ignored, f", and no class folders ({root}/<class>/<images>)")
     classes, files, labels, ignored = _class_folders(root, subfolders)
     return ImageFolder(root, "classes", files, labels, classes, ignored=tuple(top.ignored) + ignored)
 
@@ -153,6 +153,6 @@ def _split_folder(root: Path) -> ImageFolder:
     return ImageFolder(root, "splits", tuple(files), tuple(labels), classes, splits, tuple(ignored))
 
 
-def _no_images(root: Path, ignored) -> RtkError:
+def _no_images(root: Path, ignored, layout: str = "") -> RtkError:
     others = f"; {describe_ignored(list(ignored), root)}" if ignored else ""
-    return RtkError(f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)} in any case){others}")
+    return RtkError(f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)} in any case){layout}{others}")
