@@ -143,7 +143,15 @@ def test_flags_for_a_foreign_onnx_are_refused_elsewhere(foreign, cli, tmp_path, 
     files = exported_models(tmp_path / "rtk", precisions=("fp32",))
     fails_cleanly(cli("bench", files["ckpt"], "--input-size", "32"), "--input-size describe an ONNX file without rtk metadata")
     fails_cleanly(cli("bench", files["fp32"], "--class-names", "a,b"), "carries rtk metadata, which gives its spec")
-    fails_cleanly(cli("bench", _copy(foreign, tmp_path), "--input-size", "32x"), "--input-size takes a side or HEIGHTxWIDTH")
+    model = _copy(foreign, tmp_path)
+    for flags, phrase in (
+        (("--input-size", "32x"), "--input-size takes a side or HEIGHTxWIDTH"),
+        (("--input-size", "99999999999"), "--input-size takes a side or HEIGHTxWIDTH"),
+        (("--std", "0.2,0,0.2"), "--std takes standard deviations above 0"),
+        (("--mean", "nan"), "--mean takes one finite number per channel"),
+        (("--class-names", " , "), "names no class"),
+    ):
+        fails_cleanly(cli("bench", model, *flags), phrase, status=64)  # a value that cannot be is a usage error
 
 
 def test_build_takes_a_foreign_onnx_and_records_its_spec(foreign, cli, tmp_path, fake_trt):

@@ -19,6 +19,7 @@ from toolkit.core.console import warn
 from toolkit.core.errors import RtkError
 from toolkit.core.foreign_onnx import OnnxSpecHints, assumptions, foreign_meta
 from toolkit.core.spec import ArtefactMeta
+from toolkit.core.validation import COUNT, UsageError
 
 _PANEL = "ONNX file without rtk metadata"
 
@@ -49,8 +50,8 @@ def onnx_meta(
     """The spec of ``model`` when it is an ONNX file without rtk metadata (saying on stderr what was assumed), else ``None``.
 
     Raises:
-        RtkError: a flag given for a model that is not such a file, a value that does not parse,
-            or what :func:`~toolkit.core.foreign_onnx.foreign_meta` refuses.
+        UsageError: a value that does not parse or is out of range (``--std 0``).
+        RtkError: a flag given for a model that is not such a file, or what :func:`~toolkit.core.foreign_onnx.foreign_meta` refuses.
     """
     hints = OnnxSpecHints(_size(input_size), _names(class_names), _floats(mean, "--mean"), _floats(std, "--std"))
     if model is None or artefact_suffix(model) not in ONNX_SUFFIXES or not Path(model).is_file():
@@ -67,8 +68,8 @@ def _size(text: Optional[str]) -> tuple[int, int] | None:
     if text is None:
         return None
     parts = text.lower().replace("×", "x").split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isascii() and p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise RtkError(f"--input-size takes a side or HEIGHTxWIDTH in pixels, such as 224 or 224x192; got {text!r}")
+    if len(parts) not in (1, 2) or not all(p.strip().isascii() and p.strip().isdigit() and 0 < int(p) <= COUNT.high for p in parts):
+        raise UsageError(f"--input-size takes a side or HEIGHTxWIDTH in pixels, such as 224 or 224x192; got {text!r}")
     sizes = [int(p) for p in parts]
     return (sizes[0], sizes[-1])
 
@@ -86,7 +87,7 @@ def _names(text: Optional[str]) -> tuple[str, ...] | None:
     else:
         names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise RtkError(f"--class-names {text!r} names no class")
+        raise UsageError(f"--class-names {text!r} names no class")
     return tuple(names)
 
 
@@ -96,7 +97,9 @@ def _floats(text: Optional[str], flag: str) -> tuple[float, ...] | None:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise RtkError(f"{flag} takes comma-separated numbers such as 0.5,0.5,0.5; got {text!r}") from None
+        raise UsageError(f"{flag} takes comma-separated numbers such as 0.5,0.5,0.5; got {text!r}") from None
     if not all(math.isfinite(v) for v in values) or len(values) not in (1, 3):
-        raise RtkError(f"{flag} takes one finite number per channel (1 or 3); got {text!r}")
+        raise UsageError(f"{flag} takes one finite number per channel (1 or 3); got {text!r}")
+    if flag == "--std" and min(values) <= 0:  # pixels are divided by it
+        raise UsageError(f"--std takes standard deviations above 0; got {text!r}")
     return values
