@@ -25,13 +25,12 @@ from benchmarks.environment import collect_environment
 from engines.base import Engine
 from engines.names import parse_engine, parse_engines
 from toolkit.core.checkpoint import CheckpointOptions
+from toolkit.core.defaults import DEFAULT_BATCH_SIZES
 from toolkit.core.errors import RtkError, first_line
 from toolkit.core.precision import RUN_TIME_PRECISIONS, check_precision
 from toolkit.core.validation import COUNT, NON_NEGATIVE, POSITIVE, UsageError
 
 IO_MODES = ("host", "device", "both")
-#: Batch sizes swept when none are given, by device: a GPU is measured up to the batches it is bought for.
-DEFAULT_BATCH_SIZES = {"cpu": (1, 8), "cuda": (1, 8, 32, 128)}
 #: The I/O mode when none is given: on a GPU both host-to-host and device-resident figures.
 DEFAULT_IO = {"cpu": "host", "cuda": "both"}
 #: The engine every speed-up is relative to.

@@ -39,11 +39,12 @@ import numpy as np
 from toolkit.core.artefacts import u8_path_for
 from toolkit.core.checkpoint import Checkpoint
 from toolkit.core.console import ProgressBar, warn
+from toolkit.core.defaults import DEFAULT_CALIB_SAMPLES
 from toolkit.core.errors import RtkError, first_line, require
 from toolkit.core.image_sets import ImageSet, calibration_draw, calibration_pool, prepare_images
 from toolkit.core.onnx_graph import load_onnx_graph, metadata_dict
 from toolkit.core.spec import ArtefactMeta
-from toolkit.core.validation import COUNT, SEED, Number, UsageError
+from toolkit.core.validation import COUNT, MAX_DROP, SEED, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -59,7 +60,6 @@ LAYOUTS = {
     "s8": "int8, symmetric, per tensor",
     "u8": "uint8, asymmetric, per tensor (CPU runtimes: ONNX Runtime, OpenVINO; not for TensorRT)",
 }
-DEFAULT_CALIB_SAMPLES = 256
 #: Images per calibration batch. Calibration keeps every activation of the batches it has run
 #: (for ResNet-50 at 224 px about 100 MB an image) until it folds them into its ranges or
 #: histograms; rtk has it fold after every batch (onnxruntime's ``CalibStridedMinMax`` with a
@@ -67,8 +67,6 @@ DEFAULT_CALIB_SAMPLES = 256
 #: ``--calib-samples``. (``CalibMaxIntermediateOutputs`` is not used: onnxruntime 1.32 drops the
 #: held batches at that limit instead of folding them in.)
 CALIB_BATCH = 8
-#: ``--max-drop``: points of top-1 accuracy (or of top-1 disagreement, in %) the int8 files may lose.
-MAX_DROP = Number(float, 0, 100, why="points of top-1 accuracy, so 0.5 is half a point")
 
 
 @dataclass(frozen=True)

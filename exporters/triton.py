@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from exporters.onnx import ensure_onnx
-from exporters.trt import WORKSPACE, ensure_engine
+from exporters.trt import ensure_engine
 from toolkit.core.artefacts import artefact_kind, sha256_file
 from toolkit.core.checkpoint import CheckpointOptions
 from toolkit.core.errors import RtkError, require
@@ -37,7 +37,7 @@ from toolkit.core.trt.sidecar import (
     TensorInfo,  # name, numpy dtype, shape with -1 for dynamic axes
     read_sidecar,
 )
-from toolkit.core.validation import COUNT, COUNT_OR_ZERO, UsageError, check_name
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO, WORKSPACE, UsageError, check_name
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2

@@ -56,7 +56,7 @@ from toolkit.core.trt.sidecar import (
     summarize_layers,
     write_sidecar,
 )
-from toolkit.core.validation import COUNT, Number, UsageError
+from toolkit.core.validation import COUNT, OPTIMIZATION_LEVEL, WORKSPACE, UsageError
 
 __all__ = [
     "BuildOptions",
@@ -99,10 +99,6 @@ def parse_workspace(text: str) -> int:
     return int(size)
 
 
-#: ``--builder-optimization-level``: TensorRT's levels.
-OPTIMIZATION_LEVEL = Number(int, 0, 5)
-#: A workspace limit in bytes (no 32-bit bound: GPUs hold more).
-WORKSPACE = Number(int, 1)
 
 
 @dataclass(frozen=True)

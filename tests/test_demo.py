@@ -59,7 +59,7 @@ def test_demo_runs_end_to_end_and_every_artefact_loads(cli, tmp_path, monkeypatc
         results.append(real_run_demo(*args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr(toolkit.cli.demo, "run_demo", recorded_run_demo)  # where the command looks it up
+    monkeypatch.setattr(toolkit.usecases.demo, "run_demo", recorded_run_demo)  # the command imports it when it runs
 
     result = cli("demo", "--out", out, "--epochs", "1", "--max-samples", "40", "--bench-seconds", "0.05", "--no-progress")
     assert result.exit_code == 0, result.output + result.stderr

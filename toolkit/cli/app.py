@@ -2,7 +2,10 @@
 
 Every command lives in its own module under ``toolkit.cli`` (``rtk bench`` is
 :func:`toolkit.cli.bench.bench`) and is registered on :data:`app` below, in the order of the
-pipeline. A :class:`~toolkit.core.errors.RtkError` raised anywhere below a command becomes one
+pipeline. ``rtk --help`` imports every command module, so a command module imports only the
+options and the light core at its top, and its use-case inside the command's body (marked
+``# lazy: numpy``): the help is drawn without loading numpy or anything below it. A
+:class:`~toolkit.core.errors.RtkError` raised anywhere below a command becomes one
 red line on stderr and exit status 1, and so does an operating-system error about the user's
 files (:data:`toolkit.core.files.USER_ERRNOS`); a usage error (unknown option, bad choice, missing
 argument, and a :class:`~toolkit.core.validation.UsageError`: a value outside an option's rule,

@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchmarks.harness import DEFAULT_BATCH_SIZES, BenchOptions
-from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report
 from engines.names import parse_engines
 from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import (
@@ -27,11 +25,11 @@ from toolkit.cli.options import (
     path_option,
 )
 from toolkit.core.console import info, results_console
+from toolkit.core.defaults import DEFAULT_BATCH_SIZES
 from toolkit.core.errors import RtkError
 from toolkit.core.outputs import Output, check_outputs
 from toolkit.core.trt.sidecar import sidecar_path
 from toolkit.core.validation import COUNT, NON_NEGATIVE, POSITIVE, UsageError, check_name
-from toolkit.usecases.bench import benchmark_model
 
 
 def _listed(sizes: tuple[int, ...]) -> str:
@@ -94,6 +92,9 @@ def bench(
     Engines that cannot run here are listed with the reason; an out-of-memory batch size is reported and the sweep goes on.
     With --out DIR: NAME.json (schema: benchmarks/schema.json), NAME.csv and NAME.png.
     """
+    from benchmarks.harness import BenchOptions  # lazy: numpy
+    from benchmarks.report import check_out_dir, progress_line, render_table, report_name, write_report  # lazy: numpy
+    from toolkit.usecases.bench import benchmark_model  # lazy: numpy
 
     if duration is not None and iters is not None:
         raise UsageError("give --duration or --iters, not both")

@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from exporters.int8 import refuse_u8_for_tensorrt
-from exporters.trt import OPTIMIZATION_LEVEL, BuildOptions, build_engine, onnx_weight_precision, parse_workspace
 from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import EnginePrecision, check_device, number_option, path_argument, path_option
 from toolkit.core.artefacts import ENGINE_SUFFIXES
@@ -17,7 +15,7 @@ from toolkit.core.console import console
 from toolkit.core.outputs import Output, check_outputs
 from toolkit.core.trt.library import import_tensorrt
 from toolkit.core.trt.sidecar import has_sidecar, read_sidecar, sidecar_path
-from toolkit.core.validation import COUNT
+from toolkit.core.validation import COUNT, OPTIMIZATION_LEVEL
 
 
 class ProfilingVerbosity(str, Enum):
@@ -65,6 +63,8 @@ def build(
     std: StdOption = None,
 ) -> None:
     """Build a TensorRT engine (MODEL.engine + MODEL.engine.json) from an ONNX file on this GPU."""
+    from exporters.int8 import refuse_u8_for_tensorrt  # lazy: numpy
+    from exporters.trt import BuildOptions, build_engine, onnx_weight_precision, parse_workspace  # lazy: numpy
 
     check_outputs(
         [

@@ -7,12 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchmarks.report import ratio_text
 from toolkit.cli.options import check_auto_device, number_option, path_option
 from toolkit.core.console import console, err_console, info
-from toolkit.core.validation import COUNT, POSITIVE
-from toolkit.usecases.demo import DemoOptions, run_demo
-from toolkit.usecases.train import TRAINING_BATCH
+from toolkit.core.validation import COUNT, POSITIVE, TRAINING_BATCH
 
 
 def demo(
@@ -32,6 +29,7 @@ def demo(
     classifies a folder of sample images, and prints accuracy, parity and images/s per engine
     with the path of every file written. Exits 1 when a parity check fails.
     """
+    from toolkit.usecases.demo import DemoOptions, run_demo  # lazy: numpy
 
     options = DemoOptions(
         out=out, arch=arch, epochs=epochs, device=device, bench_seconds=bench_seconds, max_samples=max_samples, progress=progress
@@ -93,6 +91,7 @@ def _print_summary(result) -> None:
 def speed_lines(rows) -> list[str]:
     """One line per engine: its speed over eager fp32 and over its own runtime's fp32 engine, at each
     batch size, with "slower" wherever a ratio is below 1 (``ort-int8 speed: batch 1: 0.35x ort (slower), 2.99x eager; …``)."""
+    from benchmarks.report import ratio_text  # lazy: numpy
 
     lines = []
     engines = dict.fromkeys(r.engine for r in rows if r.status == "ok" and r.io == "host" and r.engine != "eager")

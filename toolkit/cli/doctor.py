@@ -14,7 +14,6 @@ from toolkit.core.console import console, err_console
 from toolkit.core.errors import RtkError
 from toolkit.core.outputs import Output, check_outputs, json_text
 from toolkit.core.validation import POSITIVE, UsageError
-from toolkit.usecases.doctor import diagnose, run_check, write_report
 
 DEFAULT_REPORT = Path("rtk-doctor.json")
 
@@ -39,6 +38,7 @@ def doctor(
     engine that can run, writes one JSON report, and exits 1 if any of them fails. Run it first
     on a new GPU machine.
     """
+    from toolkit.usecases.doctor import diagnose, run_check, write_report  # lazy: numpy
 
     if not check and (engines is not None or device is not None or output != DEFAULT_REPORT):
         raise UsageError("--engines, --device and --output apply with --check")

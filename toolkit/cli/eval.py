@@ -30,8 +30,6 @@ from toolkit.cli.ray_options import RayAddressOption, RayOption, ReplicasOption,
 from toolkit.core.console import console
 from toolkit.core.outputs import json_text
 from toolkit.core.validation import SEED
-from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact
-from toolkit.usecases.ray_inference import evaluate_on_ray
 
 
 class SplitName(str, Enum):
@@ -75,6 +73,8 @@ def eval_command(
     matched to the model's by name. With --ray the images are decoded and scored on a Ray cluster,
     a new local instance by default, with the same figures.
     """
+    from toolkit.usecases.evaluate import EvalOptions, evaluate_artefact  # lazy: numpy
+    from toolkit.usecases.ray_inference import evaluate_on_ray  # lazy: numpy
 
     on_ray = ray_options(ray, ray_address, replicas)
     options = EvalOptions(

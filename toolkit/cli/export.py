@@ -9,9 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from exporters.int8 import DEFAULT_CALIB_SAMPLES, MAX_DROP, CalibOptions
-from exporters.onnx import ExportOptions, export_onnx
-from exporters.trt import build_engine
 from toolkit.cli.build import print_built
 from toolkit.cli.onnx_spec import ClassNamesOption, InputSizeOption, MeanOption, StdOption, onnx_meta
 from toolkit.cli.options import (
@@ -26,8 +23,9 @@ from toolkit.cli.options import (
 )
 from toolkit.core.artefacts import ONNX_SUFFIXES, artefact_suffix
 from toolkit.core.console import console, info
+from toolkit.core.defaults import DEFAULT_CALIB_SAMPLES
 from toolkit.core.trt.library import import_tensorrt
-from toolkit.core.validation import COUNT, UsageError
+from toolkit.core.validation import COUNT, MAX_DROP, UsageError
 
 
 class CalibMethod(str, Enum):
@@ -111,6 +109,9 @@ def export(
     against eager fp32 where they carry the model's classes, top-1 agreement and cosine where not.
     An existing MODEL.onnx (or MODEL.fp16.onnx…) that rtk did not export is never replaced.
     """
+    from exporters.int8 import CalibOptions  # lazy: numpy
+    from exporters.onnx import ExportOptions, export_onnx  # lazy: numpy
+    from exporters.trt import build_engine  # lazy: numpy
 
     if max_drop is not None and calib is None:
         raise UsageError("--max-drop bounds what the int8 export loses; add --precision int8 --calib DATA")

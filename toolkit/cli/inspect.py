@@ -10,7 +10,6 @@ import typer
 
 from toolkit.cli.options import JsonOption, TrustPickleOption, Weights, WeightsOption, checkpoint_options, path_argument
 from toolkit.core.console import console
-from toolkit.usecases.inspect import describe
 
 
 def inspect(
@@ -26,6 +25,7 @@ def inspect(
     where each preprocessing value and the class names came from (a Hub folder's config.json,
     its preprocessor_config.json, timm's arguments, or ImageNet's default).
     """
+    from toolkit.usecases.inspect import describe  # lazy: numpy
 
     report = describe(path, checkpoint_options(weights, trust_pickle))
     if as_json:

@@ -31,11 +31,8 @@ from toolkit.cli.options import (
 )
 from toolkit.core.console import console, err_console, info, warn
 from toolkit.core.errors import RtkError
-from toolkit.core.image_sets import few_judged_warning
 from toolkit.core.outputs import Output, check_outputs, json_text, write_atomic
 from toolkit.core.validation import COSINE, FRACTION, NON_NEGATIVE, SEED, UsageError
-from toolkit.usecases.layers import check_folder, layer_reports, summary_line
-from toolkit.usecases.parity import ParityOptions, run_parity
 
 DataOption = Annotated[
     Optional[str],
@@ -91,6 +88,9 @@ def parity(
     cosine similarity, top-1 agreement, top-5 overlap and accuracy. An engine that cannot run here
     is listed with the reason and the others are still judged.
     """
+    from toolkit.core.image_sets import few_judged_warning  # lazy: numpy
+    from toolkit.usecases.layers import check_folder, layer_reports, summary_line  # lazy: numpy
+    from toolkit.usecases.parity import ParityOptions, run_parity  # lazy: numpy
 
     options = ParityOptions(
         engines=engine, onnx=onnx, onnx_fp16=onnx_fp16, onnx_int8=onnx_int8, trt_engine=trt_engine, data=data, max_samples=max_samples,

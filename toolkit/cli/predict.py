@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -28,10 +28,9 @@ from toolkit.core.errors import RtkError
 from toolkit.core.images import describe_ignored
 from toolkit.core.outputs import Output, check_outputs, write_text
 from toolkit.core.validation import COUNT, COUNT_OR_ZERO
-from toolkit.usecases.opening import open_engine
-from toolkit.usecases.predict import PredictOptions, PredictResult, default_workers, format_predictions, resolve_model
-from toolkit.usecases.predict import predict as run
-from toolkit.usecases.ray_inference import predict_on_ray
+
+if TYPE_CHECKING:
+    from toolkit.usecases.predict import PredictResult  # lazy: for type checkers only
 
 #: Exit status when some files could not be read but the rest were classified and written.
 EXIT_PARTIAL = 2
@@ -105,6 +104,10 @@ def predict(
     Exit status: 0 all classified; 2 some files skipped (the rest classified and written); 1 error, nothing
     written; 64 a usage error.
     """
+    from toolkit.usecases.opening import open_engine  # lazy: numpy
+    from toolkit.usecases.predict import PredictOptions, default_workers, resolve_model  # lazy: numpy
+    from toolkit.usecases.predict import predict as run  # lazy: numpy
+    from toolkit.usecases.ray_inference import predict_on_ray  # lazy: numpy
 
     on_ray = ray_options(ray, ray_address, replicas, workers)
     options = PredictOptions(top_k, batch_size, default_workers() if workers is None else workers, recursive, strict)
@@ -132,6 +135,7 @@ def predict(
 
 def _write(result: "PredictResult", fmt: OutputFormat, output: Path | None, confusion_png: Path | None, model_path: Path, path: Path) -> None:
     """The results on stdout or in ``--output``, the confusion matrix, and the summary on stderr."""
+    from toolkit.usecases.predict import format_predictions  # lazy: numpy
     for p in result.failures:
         warn(f"skipped {p.path}: {p.error}")
     if not result.classified:

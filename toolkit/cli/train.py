@@ -23,9 +23,7 @@ from toolkit.cli.options import (
 )
 from toolkit.core.console import console
 from toolkit.core.spec import ARCHS
-from toolkit.core.validation import COUNT, COUNT_OR_ZERO, NON_NEGATIVE, PART, POSITIVE, SEED
-from toolkit.usecases.train import TRAINING_BATCH, TrainOptions
-from toolkit.usecases.train import train as run_training
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO, NON_NEGATIVE, PART, POSITIVE, SEED, TRAINING_BATCH
 
 Arch = Enum("Arch", {name: name for name in ARCHS}, type=str)
 
@@ -95,6 +93,8 @@ def train(
     Fine-tune with --pretrained PATH --freeze backbone --head mlp1024. Under
     `torchrun --nproc_per_node N -m toolkit train …` the run uses DistributedDataParallel.
     """
+    from toolkit.usecases.train import TrainOptions  # lazy: numpy
+    from toolkit.usecases.train import train as run_training  # lazy: numpy
 
     options = TrainOptions(
         data=data, arch=arch.value if arch else None, epochs=epochs, batch_size=batch_size, optimizer=optimizer.value,

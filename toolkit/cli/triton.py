@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from exporters.triton import TritonOptions, export_triton
 from toolkit.cli.options import (
     TritonPrecision,
     TrustPickleOption,
@@ -57,6 +56,7 @@ def triton(
     REPO/NAME/VERSION/model.onnx or model.plan, labels.txt for Triton's classification
     extension, and rtk.json with the preprocessing a client must apply. Older versions stay.
     """
+    from exporters.triton import TritonOptions, export_triton  # lazy: numpy
 
     options = TritonOptions(
         name=name,

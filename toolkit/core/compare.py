@@ -201,33 +201,14 @@ def compare(
     if ref.ndim != 2 or ref.shape != cand.shape or ref.shape[0] == 0:
         raise RtkError(f"cannot compare logits of shapes {ref.shape} and {cand.shape}; both must be the same (N, classes)")
     tol = tolerance or tolerance_for(precision)
-    n, classes = ref.shape
+    n = ref.shape[0]
     finite = np.isfinite(cand)
-    err = np.where(finite, np.abs(cand - ref), np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(ref != 0, err / np.abs(ref), np.where(err == 0, 0.0, np.inf))
-    # atol is read against each sample's logit scale: a network whose logits reach thousands
-    # (random weights, no calibration) accumulates float32 rounding of that size even in the
-    # logits near zero, which neither a fixed atol nor rtol would forgive.
-    sample_scale = np.maximum(1.0, np.abs(ref).max(axis=1, keepdims=True))
-    bad = (err > tol.atol * sample_scale) & (rel > tol.rtol)
+    err, rel, bad = _element_errors(ref, cand, finite, tol)
     cos = _cosine(ref, np.where(finite, cand, 0.0))
     top1 = float(np.mean(ref.argmax(1) == cand.argmax(1)))
-    k = min(5, classes)
-    top_ref = np.argsort(-ref, axis=1)[:, :k]
-    top_cand = np.argsort(-np.where(finite, cand, -np.inf), axis=1)[:, :k]
-    overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]))
     worst = np.unravel_index(int(np.argmax(err)), err.shape)
-
-    failures = []
-    if not finite.all():
-        failures.append(f"{int((~finite).sum())} logit(s) are NaN or infinite")
-    if tol.check_elements and bad.any():
-        failures.append(f"{int(bad.sum())} of {err.size} logits beyond atol {tol.atol:g} (× logit scale) and rtol {tol.rtol:g}")
-    if cos.min() < tol.min_cosine:
-        failures.append(f"cosine similarity {cos.min():.6f} below {tol.min_cosine:g}")
-    if judge_top1 and top1 < tol.min_top1:
-        failures.append(f"top-1 agreement {top1:.2%} below {tol.min_top1:.2%}")
+    accuracy, reference_accuracy, accuracy_failure = _accuracies(ref, cand, labels, tol)
+    failures = _failures(finite, bad, cos, top1 if judge_top1 else None, tol) + accuracy_failure
 
     judged = [
         name for name, on in (
@@ -235,18 +216,6 @@ def compare(
             ("accuracy", labels is not None and tol.max_accuracy_drop is not None),
         ) if on
     ]  # fmt: skip
-    accuracy = reference_accuracy = None
-    if labels is not None:
-        labels = np.asarray(labels)
-        reference_accuracy = float(np.mean(ref.argmax(1) == labels))
-        accuracy = float(np.mean(cand.argmax(1) == labels))
-        drop = reference_accuracy - accuracy
-        # The 1e-9 absorbs float rounding of the two fractions, so exactly at the limit passes.
-        if tol.max_accuracy_drop is not None and drop > tol.max_accuracy_drop + 1e-9:
-            failures.append(
-                f"accuracy {accuracy:.2%} is {drop:.2%} below the reference's {reference_accuracy:.2%} "
-                f"(at most {tol.max_accuracy_drop:.2%} allowed)"
-            )
     return ParityMetrics(
         samples=n,
         max_abs=float(err.max()),
@@ -257,7 +226,7 @@ def compare(
         min_cosine=float(cos.min()),
         mean_cosine=float(cos.mean()),
         top1_agreement=top1,
-        top5_overlap=overlap,
+        top5_overlap=_top5_overlap(ref, cand, finite),
         worst_sample=int(worst[0]),
         worst_class=int(worst[1]),
         worst_reference=float(ref[worst]),
@@ -268,6 +237,62 @@ def compare(
         reference_accuracy=reference_accuracy,
         judged=tuple(judged),
     )
+
+
+def _element_errors(ref: np.ndarray, cand: np.ndarray, finite: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Absolute and relative error of every logit (infinite where the candidate's is not finite),
+    and which logits fail the element check: beyond both atol (read against the sample's logit
+    scale) and rtol."""
+    err = np.where(finite, np.abs(cand - ref), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(ref != 0, err / np.abs(ref), np.where(err == 0, 0.0, np.inf))
+    # atol is read against each sample's logit scale: a network whose logits reach thousands
+    # (random weights, no calibration) accumulates float32 rounding of that size even in the
+    # logits near zero, which neither a fixed atol nor rtol would forgive.
+    sample_scale = np.maximum(1.0, np.abs(ref).max(axis=1, keepdims=True))
+    return err, rel, (err > tol.atol * sample_scale) & (rel > tol.rtol)
+
+
+def _top5_overlap(ref: np.ndarray, cand: np.ndarray, finite: np.ndarray) -> float:
+    """The mean share of the reference's top 5 classes (all, for fewer) that the candidate ranks in its top 5."""
+    k = min(5, ref.shape[1])
+    top_ref = np.argsort(-ref, axis=1)[:, :k]
+    top_cand = np.argsort(-np.where(finite, cand, -np.inf), axis=1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]))
+
+
+def _failures(finite: np.ndarray, bad: np.ndarray, cos: np.ndarray, top1: float | None, tol: Tolerance) -> list[str]:
+    """Each tolerance the candidate misses, in words; ``top1`` ``None``: agreement is not judged."""
+    failures = []
+    if not finite.all():
+        failures.append(f"{int((~finite).sum())} logit(s) are NaN or infinite")
+    if tol.check_elements and bad.any():
+        failures.append(f"{int(bad.sum())} of {bad.size} logits beyond atol {tol.atol:g} (× logit scale) and rtol {tol.rtol:g}")
+    if cos.min() < tol.min_cosine:
+        failures.append(f"cosine similarity {cos.min():.6f} below {tol.min_cosine:g}")
+    if top1 is not None and top1 < tol.min_top1:
+        failures.append(f"top-1 agreement {top1:.2%} below {tol.min_top1:.2%}")
+    return failures
+
+
+def _accuracies(
+    ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None, tol: Tolerance
+) -> tuple[float | None, float | None, list[str]]:
+    """The candidate's and the reference's accuracy on ``labels`` (``None`` without labels), and the
+    failure when the candidate's falls further below than ``tol.max_accuracy_drop``."""
+    if labels is None:
+        return None, None, []
+    labels = np.asarray(labels)
+    reference_accuracy = float(np.mean(ref.argmax(1) == labels))
+    accuracy = float(np.mean(cand.argmax(1) == labels))
+    drop = reference_accuracy - accuracy
+    # The 1e-9 absorbs float rounding of the two fractions, so exactly at the limit passes.
+    if tol.max_accuracy_drop is not None and drop > tol.max_accuracy_drop + 1e-9:
+        return accuracy, reference_accuracy, [
+            f"accuracy {accuracy:.2%} is {drop:.2%} below the reference's {reference_accuracy:.2%} "
+            f"(at most {tol.max_accuracy_drop:.2%} allowed)"
+        ]
+    return accuracy, reference_accuracy, []
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -123,6 +123,14 @@ FRACTION = Number(float, 0, 1)
 PART = Number(float, 0, 1, open_high=True)
 #: A cosine similarity.
 COSINE = Number(float, -1, 1)
+#: Images in a training batch (and per split with ``--max-samples``): BatchNorm needs two.
+TRAINING_BATCH = Number(int, 2, INT32_MAX, why="BatchNorm normalises a training batch by its own statistics, which one image cannot give")
+#: ``--max-drop``: points of top-1 accuracy (or of top-1 disagreement, in %) the int8 files may lose.
+MAX_DROP = Number(float, 0, 100, why="points of top-1 accuracy, so 0.5 is half a point")
+#: ``--builder-optimization-level``: TensorRT's levels.
+OPTIMIZATION_LEVEL = Number(int, 0, 5)
+#: A workspace limit in bytes (no 32-bit bound: GPUs hold more).
+WORKSPACE = Number(int, 1)
 
 
 def check_name(name: str | None, flag: str) -> str | None:

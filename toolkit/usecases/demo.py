@@ -9,12 +9,13 @@ not a separate code path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from benchmarks.harness import BenchOptions, BenchReport
 from benchmarks.report import progress_line, write_report
@@ -27,12 +28,12 @@ from toolkit.core.errors import RtkError
 from toolkit.core.files import os_error
 from toolkit.core.outputs import write_text
 from toolkit.core.spec import ARCHS
-from toolkit.core.validation import COUNT, POSITIVE, UsageError
+from toolkit.core.validation import COUNT, POSITIVE, TRAINING_BATCH, UsageError
 from toolkit.usecases.bench import benchmark_model
 from toolkit.usecases.opening import open_engine
 from toolkit.usecases.parity import ParityOptions, ParityReport, run_parity
 from toolkit.usecases.predict import PredictOptions, PredictResult, format_predictions, predict
-from toolkit.usecases.train import TRAINING_BATCH, TrainOptions, TrainResult, train
+from toolkit.usecases.train import TrainOptions, TrainResult, train
 
 #: Sub-folders the demo owns inside its output folder; a re-run replaces exactly these.
 DEMO_PARTS = ("train", "bench", "samples", "predictions")
@@ -173,72 +174,33 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
     out = Path(options.out)
     _prepare(out)
     started = time.perf_counter()
-    steps: dict[str, float] = {}
+    steps = _Steps(log)
 
-    def step(name: str, text: str) -> None:
-        steps[name] = time.perf_counter()
-        log(f"▶ {text}")
-
-    def done(name: str) -> None:
-        steps[name] = time.perf_counter() - steps[name]
-
-    step("train", f"1/5 train {options.arch} on the digits data")
-    train_kwargs: dict[str, Any] = {"epochs": options.epochs} if options.epochs else {}
-    trained = train(
-        TrainOptions(
-            data="digits",
-            arch=options.arch,
-            out=out / "train",
-            device=options.device,
-            max_samples=options.max_samples,
-            progress=options.progress,
-            **train_kwargs,
-        )
-    )
-    done("train")
-    checkpoint = trained.best
+    with steps("train", f"1/5 train {options.arch} on the digits data"):
+        trained = _train(out, options)
     log(f"  test accuracy {_pct(trained.test_acc)} (best epoch {trained.best_epoch}), {trained.seconds:.0f} s")
+    checkpoint = trained.best
 
-    step("export", "2/5 export fp32, fp16 and int8 ONNX (int8: both layouts, calibrated on the digits' training split; "
-                   "each file checked against eager before it is kept)")
-    onnx_files = export_onnx(checkpoint, options=ExportOptions(precision="all"))
-    int8 = _export_int8(checkpoint, options, log)
-    onnx_files += int8
-    done("export")
+    with steps("export", "2/5 export fp32, fp16 and int8 ONNX (int8: both layouts, calibrated on the digits' training split; "
+                         "each file checked against eager before it is kept)"):  # fmt: skip
+        onnx_files = export_onnx(checkpoint, options=ExportOptions(precision="all"))
+        int8 = _export_int8(checkpoint, options, log)
+        onnx_files += int8
     log("  " + ", ".join(str(p) for p in onnx_files))
 
     engines = ["ort", "ort-fp16"] + (["ort-int8"] if int8 else []) + (["trt"] if trt_available() else [])
-    step("parity", f"3/5 parity of {', '.join(engines)} against eager fp32 on random inputs and the digits test images")
-    device = "cuda" if options.device in ("auto", "cuda") and trt_available() else "cpu"
-    parity = run_parity(checkpoint, ParityOptions(engines=tuple(engines), data="digits", max_samples=options.max_samples, device=device))
-    done("parity")
+    with steps("parity", f"3/5 parity of {', '.join(engines)} against eager fp32 on random inputs and the digits test images"):
+        device = "cuda" if options.device in ("auto", "cuda") and trt_available() else "cpu"
+        parity = run_parity(checkpoint, ParityOptions(engines=tuple(engines), data="digits", max_samples=options.max_samples, device=device))
     log("  " + ("all engines pass" if parity.passed else f"FAILED: {', '.join(parity.failed)}"))
 
     bench_engines = ("eager", "ort") + (("ort-int8",) if int8 else ())
-    step("bench", f"4/5 benchmark {' vs '.join(bench_engines)} at batch {', '.join(map(str, options.bench_batch_sizes))}")
-    bench = benchmark_model(
-        checkpoint,
-        BenchOptions(
-            engines=bench_engines,
-            batch_sizes=options.bench_batch_sizes,
-            warmup_s=min(1.0, options.bench_seconds),
-            duration_s=options.bench_seconds,
-        ),
-        # A line per engine and batch size as each finishes: the step takes several seconds each.
-        progress=lambda row: log(progress_line(row)),
-    )
-    bench_files = write_report(bench.to_dict(), out / "bench", name="bench")
-    done("bench")
+    with steps("bench", f"4/5 benchmark {' vs '.join(bench_engines)} at batch {', '.join(map(str, options.bench_batch_sizes))}"):
+        bench = _bench(checkpoint, bench_engines, options, log)
+        bench_files = write_report(bench.to_dict(), out / "bench", name="bench")
 
-    step("predict", f"5/5 classify a folder of sample digit images with {PREDICT_ENGINE}")
-    samples = out / "samples"
-    write_digit_images(samples, "test", per_class=options.samples_per_class)
-    with open_engine(EngineRequest.of(onnx_files[0], PREDICT_ENGINE)) as engine:
-        predicted = predict(samples, engine, PredictOptions(top_k=3))
-    predictions_file = write_text(out / "predictions" / "predictions.csv", format_predictions(predicted, "csv"))
-    if predicted.evaluation is not None:
-        predicted.evaluation.save_confusion_png(predictions_file.with_name("confusion.png"), title="predict on sample images")
-    done("predict")
+    with steps("predict", f"5/5 classify a folder of sample digit images with {PREDICT_ENGINE}"):
+        predicted, predictions_file = _predict(out, onnx_files[0], options)
 
     return DemoResult(
         out=out,
@@ -250,8 +212,56 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> DemoRe
         predict=predicted,
         predictions_file=predictions_file,
         seconds=time.perf_counter() - started,
-        step_seconds=steps,
+        step_seconds=steps.seconds,
     )
+
+
+class _Steps:
+    """Announces each step of the demo and times it: ``with steps("train", "1/5 train …"):``."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, text: str) -> Iterator[None]:
+        self.log(f"▶ {text}")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+
+
+def _train(out: Path, options: DemoOptions) -> TrainResult:
+    """Step 1: the digits model, trained into ``out/train``."""
+    epochs: dict[str, Any] = {"epochs": options.epochs} if options.epochs else {}
+    return train(
+        TrainOptions(
+            data="digits", arch=options.arch, out=out / "train", device=options.device, max_samples=options.max_samples,
+            progress=options.progress, **epochs,
+        )
+    )
+
+
+def _bench(checkpoint: Path, engines: tuple[str, ...], options: DemoOptions, log: Callable[[str], None]) -> BenchReport:
+    """Step 4: each engine at each batch size, a line per engine and batch size as each finishes
+    (the step takes several seconds each)."""
+    bench_options = BenchOptions(
+        engines=engines, batch_sizes=options.bench_batch_sizes, warmup_s=min(1.0, options.bench_seconds), duration_s=options.bench_seconds,
+    )
+    return benchmark_model(checkpoint, bench_options, progress=lambda row: log(progress_line(row)))
+
+
+def _predict(out: Path, onnx_file: Path, options: DemoOptions) -> tuple[PredictResult, Path]:
+    """Step 5: sample digit images written to ``out/samples``, classified, the predictions (and the
+    confusion matrix) written to ``out/predictions``."""
+    samples = out / "samples"
+    write_digit_images(samples, "test", per_class=options.samples_per_class)
+    with open_engine(EngineRequest.of(onnx_file, PREDICT_ENGINE)) as engine:
+        predicted = predict(samples, engine, PredictOptions(top_k=3))
+    predictions_file = write_text(out / "predictions" / "predictions.csv", format_predictions(predicted, "csv"))
+    if predicted.evaluation is not None:
+        predicted.evaluation.save_confusion_png(predictions_file.with_name("confusion.png"), title="predict on sample images")
+    return predicted, predictions_file
 
 
 def _export_int8(checkpoint: Path, options: DemoOptions, log: Callable[[str], None]) -> list[Path]:

@@ -32,7 +32,7 @@ from toolkit.core.outputs import Output, check_outputs, write_atomic
 from toolkit.core.plots import pyplot, save_figure
 from toolkit.core.schedule import lr_factor, set_lr
 from toolkit.core.spec import WIDTHS, ModelSpec, Preprocess
-from toolkit.core.validation import COUNT, COUNT_OR_ZERO, INT32_MAX, NON_NEGATIVE, PART, POSITIVE, SEED, Number, UsageError
+from toolkit.core.validation import COUNT, COUNT_OR_ZERO, NON_NEGATIVE, PART, POSITIVE, SEED, TRAINING_BATCH, UsageError
 from toolkit.usecases.evaluate import evaluate
 from toolkit.usecases.opening import open_engine
 
@@ -174,10 +174,6 @@ def train(options: TrainOptions) -> TrainResult:
         return _Run(options, ctx).fit()
     finally:
         cleanup(ctx)
-
-
-#: Images in a training batch (and per split with ``--max-samples``): BatchNorm needs two.
-TRAINING_BATCH = Number(int, 2, INT32_MAX, why="BatchNorm normalises a training batch by its own statistics, which one image cannot give")
 
 
 def _check_options(o: TrainOptions) -> None:
