@@ -41,6 +41,19 @@ def make_checkpoint(path, spec: ModelSpec = TINY_SPEC, pre: Preprocess = TINY_PR
     return path
 
 
+#: A two-class model (cat, dog) with a 16 px input: what the guarantee and hostile-input tests run.
+PETS_SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small", width=16)
+PETS_PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def write_pets(root: Path) -> Path:
+    """``root/m.pth`` (:data:`PETS_SPEC`) and a labelled folder ``root/imgs/{cat,dog}/one.png``; returns ``root``."""
+    make_checkpoint(root / "m.pth", PETS_SPEC, PETS_PRE)
+    for label, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (root / "imgs" / label).mkdir(parents=True)
+        Image.new("RGB", (12, 12), colour).save(root / "imgs" / label / "one.png")
+    return root
+
 def opened(model, engine=None, **options):
     """``open_engine`` on a model path (or loaded checkpoint) and an engine name; options as :meth:`EngineRequest.of`."""
     return open_engine(EngineRequest.of(model, engine, **options))

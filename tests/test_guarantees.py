@@ -13,32 +13,21 @@ import os
 import pytest
 import torch
 
-from helpers import fails_cleanly, make_checkpoint
+from helpers import PETS_PRE, PETS_SPEC, fails_cleanly, write_pets
 from toolkit.core.errors import RtkError
-from toolkit.core.spec import ModelSpec, Preprocess
 
-SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small", width=16)
-PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+SPEC, PRE = PETS_SPEC, PETS_PRE
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """A checkpoint, a labelled image folder and a few other files, shared read-only by the tests."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("guarantees")
-    make_checkpoint(root / "m.pth", SPEC, PRE)
-    for label, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
-        (root / "imgs" / label).mkdir(parents=True)
-        Image.new("RGB", (12, 12), colour).save(root / "imgs" / label / "one.png")
-    return root
+    """A checkpoint and a labelled image folder, shared read-only by the tests."""
+    return write_pets(tmp_path_factory.mktemp("guarantees"))
 
 
 def _snapshot(root):
     """Every file under ``root`` (links as their target) with its bytes."""
     return {p.relative_to(root): (os.readlink(p) if p.is_symlink() else p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
-
-
 
 
 def _link(work, name, target):

@@ -20,24 +20,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import fails_cleanly, make_checkpoint
-from toolkit.core.spec import METADATA_KEY, ModelSpec, Preprocess
+from helpers import PETS_PRE, PETS_SPEC, fails_cleanly, write_pets
+from toolkit.core.spec import METADATA_KEY
 from toolkit.core.validation import COUNT, POSITIVE, SEED, Number, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ModelSpec(arch="resnet18", num_classes=2, class_names=("cat", "dog"), stem="small", width=16)
-PRE = Preprocess(input_size=(16, 16), resize=16, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+SPEC, PRE = PETS_SPEC, PETS_PRE
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A checkpoint and a labelled image folder, shared read-only."""
-    root = tmp_path_factory.mktemp("hostile")
-    make_checkpoint(root / "m.pth", SPEC, PRE)
-    for label, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
-        (root / "imgs" / label).mkdir(parents=True)
-        Image.new("RGB", (12, 12), colour).save(root / "imgs" / label / "one.png")
-    return root
+    return write_pets(tmp_path_factory.mktemp("hostile"))
 
 
 def _edited_checkpoint(work, path, key, edit):
