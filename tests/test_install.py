@@ -196,10 +196,11 @@ def test_no_hint_anywhere_names_another_distribution_than_rtks_own_or_one_it_dec
 
 
 def _distribution(site: Path, direct_url: dict | None) -> None:
-    """An installed distribution of rtk's name in ``site``, as pip leaves one (METADATA, and direct_url.json: PEP 610)."""
+    """An installed distribution of rtk's name in ``site``, as pip leaves one (METADATA, INSTALLER, and direct_url.json: PEP 610)."""
     info = site / "resnet_toolkit-0.1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: resnet-toolkit\nVersion: 0.1.0\n")
+    (info / "INSTALLER").write_text("pip\n")
     if direct_url is not None:
         (info / "direct_url.json").write_text(json.dumps(direct_url))
 
@@ -208,6 +209,7 @@ def _distribution(site: Path, direct_url: dict | None) -> None:
     ("install", "expected"),
     [
         ("editable", "cd {checkout} && pip install -e '.[trt]'"),
+        ("editable, run from the checkout", "cd {checkout} && pip install -e '.[trt]'"),
         ("wheel", "pip install 'resnet-toolkit[trt]'"),
         ("from a folder, not editable", "pip install 'resnet-toolkit[trt]'"),
         ("not installed, run from this checkout", "cd {root} && pip install -e '.[trt]'"),
@@ -219,6 +221,7 @@ def test_install_hints_follow_how_rtk_was_installed(install, expected, tmp_path,
     checkout = tmp_path / "my checkout"
     records = {
         "editable": {"url": checkout.as_uri(), "dir_info": {"editable": True}},
+        "editable, run from the checkout": {"url": checkout.as_uri(), "dir_info": {"editable": True}},
         "wheel": None,
         "from a folder, not editable": {"url": checkout.as_uri(), "dir_info": {}},
     }
@@ -226,7 +229,12 @@ def test_install_hints_follow_how_rtk_was_installed(install, expected, tmp_path,
         _distribution(tmp_path / "site", records[install])
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
     else:
-        monkeypatch.setattr(md, "distribution", lambda name: (_ for _ in ()).throw(md.PackageNotFoundError(name)))
+        monkeypatch.setattr(md, "distributions", lambda **kw: iter(()))
+    if install == "editable, run from the checkout":  # the checkout, first on sys.path, holds the egg-info of its build
+        egg = checkout / "resnet_toolkit.egg-info"
+        egg.mkdir(parents=True)
+        (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: resnet-toolkit\nVersion: 0.1.0\n")
+        monkeypatch.syspath_prepend(str(checkout))
     errors.installed_from.cache_clear()
     try:
         hint = errors.install_hint("trt")

@@ -39,9 +39,11 @@ def installed_from() -> Path | None:
         metadata,  # its import pulls in the email package: only an install hint pays for it
     )
 
-    try:
-        dist = metadata.distribution(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
+    # The first record an installer left (its INSTALLER file, PEP 376), in sys.path order: the
+    # ``.egg-info`` folder an editable build leaves inside the checkout is metadata, not a record,
+    # and the checkout is on sys.path whenever rtk runs from there.
+    dist = next((d for d in metadata.distributions(name=DISTRIBUTION) if d.read_text("INSTALLER") is not None), None)
+    if dist is None:
         root = Path(__file__).resolve().parents[2]
         project = root / "pyproject.toml"
         named = project.is_file() and f'name = "{DISTRIBUTION}"' in project.read_text(encoding="utf-8", errors="replace")
