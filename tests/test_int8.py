@@ -361,12 +361,15 @@ def test_tensorrt_builds_the_qdq_file_as_an_int8_engine(int8_model, cli, tmp_pat
 # --- a trained model on the real digits ------------------------------------------------------
 
 
-@pytest.mark.slow  # trains for 3 epochs, exports and calibrates: about a minute on two busy cores
+@pytest.mark.slow  # trains as `rtk train` does by default (8 epochs), exports and calibrates: about 70 s on two cores
 def test_digits_resnet18_int8_keeps_accuracy_and_decisions(cli, tmp_path):
-    """The issue's bar: int8 accuracy within 1 point of fp32, top-1 agreement >= 99%, on the 360 test digits."""
+    """The bar: int8 accuracy within 1 point of fp32, top-1 agreement >= 99%, on the 360 test digits,
+    for a model trained with the defaults. (After only 3 epochs, 94.9% accurate, its margins are so
+    narrow that min-max calibration flips 3 of the export check's 256 digits, and the export rightly
+    refuses the file at 98.8% agreement; entropy or percentile calibration pass there.)"""
     from toolkit.usecases.train import TrainOptions, train
 
-    result = train(TrainOptions(data="digits", arch="resnet18", epochs=3, out=tmp_path, progress=False, device="cpu"))
+    result = train(TrainOptions(data="digits", arch="resnet18", out=tmp_path, progress=False, device="cpu"))
     model = result.best
     out = cli("export", model, "--precision", "int8", "--calib", "digits")
     assert out.exit_code == 0, out.output
