@@ -63,7 +63,7 @@ from toolkit.core.compare import (
 )
 from toolkit.core.console import info, warn
 from toolkit.core.errors import RtkError, first_line, require
-from toolkit.core.files import stat_for_reading
+from toolkit.core.files import os_error, stat_for_reading
 from toolkit.core.image_sets import few_judged_warning, judged_set, prepare_images
 from toolkit.core.onnx_graph import (
     foreign_onnx_error,
@@ -594,7 +594,7 @@ def _check_writable(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RtkError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise os_error(exc, path, "write") from None
     if not os.access(path.parent, os.W_OK):
         raise RtkError(f"cannot write {path}: no permission to write in {path.parent}")
 

@@ -161,13 +161,18 @@ def test_max_drop_needs_the_check_and_int8(cli, digits_model, tmp_path):
 # --- rtk parity --layers -------------------------------------------------------------------------
 
 
-def test_layers_writes_a_table_and_a_plot_per_engine(digits_int8, cli, tmp_path):
-    import onnx
-
-    folder = tmp_path / "copy"
+def _copied(digits_int8, folder):
+    """The shared digits checkpoint and its two int8 files, copied into ``folder`` for a test to write beside."""
     folder.mkdir()
     for key in ("ckpt", "int8", "u8"):
         shutil.copy(digits_int8[key], folder / digits_int8[key].name)
+    return folder
+
+
+def test_layers_writes_a_table_and_a_plot_per_engine(digits_int8, cli, tmp_path):
+    import onnx
+
+    folder = _copied(digits_int8, tmp_path / "copy")
     out = tmp_path / "layers"
     result = cli("parity", folder / "m.pth", "-e", "ort-fp16,ort-int8", "--data", "digits", "--layers", out)
     assert result.exit_code == 0, result.output
@@ -215,10 +220,7 @@ def test_layers_names_a_perturbed_layer_first(digits_int8, cli, tmp_path):
 
 @needs_openvino
 def test_layers_on_openvino_int8(digits_int8, cli, tmp_path):
-    folder = tmp_path / "copy"
-    folder.mkdir()
-    for key in ("ckpt", "int8", "u8"):
-        shutil.copy(digits_int8[key], folder / digits_int8[key].name)
+    folder = _copied(digits_int8, tmp_path / "copy")
     out = tmp_path / "layers"
     result = cli("parity", folder / "m.pth", "-e", "ov-int8", "--data", "digits", "--layers", out)
     assert result.exit_code == 0, result.output

@@ -139,6 +139,7 @@ def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     import torch
 
     path = _existing_file(path)
+    check_zip_checksums(path)  # once: with trust_pickle the file may be loaded twice below
     try:
         return _torch_load(torch, path, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -158,7 +159,6 @@ def read_torch_file(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
 
 
 def _torch_load(torch, path: Path, weights_only: bool) -> Any:
-    check_zip_checksums(path)
     try:
         with warnings.catch_warnings(), _inert_globals_allowed(torch):
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol N" on foreign pickles

@@ -58,6 +58,10 @@ def not_regular(path: str | os.PathLike) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:
         return None  # missing or unreadable: the reader's own error says which
+    return _special_kind(mode)
+
+
+def _special_kind(mode: int) -> str | None:
     kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
     return next((kind for test, kind in kinds if test(mode)), None)
 
@@ -92,8 +96,9 @@ def readable_file(path: str | os.PathLike, what: str) -> Path:
     info = stat_for_reading(path)
     if stat.S_ISDIR(info.st_mode):
         raise RtkError(f"{path} is a folder, not {what}")
-    if not_regular(path):
-        raise RtkError(f"{path} is {not_regular(path)}, not {what}")
+    special = _special_kind(info.st_mode)
+    if special:
+        raise RtkError(f"{path} is {special}, not {what}")
     if info.st_size == 0:
         raise RtkError(f"{path} is empty (0 bytes), not {what}")
     try:  # the permission as the system applies it (access() asks about the real user, not the effective one)

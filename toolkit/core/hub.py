@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.core.errors import RtkError, first_line
+from toolkit.core.files import os_error
 
 #: Weight files, in the order timm's and transformers' loaders prefer them.
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
@@ -100,7 +101,7 @@ def _json_file(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RtkError(f"{path} is not valid JSON ({first_line(exc, 120)})") from None
     except OSError as exc:
-        raise RtkError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise os_error(exc, path, "read") from None
     if not isinstance(data, dict):
         raise RtkError(f"{path} holds a JSON {type(data).__name__}, not an object")
     return data

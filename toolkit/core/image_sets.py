@@ -30,6 +30,7 @@ import numpy as np
 from toolkit.core.console import warn
 from toolkit.core.data import Split, resolve_data
 from toolkit.core.errors import RtkError
+from toolkit.core.files import os_error
 from toolkit.core.folders import ImageFolder, read_folder
 from toolkit.core.images import is_image_path, load_image
 from toolkit.core.spec import ModelSpec, Preprocess
@@ -96,7 +97,7 @@ def _read_list(path: Path) -> list[Path]:
     except UnicodeDecodeError:
         raise RtkError(f"{path} is neither a folder nor a text file listing images, one path per line") from None
     except OSError as exc:
-        raise RtkError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise os_error(exc, path, "read") from None
     entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not entries:
         raise RtkError(f"{path} lists no images; give one image path per line")
